@@ -1,0 +1,41 @@
+# crmguard: PGXS build, plus the two commands of the README (make demo, make test)
+
+EXTENSION = crmguard
+MODULE_big = crmguard
+OBJS = src/crmguard.o src/crypto.o src/principal.o src/audit.o src/worker.o
+DATA = crmguard--1.0.sql
+PGFILEDESC = "crmguard - CRM data-governance rules enforced in the database"
+
+SHLIB_LINK += -lsodium
+PG_CPPFLAGS += -Isrc
+PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter
+
+REGRESS = principal identity_attacks audit search_path
+REGRESS_OPTS = --inputdir=. --load-extension=crmguard
+
+PG_CONFIG ?= $(shell command -v pg_config >/dev/null 2>&1 && pg_config --version | grep -q ' 15' && echo pg_config || echo /usr/lib/postgresql/15/bin/pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(PGXS),)
+include $(PGXS)
+endif
+
+.PHONY: deps demo test bench
+
+# Install what a fresh Debian machine lacks (no-op when everything is there)
+deps:
+	@bash scripts/deps.sh
+
+demo: deps
+	$(MAKE) all
+	$(MAKE) install
+	@bash scripts/demo.sh
+
+test: deps
+	$(MAKE) all
+	$(MAKE) install
+	@bash scripts/test.sh
+
+bench: deps
+	$(MAKE) all
+	$(MAKE) install
+	@bash bench/run.sh

@@ -1,0 +1,184 @@
+/*
+ * crmguard.c
+ *		Module load: settings, shared memory hooks, the catalog lookups every
+ *		module needs, and the privileged context for writes users may not make.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "crmguard.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *cg_key_file = NULL;
+bool		cg_preloaded = false;
+
+static CgCatalog catalog;
+static bool catalog_valid = false;
+static bool callbacks_registered = false;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static void
+crmguard_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	cg_worker_shmem_request();
+}
+#endif
+
+static void
+crmguard_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	cg_worker_shmem_startup();
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("crmguard.key_file",
+							   "Path of the server key file, relative to the data directory.",
+							   "Created on first use with 32 random bytes and mode 0600.",
+							   &cg_key_file,
+							   "crmguard.key",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("crmguard");
+
+	cg_crypto_init();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	cg_preloaded = true;
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = crmguard_shmem_request;
+#else
+	cg_worker_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = crmguard_shmem_startup;
+}
+
+/*
+ * Fail clearly when the library was loaded on demand rather than preloaded:
+ * without shared memory, attempt counters and the worker do not exist.
+ */
+void
+cg_require_preload(void)
+{
+	if (!cg_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("crmguard must be loaded via \"shared_preload_libraries\""),
+				 errhint("Add crmguard to \"shared_preload_libraries\" in postgresql.conf and restart the server.")));
+}
+
+/* Forget cached OIDs and principals when our tables change */
+static void
+relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid ||
+		(catalog_valid && (relid == catalog.principal_rel ||
+						   relid == catalog.audit_rel)))
+	{
+		catalog_valid = false;
+		cg_principal_invalidate();
+	}
+}
+
+static void
+syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	/* a dropped or renamed schema, table or role */
+	catalog_valid = false;
+	cg_principal_invalidate();
+}
+
+/*
+ * The OIDs of the extension's schema and tables, looked up once per backend
+ * and again after DDL; errors when the extension is not installed here.
+ */
+const CgCatalog *
+cg_catalog(void)
+{
+	HeapTuple	tuple;
+
+	if (catalog_valid)
+		return &catalog;
+
+	if (!callbacks_registered)
+	{
+		CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, syscache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, syscache_callback, (Datum) 0);
+		callbacks_registered = true;
+	}
+
+	catalog.schema = get_namespace_oid("crmguard", true);
+	catalog.principal_rel = OidIsValid(catalog.schema) ?
+		get_relname_relid("principal", catalog.schema) : InvalidOid;
+	catalog.audit_rel = OidIsValid(catalog.schema) ?
+		get_relname_relid("audit", catalog.schema) : InvalidOid;
+	if (!OidIsValid(catalog.principal_rel) || !OidIsValid(catalog.audit_rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"crmguard\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION crmguard.")));
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(catalog.audit_rel));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", catalog.audit_rel);
+	catalog.owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+
+	catalog_valid = true;
+	return &catalog;
+}
+
+/*
+ * Act as the owner of the extension's tables with a pinned search_path, so
+ * privileged writes work for any caller and no planted object is resolved.
+ */
+void
+cg_enter_owner(CgPrivilegedContext *ctx)
+{
+	Oid			owner = cg_catalog()->owner;
+
+	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+	SetUserIdAndSecContext(owner,
+						   ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ctx->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+cg_leave_owner(CgPrivilegedContext *ctx)
+{
+	AtEOXact_GUC(true, ctx->save_nestlevel);
+	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}

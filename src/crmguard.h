@@ -1,0 +1,105 @@
+/*
+ * crmguard.h
+ *		Interfaces shared by the crmguard modules.
+ *
+ * Every module includes this one header: settings, the catalog lookups,
+ * the privileged-context helpers, and the entry points of the principal,
+ * crypto, audit and worker modules.
+ */
+#ifndef CRMGUARD_H
+#define CRMGUARD_H
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+
+/* SQLSTATEs of the spec */
+#define ERRCODE_CG_OTP_REQUIRED			MAKE_SQLSTATE('C','G','0','0','1')
+#define ERRCODE_CG_OTP_WRONG			MAKE_SQLSTATE('C','G','0','0','2')
+#define ERRCODE_CG_OTP_EXPIRED			MAKE_SQLSTATE('C','G','0','0','3')
+#define ERRCODE_CG_OTP_RESENDS			MAKE_SQLSTATE('C','G','0','0','4')
+#define ERRCODE_CG_ROW_LOCKED			MAKE_SQLSTATE('C','G','0','1','0')
+#define ERRCODE_CG_NOT_APPROVER			MAKE_SQLSTATE('C','G','0','1','1')
+#define ERRCODE_CG_INVALID_RULE			MAKE_SQLSTATE('C','G','0','2','0')
+#define ERRCODE_CG_DEVICE				MAKE_SQLSTATE('C','G','0','3','0')
+#define ERRCODE_CG_INVALID_TOKEN		MAKE_SQLSTATE('C','G','0','3','1')
+
+#define CG_KEY_BYTES	32
+#define CG_HASH_BYTES	32
+
+/* crmguard.c: settings, preload check, catalog and privileged context */
+extern char *cg_key_file;
+extern bool cg_preloaded;
+
+extern void cg_require_preload(void);
+
+typedef struct CgCatalog
+{
+	Oid			schema;
+	Oid			principal_rel;
+	Oid			audit_rel;
+	Oid			owner;			/* owner of the extension's tables */
+} CgCatalog;
+
+extern const CgCatalog *cg_catalog(void);
+
+typedef struct CgPrivilegedContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} CgPrivilegedContext;
+
+extern void cg_enter_owner(CgPrivilegedContext *ctx);
+extern void cg_leave_owner(CgPrivilegedContext *ctx);
+
+/* crypto.c: the server key and the primitives built on it */
+typedef enum CgKeyPurpose
+{
+	CG_KEY_TOKEN = 1,
+	CG_KEY_AUDIT = 2,
+	CG_KEY_OTP = 3
+} CgKeyPurpose;
+
+extern void cg_subkey(CgKeyPurpose purpose, unsigned char *out);
+extern void cg_crypto_init(void);
+
+/* principal.c: who is acting */
+typedef struct CgPrincipal
+{
+	int64		id;
+	char	   *name;
+	Oid			db_role;		/* InvalidOid when unmapped or role missing */
+	int64		manager_id;		/* 0 when none */
+	int			nroles;
+	char	  **roles;			/* CRM roles */
+	Jsonb	   *attributes;
+	bool		active;
+	bool		require_device;
+} CgPrincipal;
+
+extern const CgPrincipal *cg_current_principal(void);
+extern const CgPrincipal *cg_principal_by_name(const char *name);
+extern void cg_principal_invalidate(void);
+
+/* audit.c: the one audit writer */
+extern void cg_audit(const char *action, const char *target,
+					 const char *row_key, Jsonb *detail);
+extern void cg_audit_durable(const char *action, const char *target,
+							 const char *row_key, const char *detail_json);
+extern void cg_audit_write(int64 principal, TimestampTz at, const char *action,
+						   const char *target, const char *row_key,
+						   const char *detail_json);
+extern void cg_audit_run_job(const char *data, int len);
+
+/* worker.c: shared memory queue and background worker */
+typedef enum CgJobKind
+{
+	CG_JOB_AUDIT = 1
+} CgJobKind;
+
+extern void cg_worker_shmem_request(void);
+extern void cg_worker_shmem_startup(void);
+extern void cg_worker_register(void);
+extern bool cg_enqueue(CgJobKind kind, const char *data, int len);
+
+#endif							/* CRMGUARD_H */

@@ -1,0 +1,646 @@
+/*
+ * principal.c
+ *		Who is acting: the principal of a verified token assumed in this
+ *		session, else the principal mapped to the current (outer) role.
+ *
+ * The principal table is cached per backend and dropped on relcache
+ * invalidation of crmguard.principal (sent by its statement trigger), so a
+ * policy that calls these functions per row does no SPI or catalog work.
+ */
+#include "postgres.h"
+
+#include <sodium.h>
+
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "crmguard.h"
+
+typedef struct PrincipalEntry
+{
+	int64		id;				/* hash key */
+	CgPrincipal p;
+	int			nchildren;
+	int64	   *children;
+	ArrayType  *team;			/* computed on first use */
+} PrincipalEntry;
+
+typedef struct RoleEntry
+{
+	Oid			role;			/* hash key */
+	int64		principal_id;
+} RoleEntry;
+
+static MemoryContext cache_context = NULL;
+static HTAB *by_id = NULL;
+static HTAB *by_role = NULL;
+static bool cache_valid = false;
+
+/* The assumed identity, and its value before this transaction changed it */
+typedef struct Assumption
+{
+	bool		active;
+	int64		principal_id;
+	TimestampTz expires_at;
+} Assumption;
+
+static Assumption assumed = {false, 0, 0};
+static Assumption assumed_at_xact_start;
+static bool assumed_changed_in_xact = false;
+static bool xact_callback_registered = false;
+
+#define TOKEN_PREFIX		"cg1."
+#define TOKEN_PAYLOAD_BYTES	(1 + 4 + 8 + 8)
+#define TOKEN_BYTES			(TOKEN_PAYLOAD_BYTES + crypto_auth_BYTES)
+
+void
+cg_principal_invalidate(void)
+{
+	cache_valid = false;
+}
+
+static char **
+text_array_to_cstrings(Datum array, int *count)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	char	  **result;
+	int			n;
+	int			i;
+	int			kept = 0;
+
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false,
+					  TYPALIGN_INT, &elems, &nulls, &n);
+	result = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		if (!nulls[i])
+			result[kept++] = TextDatumGetCString(elems[i]);
+	*count = kept;
+	return result;
+}
+
+/* Read the whole principal table into the backend cache */
+static void
+load_principals(void)
+{
+	CgPrivilegedContext priv;
+	HASHCTL		ctl;
+	MemoryContext old;
+	HASH_SEQ_STATUS seq;
+	PrincipalEntry *entry;
+	uint64		i;
+
+	(void) cg_catalog();
+
+	if (cache_context == NULL)
+		cache_context = AllocSetContextCreate(CacheMemoryContext,
+											  "crmguard principal cache",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(cache_context);
+	by_id = NULL;
+	by_role = NULL;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(PrincipalEntry);
+	ctl.hcxt = cache_context;
+	by_id = hash_create("crmguard principals", 256, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(RoleEntry);
+	by_role = hash_create("crmguard principal roles", 256, &ctl,
+						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT id, name, db_role, manager_id, roles, attributes, active, require_device"
+					" FROM crmguard.principal", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.principal");
+
+	old = MemoryContextSwitchTo(cache_context);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		Datum		d;
+		bool		found;
+
+		entry = hash_search(by_id, &id, HASH_ENTER, &found);
+		memset(&entry->p, 0, sizeof(CgPrincipal));
+		entry->nchildren = 0;
+		entry->children = NULL;
+		entry->team = NULL;
+		entry->p.id = id;
+		entry->p.name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		entry->p.db_role = isnull ? InvalidOid :
+			get_role_oid(NameStr(*DatumGetName(d)), true);
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		entry->p.manager_id = isnull ? 0 : DatumGetInt64(d);
+		entry->p.roles = text_array_to_cstrings(SPI_getbinval(tup, desc, 5, &isnull),
+												&entry->p.nroles);
+		entry->p.attributes = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
+		entry->p.active = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		entry->p.require_device = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+
+		if (OidIsValid(entry->p.db_role))
+		{
+			RoleEntry  *re = hash_search(by_role, &entry->p.db_role, HASH_ENTER, &found);
+
+			re->principal_id = id;
+		}
+	}
+
+	/* children lists, for team() */
+	hash_seq_init(&seq, by_id);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		PrincipalEntry *manager;
+
+		if (entry->p.manager_id == 0)
+			continue;
+		manager = hash_search(by_id, &entry->p.manager_id, HASH_FIND, NULL);
+		if (manager == NULL)
+			continue;
+		if (manager->children == NULL)
+			manager->children = palloc(sizeof(int64) * 4);
+		else if ((manager->nchildren & (manager->nchildren - 1)) == 0 &&
+				 manager->nchildren >= 4)
+			manager->children = repalloc(manager->children,
+										 sizeof(int64) * manager->nchildren * 2);
+		manager->children[manager->nchildren++] = entry->p.id;
+	}
+	MemoryContextSwitchTo(old);
+
+	SPI_finish();
+	cg_leave_owner(&priv);
+	cache_valid = true;
+}
+
+static PrincipalEntry *
+lookup_id(int64 id)
+{
+	if (!cache_valid)
+		load_principals();
+	return hash_search(by_id, &id, HASH_FIND, NULL);
+}
+
+const CgPrincipal *
+cg_principal_by_name(const char *name)
+{
+	HASH_SEQ_STATUS seq;
+	PrincipalEntry *entry;
+
+	if (!cache_valid)
+		load_principals();
+	hash_seq_init(&seq, by_id);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (strcmp(entry->p.name, name) == 0)
+		{
+			hash_seq_term(&seq);
+			return &entry->p;
+		}
+	}
+	return NULL;
+}
+
+static PrincipalEntry *
+current_entry(void)
+{
+	PrincipalEntry *entry;
+
+	cg_require_preload();
+	if (!cache_valid)
+		load_principals();
+
+	if (assumed.active)
+	{
+		/* an expired token leaves nobody, never the login role's principal */
+		if (GetCurrentTimestamp() >= assumed.expires_at)
+			return NULL;
+		entry = hash_search(by_id, &assumed.principal_id, HASH_FIND, NULL);
+	}
+	else
+	{
+		Oid			role = GetOuterUserId();
+		RoleEntry  *re = hash_search(by_role, &role, HASH_FIND, NULL);
+
+		if (re == NULL)
+			return NULL;
+		entry = hash_search(by_id, &re->principal_id, HASH_FIND, NULL);
+	}
+	if (entry == NULL || !entry->p.active)
+		return NULL;
+	return entry;
+}
+
+/*
+ * The acting principal, or NULL.  The pointer is valid until the next call
+ * into this module.
+ */
+const CgPrincipal *
+cg_current_principal(void)
+{
+	PrincipalEntry *entry = current_entry();
+
+	return entry ? &entry->p : NULL;
+}
+
+PG_FUNCTION_INFO_V1(crmguard_current_principal);
+Datum
+crmguard_current_principal(PG_FUNCTION_ARGS)
+{
+	const CgPrincipal *p = cg_current_principal();
+
+	if (p == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(p->id);
+}
+
+PG_FUNCTION_INFO_V1(crmguard_has_role);
+Datum
+crmguard_has_role(PG_FUNCTION_ARGS)
+{
+	char	   *role = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	const CgPrincipal *p = cg_current_principal();
+	int			i;
+
+	if (p == NULL)
+		PG_RETURN_BOOL(false);
+	for (i = 0; i < p->nroles; i++)
+		if (strcmp(p->roles[i], role) == 0)
+			PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(false);
+}
+
+PG_FUNCTION_INFO_V1(crmguard_attr);
+Datum
+crmguard_attr(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	const CgPrincipal *p = cg_current_principal();
+	JsonbValue	k;
+	JsonbValue *v;
+
+	if (p == NULL)
+		PG_RETURN_NULL();
+	k.type = jbvString;
+	k.val.string.val = VARDATA_ANY(key);
+	k.val.string.len = VARSIZE_ANY_EXHDR(key);
+	v = findJsonbValueFromContainer(&p->attributes->root, JB_FOBJECT, &k);
+	if (v == NULL || v->type == jbvNull)
+		PG_RETURN_NULL();
+	switch (v->type)
+	{
+		case jbvString:
+			PG_RETURN_TEXT_P(cstring_to_text_with_len(v->val.string.val,
+													  v->val.string.len));
+		case jbvNumeric:
+			PG_RETURN_TEXT_P(cstring_to_text(DatumGetCString(
+															 DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)))));
+		case jbvBool:
+			PG_RETURN_TEXT_P(cstring_to_text(v->val.boolean ? "true" : "false"));
+		default:
+			PG_RETURN_TEXT_P(cstring_to_text(JsonbToCString(NULL, v->val.binary.data,
+															v->val.binary.len)));
+	}
+}
+
+/* The principal and everyone below it, breadth first; cached per principal */
+static ArrayType *
+compute_team(PrincipalEntry *root)
+{
+	MemoryContext old;
+	int64	   *ids;
+	int			n = 0;
+	int			cap = 64;
+	int			next = 0;
+	HTAB	   *seen;
+	HASHCTL		ctl;
+	Datum	   *datums;
+	int			i;
+
+	ereport(DEBUG1, (errmsg_internal("crmguard: computing team of principal " INT64_FORMAT,
+									 root->id)));
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(int64);
+	ctl.hcxt = CurrentMemoryContext;
+	seen = hash_create("crmguard team", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	ids = palloc(sizeof(int64) * cap);
+	ids[n++] = root->id;
+	hash_search(seen, &root->id, HASH_ENTER, NULL);
+	while (next < n)
+	{
+		PrincipalEntry *e = hash_search(by_id, &ids[next++], HASH_FIND, NULL);
+
+		for (i = 0; e && i < e->nchildren; i++)
+		{
+			bool		found;
+
+			hash_search(seen, &e->children[i], HASH_ENTER, &found);
+			if (found)
+				continue;
+			if (n == cap)
+			{
+				cap *= 2;
+				ids = repalloc(ids, sizeof(int64) * cap);
+			}
+			ids[n++] = e->children[i];
+		}
+	}
+
+	datums = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		datums[i] = Int64GetDatum(ids[i]);
+	old = MemoryContextSwitchTo(cache_context);
+	root->team = construct_array(datums, n, INT8OID, sizeof(int64),
+								 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	MemoryContextSwitchTo(old);
+	hash_destroy(seen);
+	return root->team;
+}
+
+PG_FUNCTION_INFO_V1(crmguard_team);
+Datum
+crmguard_team(PG_FUNCTION_ARGS)
+{
+	PrincipalEntry *entry = current_entry();
+	ArrayType  *team;
+
+	if (entry == NULL)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
+	team = entry->team ? entry->team : compute_team(entry);
+	PG_RETURN_ARRAYTYPE_P(DatumGetArrayTypePCopy(PointerGetDatum(team)));
+}
+
+/* Undo an assume() made by a transaction that rolls back */
+static void
+assume_xact_callback(XactEvent event, void *arg)
+{
+	if (!assumed_changed_in_xact)
+		return;
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		assumed = assumed_at_xact_start;
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+		assumed_changed_in_xact = false;
+}
+
+static void
+set_assumption(bool active, int64 id, TimestampTz expires_at)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(assume_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	if (!assumed_changed_in_xact)
+	{
+		assumed_at_xact_start = assumed;
+		assumed_changed_in_xact = true;
+	}
+	assumed.active = active;
+	assumed.principal_id = id;
+	assumed.expires_at = expires_at;
+}
+
+static void
+put_uint(unsigned char *p, uint64 v, int bytes)
+{
+	int			i;
+
+	for (i = bytes - 1; i >= 0; i--)
+	{
+		p[i] = (unsigned char) (v & 0xff);
+		v >>= 8;
+	}
+}
+
+static uint64
+get_uint(const unsigned char *p, int bytes)
+{
+	uint64		v = 0;
+	int			i;
+
+	for (i = 0; i < bytes; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+PG_FUNCTION_INFO_V1(crmguard_issue_token);
+Datum
+crmguard_issue_token(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Interval   *valid_for = PG_GETARG_INTERVAL_P(1);
+	const CgPrincipal *p;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz expires_at;
+	unsigned char token[TOKEN_BYTES];
+	unsigned char key[CG_KEY_BYTES];
+	char		b64[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+	int64		id;
+	StringInfoData detail;
+
+	cg_require_preload();
+	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														 TimestampTzGetDatum(now),
+														 IntervalPGetDatum(valid_for)));
+	if (expires_at <= now)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("token validity must be positive")));
+
+	p = cg_principal_by_name(name);
+	if (p == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("principal \"%s\" does not exist", name)));
+	if (!p->active)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("principal \"%s\" is inactive", name)));
+	id = p->id;
+
+	token[0] = 1;
+	put_uint(token + 1, MyDatabaseId, 4);
+	put_uint(token + 5, (uint64) id, 8);
+	put_uint(token + 13, (uint64) expires_at, 8);
+	cg_subkey(CG_KEY_TOKEN, key);
+	crypto_auth(token + TOKEN_PAYLOAD_BYTES, token, TOKEN_PAYLOAD_BYTES, key);
+	sodium_memzero(key, sizeof(key));
+	sodium_bin2base64(b64, sizeof(b64), token, TOKEN_BYTES,
+					  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+
+	initStringInfo(&detail);
+	appendStringInfo(&detail, "{\"principal\": " INT64_FORMAT ", \"expires_at\": \"%s\"}",
+					 id, timestamptz_to_str(expires_at));
+	cg_audit("issue_token", "crmguard.principal", psprintf(INT64_FORMAT, id),
+			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s%s", TOKEN_PREFIX, b64)));
+}
+
+/* Record a refused token where rollback cannot undo it, then refuse */
+static void
+refuse_token(const char *reason)
+{
+	cg_audit_durable("assume_refused", "crmguard.principal", NULL,
+					 psprintf("{\"reason\": \"%s\"}", reason));
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_INVALID_TOKEN),
+			 errmsg("invalid or expired token")));
+}
+
+PG_FUNCTION_INFO_V1(crmguard_assume);
+Datum
+crmguard_assume(PG_FUNCTION_ARGS)
+{
+	char	   *token_text;
+	size_t		prefix_len = strlen(TOKEN_PREFIX);
+	unsigned char token[TOKEN_BYTES + 1];
+	size_t		token_len = 0;
+	unsigned char key[CG_KEY_BYTES];
+	int			mac_ok;
+	int64		id;
+	TimestampTz expires_at;
+	PrincipalEntry *entry;
+
+	cg_require_preload();
+
+	/* NULL gives up the assumed identity, as a pooler does between clients */
+	if (PG_ARGISNULL(0))
+	{
+		set_assumption(false, 0, 0);
+		PG_RETURN_NULL();
+	}
+	token_text = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (strncmp(token_text, TOKEN_PREFIX, prefix_len) != 0 ||
+		sodium_base642bin(token, sizeof(token), token_text + prefix_len,
+						  strlen(token_text) - prefix_len, NULL, &token_len, NULL,
+						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+		token_len != TOKEN_BYTES || token[0] != 1)
+		refuse_token("malformed");
+
+	cg_subkey(CG_KEY_TOKEN, key);
+	mac_ok = crypto_auth_verify(token + TOKEN_PAYLOAD_BYTES, token,
+								TOKEN_PAYLOAD_BYTES, key);
+	sodium_memzero(key, sizeof(key));
+	if (mac_ok != 0)
+		refuse_token("bad signature");
+	if (get_uint(token + 1, 4) != MyDatabaseId)
+		refuse_token("other database");
+
+	id = (int64) get_uint(token + 5, 8);
+	expires_at = (TimestampTz) get_uint(token + 13, 8);
+	if (GetCurrentTimestamp() >= expires_at)
+		refuse_token("expired");
+
+	entry = lookup_id(id);
+	if (entry == NULL || !entry->p.active)
+		refuse_token("principal inactive or missing");
+
+	set_assumption(true, id, expires_at);
+	cg_audit("assume", "crmguard.principal", psprintf(INT64_FORMAT, id), NULL);
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * Trigger on crmguard.principal.  Per row: refuse a manager cycle, checked
+ * against the latest committed tree under a lock only this module takes, so
+ * two concurrent changes cannot each close half of a cycle.  Per statement:
+ * tell every backend to drop its principal cache.
+ */
+PG_FUNCTION_INFO_V1(crmguard_principal_changed);
+Datum
+crmguard_principal_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	int64		id;
+	int64		current;
+	Datum		d;
+	int			steps;
+	SPIPlanPtr	plan;
+	Oid			argtypes[1] = {INT8OID};
+	CgPrivilegedContext priv;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		elog(ERROR, "crmguard_principal_changed: must be fired as an AFTER trigger");
+
+	rel = trigdata->tg_relation;
+	if (TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+	{
+		CacheInvalidateRelcacheByRelid(RelationGetRelid(rel));
+		return PointerGetDatum(NULL);
+	}
+
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	desc = RelationGetDescr(rel);
+	id = DatumGetInt64(heap_getattr(tuple, SPI_fnumber(desc, "id"), desc, &isnull));
+	d = heap_getattr(tuple, SPI_fnumber(desc, "manager_id"), desc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	current = DatumGetInt64(d);
+
+	LockDatabaseObject(RelationRelationId, RelationGetRelid(rel), 1, ExclusiveLock);
+	CommandCounterIncrement();
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = SPI_prepare("SELECT manager_id FROM crmguard.principal"
+					   " WHERE id OPERATOR(pg_catalog.=) $1", 1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+
+	for (steps = 0; steps < 1000000; steps++)
+	{
+		Datum		arg = Int64GetDatum(current);
+
+		if (current == id)
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_INVALID_RULE),
+					 errmsg("manager of principal " INT64_FORMAT " would form a cycle", id),
+					 errdetail("Principal " INT64_FORMAT " is already above it in the manager tree.", id)));
+		if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
+								 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crmguard.principal");
+		if (SPI_processed == 0)
+			break;
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+			break;
+		current = DatumGetInt64(d);
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return PointerGetDatum(NULL);
+}
