@@ -55,6 +55,15 @@ crmguard_shmem_startup(void)
 void
 _PG_init(void)
 {
+	cg_crypto_init();
+
+	/* a postmaster-only setting cannot be defined by a backend loading late */
+	if (!process_shared_preload_libraries_in_progress)
+	{
+		MarkGUCPrefixReserved("crmguard");
+		return;
+	}
+
 	DefineCustomStringVariable("crmguard.key_file",
 							   "Path of the server key file, relative to the data directory.",
 							   "Created on first use with 32 random bytes and mode 0600.",
@@ -63,13 +72,7 @@ _PG_init(void)
 							   PGC_POSTMASTER,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
-
 	MarkGUCPrefixReserved("crmguard");
-
-	cg_crypto_init();
-
-	if (!process_shared_preload_libraries_in_progress)
-		return;
 
 	cg_preloaded = true;
 #if PG_VERSION_NUM >= 150000

@@ -1,0 +1,80 @@
+#!/bin/bash
+# Run pg_regress, isolation, pgTAP and Perl TAP suites against the cluster
+# pg_virtualenv started, then print one summary line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PGXS_DIR=$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")/..
+export PATH="$PG_BIN:$PATH"
+work=$(mktemp -d /tmp/crmguard-test.XXXXXX)
+chmod 755 "$work"
+passed=0
+failed=0
+
+# pg_regress prints "test name ... ok" or "... FAILED" per test
+count_regress() {
+    local log=$1 ok bad
+    ok=$(grep -cE '\.\.\. ok( |$)' "$log")
+    bad=$(grep -cE '\.\.\. (FAILED|failed)' "$log")
+    passed=$((passed + ok))
+    failed=$((failed + bad))
+}
+
+# TAP: "ok N" / "not ok N"; a script that died early counts as one failure
+count_tap() {
+    local log=$1 status=$2 ok bad
+    ok=$(grep -cE '^\s*ok [0-9]+' "$log")
+    bad=$(grep -cE '^\s*not ok [0-9]+' "$log")
+    if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then
+        bad=1
+    fi
+    passed=$((passed + ok))
+    failed=$((failed + bad))
+}
+
+echo "== pg_regress"
+"$PGXS_DIR/test/regress/pg_regress" --inputdir=. --outputdir="$work/regress" \
+    --bindir="$PG_BIN" --dbname=crmguard_regress --load-extension=crmguard --schedule=test/schedule 2>&1 | tee "$work/regress.log"
+count_regress "$work/regress.log"
+[ -f "$work/regress/regression.diffs" ] && cat "$work/regress/regression.diffs"
+
+echo "== isolation"
+specs=$(cd test/isolation/specs && ls *.spec | sed 's/\.spec$//' | sort | tr '\n' ' ')
+"$PGXS_DIR/test/isolation/pg_isolation_regress" --inputdir=test/isolation \
+    --outputdir="$work/isolation" --bindir="$PG_BIN" --dbname=crmguard_isolation \
+    --load-extension=crmguard $specs 2>&1 | tee "$work/isolation.log"
+count_regress "$work/isolation.log"
+[ -f "$work/isolation/regression.diffs" ] && cat "$work/isolation/regression.diffs"
+
+echo "== pgTAP"
+dropdb --if-exists crmguard_tap >/dev/null 2>&1
+createdb crmguard_tap
+psql -X -q -d crmguard_tap -c 'CREATE EXTENSION pgtap' -c 'CREATE EXTENSION crmguard'
+pg_prove -v -d crmguard_tap test/pgtap/*.sql > "$work/pgtap.log" 2>&1
+status=$?
+cat "$work/pgtap.log"
+count_tap "$work/pgtap.log" $status
+
+echo "== Perl TAP"
+# initdb refuses to run as root: run the clusters as postgres
+cp -r test/t "$work/t"
+chown -R postgres:postgres "$work" 2>/dev/null || true
+runas=()
+[ "$(id -u)" -eq 0 ] && runas=(runuser -u postgres --)
+(cd "$work" && "${runas[@]}" env PATH="$PATH" TESTDIR="$work" \
+    PG_REGRESS="$PGXS_DIR/test/regress/pg_regress" \
+    prove -v -I "$PGXS_DIR/test/perl" t/*.pl) > "$work/tap.log" 2>&1
+status=$?
+cat "$work/tap.log"
+count_tap "$work/tap.log" $status
+if [ "$status" -ne 0 ]; then
+    for f in "$work"/tmp_check/log/*.log; do
+        [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }
+    done
+fi
+
+rm -rf "$work"
+echo "$passed passed, $failed failed"
+[ -n "${CRMGUARD_SUMMARY:-}" ] && echo "$passed passed, $failed failed" > "$CRMGUARD_SUMMARY"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

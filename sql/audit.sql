@@ -1,0 +1,76 @@
+--
+-- Audit: append-only and hash-chained
+--
+SELECT crmguard.audit_event('demo_event', 'crm.deal', '42', '{"note": "written by the test"}');
+SELECT * FROM crmguard.verify_audit();
+SELECT action, target, row_key, detail->>'note' AS note,
+       length(prev_hash) AS prev_len, length(hash) AS hash_len
+  FROM crmguard.audit WHERE action = 'demo_event';
+-- the chain is unbroken: each row links to the hash of the one before
+SELECT count(*) AS broken_links
+  FROM crmguard.audit a JOIN crmguard.audit b ON b.id = a.id + 1
+ WHERE b.prev_hash <> a.hash;
+
+-- an owner who is not a superuser cannot rewrite history
+CREATE ROLE regress_owner;
+ALTER TABLE crmguard.audit OWNER TO regress_owner;
+SET ROLE regress_owner;
+UPDATE crmguard.audit SET action = 'nothing happened' WHERE action = 'demo_event';
+DELETE FROM crmguard.audit WHERE action = 'demo_event';
+TRUNCATE crmguard.audit;
+RESET ROLE;
+ALTER TABLE crmguard.audit OWNER TO CURRENT_USER;
+DROP ROLE regress_owner;
+
+-- PUBLIC can neither read nor write the log
+SET ROLE regress_nobody;
+SELECT count(*) FROM crmguard.audit;
+INSERT INTO crmguard.audit VALUES (1000, now(), NULL, NULL, 'forged', NULL, NULL, NULL, '', '');
+SELECT crmguard.audit_event('forged');
+SELECT * FROM crmguard.verify_audit();
+RESET ROLE;
+
+-- a superuser with the triggers disabled: verify_audit finds each change
+SELECT max(id) AS last_id, min(id) + 2 AS third_id FROM crmguard.audit \gset
+ALTER TABLE crmguard.audit DISABLE TRIGGER USER;
+
+BEGIN;  -- edited row
+UPDATE crmguard.audit SET detail = '{"note": "edited"}' WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_edit FROM crmguard.verify_audit();
+ROLLBACK;
+
+BEGIN;  -- edited link only
+UPDATE crmguard.audit SET prev_hash = '\x00' WHERE id = :last_id;
+SELECT ok, first_bad = :last_id AS found_link FROM crmguard.verify_audit();
+ROLLBACK;
+
+BEGIN;  -- deleted row: the one after it no longer links
+DELETE FROM crmguard.audit WHERE id = :third_id;
+SELECT ok, first_bad = :third_id + 1 AS found_delete FROM crmguard.verify_audit();
+ROLLBACK;
+
+BEGIN;  -- deleted first row
+DELETE FROM crmguard.audit WHERE id = 1;
+SELECT ok, first_bad = 2 AS found_delete_first FROM crmguard.verify_audit();
+ROLLBACK;
+
+BEGIN;  -- inserted row, copying the previous row's hash as its link
+INSERT INTO crmguard.audit
+SELECT :last_id + 1, now(), NULL, NULL, 'forged', NULL, NULL, NULL, hash, sha256(hash)
+  FROM crmguard.audit WHERE id = :last_id;
+SELECT ok, first_bad = :last_id + 1 AS found_insert FROM crmguard.verify_audit();
+ROLLBACK;
+
+BEGIN;  -- a replayed row: a genuine row copied to the end
+INSERT INTO crmguard.audit
+SELECT :last_id + 1, at, principal, device, action, target, row_key, detail, prev_hash, hash
+  FROM crmguard.audit WHERE id = :last_id;
+SELECT ok, first_bad = :last_id + 1 AS found_replay FROM crmguard.verify_audit();
+ROLLBACK;
+
+ALTER TABLE crmguard.audit ENABLE TRIGGER USER;
+SELECT * FROM crmguard.verify_audit();
+
+-- later writes extend the untouched chain
+SELECT crmguard.audit_event('after_checks');
+SELECT * FROM crmguard.verify_audit();

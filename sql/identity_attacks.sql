@@ -1,0 +1,86 @@
+--
+-- Attacks on identity: forged settings, forged, tampered and expired tokens
+--
+SET ROLE regress_nobody;
+
+-- forged setting: the crmguard prefix is reserved, no placeholder can be made
+SET crmguard.principal = 'dora';
+SET crmguard.current_principal = '1';
+SELECT set_config('crmguard.principal_id', '1', false);
+SET crmguard.key_file = '/tmp/attacker.key';
+SELECT crmguard.current_principal() AS after_forged_settings;
+
+-- forged token: never issued
+SELECT crmguard.assume('cg1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA');
+SELECT crmguard.assume('not a token');
+SELECT crmguard.assume('');
+RESET ROLE;
+
+-- a genuine token, issued by the application's login role
+SELECT crmguard.issue_token('anna', '10 minutes') AS anna_token \gset
+SELECT crmguard.issue_token('sara', '1 millisecond') AS sara_token \gset
+
+SET ROLE regress_nobody;
+-- tampered token: any changed character breaks the signature
+SELECT crmguard.assume(overlay(:'anna_token' PLACING
+       CASE WHEN substr(:'anna_token', 12, 1) = 'A' THEN 'B' ELSE 'A' END FROM 12 FOR 1));
+SELECT crmguard.assume(overlay(:'anna_token' PLACING
+       CASE WHEN right(:'anna_token', 1) = 'A' THEN 'B' ELSE 'A' END FROM length(:'anna_token') FOR 1));
+SELECT crmguard.assume(:'anna_token' || 'A');
+-- expired token
+SELECT pg_sleep(0.01);
+SELECT crmguard.assume(:'sara_token');
+SELECT crmguard.current_principal() AS after_bad_tokens;
+
+-- the genuine token works, for any database role that presents it
+SELECT crmguard.assume(:'anna_token') = (SELECT 2) AS assumed_anna;
+SELECT crmguard.current_principal(), crmguard.has_role('area_manager');
+-- forged settings still cannot switch identity
+SET crmguard.principal = 'dora';
+SELECT crmguard.current_principal();
+-- giving it up leaves nobody (the role is unmapped)
+SELECT crmguard.assume(NULL);
+SELECT crmguard.current_principal();
+
+-- rollback game: an assume inside a transaction that rolls back is undone
+BEGIN;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+ROLLBACK;
+SELECT crmguard.current_principal() AS after_rollback;
+
+-- the token outranks the role mapping, and survives SET ROLE
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+RESET ROLE;
+SET ROLE regress_luca;
+SELECT crmguard.current_principal() AS luca_session_with_anna_token;
+RESET ROLE;
+SELECT crmguard.assume(NULL);
+
+-- a token of a principal deactivated later resolves to nobody
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+UPDATE crmguard.principal SET active = false WHERE name = 'anna';
+SELECT crmguard.current_principal() AS deactivated;
+-- and cannot be assumed again
+SELECT crmguard.assume(:'anna_token');
+UPDATE crmguard.principal SET active = true WHERE name = 'anna';
+SELECT crmguard.assume(NULL);
+
+-- tokens only for principals that exist and are active, for a positive time
+SELECT crmguard.issue_token('nobody-by-that-name');
+SELECT crmguard.issue_token('anna', '-1 hour');
+UPDATE crmguard.principal SET active = false WHERE name = 'sara';
+SELECT crmguard.issue_token('sara');
+UPDATE crmguard.principal SET active = true WHERE name = 'sara';
+
+-- every refusal above is in the audit log, although its statement failed
+DO $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        EXIT WHEN (SELECT count(*) FROM crmguard.audit WHERE action = 'assume_refused') >= 8;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+SELECT action, detail->>'reason' AS reason, count(*)
+  FROM crmguard.audit WHERE action LIKE 'assume%'
+ GROUP BY 1, 2 ORDER BY 1, 2;

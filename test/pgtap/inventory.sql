@@ -1,0 +1,73 @@
+-- Schema inventory: privileges, search_path pins, dump registration, SQLSTATEs
+BEGIN;
+SELECT plan(14);
+
+-- every SECURITY DEFINER function pins search_path
+SELECT is_empty(
+    $$SELECT p.oid::regprocedure::text FROM pg_proc p
+       WHERE p.pronamespace = 'crmguard'::regnamespace AND p.prosecdef
+         AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)$$,
+    'every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp');
+
+SELECT isnt_empty(
+    $$SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'crmguard'::regnamespace AND p.prosecdef$$,
+    'the inventory sees the SECURITY DEFINER functions');
+
+-- PUBLIC may execute identity functions only
+SELECT set_eq(
+    $$SELECT p.proname::text FROM pg_proc p
+       WHERE p.pronamespace = 'crmguard'::regnamespace
+         AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
+                                           WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))$$,
+    ARRAY['current_principal', 'has_role', 'attr', 'team', 'assume'],
+    'PUBLIC executes identity functions only: nothing that changes rules or issues tokens');
+
+SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
+    'issue_token is not executable by PUBLIC');
+SELECT function_privs_are('crmguard', 'add_principal',
+    ARRAY['text', 'text[]', 'text', 'jsonb', 'name', 'boolean'], 'public', ARRAY[]::text[],
+    'add_principal is not executable by PUBLIC');
+
+-- PUBLIC has no privilege on any table or sequence
+SELECT is_empty(
+    $$SELECT c.relname FROM pg_class c, aclexplode(c.relacl) a
+       WHERE c.relnamespace = 'crmguard'::regnamespace AND a.grantee = 0$$,
+    'no crmguard table or sequence is granted to PUBLIC');
+
+-- every table and sequence is registered for pg_dump
+SELECT is_empty(
+    $$SELECT c.relname FROM pg_class c
+       WHERE c.relnamespace = 'crmguard'::regnamespace AND c.relkind IN ('r', 'S')
+         AND NOT c.oid = ANY (SELECT unnest(extconfig) FROM pg_extension WHERE extname = 'crmguard')$$,
+    'every crmguard table and sequence is in pg_extension_config_dump');
+
+SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'crmguard'), false,
+          'the extension is not relocatable');
+
+-- identity functions are safe to call from policies
+SELECT is_empty(
+    $$SELECT proname FROM pg_proc
+       WHERE pronamespace = 'crmguard'::regnamespace
+         AND proname IN ('current_principal', 'has_role', 'attr', 'team')
+         AND (provolatile <> 's' OR proparallel = 's')$$,
+    'identity functions are STABLE and not parallel safe (the assumed token is per backend)');
+
+-- SQLSTATEs of refusals
+SELECT throws_ok($$SELECT crmguard.assume('cg1.bogus')$$, 'CG031', 'invalid or expired token',
+                 'a forged token fails with CG031');
+SELECT crmguard.add_principal('tap_boss', '{}');
+SELECT crmguard.add_principal('tap_agent', '{agent}', 'tap_boss');
+SELECT throws_ok($$UPDATE crmguard.principal SET manager_id = (SELECT id FROM crmguard.principal WHERE name = 'tap_agent') WHERE name = 'tap_boss'$$,
+                 'CG020', NULL, 'a manager cycle fails with CG020');
+SELECT throws_ok($$SELECT crmguard.issue_token('tap_nobody')$$, '42704', NULL,
+                 'an unknown principal fails with 42704');
+CREATE ROLE regress_tap_public;
+SET LOCAL ROLE regress_tap_public;
+SELECT throws_ok($$SELECT crmguard.issue_token('tap_agent')$$, '42501', NULL,
+                 'issue_token by a role without the grant fails with 42501');
+SELECT throws_ok($$UPDATE crmguard.audit SET action = 'x'$$, '42501', NULL,
+                 'writing the audit log without privileges fails with 42501');
+RESET ROLE;
+
+SELECT * FROM finish();
+ROLLBACK;
