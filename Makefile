@@ -2,8 +2,10 @@
 
 EXTENSION = crmguard
 MODULE_big = crmguard
-OBJS = src/crmguard.o src/crypto.o src/principal.o src/audit.o src/worker.o
-DATA = crmguard--1.0.sql
+OBJS = src/crmguard.o src/crypto.o src/principal.o src/audit.o src/worker.o src/criteria.o src/outbox.o src/guard.o src/otp.o src/otp_rule.o
+DATA_built = crmguard--1.0.sql
+# the install script is assembled from one part per feature, in name order
+SQL_PARTS = $(sort $(wildcard src/sql/*.sql))
 PGFILEDESC = "crmguard - CRM data-governance rules enforced in the database"
 
 SHLIB_LINK += -lsodium
@@ -18,6 +20,12 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
 endif
+
+# every module includes the shared header: rebuild them all when it changes
+$(OBJS): src/crmguard.h
+
+crmguard--1.0.sql: $(SQL_PARTS)
+	cat $^ > $@
 
 .PHONY: deps demo test bench
 

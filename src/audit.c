@@ -3,10 +3,12 @@
  *		The one audit writer: crmguard.audit is append-only and each row is
  *		chained to the one before by a BLAKE2b hash keyed with the server key.
  *
- * Writers serialise on a lock of the audit table and read the chain head
- * with the latest snapshot, so concurrent writers never fork the chain in
- * any isolation level.  Refusals, whose transaction is about to roll back,
- * go through the worker's queue and are written in a transaction of their own.
+ * Accepted actions wait in backend memory and are chained just before their
+ * transaction commits; writers serialise on a lock of the audit table (held
+ * only from there to the commit) and read the chain head with the latest
+ * snapshot, so concurrent writers never fork the chain in any isolation
+ * level.  Refusals, whose transaction is about to roll back, go through the
+ * worker's queue and are written in a transaction of their own.
  */
 #include "postgres.h"
 
@@ -251,16 +253,127 @@ detail_with_role(const char *detail_json)
 	return JsonbToCString(NULL, &merged->root, VARSIZE(merged));
 }
 
-/* Record an accepted action in the current transaction */
+/* An accepted action waiting for its transaction to commit */
+typedef struct PendingEntry
+{
+	SubTransactionId subid;
+	int64		principal;
+	TimestampTz at;
+	char	   *action;
+	char	   *target;
+	char	   *row_key;
+	char	   *detail;
+} PendingEntry;
+
+static List *pending = NIL;		/* in TopTransactionContext */
+static bool callbacks_registered = false;
+
+static char *
+copy_or_null(const char *s)
+{
+	return s ? pstrdup(s) : NULL;
+}
+
+/*
+ * Chain this transaction's entries just before it commits: the chain lock is
+ * held only from here to the commit record, never while a client dawdles.
+ */
+static void
+audit_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+	List	   *entries = pending;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (entries == NIL)
+				return;
+			pending = NIL;
+			PushActiveSnapshot(GetTransactionSnapshot());
+			foreach(lc, entries)
+			{
+				PendingEntry *e = (PendingEntry *) lfirst(lc);
+
+				cg_audit_write(e->principal, e->at, e->action, e->target, e->row_key, e->detail);
+			}
+			PopActiveSnapshot();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (entries != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that wrote crmguard audit entries")));
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			pending = NIL;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Entries of a rolled-back subtransaction go with it */
+static void
+audit_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending)
+		{
+			PendingEntry *e = (PendingEntry *) lfirst(lc);
+
+			if (e->subid == mySubid)
+				pending = foreach_delete_current(pending, lc);
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending)
+		{
+			PendingEntry *e = (PendingEntry *) lfirst(lc);
+
+			if (e->subid == mySubid)
+				e->subid = parentSubid;
+		}
+	}
+}
+
+/* Record an accepted action; it is chained when its transaction commits */
 void
 cg_audit(const char *action, const char *target, const char *row_key,
 		 Jsonb *detail)
 {
 	const CgPrincipal *p = cg_current_principal();
+	char	   *json = detail_with_role(detail ?
+										JsonbToCString(NULL, &detail->root, VARSIZE(detail)) : NULL);
+	MemoryContext old;
+	PendingEntry *e;
 
-	cg_audit_write(p ? p->id : 0, GetCurrentTimestamp(), action, target, row_key,
-				   detail_with_role(detail ?
-									JsonbToCString(NULL, &detail->root, VARSIZE(detail)) : NULL));
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(audit_xact_callback, NULL);
+		RegisterSubXactCallback(audit_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	e = palloc(sizeof(PendingEntry));
+	e->subid = GetCurrentSubTransactionId();
+	e->principal = p ? p->id : 0;
+	e->at = GetCurrentTimestamp();
+	e->action = pstrdup(action);
+	e->target = copy_or_null(target);
+	e->row_key = copy_or_null(row_key);
+	e->detail = pstrdup(json);
+	pending = lappend(pending, e);
+	MemoryContextSwitchTo(old);
 }
 
 /*

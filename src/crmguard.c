@@ -8,6 +8,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -41,6 +42,7 @@ crmguard_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	cg_worker_shmem_request();
+	cg_otp_shmem_request();
 }
 #endif
 
@@ -50,6 +52,7 @@ crmguard_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	cg_worker_shmem_startup();
+	cg_otp_shmem_startup();
 }
 
 void
@@ -80,6 +83,7 @@ _PG_init(void)
 	shmem_request_hook = crmguard_shmem_request;
 #else
 	cg_worker_shmem_request();
+	cg_otp_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = crmguard_shmem_startup;
@@ -145,6 +149,8 @@ cg_catalog(void)
 		get_relname_relid("principal", catalog.schema) : InvalidOid;
 	catalog.audit_rel = OidIsValid(catalog.schema) ?
 		get_relname_relid("audit", catalog.schema) : InvalidOid;
+	catalog.otp_rule_rel = OidIsValid(catalog.schema) ?
+		get_relname_relid("otp_rule", catalog.schema) : InvalidOid;
 	if (!OidIsValid(catalog.principal_rel) || !OidIsValid(catalog.audit_rel))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -184,4 +190,20 @@ cg_leave_owner(CgPrivilegedContext *ctx)
 {
 	AtEOXact_GUC(true, ctx->save_nestlevel);
 	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}
+
+/*
+ * Statement trigger on each rule table: at commit, every backend drops what
+ * it cached from that table (the relcache callbacks of each module).
+ */
+PG_FUNCTION_INFO_V1(crmguard_rules_changed);
+Datum
+crmguard_rules_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+		elog(ERROR, "crmguard_rules_changed: must be fired as a statement trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
 }

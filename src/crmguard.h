@@ -37,6 +37,7 @@ typedef struct CgCatalog
 	Oid			schema;
 	Oid			principal_rel;
 	Oid			audit_rel;
+	Oid			otp_rule_rel;
 	Oid			owner;			/* owner of the extension's tables */
 } CgCatalog;
 
@@ -94,12 +95,35 @@ extern void cg_audit_run_job(const char *data, int len);
 /* worker.c: shared memory queue and background worker */
 typedef enum CgJobKind
 {
-	CG_JOB_AUDIT = 1
+	CG_JOB_AUDIT = 1,
+	CG_JOB_OTP_ISSUE = 2
 } CgJobKind;
 
 extern void cg_worker_shmem_request(void);
 extern void cg_worker_shmem_startup(void);
 extern void cg_worker_register(void);
 extern bool cg_enqueue(CgJobKind kind, const char *data, int len);
+
+/* outbox.c: the one outbox */
+extern int64 cg_outbox_put(const char *channel, const char *recipient,
+						   const char *subject, const char *body);
+
+/* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
+extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
+extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
+
+/* otp.c: OTP-gated status changes */
+extern void cg_otp_shmem_request(void);
+extern void cg_otp_shmem_startup(void);
+extern void cg_otp_run_job(const char *data, int len);
+
+/* otp_rule.c */
+extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
+
+/* guard.c: the triggers crmguard installs on user tables */
+extern bool cg_guard_dropping;
+extern void cg_guard_install(Oid relid, const char *trigger_name,
+							 const char *function_name, const char *events);
+extern void cg_guard_remove(Oid relid, const char *trigger_name);
 
 #endif							/* CRMGUARD_H */

@@ -569,10 +569,9 @@ crmguard_assume(PG_FUNCTION_ARGS)
 }
 
 /*
- * Trigger on crmguard.principal.  Per row: refuse a manager cycle, checked
- * against the latest committed tree under a lock only this module takes, so
- * two concurrent changes cannot each close half of a cycle.  Per statement:
- * tell every backend to drop its principal cache.
+ * Row trigger on crmguard.principal: refuse a manager cycle, checked against
+ * the latest committed tree under a lock only this module takes, so two
+ * concurrent changes cannot each close half of a cycle.
  */
 PG_FUNCTION_INFO_V1(crmguard_principal_changed);
 Datum
@@ -591,15 +590,11 @@ crmguard_principal_changed(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {INT8OID};
 	CgPrivilegedContext priv;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event))
-		elog(ERROR, "crmguard_principal_changed: must be fired as an AFTER trigger");
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "crmguard_principal_changed: must be fired as an AFTER row trigger");
 
 	rel = trigdata->tg_relation;
-	if (TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
-	{
-		CacheInvalidateRelcacheByRelid(RelationGetRelid(rel));
-		return PointerGetDatum(NULL);
-	}
 
 	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;

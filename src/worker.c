@@ -241,21 +241,38 @@ worker_sigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
+/* One job, one transaction; a failing job is logged and the worker goes on */
 static void
 run_job(CgJob *job)
 {
+	MemoryContext oldcontext = CurrentMemoryContext;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "crmguard job");
-	switch (job->kind)
+	PG_TRY();
 	{
-		case CG_JOB_AUDIT:
-			cg_audit_run_job(job->data, job->len);
-			break;
+		switch (job->kind)
+		{
+			case CG_JOB_AUDIT:
+				cg_audit_run_job(job->data, job->len);
+				break;
+			case CG_JOB_OTP_ISSUE:
+				cg_otp_run_job(job->data, job->len);
+				break;
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 

@@ -1,10 +1,3 @@
-/* crmguard--1.0.sql */
-
-\echo Use "CREATE EXTENSION crmguard" to load this file. \quit
-
-REVOKE ALL ON SCHEMA crmguard FROM PUBLIC;
-GRANT USAGE ON SCHEMA crmguard TO PUBLIC;
-
 -- ---------------------------------------------------------------------------
 -- Principals: who is acting
 -- ---------------------------------------------------------------------------
@@ -37,9 +30,14 @@ REVOKE ALL ON FUNCTION crmguard.principal_changed() FROM PUBLIC;
 CREATE TRIGGER principal_manager_cycle
     AFTER INSERT OR UPDATE OF manager_id ON crmguard.principal
     FOR EACH ROW EXECUTE FUNCTION crmguard.principal_changed();
+-- a statement that changes rules tells every backend to drop its cache
+CREATE FUNCTION crmguard.rules_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_rules_changed';
+REVOKE ALL ON FUNCTION crmguard.rules_changed() FROM PUBLIC;
+
 CREATE TRIGGER principal_cache_invalidate
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.principal
-    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.principal_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
 
 CREATE FUNCTION crmguard.current_principal() RETURNS bigint
     LANGUAGE c STABLE PARALLEL RESTRICTED
@@ -64,49 +62,6 @@ CREATE FUNCTION crmguard.assume(token text) RETURNS bigint
 COMMENT ON FUNCTION crmguard.current_principal() IS 'the acting principal: from an assumed token, else from the current role; NULL when nobody';
 COMMENT ON FUNCTION crmguard.issue_token(text, interval) IS 'a signed, expiring identity token for pooled connections (application login role only)';
 COMMENT ON FUNCTION crmguard.assume(text) IS 'act as the principal of a valid token for the rest of the session; NULL gives it up';
-
--- ---------------------------------------------------------------------------
--- Audit: append-only, hash-chained
--- ---------------------------------------------------------------------------
-
-CREATE TABLE crmguard.audit (
-    id        bigint PRIMARY KEY,
-    at        timestamptz NOT NULL,
-    principal bigint,
-    device    bigint,
-    action    text NOT NULL,
-    target    text,
-    row_key   text,
-    detail    jsonb,
-    prev_hash bytea NOT NULL,
-    hash      bytea NOT NULL
-);
-COMMENT ON TABLE crmguard.audit IS 'append-only log of guarded actions; each row chained to the previous by a keyed BLAKE2b hash';
-SELECT pg_catalog.pg_extension_config_dump('crmguard.audit', '');
-
-CREATE FUNCTION crmguard.audit_append_only() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_audit_append_only';
-REVOKE ALL ON FUNCTION crmguard.audit_append_only() FROM PUBLIC;
-
-CREATE TRIGGER audit_no_update_or_delete
-    BEFORE UPDATE OR DELETE ON crmguard.audit
-    FOR EACH ROW EXECUTE FUNCTION crmguard.audit_append_only();
-CREATE TRIGGER audit_no_truncate
-    BEFORE TRUNCATE ON crmguard.audit
-    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.audit_append_only();
-
-CREATE FUNCTION crmguard.audit_event(action text, target text DEFAULT NULL,
-                                     row_key text DEFAULT NULL, detail jsonb DEFAULT NULL)
-    RETURNS void
-    LANGUAGE c VOLATILE PARALLEL UNSAFE
-    AS 'MODULE_PATHNAME', 'crmguard_audit_event';
-COMMENT ON FUNCTION crmguard.audit_event(text, text, text, jsonb) IS 'append an event to the audit log as the current principal';
-
-CREATE FUNCTION crmguard.verify_audit(OUT ok boolean, OUT first_bad bigint)
-    RETURNS SETOF record
-    LANGUAGE c VOLATILE ROWS 1 PARALLEL UNSAFE
-    AS 'MODULE_PATHNAME', 'crmguard_verify_audit';
-COMMENT ON FUNCTION crmguard.verify_audit() IS 'recompute the audit chain; first_bad is the first altered, inserted or deleted-after row';
 
 -- ---------------------------------------------------------------------------
 -- Administration of principals
@@ -155,16 +110,3 @@ END
 $$;
 COMMENT ON FUNCTION crmguard.add_principal(text, text[], text, jsonb, name, boolean) IS 'create a principal; the manager is named and must exist';
 
--- ---------------------------------------------------------------------------
--- Privileges: identity is for everyone, administration is granted deliberately
--- ---------------------------------------------------------------------------
-
-REVOKE ALL ON ALL TABLES IN SCHEMA crmguard FROM PUBLIC;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA crmguard FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crmguard FROM PUBLIC;
-
-GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
-GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
-GRANT EXECUTE ON FUNCTION crmguard.assume(text) TO PUBLIC;

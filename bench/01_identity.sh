@@ -1,0 +1,54 @@
+#!/bin/bash
+# Identity: the cost of current_principal()/has_role()/team() in a query, and
+# of team() for a manager above a 10,000-principal tree; audit append rate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
+CREATE EXTENSION crmguard;
+\i bench/lib.sql
+-- a 10,000-principal tree: 1 director, 20 managers, 9,979 agents
+CREATE ROLE bench_director; CREATE ROLE bench_agent;
+SELECT crmguard.add_principal('director', '{director}', db_role => 'bench_director');
+INSERT INTO crmguard.principal (name, roles, manager_id)
+SELECT 'manager' || i, '{area_manager}', 1 FROM generate_series(1, 20) i;
+INSERT INTO crmguard.principal (name, roles, manager_id, attributes)
+SELECT 'agent' || i, '{agent}', 2 + i % 20, jsonb_build_object('zone', 'z' || i % 50)
+  FROM generate_series(1, 9979) i;
+UPDATE crmguard.principal SET db_role = 'bench_agent' WHERE name = 'agent1';
+
+CREATE TABLE public.customer (id bigint PRIMARY KEY, owner_id bigint, zone text);
+INSERT INTO public.customer SELECT i, 1 + i % 10000, 'z' || i % 50 FROM generate_series(1, 200000) i;
+CREATE INDEX ON public.customer (owner_id);
+ANALYZE public.customer;
+GRANT SELECT ON public.customer TO bench_director, bench_agent;
+GRANT USAGE ON SCHEMA bench TO bench_director, bench_agent;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA bench TO bench_director, bench_agent;
+SQL
+
+psql -X -v ON_ERROR_STOP=1 <<'SQL'
+\pset footer off
+SET ROLE bench_agent;
+SELECT * FROM bench.compare('200k rows, current_principal() per row',
+    'SELECT count(*) FROM public.customer WHERE owner_id <> crmguard.current_principal()',
+    'SELECT count(*) FROM public.customer WHERE owner_id <> 2');
+SELECT * FROM bench.compare('200k rows, has_role() and attr() per row',
+    $$SELECT count(*) FROM public.customer WHERE crmguard.has_role('agent') AND zone = crmguard.attr('zone')$$,
+    $$SELECT count(*) FROM public.customer WHERE zone = 'z1'$$);
+RESET ROLE;
+SET ROLE bench_director;
+-- team() of the director: first call computes the tree, later calls reuse it
+SELECT round(bench.ms('SELECT cardinality(crmguard.team())', 1)::numeric, 3) AS team_first_call_ms;
+SELECT round(bench.ms('SELECT cardinality(crmguard.team())', 100)::numeric, 3) AS team_cached_call_ms;
+SELECT * FROM bench.compare('200k rows, owner = ANY(team()) of 10,000 principals, per statement',
+    'SELECT count(*) FROM public.customer WHERE owner_id = ANY ((SELECT crmguard.team())::bigint[])',
+    'SELECT count(*) FROM public.customer WHERE owner_id = ANY ((SELECT array_agg(i::bigint) FROM generate_series(1, 10000) i)::bigint[])');
+RESET ROLE;
+SELECT * FROM bench.compare('audit append (one row per call)',
+    $$SELECT crmguard.audit_event('bench')$$,
+    $$SELECT 1$$, 200, 5);
+SQL
+
+# audit writers at two clients: the chain serialises them
+echo "SELECT crmguard.audit_event('bench', 'pgbench');" > /tmp/crmguard_audit_bench.sql
+pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_audit_bench.sql 2>/dev/null | grep -E "^tps|latency average"
+psql -X -At -c "SELECT 'chain after the run verifies: ' || ok FROM crmguard.verify_audit()"

@@ -1,0 +1,9 @@
+#!/bin/bash
+# make bench: each benchmark in a throwaway cluster; every figure is a ratio
+# against plain PostgreSQL measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for b in bench/[0-9]*.sh; do
+    echo "== $b"
+    pg_virtualenv -t -o shared_preload_libraries=crmguard -o max_worker_processes=24 bash "$b"
+done

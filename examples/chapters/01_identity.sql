@@ -1,0 +1,75 @@
+-- Chapter 1: who is acting, and the tamper-evident audit log
+\set ON_ERROR_STOP 0
+\set SHOW_CONTEXT never
+\set VERBOSITY default
+\echo '== Chapter 1: who is acting'
+\echo
+\echo 'The sales organisation, as crmguard principals (manager tree):'
+WITH RECURSIVE tree AS (
+    SELECT id, name, roles, 0 AS depth, ARRAY[id] AS path
+      FROM crmguard.principal WHERE manager_id IS NULL
+    UNION ALL
+    SELECT p.id, p.name, p.roles, t.depth + 1, t.path || p.id
+      FROM crmguard.principal p JOIN tree t ON p.manager_id = t.id
+)
+SELECT repeat('    ', depth) || name AS principal, array_to_string(roles, ', ') AS crm_roles
+  FROM tree ORDER BY path;
+
+\echo
+\echo 'Luca logs in with his own database role. crmguard maps the role to his principal:'
+SET ROLE crm_luca;
+SELECT crmguard.current_principal() AS principal_id, crmguard.has_role('agent') AS is_agent,
+       crmguard.attr('zone') AS zone, crmguard.team() AS team;
+RESET ROLE;
+
+\echo
+\echo 'Anna, his area manager, sees herself and everyone below her in team():'
+SET ROLE crm_anna;
+SELECT p.name FROM crmguard.principal p WHERE p.id = ANY (crmguard.team()) ORDER BY p.id;
+RESET ROLE;
+
+\echo
+\echo 'The customer portal shares one pooled login role. The application signs in'
+\echo 'Patricie and hands her session a token (MAC-signed with the server key, expiring):'
+SELECT crmguard.issue_token('patricie', '15 minutes') AS token \gset
+SELECT crmguard.assume(:'token') AS assumed_principal;
+SELECT name AS acting_as FROM crmguard.principal WHERE id = crmguard.current_principal();
+
+\echo
+\echo 'An attacker on the same pool tries to become Dora, the director, by setting a variable:'
+SET crmguard.principal = 'dora';
+\echo '... and by presenting a token with one character changed:'
+SELECT crmguard.assume(overlay(:'token' PLACING
+       CASE WHEN substr(:'token', 20, 1) = 'x' THEN 'y' ELSE 'x' END FROM 20 FOR 1));
+SELECT name AS still_acting_as FROM crmguard.principal WHERE id = crmguard.current_principal();
+SELECT crmguard.assume(NULL) AS gave_up_identity;
+
+\echo
+\echo 'Every guarded action, accepted or refused, is in the audit log, each row'
+\echo 'chained to the one before by a keyed BLAKE2b hash:'
+SELECT pg_sleep(0.3);   -- refusals are written by the background worker
+SELECT a.id, to_char(a.at, 'HH24:MI:SS') AS at, p.name AS principal, a.action,
+       a.detail - 'session_role' AS detail, left(encode(a.hash, 'hex'), 12) || '…' AS hash
+  FROM crmguard.audit a LEFT JOIN crmguard.principal p ON p.id = a.principal
+ WHERE a.action <> 'add_principal'
+ ORDER BY a.id DESC LIMIT 6;
+SELECT * FROM crmguard.verify_audit();
+
+\echo
+\echo 'Even the table owner cannot rewrite history:'
+CREATE ROLE crm_audit_owner_demo;
+ALTER TABLE crmguard.audit OWNER TO crm_audit_owner_demo;
+SET ROLE crm_audit_owner_demo;
+DELETE FROM crmguard.audit WHERE action = 'assume_refused';
+RESET ROLE;
+ALTER TABLE crmguard.audit OWNER TO CURRENT_USER;
+DROP ROLE crm_audit_owner_demo;
+
+\echo
+\echo 'A superuser can disable the triggers and edit a row, but verify_audit() finds it:'
+BEGIN;
+ALTER TABLE crmguard.audit DISABLE TRIGGER USER;
+UPDATE crmguard.audit SET detail = '{"reason": "nothing to see here"}'
+ WHERE id = (SELECT max(id) FROM crmguard.audit WHERE action = 'assume_refused');
+SELECT * FROM crmguard.verify_audit();
+ROLLBACK;

@@ -1,0 +1,110 @@
+-- Chapter 2: a delivery becomes "Delivered" only with the customer's code
+\set ON_ERROR_STOP 0
+\set SHOW_CONTEXT never
+\set VERBOSITY default
+\echo '== Chapter 2: OTP-gated status changes'
+\echo
+\echo 'Reps have been marking deliveries "Delivered" without being there. The DBA adds'
+\echo 'the rule "Delivery Confirmation OTP": 5-digit numeric code, valid 5 minutes, by SMS,'
+\echo 'whenever a delivery note changes to "Delivered":'
+SELECT crmguard.create_otp_rule('Delivery Confirmation OTP', 'crm.delivery_note',
+                                status_column => 'status', to_values => '{Delivered}',
+                                recipient_column => 'contact_phone', channel => 'sms',
+                                code_type => 'numeric', code_length => 5,
+                                valid_for => '5 minutes') AS rule_id;
+
+SELECT min(id) AS note_id FROM crm.delivery_note
+ WHERE status = 'Out for delivery' AND owner_id = (SELECT id FROM crmguard.principal WHERE name = 'remo') \gset
+\echo
+\echo 'Remo, the delivery rep, marks delivery note' :note_id 'delivered from the depot:'
+SET ROLE crm_remo;
+UPDATE crm.delivery_note SET status = 'Delivered', delivered_at = now() WHERE id = :note_id;
+RESET ROLE;
+
+\echo
+\echo 'The change was refused, yet the customer got the code: the background worker'
+\echo 'queued the SMS in its own transaction. The SMS gateway claims it from the outbox:'
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM crmguard.outbox WHERE subject = 'Delivery Confirmation OTP');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT id, channel, recipient, body FROM crmguard.claim_outbox('sms', 10) \gset sms_
+\echo '   to' :'sms_recipient' '->' :'sms_body'
+SELECT substring(:'sms_body' FROM 'code is ([0-9]+)') AS code \gset
+SELECT crmguard.mark_sent(:sms_id);
+SELECT max(id) AS challenge FROM crmguard.otp_challenge_state \gset
+
+\echo
+\echo 'At the customer''s door, Remo types a wrong code first:'
+SET ROLE crm_remo;
+BEGIN;
+SELECT crmguard.verify_otp(:challenge, '00000');
+ROLLBACK;
+\echo '... then the code the customer reads out, and the change goes through:'
+BEGIN;
+SELECT crmguard.verify_otp(:challenge, :'code') AS verified;
+UPDATE crm.delivery_note SET status = 'Delivered', delivered_at = now() WHERE id = :note_id;
+COMMIT;
+SELECT id, status FROM crm.delivery_note WHERE id = :note_id;
+
+\echo
+\echo 'The same code cannot be used again (one code, one change):'
+RESET ROLE;
+UPDATE crm.delivery_note SET status = 'Out for delivery' WHERE id = :note_id;
+SET ROLE crm_remo;
+BEGIN;
+SELECT crmguard.verify_otp(:challenge, :'code');
+ROLLBACK;
+RESET ROLE;
+
+\echo
+\echo 'An expired code is refused too (a rule with a very short validity, for the demo):'
+SELECT crmguard.create_otp_rule('Failed Delivery OTP', 'crm.delivery_note', 'status', '{Failed}',
+                                'contact_phone', delivery => 'manual', code_length => 5,
+                                valid_for => '1 second') AS rule_id;
+SET ROLE crm_remo;
+SELECT crmguard.request_otp('crm.delivery_note', :'note_id', 'Failed') AS quick \gset
+RESET ROLE;
+SELECT substring(body FROM 'code is ([0-9]+)') AS quick_code FROM crmguard.outbox ORDER BY id DESC LIMIT 1 \gset
+SELECT pg_sleep(1.2);
+SET ROLE crm_remo;
+BEGIN;
+SELECT crmguard.verify_otp(:quick, :'quick_code');
+ROLLBACK;
+RESET ROLE;
+
+\echo
+\echo 'No rollback trick helps: failed attempts are counted in shared memory. After'
+\echo 'three wrong codes, even the right one is refused:'
+SELECT id AS other_note FROM crm.delivery_note WHERE status = 'Out for delivery' ORDER BY id LIMIT 1 \gset
+SET ROLE crm_remo;
+SELECT crmguard.request_otp('crm.delivery_note', :'other_note', 'Delivered') AS locked_challenge \gset
+BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '11111'); ROLLBACK;
+BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '22222'); ROLLBACK;
+BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '33333'); ROLLBACK;
+RESET ROLE;
+SELECT substring(body FROM 'code is ([0-9]+)') AS right_code FROM crmguard.outbox ORDER BY id DESC LIMIT 1 \gset
+SET ROLE crm_remo;
+SELECT crmguard.verify_otp(:locked_challenge, :'right_code');
+RESET ROLE;
+
+\echo
+\echo 'The challenges as the DBA sees them (never the code):'
+SELECT id, rule, row_key, to_value, state, attempts, resends FROM crmguard.otp_challenge ORDER BY id;
+
+\echo
+\echo 'And the table owner cannot quietly switch the guard off:'
+CREATE ROLE crm_owner_demo;
+ALTER TABLE crm.delivery_note OWNER TO crm_owner_demo;
+SET ROLE crm_owner_demo;
+ALTER TABLE crm.delivery_note DISABLE TRIGGER ALL;
+RESET ROLE;
+ALTER TABLE crm.delivery_note OWNER TO CURRENT_USER;
+DROP ROLE crm_owner_demo;
+SELECT pg_sleep(0.3);
+SELECT action, count(*) FROM crmguard.audit
+ WHERE action LIKE 'otp%' OR action LIKE 'guard%' OR action LIKE '%otp_rule'
+ GROUP BY action ORDER BY action;

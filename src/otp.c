@@ -1,0 +1,1326 @@
+/*
+ * otp.c
+ *		OTP-gated status changes: a row may enter a gated value only after the
+ *		acting principal verified, in the same transaction, a one-time code
+ *		sent to the customer.  One code, one change.
+ *
+ * Rules are cached per backend and per table, so rows that enter no gated
+ * value cost a hash lookup and a datum comparison.  Failed attempts live in
+ * shared memory, where ROLLBACK cannot undo them; a challenge whose counter
+ * is missing (the server restarted) fails closed.
+ */
+#include "postgres.h"
+
+#include <sodium.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "crmguard.h"
+
+#define OTP_GUARD_TRIGGER	"zz_crmguard_otp_guard"
+#define OTP_MAX_CHALLENGES	16384
+
+/* ---------------------------------------------------------------------------
+ * Shared memory: failed attempts per challenge
+ * ---------------------------------------------------------------------------
+ */
+typedef struct OtpAttemptKey
+{
+	int64		challenge;
+	Oid			dboid;
+	uint32		zero;			/* explicit, so a copied key hashes the same */
+} OtpAttemptKey;
+
+typedef struct OtpAttempts
+{
+	OtpAttemptKey key;
+	int			attempts;
+	int			max_attempts;
+	TimestampTz expires_at;
+} OtpAttempts;
+
+static HTAB *attempts_table = NULL;
+static LWLock *attempts_lock = NULL;
+
+void
+cg_otp_shmem_request(void)
+{
+	RequestAddinShmemSpace(hash_estimate_size(OTP_MAX_CHALLENGES, sizeof(OtpAttempts)));
+	RequestNamedLWLockTranche("crmguard otp", 1);
+}
+
+void
+cg_otp_shmem_startup(void)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(OtpAttemptKey);
+	ctl.entrysize = sizeof(OtpAttempts);
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	attempts_table = ShmemInitHash("crmguard otp attempts", OTP_MAX_CHALLENGES,
+								   OTP_MAX_CHALLENGES, &ctl, HASH_ELEM | HASH_BLOBS);
+	attempts_lock = &(GetNamedLWLockTranche("crmguard otp"))->lock;
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static OtpAttemptKey
+attempt_key(int64 challenge)
+{
+	OtpAttemptKey key;
+
+	key.challenge = challenge;
+	key.dboid = MyDatabaseId;
+	key.zero = 0;
+	return key;
+}
+
+/* Start counting for a new challenge, evicting expired ones when full */
+static void
+attempts_register(int64 challenge, int max_attempts, TimestampTz expires_at)
+{
+	OtpAttemptKey key = attempt_key(challenge);
+	OtpAttempts *entry;
+	bool		found;
+
+	cg_require_preload();
+	LWLockAcquire(attempts_lock, LW_EXCLUSIVE);
+	entry = hash_search(attempts_table, &key, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		OtpAttempts *old;
+		TimestampTz now = GetCurrentTimestamp();
+
+		hash_seq_init(&seq, attempts_table);
+		while ((old = hash_seq_search(&seq)) != NULL)
+			if (old->expires_at < now)
+				hash_search(attempts_table, &old->key, HASH_REMOVE, NULL);
+		entry = hash_search(attempts_table, &key, HASH_ENTER_NULL, &found);
+	}
+	if (entry == NULL)
+	{
+		LWLockRelease(attempts_lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many live OTP challenges"),
+				 errdetail("At most %d challenges can be pending at once.", OTP_MAX_CHALLENGES)));
+	}
+	if (!found)
+		entry->attempts = 0;
+	entry->max_attempts = max_attempts;
+	entry->expires_at = expires_at;
+	LWLockRelease(attempts_lock);
+}
+
+typedef enum AttemptResult
+{
+	ATTEMPT_ALLOWED,
+	ATTEMPT_LOCKED,
+	ATTEMPT_UNKNOWN
+} AttemptResult;
+
+/* Count one attempt before the comparison, so parallel guesses count too */
+static AttemptResult
+attempts_take(int64 challenge, int *used, int *max)
+{
+	OtpAttemptKey key = attempt_key(challenge);
+	OtpAttempts *entry;
+	AttemptResult result;
+
+	LWLockAcquire(attempts_lock, LW_EXCLUSIVE);
+	entry = hash_search(attempts_table, &key, HASH_FIND, NULL);
+	if (entry == NULL)
+		result = ATTEMPT_UNKNOWN;
+	else if (entry->attempts >= entry->max_attempts)
+		result = ATTEMPT_LOCKED;
+	else
+	{
+		entry->attempts++;
+		result = ATTEMPT_ALLOWED;
+	}
+	if (entry)
+	{
+		*used = entry->attempts;
+		*max = entry->max_attempts;
+	}
+	LWLockRelease(attempts_lock);
+	return result;
+}
+
+/* A right code was not a failed attempt */
+static void
+attempts_refund(int64 challenge)
+{
+	OtpAttemptKey key = attempt_key(challenge);
+	OtpAttempts *entry;
+
+	LWLockAcquire(attempts_lock, LW_EXCLUSIVE);
+	entry = hash_search(attempts_table, &key, HASH_FIND, NULL);
+	if (entry && entry->attempts > 0)
+		entry->attempts--;
+	LWLockRelease(attempts_lock);
+}
+
+/* ---------------------------------------------------------------------------
+ * The rule cache
+ * ---------------------------------------------------------------------------
+ */
+typedef struct OtpRule
+{
+	int64		id;
+	char	   *name;
+	AttrNumber	status_attno;
+	Oid			status_type;
+	bool		status_byval;
+	int16		status_len;
+	FmgrInfo	status_out;
+	int			nto;
+	char	  **to_values;
+	int			nfrom;			/* -1: any */
+	char	  **from_values;
+	int			napplies;		/* -1: everyone */
+	char	  **applies_to;
+	char	   *recipient_column;
+	AttrNumber	recipient_attno;
+	char	   *channel;
+	bool		automatic;
+	int			code_type;		/* 0 numeric, 1 alphabetic, 2 alphanumeric */
+	int			code_length;
+	Interval	valid_for;
+	int			max_resends;
+	int			max_attempts;
+	char	   *condition;		/* compiled SQL, or NULL */
+} OtpRule;
+
+typedef struct OtpTable
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	MemoryContext mcxt;
+	int			nrules;
+	OtpRule    *rules;
+	AttrNumber	pk_attno;
+	Oid			pk_type;
+	FmgrInfo	pk_out;
+} OtpTable;
+
+static MemoryContext rule_context = NULL;
+static HTAB *rule_cache = NULL;
+static Oid	known_rule_rel = InvalidOid;
+static List *retired_contexts = NIL;	/* freed at transaction end */
+
+/* Mark entries stale; they are rebuilt on next use, never freed under a caller */
+static void
+rule_cache_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS seq;
+	OtpTable   *entry;
+
+	if (rule_cache == NULL)
+		return;
+	hash_seq_init(&seq, rule_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (relid == InvalidOid || relid == known_rule_rel || relid == entry->relid)
+			entry->valid = false;
+}
+
+/* Challenges verified in this transaction, waiting for their change */
+typedef struct Verified
+{
+	int64		challenge;
+	int64		rule;
+	int64		principal;
+	char	   *row_key;
+	char	   *to_value;
+} Verified;
+
+static List *verified = NIL;	/* in TopTransactionContext */
+static bool xact_callback_registered = false;
+
+static void
+otp_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_PARALLEL_ABORT &&
+		event != XACT_EVENT_PREPARE)
+		return;
+	verified = NIL;
+	foreach(lc, retired_contexts)
+		MemoryContextDelete((MemoryContext) lfirst(lc));
+	list_free(retired_contexts);
+	retired_contexts = NIL;
+}
+
+static void
+otp_init(void)
+{
+	HASHCTL		ctl;
+
+	if (rule_cache != NULL)
+		return;
+	if (rule_context == NULL)
+		rule_context = AllocSetContextCreate(CacheMemoryContext, "crmguard otp rules",
+											 ALLOCSET_SMALL_SIZES);
+	if (!xact_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(rule_cache_callback, (Datum) 0);
+		RegisterXactCallback(otp_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(OtpTable);
+	ctl.hcxt = rule_context;
+	rule_cache = hash_create("crmguard otp rules", 64, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+static int
+array_to_strings(Datum array, bool isnull, char ***out)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	if (isnull)
+	{
+		*out = NULL;
+		return -1;
+	}
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	*out = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		(*out)[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
+	return n;
+}
+
+static bool
+string_in(const char *s, char **list, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(list[i], s) == 0)
+			return true;
+	return false;
+}
+
+static AttrNumber
+column_attno(Oid relid, const char *column, const char *rule)
+{
+	AttrNumber	attno = get_attnum(relid, column);
+
+	if (attno == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_INVALID_RULE),
+				 errmsg("OTP rule \"%s\" refers to column \"%s\", which table %s no longer has",
+						rule, column, get_rel_name(relid)),
+				 errhint("Drop the rule and create it again.")));
+	return attno;
+}
+
+/* The single-column primary key that names a row in challenges */
+static bool
+primary_key(Oid relid, AttrNumber *attno, Oid *type)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	bool		isnull;
+
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT a.attnum, a.atttypid FROM pg_catalog.pg_index i"
+							  " JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
+							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
+							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_index");
+	if (SPI_processed == 0)
+		return false;
+	*attno = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*type = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
+}
+
+/* Load the rules of one table; caller is connected to SPI as the owner */
+static void
+load_rules(OtpTable *entry)
+{
+	Oid			types[1] = {REGCLASSOID};
+	Datum		values[1];
+	MemoryContext old;
+	uint64		i;
+	Oid			out_fn;
+	bool		varlena;
+
+	values[0] = ObjectIdGetDatum(entry->relid);
+	if (SPI_execute_with_args("SELECT id, rule_name, status_column, to_values, recipient_column,"
+							  " channel, delivery, code_type, code_length, valid_for, max_resends,"
+							  " max_attempts, from_values, applies_to, compiled_condition"
+							  " FROM crmguard.otp_rule WHERE target OPERATOR(pg_catalog.=) $1"
+							  " ORDER BY id", 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_rule");
+
+	old = MemoryContextSwitchTo(entry->mcxt);
+	entry->nrules = (int) SPI_processed;
+	entry->rules = palloc0(sizeof(OtpRule) * Max(entry->nrules, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		OtpRule    *r = &entry->rules[i];
+		bool		isnull;
+		Datum		d;
+		char	   *s;
+
+		r->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		r->name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		r->status_attno = column_attno(entry->relid,
+									   NameStr(*DatumGetName(SPI_getbinval(tup, desc, 3, &isnull))),
+									   r->name);
+		r->status_type = get_atttype(entry->relid, r->status_attno);
+		get_typlenbyval(r->status_type, &r->status_len, &r->status_byval);
+		getTypeOutputInfo(r->status_type, &out_fn, &varlena);
+		fmgr_info_cxt(out_fn, &r->status_out, entry->mcxt);
+		r->nto = array_to_strings(SPI_getbinval(tup, desc, 4, &isnull), isnull, &r->to_values);
+		r->recipient_column = pstrdup(NameStr(*DatumGetName(SPI_getbinval(tup, desc, 5, &isnull))));
+		r->recipient_attno = column_attno(entry->relid, r->recipient_column, r->name);
+		r->channel = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
+		r->automatic = strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull)), "automatic") == 0;
+		s = TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull));
+		r->code_type = strcmp(s, "numeric") == 0 ? 0 : strcmp(s, "alphabetic") == 0 ? 1 : 2;
+		r->code_length = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+		r->valid_for = *DatumGetIntervalP(SPI_getbinval(tup, desc, 10, &isnull));
+		r->max_resends = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
+		r->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
+		d = SPI_getbinval(tup, desc, 13, &isnull);
+		r->nfrom = array_to_strings(d, isnull, &r->from_values);
+		d = SPI_getbinval(tup, desc, 14, &isnull);
+		r->napplies = array_to_strings(d, isnull, &r->applies_to);
+		d = SPI_getbinval(tup, desc, 15, &isnull);
+		r->condition = isnull ? NULL : TextDatumGetCString(d);
+	}
+	if (entry->nrules > 0)
+	{
+		if (!primary_key(entry->relid, &entry->pk_attno, &entry->pk_type))
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_INVALID_RULE),
+					 errmsg("table %s guarded by OTP rules has no single-column primary key",
+							get_rel_name(entry->relid))));
+		getTypeOutputInfo(entry->pk_type, &out_fn, &varlena);
+		fmgr_info_cxt(out_fn, &entry->pk_out, entry->mcxt);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* The rules of a table, from the cache; the hot path does no SPI when cached */
+static OtpTable *
+rules_for(Oid relid)
+{
+	OtpTable   *entry;
+	bool		found;
+	CgPrivilegedContext priv;
+
+	otp_init();
+	entry = hash_search(rule_cache, &relid, HASH_ENTER, &found);
+	if (found && entry->valid)
+		return entry;
+
+	if (found && entry->mcxt)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		retired_contexts = lappend(retired_contexts, entry->mcxt);
+		MemoryContextSwitchTo(old);
+	}
+	entry->mcxt = AllocSetContextCreate(rule_context, "crmguard otp table rules",
+										ALLOCSET_SMALL_SIZES);
+	entry->nrules = 0;
+	entry->valid = false;
+
+	known_rule_rel = cg_catalog()->otp_rule_rel;
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	load_rules(entry);
+	SPI_finish();
+	cg_leave_owner(&priv);
+	entry->valid = true;
+	return entry;
+}
+
+/* ---------------------------------------------------------------------------
+ * Codes, hashes and recipients
+ * ---------------------------------------------------------------------------
+ */
+static const char *const code_alphabets[] = {
+	"0123456789",
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+};
+
+/* randombytes_uniform draws without modulo bias */
+static void
+generate_code(int code_type, int length, char *out)
+{
+	const char *alphabet = code_alphabets[code_type];
+	uint32_t	n = (uint32_t) strlen(alphabet);
+	int			i;
+
+	for (i = 0; i < length; i++)
+		out[i] = alphabet[randombytes_uniform(n)];
+	out[length] = '\0';
+}
+
+/* Keyed hash of a code, bound to its challenge id */
+static void
+code_hash(int64 challenge, const char *code, unsigned char *out)
+{
+	unsigned char key[CG_KEY_BYTES];
+	unsigned char id[8];
+	crypto_generichash_state st;
+	int			i;
+
+	for (i = 7; i >= 0; i--)
+	{
+		id[i] = (unsigned char) (challenge & 0xff);
+		challenge >>= 8;
+	}
+	cg_subkey(CG_KEY_OTP, key);
+	crypto_generichash_init(&st, key, sizeof(key), CG_HASH_BYTES);
+	sodium_memzero(key, sizeof(key));
+	crypto_generichash_update(&st, id, sizeof(id));
+	crypto_generichash_update(&st, (const unsigned char *) code, strlen(code));
+	crypto_generichash_final(&st, out, CG_HASH_BYTES);
+}
+
+/* "+39 347 555 0123" -> "+39 *** *** 123"; "anna@x.example" -> "a***@x.example" */
+static char *
+mask_recipient(const char *recipient)
+{
+	const char *at = strchr(recipient, '@');
+	StringInfoData buf;
+	int			digits = 0;
+	int			i;
+	int			len = strlen(recipient);
+
+	initStringInfo(&buf);
+	if (at != NULL)
+	{
+		if (at > recipient)
+			appendStringInfoChar(&buf, recipient[0]);
+		appendStringInfo(&buf, "***%s", at);
+		return buf.data;
+	}
+	if (recipient[0] == '+')
+	{
+		appendStringInfoChar(&buf, '+');
+		for (i = 1; i < len && isdigit((unsigned char) recipient[i]) && i < 3; i++)
+			appendStringInfoChar(&buf, recipient[i]);
+		appendStringInfoChar(&buf, ' ');
+	}
+	appendStringInfoString(&buf, "*** *** ");
+	for (i = len - 1; i >= 0 && digits < 3; i--)
+		if (isdigit((unsigned char) recipient[i]))
+			digits++;
+	for (i = i + 1; i < len; i++)
+		if (isdigit((unsigned char) recipient[i]))
+			appendStringInfoChar(&buf, recipient[i]);
+	return buf.data;
+}
+
+static char *
+interval_text(const Interval *iv)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
+}
+
+/*
+ * Issue a code for a challenge (new, or a resend of a live one), in the
+ * current transaction: store its keyed hash, start counting attempts, and
+ * queue the message.  The code itself lives only in the outbox message.
+ */
+static void
+send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
+		  const char *row_key, const char *to_value, const char *recipient)
+{
+	CgPrivilegedContext priv;
+	char		code[16];
+	unsigned char hash[CG_HASH_BYTES];
+	bytea	   *hash_datum = palloc(VARHDRSZ + CG_HASH_BYTES);
+	TimestampTz expires_at;
+	char	   *body;
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			new_types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, BYTEAOID,
+	TIMESTAMPTZOID};
+	Oid			resend_types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
+	int			rc;
+
+	generate_code(rule->code_type, rule->code_length, code);
+	code_hash(challenge, code, hash);
+	SET_VARSIZE(hash_datum, VARHDRSZ + CG_HASH_BYTES);
+	memcpy(VARDATA(hash_datum), hash, CG_HASH_BYTES);
+	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														 TimestampTzGetDatum(GetCurrentTimestamp()),
+														 IntervalPGetDatum(&rule->valid_for)));
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (is_new)
+	{
+		values[0] = Int64GetDatum(challenge);
+		values[1] = Int64GetDatum(rule->id);
+		values[2] = CStringGetTextDatum(row_key);
+		values[3] = CStringGetTextDatum(to_value);
+		values[4] = Int64GetDatum(principal);
+		nulls[4] = principal ? ' ' : 'n';
+		values[5] = CStringGetTextDatum(mask_recipient(recipient));
+		values[6] = PointerGetDatum(hash_datum);
+		values[7] = TimestampTzGetDatum(expires_at);
+		rc = SPI_execute_with_args("INSERT INTO crmguard.otp_challenge_state"
+								   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
+								   "  code_hash, expires_at)"
+								   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+								   8, new_types, values, nulls, false, 0);
+	}
+	else
+	{
+		values[0] = Int64GetDatum(challenge);
+		values[1] = PointerGetDatum(hash_datum);
+		values[2] = TimestampTzGetDatum(expires_at);
+		rc = SPI_execute_with_args("UPDATE crmguard.otp_challenge_state c"
+								   " SET code_hash = $2, expires_at = $3,"
+								   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
+								   " WHERE c.id OPERATOR(pg_catalog.=) $1",
+								   3, resend_types, values, NULL, false, 0);
+	}
+	if (rc < 0)
+		elog(ERROR, "could not store the OTP challenge");
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	attempts_register(challenge, rule->max_attempts, expires_at);
+
+	body = psprintf("%s: your code is %s. It is valid for %s.", rule->name, code,
+					interval_text(&rule->valid_for));
+	sodium_memzero(code, sizeof(code));
+	cg_outbox_put(rule->channel, recipient, rule->name, body);
+	sodium_memzero(body, strlen(body));
+}
+
+/* ---------------------------------------------------------------------------
+ * The guard trigger
+ * ---------------------------------------------------------------------------
+ */
+typedef struct LiveChallenge
+{
+	int64		id;
+	char	   *masked;
+	int			resends;
+} LiveChallenge;
+
+/* The newest unused, unexpired challenge of a row, value and principal */
+static bool
+find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_value,
+					int64 principal, LiveChallenge *out)
+{
+	CgPrivilegedContext priv;
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
+	Datum		values[4];
+	bool		found;
+	bool		isnull;
+
+	values[0] = Int64GetDatum(rule->id);
+	values[1] = CStringGetTextDatum(row_key);
+	values[2] = CStringGetTextDatum(to_value);
+	values[3] = Int64GetDatum(principal);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT id, recipient_masked, resends FROM crmguard.otp_challenge_state"
+							  " WHERE rule_id OPERATOR(pg_catalog.=) $1"
+							  " AND row_key OPERATOR(pg_catalog.=) $2"
+							  " AND to_value OPERATOR(pg_catalog.=) $3"
+							  " AND COALESCE(principal, 0) OPERATOR(pg_catalog.=) $4"
+							  " AND consumed_at IS NULL"
+							  " AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()"
+							  " ORDER BY id DESC LIMIT 1",
+							  4, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read OTP challenges");
+	found = SPI_processed > 0;
+	if (found)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+		out->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		out->masked = SPI_getvalue(tup, desc, 2);
+		out->masked = pstrdup(out->masked ? out->masked : "");
+		out->resends = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return found;
+}
+
+static int64
+next_challenge_id(void)
+{
+	CgPrivilegedContext priv;
+	bool		isnull;
+	int64		id;
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT pg_catalog.nextval('crmguard.otp_challenge_id_seq')", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not allocate an OTP challenge id");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return id;
+}
+
+static char *
+audit_detail(const char *rule, int64 challenge, const char *to_value, const char *reason)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"rule\": ");
+	escape_json(&buf, rule);
+	if (challenge)
+		appendStringInfo(&buf, ", \"challenge\": " INT64_FORMAT, challenge);
+	if (to_value)
+	{
+		appendStringInfoString(&buf, ", \"to_value\": ");
+		escape_json(&buf, to_value);
+	}
+	if (reason)
+	{
+		appendStringInfoString(&buf, ", \"reason\": ");
+		escape_json(&buf, reason);
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+static Jsonb *
+jsonb_of(const char *json)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}
+
+/* Use up a challenge verified in this transaction: one code, one change */
+static void
+consume(Verified *v, const OtpRule *rule, Relation rel)
+{
+	CgPrivilegedContext priv;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	uint64		updated;
+
+	values[0] = Int64GetDatum(v->challenge);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("UPDATE crmguard.otp_challenge_state SET consumed_at = pg_catalog.clock_timestamp()"
+							  " WHERE id OPERATOR(pg_catalog.=) $1 AND consumed_at IS NULL",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not consume the OTP challenge");
+	updated = SPI_processed;
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	verified = list_delete_ptr(verified, v);
+	if (updated == 0)
+	{
+		cg_audit_durable("otp_refused", RelationGetRelationName(rel), v->row_key,
+						 audit_detail(rule->name, v->challenge, v->to_value, "already used"));
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_OTP_EXPIRED),
+				 errmsg("OTP challenge " INT64_FORMAT " was already used", v->challenge)));
+	}
+	cg_audit("otp_consumed", RelationGetRelationName(rel), v->row_key,
+			 jsonb_of(audit_detail(rule->name, v->challenge, v->to_value, NULL)));
+}
+
+/* Refuse a gated change; with automatic delivery, send a code on the way out */
+static void
+refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
+	   const char *row_key, const char *to_value, int64 principal)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	const char *status_column = get_attname(entry->relid, rule->status_attno, false);
+	LiveChallenge live;
+	int64		challenge = 0;
+	char	   *detail;
+	char	   *hint;
+
+	if (find_live_challenge(rule, row_key, to_value, principal, &live))
+	{
+		challenge = live.id;
+		detail = psprintf("Challenge " INT64_FORMAT " is pending; its code was sent to %s.",
+						  live.id, live.masked);
+		hint = psprintf("Call crmguard.verify_otp(" INT64_FORMAT ", code) in this transaction, then repeat the change.",
+						live.id);
+	}
+	else if (rule->automatic)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, rule->recipient_attno, desc, &isnull);
+		char	   *recipient;
+		StringInfoData job;
+		Oid			out_fn;
+		bool		varlena;
+		Oid			relid = entry->relid;
+
+		recipient = NULL;
+		if (!isnull)
+		{
+			getTypeOutputInfo(TupleDescAttr(desc, rule->recipient_attno - 1)->atttypid,
+							  &out_fn, &varlena);
+			recipient = OidOutputFunctionCall(out_fn, d);
+		}
+		if (recipient == NULL || recipient[0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_OTP_REQUIRED),
+					 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
+					 errdetail("The row has no recipient in column \"%s\", so no code can be sent.",
+							   rule->recipient_column)));
+
+		challenge = next_challenge_id();
+		initStringInfo(&job);
+		appendBinaryStringInfo(&job, (char *) &relid, sizeof(relid));
+		appendBinaryStringInfo(&job, (char *) &rule->id, sizeof(int64));
+		appendBinaryStringInfo(&job, (char *) &challenge, sizeof(challenge));
+		appendBinaryStringInfo(&job, (char *) &principal, sizeof(principal));
+		appendBinaryStringInfo(&job, row_key, strlen(row_key) + 1);
+		appendBinaryStringInfo(&job, to_value, strlen(to_value) + 1);
+		appendBinaryStringInfo(&job, recipient, strlen(recipient) + 1);
+		if (!cg_enqueue(CG_JOB_OTP_ISSUE, job.data, job.len))
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_OTP_REQUIRED),
+					 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
+					 errdetail("No code could be sent: the crmguard queue is full."),
+					 errhint("Call crmguard.request_otp() and try again.")));
+		detail = psprintf("Challenge " INT64_FORMAT " was issued; its code is being sent to %s.",
+						  challenge, mask_recipient(recipient));
+		hint = psprintf("Call crmguard.verify_otp(" INT64_FORMAT ", code) in this transaction, then repeat the change.",
+						challenge);
+	}
+	else
+	{
+		detail = pstrdup("No code has been requested for this change.");
+		hint = psprintf("Call crmguard.request_otp('%s', '%s', '%s'), then crmguard.verify_otp(challenge, code) in the same transaction, and repeat the change.",
+						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												   RelationGetRelationName(rel)),
+						row_key, to_value);
+	}
+
+	cg_audit_durable("otp_required", RelationGetRelationName(rel), row_key,
+					 audit_detail(rule->name, challenge, to_value, NULL));
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_OTP_REQUIRED),
+			 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
+			 errdetail_internal("%s", detail),
+			 errhint("%s", hint)));
+}
+
+/* A row enters a gated value: let it through only with a verified challenge */
+static void
+guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
+		  const char *to_value)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	const CgPrincipal *p = cg_current_principal();
+	int64		principal = p ? p->id : 0;
+	bool		isnull;
+	Datum		key;
+	char	   *row_key;
+	ListCell   *lc;
+
+	if (rule->napplies >= 0)
+	{
+		bool		applies = false;
+		int			i;
+
+		for (i = 0; p != NULL && i < p->nroles && !applies; i++)
+			applies = string_in(p->roles[i], rule->applies_to, rule->napplies);
+		if (!applies)
+			return;
+	}
+	if (rule->condition &&
+		!cg_criteria_row_matches(entry->relid, rule->condition,
+								 heap_copy_tuple_as_datum(tuple, desc)))
+		return;
+
+	key = heap_getattr(tuple, entry->pk_attno, desc, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("OTP-guarded row of table %s has no primary key value",
+						RelationGetRelationName(rel))));
+	row_key = OutputFunctionCall(&entry->pk_out, key);
+
+	foreach(lc, verified)
+	{
+		Verified   *v = (Verified *) lfirst(lc);
+
+		if (v->rule == rule->id && v->principal == principal &&
+			strcmp(v->row_key, row_key) == 0 && strcmp(v->to_value, to_value) == 0)
+		{
+			consume(v, rule, rel);
+			return;
+		}
+	}
+	refuse(entry, rule, rel, tuple, row_key, to_value, principal);
+}
+
+PG_FUNCTION_INFO_V1(crmguard_otp_guard);
+Datum
+crmguard_otp_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	newtuple;
+	HeapTuple	oldtuple;
+	TupleDesc	desc;
+	OtpTable   *entry;
+	int			i;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
+		elog(ERROR, "crmguard_otp_guard: must be a BEFORE INSERT OR UPDATE row trigger");
+
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		newtuple = td->tg_newtuple;
+		oldtuple = td->tg_trigtuple;
+	}
+	else
+	{
+		newtuple = td->tg_trigtuple;
+		oldtuple = NULL;
+	}
+	desc = RelationGetDescr(td->tg_relation);
+	entry = rules_for(RelationGetRelid(td->tg_relation));
+
+	for (i = 0; i < entry->nrules; i++)
+	{
+		OtpRule    *rule = &entry->rules[i];
+		bool		new_null;
+		bool		old_null = true;
+		Datum		new_value = heap_getattr(newtuple, rule->status_attno, desc, &new_null);
+		Datum		old_value = (Datum) 0;
+		char	   *to_value;
+
+		if (new_null)
+			continue;
+		if (oldtuple)
+		{
+			/* the hot path: most updates leave the status alone */
+			old_value = heap_getattr(oldtuple, rule->status_attno, desc, &old_null);
+			if (!old_null && datumIsEqual(old_value, new_value, rule->status_byval, rule->status_len))
+				continue;
+		}
+		to_value = OutputFunctionCall(&rule->status_out, new_value);
+		if (!string_in(to_value, rule->to_values, rule->nto))
+			continue;
+		if (rule->nfrom >= 0)
+		{
+			if (old_null ||
+				!string_in(OutputFunctionCall(&rule->status_out, old_value),
+						   rule->from_values, rule->nfrom))
+				continue;
+		}
+		else if (!old_null &&
+				 strcmp(OutputFunctionCall(&rule->status_out, old_value), to_value) == 0)
+			continue;
+		guard_row(entry, rule, td->tg_relation, newtuple, to_value);
+	}
+	return PointerGetDatum(newtuple);
+}
+
+/* ---------------------------------------------------------------------------
+ * SQL functions
+ * ---------------------------------------------------------------------------
+ */
+static OtpRule *
+rule_for_value(OtpTable *entry, const char *to_value)
+{
+	int			i;
+
+	for (i = 0; i < entry->nrules; i++)
+		if (string_in(to_value, entry->rules[i].to_values, entry->rules[i].nto))
+			return &entry->rules[i];
+	return NULL;
+}
+
+static OtpRule *
+rule_by_id(OtpTable *entry, int64 id)
+{
+	int			i;
+
+	for (i = 0; i < entry->nrules; i++)
+		if (entry->rules[i].id == id)
+			return &entry->rules[i];
+	return NULL;
+}
+
+/* The recipient of a row, read as the extension owner */
+static char *
+row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
+{
+	CgPrivilegedContext priv;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	char	   *sql;
+	char	   *recipient = NULL;
+	bool		found;
+
+	sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s OPERATOR(pg_catalog.=) $1::%s",
+				   quote_identifier(rule->recipient_column),
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(entry->relid)),
+											  get_rel_name(entry->relid)),
+				   quote_identifier(get_attname(entry->relid, entry->pk_attno, false)),
+				   format_type_be_qualified(entry->pk_type));
+	values[0] = CStringGetTextDatum(row_key);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(sql, 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the row");
+	found = SPI_processed > 0;
+	if (found)
+	{
+		char	   *s = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (s)
+		{
+			MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+			recipient = pstrdup(s);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("row \"%s\" of table %s does not exist", row_key, get_rel_name(entry->relid))));
+	if (recipient == NULL || recipient[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("row \"%s\" of table %s has no recipient in column \"%s\"",
+						row_key, get_rel_name(entry->relid), rule->recipient_column)));
+	return recipient;
+}
+
+PG_FUNCTION_INFO_V1(crmguard_request_otp);
+Datum
+crmguard_request_otp(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *row_key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *to_value = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	OtpTable   *entry;
+	OtpRule    *rule;
+	const CgPrincipal *p;
+	int64		principal;
+	char	   *recipient;
+	LiveChallenge live;
+	int64		challenge;
+
+	cg_require_preload();
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to request an OTP for table %s", get_rel_name(relid)),
+				 errdetail("Only roles that may update the table can request its codes.")));
+	entry = rules_for(relid);
+	rule = rule_for_value(entry, to_value);
+	if (rule == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no OTP rule of table %s gates the value \"%s\"", get_rel_name(relid), to_value)));
+	p = cg_current_principal();
+	principal = p ? p->id : 0;
+	recipient = row_recipient(entry, rule, row_key);
+
+	if (find_live_challenge(rule, row_key, to_value, principal, &live))
+	{
+		int			used;
+		int			max;
+
+		if (live.resends >= rule->max_resends)
+		{
+			cg_audit_durable("otp_refused", get_rel_name(relid), row_key,
+							 audit_detail(rule->name, live.id, to_value, "too many resends"));
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_OTP_RESENDS),
+					 errmsg("OTP challenge " INT64_FORMAT " was already sent %d times",
+							live.id, live.resends + 1),
+					 errdetail("OTP rule \"%s\" allows %d resends.", rule->name, rule->max_resends),
+					 errhint("Wait until the challenge expires, then request a new code.")));
+		}
+		if (attempts_take(live.id, &used, &max) == ATTEMPT_LOCKED)
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_OTP_WRONG),
+					 errmsg("OTP challenge " INT64_FORMAT " is locked after %d failed attempts", live.id, max),
+					 errhint("Wait until the challenge expires, then request a new code.")));
+		attempts_refund(live.id);
+		challenge = live.id;
+		send_code(rule, challenge, false, principal, row_key, to_value, recipient);
+	}
+	else
+	{
+		challenge = next_challenge_id();
+		send_code(rule, challenge, true, principal, row_key, to_value, recipient);
+	}
+	cg_audit("otp_requested", get_rel_name(relid), row_key,
+			 jsonb_of(audit_detail(rule->name, challenge, to_value, NULL)));
+	PG_RETURN_INT64(challenge);
+}
+
+/* Refuse a verification, recording it where rollback cannot erase it */
+static void
+verify_refused(int sqlstate, int64 challenge, const char *reason, const char *message,
+			   const char *detail, const char *hint)
+{
+	char	   *json = psprintf("{\"challenge\": " INT64_FORMAT ", \"reason\": \"%s\"}",
+								challenge, reason);
+
+	cg_audit_durable("otp_refused", "crmguard.otp_challenge", NULL, json);
+	ereport(ERROR,
+			(errcode(sqlstate),
+			 errmsg_internal("%s", message),
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 hint ? errhint("%s", hint) : 0));
+}
+
+PG_FUNCTION_INFO_V1(crmguard_verify_otp);
+Datum
+crmguard_verify_otp(PG_FUNCTION_ARGS)
+{
+	int64		challenge = PG_GETARG_INT64(0);
+	char	   *code = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	CgPrivilegedContext priv;
+	const CgPrincipal *p;
+	int64		principal;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		found;
+	bool		isnull;
+	int64		rule_id = 0;
+	int64		owner = 0;
+	char	   *row_key = NULL;
+	char	   *to_value = NULL;
+	unsigned char stored[CG_HASH_BYTES];
+	unsigned char hash[CG_HASH_BYTES];
+	bool		used = false;
+	bool		expired = false;
+	int			attempts;
+	int			max_attempts;
+	char	   *c;
+	char	   *d;
+	MemoryContext old;
+	Verified   *v;
+
+	cg_require_preload();
+	p = cg_current_principal();
+	principal = p ? p->id : 0;
+
+	values[0] = Int64GetDatum(challenge);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT rule_id, row_key, to_value, COALESCE(principal, 0), code_hash,"
+							  " consumed_at IS NOT NULL,"
+							  " expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
+							  " FROM crmguard.otp_challenge_state WHERE id OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the OTP challenge");
+	found = SPI_processed > 0;
+	if (found)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bytea	   *h;
+
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		rule_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		row_key = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		to_value = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		MemoryContextSwitchTo(old);
+		owner = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		h = DatumGetByteaPP(SPI_getbinval(tup, desc, 5, &isnull));
+		memset(stored, 0, sizeof(stored));
+		if (VARSIZE_ANY_EXHDR(h) == CG_HASH_BYTES)
+			memcpy(stored, VARDATA_ANY(h), CG_HASH_BYTES);
+		used = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+		expired = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	if (!found)
+		verify_refused(ERRCODE_UNDEFINED_OBJECT, challenge, "unknown",
+					   psprintf("OTP challenge " INT64_FORMAT " does not exist", challenge), NULL, NULL);
+	if (owner != principal)
+		verify_refused(ERRCODE_INSUFFICIENT_PRIVILEGE, challenge, "other principal",
+					   psprintf("OTP challenge " INT64_FORMAT " was issued to another principal", challenge),
+					   "Only the principal whose change was refused may verify its code.", NULL);
+	if (used)
+		verify_refused(ERRCODE_CG_OTP_EXPIRED, challenge, "already used",
+					   psprintf("OTP challenge " INT64_FORMAT " was already used", challenge), NULL,
+					   "Each code allows one change; request a new code for another.");
+	if (expired)
+		verify_refused(ERRCODE_CG_OTP_EXPIRED, challenge, "expired",
+					   psprintf("OTP challenge " INT64_FORMAT " has expired", challenge), NULL,
+					   "Request a new code with crmguard.request_otp().");
+
+	switch (attempts_take(challenge, &attempts, &max_attempts))
+	{
+		case ATTEMPT_UNKNOWN:
+			verify_refused(ERRCODE_CG_OTP_EXPIRED, challenge, "lost at restart",
+						   psprintf("OTP challenge " INT64_FORMAT " is no longer valid", challenge),
+						   "The server restarted after its code was sent.",
+						   "Request a new code with crmguard.request_otp().");
+			break;
+		case ATTEMPT_LOCKED:
+			verify_refused(ERRCODE_CG_OTP_WRONG, challenge, "locked",
+						   psprintf("OTP challenge " INT64_FORMAT " is locked after %d failed attempts",
+									challenge, max_attempts),
+						   NULL, "Wait until the challenge expires, then request a new code.");
+			break;
+		case ATTEMPT_ALLOWED:
+			break;
+	}
+
+	/* codes are compared without surrounding spaces and case */
+	for (c = code; *c == ' '; c++)
+		;
+	for (d = c + strlen(c); d > c && d[-1] == ' '; d--)
+		;
+	*d = '\0';
+	for (d = c; *d; d++)
+		*d = pg_toupper((unsigned char) *d);
+	code_hash(challenge, c, hash);
+	sodium_memzero(code, strlen(code));
+
+	if (sodium_memcmp(hash, stored, CG_HASH_BYTES) != 0)
+		verify_refused(ERRCODE_CG_OTP_WRONG, challenge, "wrong code",
+					   psprintf("wrong OTP code for challenge " INT64_FORMAT, challenge),
+					   attempts >= max_attempts ?
+					   psprintf("%d of %d attempts used; the challenge is now locked.", attempts, max_attempts) :
+					   psprintf("%d of %d attempts used.", attempts, max_attempts),
+					   NULL);
+
+	attempts_refund(challenge);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	v = palloc(sizeof(Verified));
+	v->challenge = challenge;
+	v->rule = rule_id;
+	v->principal = principal;
+	v->row_key = row_key;
+	v->to_value = to_value;
+	verified = lappend(verified, v);
+	MemoryContextSwitchTo(old);
+
+	cg_audit("otp_verified", "crmguard.otp_challenge", row_key,
+			 jsonb_of(psprintf("{\"challenge\": " INT64_FORMAT "}", challenge)));
+	PG_RETURN_BOOL(true);
+}
+
+/* Attempts of a challenge as shared memory knows them, for the view */
+PG_FUNCTION_INFO_V1(crmguard_otp_attempts);
+Datum
+crmguard_otp_attempts(PG_FUNCTION_ARGS)
+{
+	OtpAttemptKey key = attempt_key(PG_GETARG_INT64(0));
+	OtpAttempts *entry;
+	TupleDesc	desc;
+	Datum		values[2];
+	bool		nulls[2] = {true, true};
+
+	cg_require_preload();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	LWLockAcquire(attempts_lock, LW_SHARED);
+	entry = hash_search(attempts_table, &key, HASH_FIND, NULL);
+	if (entry)
+	{
+		values[0] = Int32GetDatum(entry->attempts);
+		values[1] = BoolGetDatum(entry->attempts >= entry->max_attempts);
+		nulls[0] = nulls[1] = false;
+	}
+	LWLockRelease(attempts_lock);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/* The worker's half of an automatic delivery, in a transaction of its own */
+void
+cg_otp_run_job(const char *data, int len)
+{
+	Oid			relid;
+	int64		rule_id;
+	int64		challenge;
+	int64		principal;
+	const char *row_key;
+	const char *to_value;
+	const char *recipient;
+	OtpTable   *entry;
+	OtpRule    *rule;
+
+	memcpy(&relid, data, sizeof(relid));
+	data += sizeof(relid);
+	memcpy(&rule_id, data, sizeof(rule_id));
+	data += sizeof(rule_id);
+	memcpy(&challenge, data, sizeof(challenge));
+	data += sizeof(challenge);
+	memcpy(&principal, data, sizeof(principal));
+	data += sizeof(principal);
+	row_key = data;
+	to_value = row_key + strlen(row_key) + 1;
+	recipient = to_value + strlen(to_value) + 1;
+
+	entry = rules_for(relid);
+	rule = rule_by_id(entry, rule_id);
+	if (rule == NULL)
+		return;					/* the rule was dropped meanwhile */
+	send_code(rule, challenge, true, principal, row_key, to_value, recipient);
+	cg_audit_write(principal, GetCurrentTimestamp(), "otp_issued", get_rel_name(relid), row_key,
+				   audit_detail(rule->name, challenge, to_value, NULL));
+}

@@ -1,0 +1,342 @@
+/*
+ * otp_rule.c
+ *		Defining and dropping OTP rules.  A definition is checked against the
+ *		catalog before anything is written: a bad rule fails with CG020 and
+ *		leaves nothing behind.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "crmguard.h"
+
+#define OTP_GUARD_TRIGGER	"zz_crmguard_otp_guard"
+
+static void
+invalid_rule(const char *rule, const char *message)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_INVALID_RULE),
+			 errmsg("invalid OTP rule \"%s\": %s", rule, message)));
+}
+
+/* Does the text form of a value fit the column's type (typmod included)? */
+bool
+cg_value_fits_type(Oid type, int32 typmod, const char *value)
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			input_fn;
+	Oid			ioparam;
+	volatile bool ok = true;
+
+	getTypeInputInfo(type, &input_fn, &ioparam);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		(void) OidInputFunctionCall(input_fn, (char *) value, ioparam, typmod);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(context);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(context);
+	CurrentResourceOwner = owner;
+	return ok;
+}
+
+static AttrNumber
+user_column(Oid relid, Name column, const char *rule, Oid *type, int32 *typmod)
+{
+	AttrNumber	attno = get_attnum(relid, NameStr(*column));
+	Oid			collation;
+
+	if (attno <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_INVALID_RULE),
+				 errmsg("invalid OTP rule \"%s\": column \"%s\" of relation \"%s\" does not exist",
+						rule, NameStr(*column), get_rel_name(relid))));
+	if (type)
+		get_atttypetypmodcoll(relid, attno, type, typmod, &collation);
+	return attno;
+}
+
+/* Every element of a text[] argument, refused when NULL */
+static int
+text_elements(ArrayType *array, const char *rule, const char *what, char ***out)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	*out = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			invalid_rule(rule, psprintf("%s must not contain NULL", what));
+		(*out)[i] = TextDatumGetCString(elems[i]);
+	}
+	return n;
+}
+
+static void
+check_values_fit(Oid relid, AttrNumber attno, Oid type, int32 typmod, char **values,
+				 int n, const char *rule)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (!cg_value_fits_type(type, typmod, values[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_INVALID_RULE),
+					 errmsg("invalid OTP rule \"%s\": column \"%s\" of type %s cannot hold the value \"%s\"",
+							rule, get_attname(relid, attno, false),
+							format_type_with_typemod(type, typmod), values[i])));
+}
+
+static bool
+has_single_primary_key(Oid relid)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_index i"
+							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_index");
+	return SPI_processed > 0;
+}
+
+static void
+require_owner(Oid relid)
+{
+#if PG_VERSION_NUM >= 160000
+	if (!object_ownercheck(RelationRelationId, relid, GetUserId()))
+#else
+	if (!pg_class_ownercheck(relid, GetUserId()))
+#endif
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of table %s to guard it", get_rel_name(relid))));
+}
+
+PG_FUNCTION_INFO_V1(crmguard_create_otp_rule);
+Datum
+crmguard_create_otp_rule(PG_FUNCTION_ARGS)
+{
+	char	   *rule;
+	Oid			relid;
+	char		relkind;
+	AttrNumber	status_attno;
+	Oid			status_type;
+	int32		status_typmod;
+	char	  **to_values;
+	int			nto;
+	char	  **from_values = NULL;
+	int			nfrom = 0;
+	char	   *channel;
+	char	   *delivery;
+	char	   *code_type;
+	int32		code_length;
+	Interval   *valid_for;
+	int32		max_resends;
+	int32		max_attempts;
+	char	   *compiled = NULL;
+	TimestampTz now = GetCurrentTimestamp();
+	CgPrivilegedContext priv;
+	Oid			types[16] = {TEXTOID, REGCLASSOID, NAMEOID, TEXTARRAYOID, NAMEOID, TEXTOID,
+		TEXTOID, TEXTOID, INT4OID, INTERVALOID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID,
+	JSONBOID, TEXTOID};
+	Datum		values[16];
+	char		nulls[16];
+	int			i;
+	bool		isnull;
+	int64		id;
+	StringInfoData detail;
+
+	cg_require_preload();
+	for (i = 0; i < 12; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_INVALID_RULE),
+					 errmsg("invalid OTP rule: argument %d must not be NULL", i + 1)));
+
+	rule = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	relid = PG_GETARG_OID(1);
+	if (rule[0] == '\0')
+		invalid_rule(rule, "the rule name is empty");
+
+	relkind = get_rel_relkind(relid);
+	if (relkind == '\0')
+		invalid_rule(rule, psprintf("relation with OID %u does not exist", relid));
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		invalid_rule(rule, psprintf("\"%s\" is not a table", get_rel_name(relid)));
+	require_owner(relid);
+
+	status_attno = user_column(relid, PG_GETARG_NAME(2), rule, &status_type, &status_typmod);
+	nto = text_elements(PG_GETARG_ARRAYTYPE_P(3), rule, "to_values", &to_values);
+	if (nto == 0)
+		invalid_rule(rule, "to_values must name at least one value");
+	check_values_fit(relid, status_attno, status_type, status_typmod, to_values, nto, rule);
+	(void) user_column(relid, PG_GETARG_NAME(4), rule, NULL, NULL);
+
+	channel = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	if (channel[0] == '\0')
+		invalid_rule(rule, "the channel is empty");
+	delivery = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	if (strcmp(delivery, "automatic") != 0 && strcmp(delivery, "manual") != 0)
+		invalid_rule(rule, psprintf("delivery must be \"automatic\" or \"manual\", not \"%s\"", delivery));
+	code_type = text_to_cstring(PG_GETARG_TEXT_PP(7));
+	if (strcmp(code_type, "numeric") != 0 && strcmp(code_type, "alphabetic") != 0 &&
+		strcmp(code_type, "alphanumeric") != 0)
+		invalid_rule(rule, psprintf("code_type must be \"numeric\", \"alphabetic\" or \"alphanumeric\", not \"%s\"",
+									code_type));
+	code_length = PG_GETARG_INT32(8);
+	if (code_length < 4 || code_length > 12)
+		invalid_rule(rule, psprintf("code_length must be between 4 and 12, not %d", code_length));
+	valid_for = PG_GETARG_INTERVAL_P(9);
+	if (DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
+												IntervalPGetDatum(valid_for))) <= now)
+		invalid_rule(rule, "valid_for must be positive");
+	max_resends = PG_GETARG_INT32(10);
+	if (max_resends < 0)
+		invalid_rule(rule, "max_resends must not be negative");
+	max_attempts = PG_GETARG_INT32(11);
+	if (max_attempts < 1)
+		invalid_rule(rule, "max_attempts must be at least 1");
+	if (!PG_ARGISNULL(12))
+	{
+		nfrom = text_elements(PG_GETARG_ARRAYTYPE_P(12), rule, "from_values", &from_values);
+		check_values_fit(relid, status_attno, status_type, status_typmod, from_values, nfrom, rule);
+	}
+	if (!PG_ARGISNULL(13))
+	{
+		char	  **roles;
+
+		(void) text_elements(PG_GETARG_ARRAYTYPE_P(13), rule, "applies_to", &roles);
+	}
+	if (!PG_ARGISNULL(14))
+		compiled = cg_criteria_compile(relid, PG_GETARG_JSONB_P(14));
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (!has_single_primary_key(relid))
+		invalid_rule(rule, psprintf("table \"%s\" needs a single-column primary key to name its rows",
+									get_rel_name(relid)));
+	values[0] = CStringGetTextDatum(rule);
+	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_rule WHERE rule_name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_rule");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("OTP rule \"%s\" already exists", rule)));
+
+	for (i = 0; i < 16; i++)
+	{
+		values[i] = i < 15 ? PG_GETARG_DATUM(i) : (Datum) 0;
+		nulls[i] = (i < 15 && PG_ARGISNULL(i)) ? 'n' : ' ';
+	}
+	values[15] = compiled ? CStringGetTextDatum(compiled) : (Datum) 0;
+	nulls[15] = compiled ? ' ' : 'n';
+	if (SPI_execute_with_args("INSERT INTO crmguard.otp_rule (rule_name, target, status_column, to_values,"
+							  " recipient_column, channel, delivery, code_type, code_length, valid_for,"
+							  " max_resends, max_attempts, from_values, applies_to, condition,"
+							  " compiled_condition)"
+							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+							  " RETURNING id", 16, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not store the OTP rule");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	cg_guard_install(relid, OTP_GUARD_TRIGGER, "otp_guard", "BEFORE INSERT OR UPDATE");
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	CacheInvalidateRelcacheByRelid(relid);
+	initStringInfo(&detail);
+	appendStringInfoString(&detail, "{\"rule\": ");
+	escape_json(&detail, rule);
+	appendStringInfoChar(&detail, '}');
+	cg_audit("create_otp_rule", get_rel_name(relid), NULL,
+			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+	PG_RETURN_INT64(id);
+}
+
+PG_FUNCTION_INFO_V1(crmguard_drop_otp_rule);
+Datum
+crmguard_drop_otp_rule(PG_FUNCTION_ARGS)
+{
+	char	   *rule = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CgPrivilegedContext priv;
+	Oid			types[2] = {TEXTOID, OIDOID};
+	Datum		values[2];
+	bool		isnull;
+	Oid			relid;
+	bool		last;
+	StringInfoData detail;
+
+	cg_require_preload();
+	values[0] = CStringGetTextDatum(rule);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT target::pg_catalog.oid FROM crmguard.otp_rule"
+							  " WHERE rule_name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_rule");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("OTP rule \"%s\" does not exist", rule)));
+	relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* ownership is checked as the caller */
+	cg_leave_owner(&priv);
+	require_owner(relid);
+	cg_enter_owner(&priv);
+
+	if (SPI_execute_with_args("DELETE FROM crmguard.otp_rule WHERE rule_name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not drop the OTP rule");
+	values[1] = ObjectIdGetDatum(relid);
+	/* not read-only: the DELETE above must be visible */
+	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_rule WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_rule");
+	last = SPI_processed == 0;
+	if (last)
+		cg_guard_remove(relid, OTP_GUARD_TRIGGER);
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	CacheInvalidateRelcacheByRelid(relid);
+	initStringInfo(&detail);
+	appendStringInfoString(&detail, "{\"rule\": ");
+	escape_json(&detail, rule);
+	appendStringInfoChar(&detail, '}');
+	cg_audit("drop_otp_rule", get_rel_name(relid), NULL,
+			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,43 @@
+-- ---------------------------------------------------------------------------
+-- Audit: append-only, hash-chained
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE crmguard.audit (
+    id        bigint PRIMARY KEY,
+    at        timestamptz NOT NULL,
+    principal bigint,
+    device    bigint,
+    action    text NOT NULL,
+    target    text,
+    row_key   text,
+    detail    jsonb,
+    prev_hash bytea NOT NULL,
+    hash      bytea NOT NULL
+);
+COMMENT ON TABLE crmguard.audit IS 'append-only log of guarded actions; each row chained to the previous by a keyed BLAKE2b hash';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.audit', '');
+
+CREATE FUNCTION crmguard.audit_append_only() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_audit_append_only';
+REVOKE ALL ON FUNCTION crmguard.audit_append_only() FROM PUBLIC;
+
+CREATE TRIGGER audit_no_update_or_delete
+    BEFORE UPDATE OR DELETE ON crmguard.audit
+    FOR EACH ROW EXECUTE FUNCTION crmguard.audit_append_only();
+CREATE TRIGGER audit_no_truncate
+    BEFORE TRUNCATE ON crmguard.audit
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.audit_append_only();
+
+CREATE FUNCTION crmguard.audit_event(action text, target text DEFAULT NULL,
+                                     row_key text DEFAULT NULL, detail jsonb DEFAULT NULL)
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_audit_event';
+COMMENT ON FUNCTION crmguard.audit_event(text, text, text, jsonb) IS 'append an event to the audit log as the current principal';
+
+CREATE FUNCTION crmguard.verify_audit(OUT ok boolean, OUT first_bad bigint)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE ROWS 1 PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_verify_audit';
+COMMENT ON FUNCTION crmguard.verify_audit() IS 'recompute the audit chain; first_bad is the first altered, inserted or deleted-after row';
+

@@ -1,0 +1,119 @@
+-- ---------------------------------------------------------------------------
+-- OTP-gated status changes
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE crmguard.otp_rule_id_seq;
+CREATE TABLE crmguard.otp_rule (
+    id                 bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.otp_rule_id_seq') PRIMARY KEY,
+    rule_name          text NOT NULL UNIQUE,
+    target             regclass NOT NULL,
+    status_column      name NOT NULL,
+    to_values          text[] NOT NULL,
+    recipient_column   name NOT NULL,
+    channel            text NOT NULL,
+    delivery           text NOT NULL CHECK (delivery IN ('automatic', 'manual')),
+    code_type          text NOT NULL CHECK (code_type IN ('numeric', 'alphabetic', 'alphanumeric')),
+    code_length        integer NOT NULL CHECK (code_length BETWEEN 4 AND 12),
+    valid_for          interval NOT NULL,
+    max_resends        integer NOT NULL CHECK (max_resends >= 0),
+    max_attempts       integer NOT NULL CHECK (max_attempts >= 1),
+    from_values        text[],
+    applies_to         text[],
+    condition          jsonb,
+    compiled_condition text           -- condition compiled by the criteria compiler
+);
+ALTER SEQUENCE crmguard.otp_rule_id_seq OWNED BY crmguard.otp_rule.id;
+COMMENT ON TABLE crmguard.otp_rule IS 'OTP rules: a row entering a gated status value needs a verified one-time code';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_rule', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_rule_id_seq', '');
+
+CREATE TRIGGER otp_rule_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.otp_rule
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+
+-- Challenges hold only a keyed hash of their code.  Their failed-attempt
+-- counters live in shared memory (crmguard.otp_attempts()).
+CREATE SEQUENCE crmguard.otp_challenge_id_seq;
+CREATE TABLE crmguard.otp_challenge_state (
+    id               bigint PRIMARY KEY,
+    rule_id          bigint NOT NULL REFERENCES crmguard.otp_rule (id) ON DELETE CASCADE,
+    row_key          text NOT NULL,
+    to_value         text NOT NULL,
+    principal        bigint,
+    recipient_masked text NOT NULL,
+    code_hash        bytea NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    expires_at       timestamptz NOT NULL,
+    resends          integer NOT NULL DEFAULT 0,
+    consumed_at      timestamptz
+);
+ALTER SEQUENCE crmguard.otp_challenge_id_seq OWNED BY crmguard.otp_challenge_state.id;
+CREATE INDEX otp_challenge_row_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value);
+COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code hashes); read crmguard.otp_challenge instead';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_state', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_id_seq', '');
+
+CREATE FUNCTION crmguard.otp_attempts(challenge bigint, OUT attempts integer, OUT locked boolean)
+    RETURNS record
+    LANGUAGE c VOLATILE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_otp_attempts';
+
+CREATE VIEW crmguard.otp_challenge AS
+SELECT c.id, r.rule_name AS rule, c.row_key, c.to_value,
+       CASE WHEN c.consumed_at IS NOT NULL THEN 'used'
+            WHEN a.locked THEN 'locked'
+            WHEN c.expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() THEN 'expired'
+            WHEN a.attempts IS NULL THEN 'void'      -- counter lost in a restart: fails closed
+            ELSE 'pending' END AS state,
+       c.expires_at, a.attempts, c.resends
+  FROM crmguard.otp_challenge_state c
+  JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id
+  LEFT JOIN LATERAL crmguard.otp_attempts(c.id) a ON true;
+COMMENT ON VIEW crmguard.otp_challenge IS 'OTP challenges and their state; never the code';
+
+CREATE FUNCTION crmguard.otp_guard() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_guard';
+
+CREATE FUNCTION crmguard.create_otp_rule(
+    rule_name text, target regclass, status_column name, to_values text[],
+    recipient_column name,
+    channel text DEFAULT 'sms',
+    delivery text DEFAULT 'automatic',
+    code_type text DEFAULT 'numeric',
+    code_length integer DEFAULT 6,
+    valid_for interval DEFAULT '5 minutes',
+    max_resends integer DEFAULT 3,
+    max_attempts integer DEFAULT 3,
+    from_values text[] DEFAULT NULL,
+    applies_to text[] DEFAULT NULL,
+    condition jsonb DEFAULT NULL) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_create_otp_rule';
+COMMENT ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb) IS 'gate a status change behind a one-time code sent to the row''s recipient';
+
+CREATE FUNCTION crmguard.drop_otp_rule(rule_name text) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_drop_otp_rule';
+
+CREATE FUNCTION crmguard.request_otp(target regclass, row_key text, to_value text) RETURNS bigint
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_request_otp';
+COMMENT ON FUNCTION crmguard.request_otp(regclass, text, text) IS 'send (or re-send) a code for a row entering a gated value; returns the challenge id';
+
+CREATE FUNCTION crmguard.verify_otp(challenge bigint, code text) RETURNS boolean
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_verify_otp';
+COMMENT ON FUNCTION crmguard.verify_otp(bigint, text) IS 'verify a code; the change it allows must follow in the same transaction';
+
+-- ---------------------------------------------------------------------------
+-- Guards on user tables cannot be switched off except by a superuser (audited)
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION crmguard.guard_ddl() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_guard_ddl';
+CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION crmguard.guard_ddl();
+CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
+    WHEN TAG IN ('DROP TRIGGER')
+    EXECUTE FUNCTION crmguard.guard_ddl();

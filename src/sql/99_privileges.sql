@@ -1,0 +1,15 @@
+-- ---------------------------------------------------------------------------
+-- Privileges: identity is for everyone, administration is granted deliberately
+-- ---------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA crmguard FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA crmguard FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crmguard FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.assume(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;
