@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 for b in bench/[0-9]*.sh; do
     echo "== $b"
-    pg_virtualenv -t -o shared_preload_libraries=crmguard -o max_worker_processes=24 bash "$b"
+    pg_virtualenv -t -o shared_preload_libraries=crmguard -o max_worker_processes=24 -o max_wal_size=4GB -o checkpoint_timeout=30min bash "$b"
 done

@@ -19,6 +19,8 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+
 #include "access/stratnum.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_operator.h"
@@ -55,6 +57,38 @@ typedef struct CriteriaOp
 	CriteriaOpKind kind;
 	int			strategy;		/* btree strategy; 0 for "<>", the negator of "=" */
 } CriteriaOp;
+
+
+/* Does the text form of a value fit the column's type (typmod included)? */
+bool
+cg_value_fits_type(Oid type, int32 typmod, const char *value)
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			input_fn;
+	Oid			ioparam;
+	volatile bool ok = true;
+
+	getTypeInputInfo(type, &input_fn, &ioparam);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		(void) OidInputFunctionCall(input_fn, (char *) value, ioparam, typmod);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(context);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(context);
+	CurrentResourceOwner = owner;
+	return ok;
+}
 
 static const CriteriaOp criteria_ops[] = {
 	{"=", OP_COMPARE, BTEqualStrategyNumber},

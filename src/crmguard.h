@@ -111,19 +111,18 @@ extern int64 cg_outbox_put(const char *channel, const char *recipient,
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
+extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
 
 /* otp.c: OTP-gated status changes */
 extern void cg_otp_shmem_request(void);
 extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);
 
-/* otp_rule.c */
-extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
-
 /* guard.c: the triggers crmguard installs on user tables */
 extern bool cg_guard_dropping;
 extern void cg_guard_install(Oid relid, const char *trigger_name,
-							 const char *function_name, const char *events);
+							 const char *function_name, const char *events,
+							 const char *when);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
 
 #endif							/* CRMGUARD_H */

@@ -20,6 +20,7 @@
 /* set while crmguard itself drops a guard, so the event trigger lets it pass */
 bool		cg_guard_dropping = false;
 
+/* not read-only: a guard dropped a moment ago in this command must be seen gone */
 static bool
 guard_exists(Oid relid, const char *trigger_name)
 {
@@ -32,25 +33,29 @@ guard_exists(Oid relid, const char *trigger_name)
 	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_trigger"
 							  " WHERE tgrelid OPERATOR(pg_catalog.=) $1"
 							  " AND tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_trigger");
 	found = SPI_processed > 0;
 	return found;
 }
 
-/* Create a row trigger on relid unless it is there; caller is in SPI */
+/*
+ * Create a row trigger on relid unless it is there; caller is in SPI.
+ * when is a WHEN condition over NEW and OLD, or NULL.
+ */
 void
 cg_guard_install(Oid relid, const char *trigger_name, const char *function_name,
-				 const char *events)
+				 const char *events, const char *when)
 {
 	char	   *sql;
 
 	if (guard_exists(relid, trigger_name))
 		return;
-	sql = psprintf("CREATE TRIGGER %s %s ON %s FOR EACH ROW EXECUTE FUNCTION crmguard.%s()",
+	sql = psprintf("CREATE TRIGGER %s %s ON %s FOR EACH ROW %s%s%s EXECUTE FUNCTION crmguard.%s()",
 				   quote_identifier(trigger_name), events,
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											  get_rel_name(relid)),
+				   when ? "WHEN (" : "", when ? when : "", when ? ")" : "",
 				   quote_identifier(function_name));
 	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create trigger \"%s\"", trigger_name);

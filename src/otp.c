@@ -37,7 +37,6 @@
 
 #include "crmguard.h"
 
-#define OTP_GUARD_TRIGGER	"zz_crmguard_otp_guard"
 #define OTP_MAX_CHALLENGES	16384
 
 /* ---------------------------------------------------------------------------
@@ -856,7 +855,7 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 			 errhint("%s", hint)));
 }
 
-/* A row enters a gated value: let it through only with a verified challenge */
+/* A row entered a gated value: keep it only with a verified challenge */
 static void
 guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 		  const char *to_value)
@@ -917,10 +916,10 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 	OtpTable   *entry;
 	int			i;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
-		elog(ERROR, "crmguard_otp_guard: must be a BEFORE INSERT OR UPDATE row trigger");
+		elog(ERROR, "crmguard_otp_guard: must be an AFTER INSERT or UPDATE row trigger");
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
@@ -948,7 +947,7 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 			continue;
 		if (oldtuple)
 		{
-			/* the hot path: most updates leave the status alone */
+			/* unchanged: not entering (the guard's WHEN clause mostly spares this call) */
 			old_value = heap_getattr(oldtuple, rule->status_attno, desc, &old_null);
 			if (!old_null && datumIsEqual(old_value, new_value, rule->status_byval, rule->status_len))
 				continue;
@@ -968,7 +967,7 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 			continue;
 		guard_row(entry, rule, td->tg_relation, newtuple, to_value);
 	}
-	return PointerGetDatum(newtuple);
+	return PointerGetDatum(NULL);	/* an AFTER trigger: the result is ignored */
 }
 
 /* ---------------------------------------------------------------------------

@@ -22,7 +22,8 @@
 
 #include "crmguard.h"
 
-#define OTP_GUARD_TRIGGER	"zz_crmguard_otp_guard"
+#define OTP_GUARD_INSERT	"zz_crmguard_otp_guard_insert"
+#define OTP_GUARD_UPDATE	"zz_crmguard_otp_guard"
 
 static void
 invalid_rule(const char *rule, const char *message)
@@ -30,37 +31,6 @@ invalid_rule(const char *rule, const char *message)
 	ereport(ERROR,
 			(errcode(ERRCODE_CG_INVALID_RULE),
 			 errmsg("invalid OTP rule \"%s\": %s", rule, message)));
-}
-
-/* Does the text form of a value fit the column's type (typmod included)? */
-bool
-cg_value_fits_type(Oid type, int32 typmod, const char *value)
-{
-	MemoryContext context = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	Oid			input_fn;
-	Oid			ioparam;
-	volatile bool ok = true;
-
-	getTypeInputInfo(type, &input_fn, &ioparam);
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(context);
-	PG_TRY();
-	{
-		(void) OidInputFunctionCall(input_fn, (char *) value, ioparam, typmod);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(context);
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(context);
-	CurrentResourceOwner = owner;
-	return ok;
 }
 
 static AttrNumber
@@ -127,6 +97,62 @@ has_single_primary_key(Oid relid)
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_index");
 	return SPI_processed > 0;
+}
+
+/*
+ * (Re)create the guards of a table for its current rules: AFTER row
+ * triggers, so they judge the row as every BEFORE trigger left it, with a
+ * WHEN clause naming the gated columns and values, so a row that enters no
+ * gated value is never queued and never calls the guard.  Caller is in SPI.
+ */
+static void
+install_guards(Oid relid)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	StringInfoData on_insert;
+	StringInfoData on_update;
+	uint64		i;
+
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT status_column::pg_catalog.text,"
+							  " pg_catalog.array_agg(DISTINCT v ORDER BY v)"
+							  " FROM crmguard.otp_rule, pg_catalog.unnest(to_values) AS v"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+							  " GROUP BY 1 ORDER BY 1",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_rule");
+	initStringInfo(&on_insert);
+	initStringInfo(&on_update);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		const char *column = quote_identifier(SPI_getvalue(tup, SPI_tuptable->tupdesc, 1));
+		bool		isnull;
+		Datum	   *elems;
+		int			n;
+		int			j;
+		StringInfoData gated;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+		initStringInfo(&gated);
+		appendStringInfo(&gated, "NEW.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[", column);
+		for (j = 0; j < n; j++)
+			appendStringInfo(&gated, "%s%s", j ? ", " : "",
+							 quote_literal_cstr(TextDatumGetCString(elems[j])));
+		appendStringInfoString(&gated, "]::pg_catalog.text[])");
+
+		appendStringInfo(&on_insert, "%s(%s)", i ? " OR " : "", gated.data);
+		appendStringInfo(&on_update, "%s(NEW.%s IS DISTINCT FROM OLD.%s AND %s)",
+						 i ? " OR " : "", column, column, gated.data);
+	}
+	cg_guard_remove(relid, OTP_GUARD_INSERT);
+	cg_guard_remove(relid, OTP_GUARD_UPDATE);
+	if (on_insert.len == 0)
+		return;
+	cg_guard_install(relid, OTP_GUARD_INSERT, "otp_guard", "AFTER INSERT", on_insert.data);
+	cg_guard_install(relid, OTP_GUARD_UPDATE, "otp_guard", "AFTER UPDATE", on_update.data);
 }
 
 static void
@@ -270,7 +296,7 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 							  " RETURNING id", 16, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store the OTP rule");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	cg_guard_install(relid, OTP_GUARD_TRIGGER, "otp_guard", "BEFORE INSERT OR UPDATE");
+	install_guards(relid);
 	SPI_finish();
 	cg_leave_owner(&priv);
 
@@ -294,7 +320,6 @@ crmguard_drop_otp_rule(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		isnull;
 	Oid			relid;
-	bool		last;
 	StringInfoData detail;
 
 	cg_require_preload();
@@ -321,13 +346,7 @@ crmguard_drop_otp_rule(PG_FUNCTION_ARGS)
 							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not drop the OTP rule");
 	values[1] = ObjectIdGetDatum(relid);
-	/* not read-only: the DELETE above must be visible */
-	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_rule WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $2",
-							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.otp_rule");
-	last = SPI_processed == 0;
-	if (last)
-		cg_guard_remove(relid, OTP_GUARD_TRIGGER);
+	install_guards(relid);
 	SPI_finish();
 	cg_leave_owner(&priv);
 
