@@ -176,13 +176,17 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	row.row_key = row_key;
 	row.detail = canonical_json(detail_json);
 
+	/*
+	 * Held to commit: the next writer waits, then sees this row as the head.
+	 * Taken before any other lock on the table (preparing the INSERT takes
+	 * one), so that two writers cannot each wait for the other.
+	 */
+	LockRelationOid(cg_catalog()->audit_rel, ShareRowExclusiveLock);
+
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
-
-	/* held to commit: the next writer waits, then sees this row as the head */
-	LockRelationOid(cg_catalog()->audit_rel, ShareRowExclusiveLock);
 	CommandCounterIncrement();
 	if (SPI_execute_snapshot(head_plan, NULL, NULL, GetLatestSnapshot(),
 							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)

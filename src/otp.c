@@ -553,10 +553,23 @@ mask_recipient(const char *recipient)
 	return buf.data;
 }
 
+/* "5 minutes", "2 hours": for the customer's message, whatever the IntervalStyle */
 static char *
 interval_text(const Interval *iv)
 {
-	return DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
+	int64		seconds = iv->time / USECS_PER_SEC +
+		(int64) (iv->day + iv->month * DAYS_PER_MONTH) * SECS_PER_DAY;
+
+	if (seconds % SECS_PER_DAY == 0)
+		return psprintf(INT64_FORMAT " day%s", seconds / SECS_PER_DAY,
+						seconds == SECS_PER_DAY ? "" : "s");
+	if (seconds % SECS_PER_HOUR == 0)
+		return psprintf(INT64_FORMAT " hour%s", seconds / SECS_PER_HOUR,
+						seconds == SECS_PER_HOUR ? "" : "s");
+	if (seconds % SECS_PER_MINUTE == 0)
+		return psprintf(INT64_FORMAT " minute%s", seconds / SECS_PER_MINUTE,
+						seconds == SECS_PER_MINUTE ? "" : "s");
+	return psprintf(INT64_FORMAT " second%s", seconds, seconds == 1 ? "" : "s");
 }
 
 /*

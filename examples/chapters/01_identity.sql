@@ -25,8 +25,10 @@ RESET ROLE;
 \echo
 \echo 'Anna, his area manager, sees herself and everyone below her in team():'
 SET ROLE crm_anna;
-SELECT p.name FROM crmguard.principal p WHERE p.id = ANY (crmguard.team()) ORDER BY p.id;
+SELECT crmguard.team() AS anna_team \gset
 RESET ROLE;
+SELECT :'anna_team' AS "team()", string_agg(name, ', ' ORDER BY id) AS who
+  FROM crmguard.principal WHERE id = ANY (:'anna_team');
 
 \echo
 \echo 'The customer portal shares one pooled login role. The application signs in'

@@ -79,7 +79,8 @@ RESET ROLE;
 \echo
 \echo 'No rollback trick helps: failed attempts are counted in shared memory. After'
 \echo 'three wrong codes, even the right one is refused:'
-SELECT id AS other_note FROM crm.delivery_note WHERE status = 'Out for delivery' ORDER BY id LIMIT 1 \gset
+SELECT id AS other_note FROM crm.delivery_note
+ WHERE status = 'Out for delivery' AND id <> :note_id ORDER BY id LIMIT 1 \gset
 SET ROLE crm_remo;
 SELECT crmguard.request_otp('crm.delivery_note', :'other_note', 'Delivered') AS locked_challenge \gset
 BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '11111'); ROLLBACK;
@@ -97,10 +98,10 @@ SELECT id, rule, row_key, to_value, state, attempts, resends FROM crmguard.otp_c
 
 \echo
 \echo 'And the table owner cannot quietly switch the guard off:'
-CREATE ROLE crm_owner_demo;
+CREATE ROLE crm_owner_demo IN ROLE crm_users;
 ALTER TABLE crm.delivery_note OWNER TO crm_owner_demo;
 SET ROLE crm_owner_demo;
-ALTER TABLE crm.delivery_note DISABLE TRIGGER ALL;
+ALTER TABLE crm.delivery_note DISABLE TRIGGER USER;
 RESET ROLE;
 ALTER TABLE crm.delivery_note OWNER TO CURRENT_USER;
 DROP ROLE crm_owner_demo;
