@@ -9,9 +9,9 @@ createdb crm_demo
 run() { psql -X -q -v ON_ERROR_STOP=1 --pset=footer=off "$@"; }
 
 echo "== Loading the demo CRM (schema, crmguard, principals, seed data)"
-run -f crm_schema.sql
+run -f schema.sql
 run -c 'CREATE EXTENSION crmguard'
-run -f crm_seed.sql
+run -f seed.sql
 run -At -c "SELECT format('   %s customers, %s deals, %s delivery notes, %s principals',
                   (SELECT count(*) FROM crm.customer), (SELECT count(*) FROM crm.deal),
                   (SELECT count(*) FROM crm.delivery_note), (SELECT count(*) FROM crmguard.principal))"

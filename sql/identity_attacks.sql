@@ -56,6 +56,11 @@ SELECT crmguard.current_principal() AS luca_session_with_anna_token;
 RESET ROLE;
 SELECT crmguard.assume(NULL);
 
+-- a pooler's DISCARD ALL hands the next client a session without identity
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+DISCARD ALL;
+SELECT crmguard.current_principal() AS after_discard_all;
+
 -- a token of a principal deactivated later resolves to nobody
 SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
 UPDATE crmguard.principal SET active = false WHERE name = 'anna';

@@ -12,6 +12,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "tcop/utility.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -34,6 +35,7 @@ static bool callbacks_registered = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility = NULL;
 
 #if PG_VERSION_NUM >= 150000
 static void
@@ -53,6 +55,29 @@ crmguard_shmem_startup(void)
 		prev_shmem_startup_hook();
 	cg_worker_shmem_startup();
 	cg_otp_shmem_startup();
+}
+
+/*
+ * DISCARD ALL is how a connection pooler hands a clean session to the next
+ * client: it must also give up an identity assumed with a token.
+ */
+static void
+crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
+						 bool readOnlyTree, ProcessUtilityContext context,
+						 ParamListInfo params, QueryEnvironment *queryEnv,
+						 DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
+							 queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+
+	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
+		cg_principal_forget();
 }
 
 void
@@ -78,6 +103,8 @@ _PG_init(void)
 	MarkGUCPrefixReserved("crmguard");
 
 	cg_preloaded = true;
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = crmguard_process_utility;
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = crmguard_shmem_request;

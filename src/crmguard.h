@@ -81,6 +81,7 @@ typedef struct CgPrincipal
 extern const CgPrincipal *cg_current_principal(void);
 extern const CgPrincipal *cg_principal_by_name(const char *name);
 extern void cg_principal_invalidate(void);
+extern void cg_principal_forget(void);
 
 /* audit.c: the one audit writer */
 extern void cg_audit(const char *action, const char *target,

@@ -73,6 +73,16 @@ cg_principal_invalidate(void)
 	cache_valid = false;
 }
 
+/* Give up an assumed identity outside any transaction (DISCARD ALL) */
+void
+cg_principal_forget(void)
+{
+	assumed.active = false;
+	assumed.principal_id = 0;
+	assumed.expires_at = 0;
+	assumed_changed_in_xact = false;
+}
+
 static char **
 text_array_to_cstrings(Datum array, int *count)
 {
