@@ -24,6 +24,7 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/snapmgr.h"
@@ -184,6 +185,9 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	LockRelationOid(cg_catalog()->audit_rel, ShareRowExclusiveLock);
 
 	cg_enter_owner(&priv);
+	/* the head is one index probe however the kept plan's statistics aged */
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
