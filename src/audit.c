@@ -15,6 +15,7 @@
 #include <sodium.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -365,6 +366,17 @@ cg_audit(const char *action, const char *target, const char *row_key,
 	MemoryContext old;
 	PendingEntry *e;
 
+	/*
+	 * A hot standby cannot write: what it would audit (an assume(), say) goes
+	 * to the server log instead, and the primary's chain stays whole.
+	 */
+	if (RecoveryInProgress())
+	{
+		ereport(LOG,
+				(errmsg("crmguard audit on a standby: %s on %s by principal " INT64_FORMAT,
+						action, target ? target : "-", p ? p->id : (int64) 0)));
+		return;
+	}
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(audit_xact_callback, NULL);
@@ -397,6 +409,12 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	int64		principal;
 	TimestampTz at = GetCurrentTimestamp();
 
+	if (RecoveryInProgress())
+	{
+		ereport(LOG,
+				(errmsg("crmguard audit on a standby: %s on %s", action, target ? target : "-")));
+		return;
+	}
 	/* identity may itself be what failed: record nobody rather than fail */
 	PG_TRY();
 	{

@@ -113,6 +113,30 @@ typedef struct CriteriaColumn
 } CriteriaColumn;
 
 static void compile_node(Oid relid, JsonbValue *node, StringInfo out);
+static char *type_name(Oid type);
+
+/*
+ * When set, principal attributes compile to literals of this principal's
+ * values (the effective predicate that visibility_predicate shows) instead
+ * of sub-SELECTs that read the acting principal at run time.
+ */
+static bool substituting = false;
+static const CgPrincipal *substitute = NULL;
+
+/* The run-time value of a principal attribute, as an expression of type base */
+static char *
+attribute_value(const char *key, Oid base)
+{
+	char	   *value;
+
+	if (!substituting)
+		return psprintf("CAST((SELECT crmguard.attr(%s)) AS %s)",
+						quote_literal_cstr(key), type_name(base));
+	value = cg_principal_attr(substitute, key);
+	if (value == NULL)
+		return psprintf("CAST(NULL AS %s)", type_name(base));
+	return psprintf("CAST(%s AS %s)", quote_literal_cstr(value), type_name(base));
+}
 
 static void
 invalid(const char *message)
@@ -407,7 +431,7 @@ compile_condition(Oid relid, JsonbContainer *object, StringInfo out)
 				invalid(psprintf("operator \"like\" cannot be used on column \"%s\" of type %s",
 								 col.name, format_type_be(col.type)));
 			if (attribute != NULL)
-				rhs = psprintf("(SELECT crmguard.attr(%s))", quote_literal_cstr(string_of(attribute)));
+				rhs = attribute_value(string_of(attribute), TEXTOID);
 			else if (value->type != jbvString)
 				invalid(psprintf("pattern of operator \"like\" on column \"%s\" must be a string",
 								 col.name));
@@ -425,9 +449,9 @@ compile_condition(Oid relid, JsonbContainer *object, StringInfo out)
 				 */
 				Oid			base = getBaseType(col.type);
 
-				appendStringInfo(out, "(%s %s CAST((SELECT crmguard.attr(%s)) AS %s))",
+				appendStringInfo(out, "(%s %s %s)",
 								 qcol, column_operator(op, &col, base),
-								 quote_literal_cstr(string_of(attribute)), type_name(base));
+								 attribute_value(string_of(attribute), base));
 			}
 			else
 			{
@@ -532,6 +556,30 @@ cg_criteria_compile(Oid relid, Jsonb *criteria)
 	initStringInfo(&out);
 	compile_node(relid, &root, &out);
 	return out.data;
+}
+
+/*
+ * Compile criteria with the attributes of principal p (NULL: nobody) written
+ * in as literals: the predicate as it stands for that principal.
+ */
+char *
+cg_criteria_compile_for(Oid relid, Jsonb *criteria, const CgPrincipal *p)
+{
+	char	   *result;
+
+	substituting = true;
+	substitute = p;
+	PG_TRY();
+	{
+		result = cg_criteria_compile(relid, criteria);
+	}
+	PG_FINALLY();
+	{
+		substituting = false;
+		substitute = NULL;
+	}
+	PG_END_TRY();
+	return result;
 }
 
 /* ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_namespace.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -184,10 +185,11 @@ cg_catalog(void)
 				 errmsg("extension \"crmguard\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION crmguard.")));
 
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(catalog.audit_rel));
+	/* the extension's owner: CREATE EXTENSION made it the schema's owner */
+	tuple = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(catalog.schema));
 	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", catalog.audit_rel);
-	catalog.owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+		elog(ERROR, "cache lookup failed for schema %u", catalog.schema);
+	catalog.owner = ((Form_pg_namespace) GETSTRUCT(tuple))->nspowner;
 	ReleaseSysCache(tuple);
 
 	catalog_valid = true;

@@ -10,6 +10,7 @@
 #define CRMGUARD_H
 
 #include "datatype/timestamp.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 
 /* SQLSTATEs of the spec */
@@ -38,7 +39,7 @@ typedef struct CgCatalog
 	Oid			principal_rel;
 	Oid			audit_rel;
 	Oid			otp_rule_rel;
-	Oid			owner;			/* owner of the extension's tables */
+	Oid			owner;			/* owner of the extension (of its schema) */
 } CgCatalog;
 
 extern const CgCatalog *cg_catalog(void);
@@ -80,6 +81,10 @@ typedef struct CgPrincipal
 
 extern const CgPrincipal *cg_current_principal(void);
 extern const CgPrincipal *cg_principal_by_name(const char *name);
+extern char *cg_principal_attr(const CgPrincipal *p, const char *key);
+extern ArrayType *cg_principal_team(int64 id);
+extern int64 cg_evaluate_as(int64 id);
+extern void cg_evaluate_as_end(int64 previous);
 extern void cg_principal_invalidate(void);
 extern void cg_principal_forget(void);
 
@@ -111,6 +116,7 @@ extern int64 cg_outbox_put(const char *channel, const char *recipient,
 
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
+extern char *cg_criteria_compile_for(Oid relid, Jsonb *criteria, const CgPrincipal *p);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
 
@@ -120,7 +126,8 @@ extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);
 
 /* guard.c: the triggers crmguard installs on user tables */
-extern bool cg_guard_dropping;
+extern bool cg_guard_internal;
+extern void cg_require_table_owner(Oid relid);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
 							 const char *when);

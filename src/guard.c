@@ -1,8 +1,9 @@
 /*
  * guard.c
- *		The triggers crmguard puts on user tables, and an event trigger that
- *		keeps anyone but a superuser from disabling or dropping them.  A
- *		superuser's change is allowed but written to the audit log.
+ *		The triggers and policies crmguard puts on user tables, and an event
+ *		trigger that keeps anyone but a superuser from disabling, dropping or
+ *		widening them.  A superuser's change is allowed but written to the
+ *		audit log.
  */
 #include "postgres.h"
 
@@ -11,14 +12,29 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 
 #include "crmguard.h"
 
-/* set while crmguard itself drops a guard, so the event trigger lets it pass */
-bool		cg_guard_dropping = false;
+/* set while crmguard itself changes a guard, so the event trigger lets it pass */
+bool		cg_guard_internal = false;
+
+/* Rules on a table are for its owner to make */
+void
+cg_require_table_owner(Oid relid)
+{
+#if PG_VERSION_NUM >= 160000
+	if (!object_ownercheck(RelationRelationId, relid, GetUserId()))
+#else
+	if (!pg_class_ownercheck(relid, GetUserId()))
+#endif
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of table %s to guard it", get_rel_name(relid))));
+}
 
 /* not read-only: a guard dropped a moment ago in this command must be seen gone */
 static bool
@@ -72,7 +88,7 @@ cg_guard_remove(Oid relid, const char *trigger_name)
 	sql = psprintf("DROP TRIGGER %s ON %s", quote_identifier(trigger_name),
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											  get_rel_name(relid)));
-	cg_guard_dropping = true;
+	cg_guard_internal = true;
 	PG_TRY();
 	{
 		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
@@ -80,38 +96,117 @@ cg_guard_remove(Oid relid, const char *trigger_name)
 	}
 	PG_FINALLY();
 	{
-		cg_guard_dropping = false;
+		cg_guard_internal = false;
 	}
 	PG_END_TRY();
 }
 
+/*
+ * A guard is being switched off: a superuser may, with a warning and an
+ * audit entry; anyone else is refused, and the attempt is audited durably.
+ */
 static void
-refuse_or_record(const char *action, const char *trigger, const char *table)
+refuse_or_record(bool is_super, const char *action, const char *table,
+				 const char *what_key, const char *what, const char *refusal,
+				 const char *warning)
 {
 	StringInfoData buf;
 	char	   *detail;
 
 	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"trigger\": ");
-	escape_json(&buf, trigger);
-	appendStringInfo(&buf, ", \"superuser\": %s}", superuser() ? "true" : "false");
+	appendStringInfo(&buf, "{\"%s\": ", what_key);
+	escape_json(&buf, what);
+	appendStringInfo(&buf, ", \"superuser\": %s}", is_super ? "true" : "false");
 	detail = buf.data;
 
-	if (superuser())
+	if (is_super)
 	{
 		cg_audit(action, table, NULL,
 				 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail))));
 		ereport(WARNING,
-				(errmsg("crmguard guard \"%s\" on table %s is no longer enforced", trigger, table),
+				(errmsg("%s", warning),
 				 errdetail("The change was written to the crmguard audit log.")));
 		return;
 	}
 	cg_audit_durable(psprintf("%s_refused", action), table, NULL, detail);
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("crmguard guard \"%s\" on table %s cannot be disabled or dropped", trigger, table),
+			 errmsg("%s", refusal),
 			 errdetail("Only a superuser can switch off a crmguard guard, and the change is audited."),
-			 errhint("Drop the rule with its crmguard function instead.")));
+			 errhint("Change the rule with its crmguard function instead.")));
+}
+
+/*
+ * What is wrong with the row visibility of the guarded tables a command
+ * touched, as (table, problem) rows.  A touched table is one the command
+ * names, one whose policy it names, and their inheritance parents and
+ * children (ATTACH PARTITION, INHERIT).  Runs as the extension owner.
+ */
+static const char *const visibility_problems_sql =
+"WITH cmd AS ("
+"  SELECT c.classid, c.objid, c.command_tag FROM pg_catalog.pg_event_trigger_ddl_commands() c),"
+" named AS ("
+"  SELECT objid AS relid, NULL::text AS policy, command_tag FROM cmd"
+"   WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+"  UNION ALL"
+"  SELECT p.polrelid, p.polname::text, cmd.command_tag FROM cmd"
+"   JOIN pg_catalog.pg_policy p ON p.oid = cmd.objid"
+"   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass),"
+" touched AS ("
+"  SELECT relid, policy, command_tag FROM named"
+"  UNION ALL SELECT i.inhrelid, NULL, NULL FROM named JOIN pg_catalog.pg_inherits i ON i.inhparent = named.relid"
+"  UNION ALL SELECT i.inhparent, NULL, NULL FROM named JOIN pg_catalog.pg_inherits i ON i.inhrelid = named.relid)"
+" SELECT DISTINCT r.oid::pg_catalog.regclass::text, pr.problem"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
+"  CROSS JOIN LATERAL (VALUES"
+"   (CASE WHEN NOT (r.relrowsecurity AND r.relforcerowsecurity)"
+"         THEN 'row-level security is no longer enabled and forced' END),"
+"   (CASE WHEN t.command_tag = 'ALTER POLICY' AND (t.policy IN ('crmguard_read', 'crmguard_edit')"
+"          OR (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid"
+"              AND p.polname IN ('crmguard_read', 'crmguard_edit')) <> 2)"
+"         THEN 'a crmguard policy was altered or renamed' END),"
+"   (CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid AND p.polpermissive"
+"                      AND p.polname NOT IN ('crmguard_read', 'crmguard_edit'))"
+"         THEN 'a permissive policy of its own would widen what crmguard exposes' END),"
+"   (CASE WHEN r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
+"                                          WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
+"         THEN 'it is now inherited or partitioned, and its rows can be read around its policies' END)"
+"  ) AS pr(problem)"
+" WHERE pr.problem IS NOT NULL"
+"   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)";
+
+static const char *const visibility_drops_sql =
+"SELECT pg_catalog.array_to_string(t.address_names[1:2], '.'), t.address_names[3]"
+"  FROM pg_catalog.pg_event_trigger_dropped_objects() t"
+" WHERE t.object_type = 'policy' AND t.original"
+"   AND t.address_names[3] IN ('crmguard_read', 'crmguard_edit')";
+
+static void
+check_visibility(bool is_super, bool dropping)
+{
+	CgPrivilegedContext priv;
+	uint64		i;
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(dropping ? visibility_drops_sql : visibility_problems_sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not inspect the DDL command");
+	cg_leave_owner(&priv);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		if (dropping)
+			problem = psprintf("policy \"%s\" was dropped", problem);
+		refuse_or_record(is_super, "visibility_changed", table, "problem", problem,
+						 psprintf("row visibility of table %s cannot be changed outside crmguard: %s",
+								  table, problem),
+						 psprintf("row visibility of table %s is no longer enforced by crmguard: %s",
+								  table, problem));
+	}
+	SPI_finish();
 }
 
 /*
@@ -125,16 +220,19 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 {
 	EventTriggerData *trigdata;
 	const char *sql;
+	bool		is_super = superuser();
+	bool		dropping;
 	uint64		i;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "crmguard_guard_ddl: not called by the event trigger manager");
 	trigdata = (EventTriggerData *) fcinfo->context;
+	if (cg_guard_internal)
+		PG_RETURN_VOID();
+	dropping = strcmp(trigdata->event, "sql_drop") == 0;
 
-	if (strcmp(trigdata->event, "sql_drop") == 0)
+	if (dropping)
 	{
-		if (cg_guard_dropping)
-			PG_RETURN_VOID();
 		sql = "SELECT pg_catalog.array_to_string(t.address_names[1:2], '.'),"
 			" t.address_names[pg_catalog.array_upper(t.address_names, 1)]"
 			" FROM pg_catalog.pg_event_trigger_dropped_objects() t"
@@ -162,11 +260,16 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 		char	   *first = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		char	   *second = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
-		if (strcmp(trigdata->event, "sql_drop") == 0)
-			refuse_or_record("guard_dropped", second, first);
+		if (dropping)
+			refuse_or_record(is_super, "guard_dropped", first, "trigger", second,
+							 psprintf("crmguard guard \"%s\" on table %s cannot be dropped", second, first),
+							 psprintf("crmguard guard \"%s\" on table %s is no longer enforced", second, first));
 		else
-			refuse_or_record("guard_disabled", first, second);
+			refuse_or_record(is_super, "guard_disabled", second, "trigger", first,
+							 psprintf("crmguard guard \"%s\" on table %s cannot be disabled", first, second),
+							 psprintf("crmguard guard \"%s\" on table %s is no longer enforced", first, second));
 	}
 	SPI_finish();
+	check_visibility(is_super, dropping);
 	PG_RETURN_VOID();
 }

@@ -155,19 +155,6 @@ install_guards(Oid relid)
 	cg_guard_install(relid, OTP_GUARD_UPDATE, "otp_guard", "AFTER UPDATE", on_update.data);
 }
 
-static void
-require_owner(Oid relid)
-{
-#if PG_VERSION_NUM >= 160000
-	if (!object_ownercheck(RelationRelationId, relid, GetUserId()))
-#else
-	if (!pg_class_ownercheck(relid, GetUserId()))
-#endif
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of table %s to guard it", get_rel_name(relid))));
-}
-
 PG_FUNCTION_INFO_V1(crmguard_create_otp_rule);
 Datum
 crmguard_create_otp_rule(PG_FUNCTION_ARGS)
@@ -219,7 +206,7 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 		invalid_rule(rule, psprintf("relation with OID %u does not exist", relid));
 	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
 		invalid_rule(rule, psprintf("\"%s\" is not a table", get_rel_name(relid)));
-	require_owner(relid);
+	cg_require_table_owner(relid);
 
 	status_attno = user_column(relid, PG_GETARG_NAME(2), rule, &status_type, &status_typmod);
 	nto = text_elements(PG_GETARG_ARRAYTYPE_P(3), rule, "to_values", &to_values);
@@ -339,7 +326,7 @@ crmguard_drop_otp_rule(PG_FUNCTION_ARGS)
 
 	/* ownership is checked as the caller */
 	cg_leave_owner(&priv);
-	require_owner(relid);
+	cg_require_table_owner(relid);
 	cg_enter_owner(&priv);
 
 	if (SPI_execute_with_args("DELETE FROM crmguard.otp_rule WHERE rule_name OPERATOR(pg_catalog.=) $1",

@@ -63,6 +63,13 @@ static Assumption assumed_at_xact_start;
 static bool assumed_changed_in_xact = false;
 static bool xact_callback_registered = false;
 
+/*
+ * While crmguard evaluates a rule on behalf of another principal
+ * (why_visible), the identity functions answer for that one: -1 when unset,
+ * 0 for nobody.
+ */
+static int64 evaluating_as = -1;
+
 #define TOKEN_PREFIX		"cg1."
 #define TOKEN_PAYLOAD_BYTES	(1 + 4 + 8 + 8)
 #define TOKEN_BYTES			(TOKEN_PAYLOAD_BYTES + crypto_auth_BYTES)
@@ -241,7 +248,10 @@ current_entry(void)
 	if (!cache_valid)
 		load_principals();
 
-	if (assumed.active)
+	if (evaluating_as >= 0)
+		entry = evaluating_as == 0 ? NULL :
+			hash_search(by_id, &evaluating_as, HASH_FIND, NULL);
+	else if (assumed.active)
 	{
 		/* an expired token leaves nobody, never the login role's principal */
 		if (GetCurrentTimestamp() >= assumed.expires_at)
@@ -301,37 +311,48 @@ crmguard_has_role(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(false);
 }
 
-PG_FUNCTION_INFO_V1(crmguard_attr);
-Datum
-crmguard_attr(PG_FUNCTION_ARGS)
+/*
+ * An attribute of a principal as text (a JSON object or array in its JSON
+ * form), or NULL when it is missing or JSON null.
+ */
+char *
+cg_principal_attr(const CgPrincipal *p, const char *key)
 {
-	text	   *key = PG_GETARG_TEXT_PP(0);
-	const CgPrincipal *p = cg_current_principal();
 	JsonbValue	k;
 	JsonbValue *v;
 
 	if (p == NULL)
-		PG_RETURN_NULL();
+		return NULL;
 	k.type = jbvString;
-	k.val.string.val = VARDATA_ANY(key);
-	k.val.string.len = VARSIZE_ANY_EXHDR(key);
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
 	v = findJsonbValueFromContainer(&p->attributes->root, JB_FOBJECT, &k);
 	if (v == NULL || v->type == jbvNull)
-		PG_RETURN_NULL();
+		return NULL;
 	switch (v->type)
 	{
 		case jbvString:
-			PG_RETURN_TEXT_P(cstring_to_text_with_len(v->val.string.val,
-													  v->val.string.len));
+			return pnstrdup(v->val.string.val, v->val.string.len);
 		case jbvNumeric:
-			PG_RETURN_TEXT_P(cstring_to_text(DatumGetCString(
-															 DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)))));
+			return DatumGetCString(DirectFunctionCall1(numeric_out,
+													   NumericGetDatum(v->val.numeric)));
 		case jbvBool:
-			PG_RETURN_TEXT_P(cstring_to_text(v->val.boolean ? "true" : "false"));
+			return pstrdup(v->val.boolean ? "true" : "false");
 		default:
-			PG_RETURN_TEXT_P(cstring_to_text(JsonbToCString(NULL, v->val.binary.data,
-															v->val.binary.len)));
+			return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
 	}
+}
+
+PG_FUNCTION_INFO_V1(crmguard_attr);
+Datum
+crmguard_attr(PG_FUNCTION_ARGS)
+{
+	char	   *value = cg_principal_attr(cg_current_principal(),
+										  text_to_cstring(PG_GETARG_TEXT_PP(0)));
+
+	if (value == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(value));
 }
 
 /* The principal and everyone below it, breadth first; cached per principal */
@@ -389,6 +410,38 @@ compute_team(PrincipalEntry *root)
 	MemoryContextSwitchTo(old);
 	hash_destroy(seen);
 	return root->team;
+}
+
+/* A copy of the team of a principal (the principal and everyone below it) */
+ArrayType *
+cg_principal_team(int64 id)
+{
+	PrincipalEntry *entry = lookup_id(id);
+
+	if (entry == NULL)
+		return construct_empty_array(INT8OID);
+	if (entry->team == NULL)
+		(void) compute_team(entry);
+	return DatumGetArrayTypePCopy(PointerGetDatum(entry->team));
+}
+
+/*
+ * Answer for another principal (0: nobody) until cg_evaluate_as_end; the
+ * caller restores the previous value on error too.
+ */
+int64
+cg_evaluate_as(int64 id)
+{
+	int64		previous = evaluating_as;
+
+	evaluating_as = id;
+	return previous;
+}
+
+void
+cg_evaluate_as_end(int64 previous)
+{
+	evaluating_as = previous;
 }
 
 PG_FUNCTION_INFO_V1(crmguard_team);

@@ -1,0 +1,800 @@
+/*
+ * visibility.c
+ *		Row visibility criteria: rules on who sees (and edits) which rows of
+ *		a table, compiled into two row-level security policies.
+ *
+ * Every rule of a table is one arm of an OR:
+ *
+ *		(SELECT crmguard.has_role('<audience>')) AND (<compiled criteria>)
+ *
+ * The sub-SELECTs are InitPlans: the acting principal's roles, attributes
+ * and team are read once per statement and the comparisons on the table's
+ * columns stay indexable.  crmguard_edit (FOR ALL, USING and WITH CHECK)
+ * holds role "admin" and the edit rules; crmguard_read (FOR SELECT) the read
+ * rules, so a SELECT sees the rows of either, each arm evaluated once.  The table gets ENABLE and FORCE ROW LEVEL
+ * SECURITY, so its owner is bound too; guard.c keeps anyone but a superuser
+ * from switching that off or widening it with a policy of their own.
+ *
+ * Rules are kept in crmguard.visibility_rule; the policies are regenerated
+ * from the table's rules on each change, under an ACCESS EXCLUSIVE lock on
+ * the table, so concurrent changes of one table's rules serialise.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "crmguard.h"
+
+#define ADMIN_ROLE	"admin"
+
+static void
+invalid_rule(const char *rule, const char *message)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_INVALID_RULE),
+			 errmsg("invalid visibility rule \"%s\": %s", rule, message)));
+}
+
+/*
+ * A table that row-level security can guard completely: not a partition or
+ * inheritance parent or child, whose rows could be read around its policies.
+ */
+static void
+check_target(Oid relid, const char *rule)
+{
+	char		relkind = get_rel_relkind(relid);
+
+	if (relkind == '\0')
+		invalid_rule(rule, psprintf("relation with OID %u does not exist", relid));
+	if (relkind == RELKIND_PARTITIONED_TABLE || get_rel_relispartition(relid) ||
+		has_superclass(relid) || has_subclass(relid))
+		invalid_rule(rule, psprintf("table \"%s\" is partitioned or inherited; its rows can be read around its policies",
+									get_rel_name(relid)));
+	if (relkind != RELKIND_RELATION)
+		invalid_rule(rule, psprintf("\"%s\" is not a table", get_rel_name(relid)));
+	cg_require_table_owner(relid);
+}
+
+static void
+check_audience(const char *rule, text *audience)
+{
+	if (audience == NULL || VARSIZE_ANY_EXHDR(audience) == 0)
+		invalid_rule(rule, "the audience must name a CRM role");
+}
+
+/* Rule names of expose_public and expose_by_owner, derived from the target */
+static char *
+derived_name(Oid relid, const char *kind, const char *audience)
+{
+	return psprintf("%s.%s %s %s", get_namespace_name(get_rel_namespace(relid)),
+					get_rel_name(relid), kind, audience);
+}
+
+/* The arm of the policy for one rule */
+static void
+append_arm(StringInfo out, const char *audience, const char *compiled)
+{
+	if (strcmp(out->data, "false") == 0)
+		resetStringInfo(out);
+	else
+		appendStringInfoString(out, " OR ");
+	appendStringInfo(out, "((SELECT crmguard.has_role(%s)) AND %s)",
+					 quote_literal_cstr(audience), compiled);
+}
+
+/* DROP POLICY IF EXISTS, without its notice */
+static void
+drop_policy_if_any(Oid relid, const char *table, const char *policy)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetTextDatum(policy);
+	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid OPERATOR(pg_catalog.=) $1"
+							  " AND polname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_policy");
+	if (SPI_processed > 0 &&
+		SPI_execute(psprintf("DROP POLICY %s ON %s", policy, table), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not drop policy %s on %s", policy, table);
+}
+
+/*
+ * Recreate the policies of a table from its rules (none left: drop them, and
+ * switch row-level security off again unless other policies remain).
+ * Runs as the caller, who owns the table; reads the rules as the extension
+ * owner with the latest snapshot, so a rule committed by a session that held
+ * the table lock before us is included even under REPEATABLE READ.
+ */
+static void
+regenerate_policies(Oid relid)
+{
+	const char *table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												   get_rel_name(relid));
+	StringInfoData read_pred;
+	StringInfoData edit_pred;
+	CgPrivilegedContext priv;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	uint64		nrules;
+	uint64		i;
+	bool		other_policies;
+
+	initStringInfo(&read_pred);
+	initStringInfo(&edit_pred);
+	appendStringInfoString(&read_pred, "false");
+	appendStringInfo(&edit_pred, "(SELECT crmguard.has_role('%s'))", ADMIN_ROLE);
+
+	CommandCounterIncrement();
+	values[0] = ObjectIdGetDatum(relid);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_with_args("SELECT audience, compiled, access FROM crmguard.visibility_rule"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY id",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.visibility_rule");
+	PopActiveSnapshot();
+	nrules = SPI_processed;
+	for (i = 0; i < nrules; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *audience = SPI_getvalue(tup, desc, 1);
+		char	   *compiled = SPI_getvalue(tup, desc, 2);
+		char	   *access = SPI_getvalue(tup, desc, 3);
+
+		append_arm(strcmp(access, "edit") == 0 ? &edit_pred : &read_pred, audience, compiled);
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	cg_guard_internal = true;
+	PG_TRY();
+	{
+		drop_policy_if_any(relid, table, "crmguard_read");
+		drop_policy_if_any(relid, table, "crmguard_edit");
+		if (nrules > 0)
+		{
+			if (SPI_execute(psprintf("ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
+									 table), false, 0) != SPI_OK_UTILITY ||
+				SPI_execute(psprintf("CREATE POLICY crmguard_read ON %s AS PERMISSIVE FOR SELECT"
+									 " TO PUBLIC USING (%s)", table, read_pred.data),
+							false, 0) != SPI_OK_UTILITY ||
+				SPI_execute(psprintf("CREATE POLICY crmguard_edit ON %s AS PERMISSIVE FOR ALL"
+									 " TO PUBLIC USING (%s) WITH CHECK (%s)",
+									 table, edit_pred.data, edit_pred.data),
+							false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not create the policies of %s", table);
+		}
+		else
+		{
+			values[0] = ObjectIdGetDatum(relid);
+			if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_policy"
+									  " WHERE polrelid OPERATOR(pg_catalog.=) $1",
+									  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read pg_policy");
+			other_policies = SPI_processed > 0;
+			if (!other_policies &&
+				SPI_execute(psprintf("ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY",
+									 table), false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not switch off row-level security on %s", table);
+		}
+	}
+	PG_FINALLY();
+	{
+		cg_guard_internal = false;
+	}
+	PG_END_TRY();
+	SPI_finish();
+}
+
+/* Store a checked rule and regenerate its table's policies */
+static int64
+add_rule(const char *rule, Oid relid, const char *kind, const char *audience,
+		 Jsonb *criteria, const char *owner_column, bool hierarchy,
+		 const char *access, const char *compiled)
+{
+	Oid			types[9] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, BOOLOID,
+	TEXTOID, TEXTOID};
+	Datum		values[9];
+	char		nulls[9] = "         ";
+	CgPrivilegedContext priv;
+	bool		isnull;
+	int64		id;
+	StringInfoData detail;
+
+	values[0] = CStringGetTextDatum(rule);
+	values[1] = ObjectIdGetDatum(relid);
+	values[2] = CStringGetTextDatum(kind);
+	values[3] = CStringGetTextDatum(audience);
+	values[4] = criteria ? JsonbPGetDatum(criteria) : (Datum) 0;
+	nulls[4] = criteria ? ' ' : 'n';
+	values[5] = owner_column ? CStringGetTextDatum(owner_column) : (Datum) 0;
+	nulls[5] = owner_column ? ' ' : 'n';
+	values[6] = BoolGetDatum(hierarchy);
+	values[7] = CStringGetTextDatum(access);
+	values[8] = CStringGetTextDatum(compiled);
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT 1 FROM crmguard.visibility_rule WHERE rule_name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.visibility_rule");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("visibility rule \"%s\" already exists", rule)));
+	if (SPI_execute_with_args("INSERT INTO crmguard.visibility_rule (rule_name, target, kind, audience,"
+							  " criteria, owner_column, hierarchy, access, compiled)"
+							  " VALUES ($1, $2::pg_catalog.regclass, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+							  9, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not store the visibility rule");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	regenerate_policies(relid);
+
+	initStringInfo(&detail);
+	appendStringInfoString(&detail, "{\"rule\": ");
+	escape_json(&detail, rule);
+	appendStringInfoString(&detail, ", \"audience\": ");
+	escape_json(&detail, audience);
+	appendStringInfoString(&detail, ", \"access\": ");
+	escape_json(&detail, access);
+	appendStringInfoChar(&detail, '}');
+	cg_audit(psprintf("expose_%s", kind), get_rel_name(relid), NULL,
+			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+	return id;
+}
+
+static char *
+text_arg(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+/* expose(target, rule_name, audience, criteria, access) */
+PG_FUNCTION_INFO_V1(crmguard_expose);
+Datum
+crmguard_expose(PG_FUNCTION_ARGS)
+{
+	char	   *rule = text_arg(fcinfo, 1);
+	char	   *access = text_arg(fcinfo, 4);
+	Oid			relid;
+	char	   *compiled;
+
+	cg_require_preload();
+	if (rule == NULL || rule[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_INVALID_RULE),
+				 errmsg("invalid visibility rule: the rule name is empty")));
+	if (PG_ARGISNULL(0))
+		invalid_rule(rule, "the target table is NULL");
+	relid = PG_GETARG_OID(0);
+	check_target(relid, rule);
+	check_audience(rule, PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2));
+	if (access == NULL || (strcmp(access, "read") != 0 && strcmp(access, "edit") != 0))
+		invalid_rule(rule, psprintf("access must be \"read\" or \"edit\", not \"%s\"",
+									access ? access : "NULL"));
+	if (PG_ARGISNULL(3))
+		invalid_rule(rule, "criteria are NULL; use crmguard.expose_public to show every row");
+	LockRelationOid(relid, AccessExclusiveLock);
+	compiled = cg_criteria_compile(relid, PG_GETARG_JSONB_P(3));
+	PG_RETURN_INT64(add_rule(rule, relid, "criteria", text_arg(fcinfo, 2), PG_GETARG_JSONB_P(3),
+							 NULL, false, access, compiled));
+}
+
+/* expose_public(target, audience): every row, read only */
+PG_FUNCTION_INFO_V1(crmguard_expose_public);
+Datum
+crmguard_expose_public(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *audience = text_arg(fcinfo, 1);
+	char	   *rule;
+
+	cg_require_preload();
+	if (PG_ARGISNULL(0))
+		invalid_rule("", "the target table is NULL");
+	relid = PG_GETARG_OID(0);
+	rule = derived_name(relid, "public to", audience ? audience : "");
+	check_target(relid, rule);
+	check_audience(rule, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
+	LockRelationOid(relid, AccessExclusiveLock);
+	PG_RETURN_INT64(add_rule(rule, relid, "public", audience, NULL, NULL, false, "read", "true"));
+}
+
+/* expose_by_owner(target, owner_column, audience, hierarchy) */
+PG_FUNCTION_INFO_V1(crmguard_expose_by_owner);
+Datum
+crmguard_expose_by_owner(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *column = PG_ARGISNULL(1) ? NULL : NameStr(*PG_GETARG_NAME(1));
+	char	   *audience = text_arg(fcinfo, 2);
+	bool		hierarchy = PG_ARGISNULL(3) ? true : PG_GETARG_BOOL(3);
+	char	   *rule;
+	AttrNumber	attno;
+	Oid			type;
+	char	   *compiled;
+
+	cg_require_preload();
+	if (PG_ARGISNULL(0))
+		invalid_rule("", "the target table is NULL");
+	relid = PG_GETARG_OID(0);
+	rule = derived_name(relid, "by owner for", audience ? audience : "");
+	check_target(relid, rule);
+	check_audience(rule, PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2));
+	if (column == NULL)
+		invalid_rule(rule, "the owner column is NULL");
+	attno = get_attnum(relid, column);
+	if (attno <= 0)
+		invalid_rule(rule, psprintf("column \"%s\" of relation \"%s\" does not exist",
+									column, get_rel_name(relid)));
+	type = getBaseType(get_atttype(relid, attno));
+	if (type != INT8OID && type != INT4OID && type != INT2OID)
+		invalid_rule(rule, psprintf("owner column \"%s\" is of type %s, not an integer holding principal ids",
+									column, format_type_be(type)));
+	LockRelationOid(relid, AccessExclusiveLock);
+
+	/* an integer column against bigint values: the btree family's cross-type "=" */
+	if (hierarchy)
+		compiled = psprintf("(%s OPERATOR(pg_catalog.=) ANY ((SELECT crmguard.team())::pg_catalog.int8[]))",
+							quote_identifier(column));
+	else
+		compiled = psprintf("(%s OPERATOR(pg_catalog.=) (SELECT crmguard.current_principal()))",
+							quote_identifier(column));
+	PG_RETURN_INT64(add_rule(rule, relid, "owner", audience, NULL, column, hierarchy,
+							 "edit", compiled));
+}
+
+/* unexpose(rule_name) */
+PG_FUNCTION_INFO_V1(crmguard_unexpose);
+Datum
+crmguard_unexpose(PG_FUNCTION_ARGS)
+{
+	char	   *rule = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CgPrivilegedContext priv;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+	Oid			relid;
+	StringInfoData detail;
+
+	cg_require_preload();
+	values[0] = CStringGetTextDatum(rule);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT target::pg_catalog.oid FROM crmguard.visibility_rule"
+							  " WHERE rule_name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.visibility_rule");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("visibility rule \"%s\" does not exist", rule)));
+	relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	/* ownership is checked as the caller */
+	if (get_rel_relkind(relid) != '\0')
+	{
+		cg_require_table_owner(relid);
+		LockRelationOid(relid, AccessExclusiveLock);
+	}
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("DELETE FROM crmguard.visibility_rule WHERE rule_name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not drop the visibility rule");
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	if (get_rel_relkind(relid) != '\0')
+		regenerate_policies(relid);
+
+	initStringInfo(&detail);
+	appendStringInfoString(&detail, "{\"rule\": ");
+	escape_json(&detail, rule);
+	appendStringInfoChar(&detail, '}');
+	cg_audit("unexpose", get_rel_name(relid), NULL,
+			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------------
+ * Explaining visibility
+ * ---------------------------------------------------------------------------
+ */
+
+typedef struct VisibilityRule
+{
+	char	   *name;
+	char	   *kind;
+	char	   *audience;
+	Jsonb	   *criteria;
+	char	   *owner_column;
+	bool		hierarchy;
+	char	   *access;
+	char	   *compiled;
+} VisibilityRule;
+
+/* The rules of a table, in rule order, in the caller's memory context */
+static List *
+rules_of(Oid relid)
+{
+	CgPrivilegedContext priv;
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	List	   *rules = NIL;
+	uint64		i;
+
+	values[0] = ObjectIdGetDatum(relid);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT rule_name, kind, audience, criteria, owner_column::pg_catalog.text,"
+							  " hierarchy, access, compiled FROM crmguard.visibility_rule"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY rule_name",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.visibility_rule");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		VisibilityRule *r = palloc0(sizeof(VisibilityRule));
+		bool		isnull;
+		Datum		d;
+
+		r->name = SPI_getvalue(tup, desc, 1);
+		r->kind = SPI_getvalue(tup, desc, 2);
+		r->audience = SPI_getvalue(tup, desc, 3);
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		r->criteria = isnull ? NULL : DatumGetJsonbPCopy(d);
+		r->owner_column = SPI_getvalue(tup, desc, 5);
+		r->hierarchy = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+		r->access = SPI_getvalue(tup, desc, 7);
+		r->compiled = SPI_getvalue(tup, desc, 8);
+		rules = lappend(rules, r);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return rules;
+}
+
+static bool
+principal_has_role(const CgPrincipal *p, const char *role)
+{
+	int			i;
+
+	for (i = 0; p != NULL && i < p->nroles; i++)
+		if (strcmp(p->roles[i], role) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The principal a question is about: the named one, or the caller's own when
+ * NULL.  Asking about someone else takes a superuser or an admin principal.
+ */
+static const CgPrincipal *
+subject_principal(FunctionCallInfo fcinfo, int argno, int64 *id)
+{
+	const CgPrincipal *self = cg_current_principal();
+	int64		self_id = self ? self->id : 0;
+	bool		self_admin = principal_has_role(self, ADMIN_ROLE);
+	const CgPrincipal *p;
+
+	if (PG_ARGISNULL(argno))
+	{
+		*id = self_id;
+		return self;
+	}
+	p = cg_principal_by_name(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
+	if (p == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("principal \"%s\" does not exist", text_to_cstring(PG_GETARG_TEXT_PP(argno)))));
+	if (p->id != self_id && !superuser() && !self_admin)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to explain the visibility of another principal"),
+				 errhint("Only a superuser or a principal with role \"%s\" can ask about others.",
+						 ADMIN_ROLE)));
+	*id = p->id;
+	return p->active ? p : NULL;
+}
+
+/* visibility_predicate(target, principal): the predicate as it stands for the principal */
+PG_FUNCTION_INFO_V1(crmguard_visibility_predicate);
+Datum
+crmguard_visibility_predicate(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	int64		id;
+	const CgPrincipal *p;
+	StringInfoData out;
+	List	   *rules;
+	ListCell   *lc;
+	int			n = 0;
+
+	cg_require_preload();
+	if (get_rel_relkind(relid) == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	p = subject_principal(fcinfo, 1, &id);
+	if (p != NULL)
+		p = cg_principal_by_name(p->name);	/* the cache may have been reloaded */
+	rules = rules_of(relid);
+	if (rules == NIL)
+		PG_RETURN_TEXT_P(cstring_to_text("true"));	/* not guarded by crmguard */
+	if (p == NULL)
+		PG_RETURN_TEXT_P(cstring_to_text("false"));
+	if (principal_has_role(p, ADMIN_ROLE))
+		PG_RETURN_TEXT_P(cstring_to_text("true"));
+
+	initStringInfo(&out);
+	foreach(lc, rules)
+	{
+		VisibilityRule *r = lfirst(lc);
+		char	   *arm;
+
+		if (!principal_has_role(p, r->audience))
+			continue;
+		if (strcmp(r->kind, "public") == 0)
+			PG_RETURN_TEXT_P(cstring_to_text("true"));
+		if (strcmp(r->kind, "owner") == 0)
+		{
+			if (r->hierarchy)
+			{
+				ArrayType  *team = cg_principal_team(p->id);
+				Datum	   *ids;
+				int			nids;
+				int			i;
+				StringInfoData lit;
+
+				deconstruct_array(team, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+								  &ids, NULL, &nids);
+				initStringInfo(&lit);
+				for (i = 0; i < nids; i++)
+					appendStringInfo(&lit, "%s" INT64_FORMAT, i ? "," : "", DatumGetInt64(ids[i]));
+				arm = psprintf("(%s OPERATOR(pg_catalog.=) ANY ('{%s}'::pg_catalog.int8[]))",
+							   quote_identifier(r->owner_column), lit.data);
+			}
+			else
+				arm = psprintf("(%s OPERATOR(pg_catalog.=) " INT64_FORMAT "::pg_catalog.int8)",
+							   quote_identifier(r->owner_column), p->id);
+		}
+		else
+			arm = cg_criteria_compile_for(relid, r->criteria, p);
+		appendStringInfo(&out, "%s%s", n++ > 0 ? " OR " : "", arm);
+	}
+	if (n == 0)
+		PG_RETURN_TEXT_P(cstring_to_text("false"));
+	PG_RETURN_TEXT_P(cstring_to_text(n > 1 ? psprintf("(%s)", out.data) : out.data));
+}
+
+static char *
+qualified_operator(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator form;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	form = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(form->oprnamespace)),
+					  NameStr(form->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
+ * The row of a table with primary key row_key, read as the caller, so that
+ * a row the caller cannot see is "not found" exactly like a missing one.
+ */
+static Datum
+row_as_caller(Oid relid, const char *row_key)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	Oid			pk_type;
+	char	   *pk_column;
+	TypeCacheEntry *tc;
+	char	   *eq;
+	bool		isnull;
+	Datum		row;
+	int			save_nestlevel;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	values[0] = ObjectIdGetDatum(relid);
+	types[0] = OIDOID;
+	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text, a.atttypid"
+							  " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a"
+							  " ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
+							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
+							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_index");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no single-column primary key to name its rows",
+						get_rel_name(relid))));
+	pk_column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	pk_type = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	tc = lookup_type_cache(pk_type, TYPECACHE_EQ_OPR);
+	if (!OidIsValid(tc->eq_opr))
+		elog(ERROR, "type %s has no equality operator", format_type_be(pk_type));
+	eq = qualified_operator(tc->eq_opr);
+
+	types[0] = TEXTOID;
+	values[0] = CStringGetTextDatum(row_key);
+	if (SPI_execute_with_args(psprintf("SELECT t FROM ONLY %s t WHERE t.%s %s CAST($1 AS %s)",
+									   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+																  get_rel_name(relid)),
+									   quote_identifier(pk_column), eq,
+									   format_type_extended(pk_type, -1, FORMAT_TYPE_FORCE_QUALIFY)),
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the row");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("row \"%s\" of table \"%s\" does not exist or is not visible to you",
+						row_key, get_rel_name(relid))));
+	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	row = SPI_datumTransfer(row, false, -1);
+	AtEOXact_GUC(true, save_nestlevel);
+	SPI_finish();
+	return row;
+}
+
+/* Does the row match a rule's compiled arm, read as principal id? */
+static bool
+row_matches_as(int64 id, Oid relid, const char *compiled, Datum row)
+{
+	int64		previous = cg_evaluate_as(id);
+	volatile bool granted = false;
+
+	PG_TRY();
+	{
+		granted = cg_criteria_row_matches(relid, compiled, row);
+	}
+	PG_FINALLY();
+	{
+		cg_evaluate_as_end(previous);
+	}
+	PG_END_TRY();
+	return granted;
+}
+
+/* why_visible(target, row_key, principal): each rule, whether it grants the row, and why */
+PG_FUNCTION_INFO_V1(crmguard_why_visible);
+Datum
+crmguard_why_visible(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid;
+	char	   *row_key;
+	int64		id;
+	const CgPrincipal *p;
+	char	   *who;
+	Datum		row;
+	List	   *rules;
+	ListCell   *lc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	cg_require_preload();
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("target and row_key must not be NULL")));
+	relid = PG_GETARG_OID(0);
+	row_key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (get_rel_relkind(relid) == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	p = subject_principal(fcinfo, 2, &id);
+	who = p ? pstrdup(p->name) : NULL;
+	InitMaterializedSRF(fcinfo, 0);
+
+	row = row_as_caller(relid, row_key);
+	rules = rules_of(relid);
+	p = who ? cg_principal_by_name(who) : NULL;
+
+	if (p == NULL)
+	{
+		values[0] = (Datum) 0;
+		nulls[0] = true;
+		values[1] = BoolGetDatum(false);
+		values[2] = CStringGetTextDatum(id == 0 ? "no principal is acting, and nobody sees a guarded row"
+										: "the principal is inactive, and resolves to nobody");
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		return (Datum) 0;
+	}
+	if (principal_has_role(p, ADMIN_ROLE))
+	{
+		values[0] = (Datum) 0;
+		nulls[0] = true;
+		values[1] = BoolGetDatum(true);
+		values[2] = CStringGetTextDatum(psprintf("principal \"%s\" has role \"%s\", which sees every row",
+												 p->name, ADMIN_ROLE));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		nulls[0] = false;
+	}
+
+	foreach(lc, rules)
+	{
+		VisibilityRule *r = lfirst(lc);
+		bool		granted = false;
+		char	   *reason;
+
+		if (!principal_has_role(p, r->audience))
+			reason = psprintf("principal \"%s\" does not have role \"%s\"", p->name, r->audience);
+		else
+		{
+			granted = row_matches_as(id, relid, r->compiled, row);
+			p = cg_principal_by_name(who);
+
+			if (strcmp(r->kind, "public") == 0)
+				reason = psprintf("role \"%s\" sees every row", r->audience);
+			else if (strcmp(r->kind, "owner") == 0)
+				reason = psprintf(granted ? "role \"%s\": column \"%s\" names %s" :
+								  "role \"%s\": column \"%s\" does not name %s",
+								  r->audience, r->owner_column,
+								  r->hierarchy ? psprintf("\"%s\" or anyone below", p->name) :
+								  psprintf("\"%s\"", p->name));
+			else
+				reason = psprintf(granted ? "role \"%s\": the row matches %s" :
+								  "role \"%s\": the row does not match %s",
+								  r->audience, JsonbToCString(NULL, &r->criteria->root,
+															  VARSIZE(r->criteria)));
+			if (strcmp(r->access, "edit") == 0)
+				reason = psprintf("%s (read and edit)", reason);
+		}
+		values[0] = CStringGetTextDatum(r->name);
+		values[1] = BoolGetDatum(granted);
+		values[2] = CStringGetTextDatum(reason);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
