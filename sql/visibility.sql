@@ -334,6 +334,11 @@ SELECT public.regress_try($$ALTER POLICY crmguard_edit ON public.regress_vis_cus
 SELECT public.regress_try($$ALTER POLICY crmguard_read ON public.regress_vis_customer RENAME TO old_read$$);
 SELECT public.regress_try($$CREATE POLICY see_all ON public.regress_vis_customer USING (true)$$);
 SELECT public.regress_try($$CREATE TABLE public.regress_vis_child () INHERITS (public.regress_vis_customer)$$);
+-- a column a rule names cannot be renamed or dropped from under it
+SELECT public.regress_try($$ALTER TABLE public.regress_vis_customer RENAME COLUMN billing_city TO city$$);
+SELECT public.regress_try($$ALTER TABLE public.regress_vis_customer DROP COLUMN owner_id CASCADE$$);
+ALTER TABLE public.regress_vis_customer RENAME COLUMN name TO account_name;
+ALTER TABLE public.regress_vis_customer RENAME COLUMN account_name TO name;
 -- a restrictive policy only narrows: allowed
 CREATE POLICY only_positive ON public.regress_vis_customer AS RESTRICTIVE USING (revenue >= 0);
 DROP POLICY only_positive ON public.regress_vis_customer;
@@ -368,6 +373,16 @@ SELECT relrowsecurity, relforcerowsecurity,
 SET ROLE regress_vis_nobody;
 SELECT count(*) AS quotes FROM public.regress_vis_quote;
 RESET ROLE;
+
+-- a dropped table takes its rules with it
+CREATE TABLE public.regress_vis_scratch (id int PRIMARY KEY, owner_id bigint);
+ALTER TABLE public.regress_vis_scratch OWNER TO regress_vis_owner;
+SET ROLE regress_vis_owner;
+SELECT crmguard.expose_by_owner('public.regress_vis_scratch', 'owner_id', 'agent') > 0 AS exposed;
+DROP TABLE public.regress_vis_scratch;
+RESET ROLE;
+SELECT count(*) AS orphaned_rules FROM crmguard.visibility_rule
+ WHERE rule_name = 'public.regress_vis_scratch by owner for agent';
 
 -- every rule change is in the audit log, and the chain holds
 SELECT action, count(*) FROM crmguard.audit

@@ -173,13 +173,39 @@ static const char *const visibility_problems_sql =
 "         THEN 'it is now inherited or partitioned, and its rows can be read around its policies' END)"
 "  ) AS pr(problem)"
 " WHERE pr.problem IS NOT NULL"
-"   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)";
+"   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)"
+/* any rule (visibility or OTP) naming a column the command renamed or dropped */
+" UNION"
+" SELECT r.oid::pg_catalog.regclass::text,"
+"        pg_catalog.format('column \"%s\" named by rule \"%s\" was renamed or dropped', f.col, f.rule)"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
+"  CROSS JOIN LATERAL ("
+"   SELECT v.rule_name AS rule, c.col FROM crmguard.visibility_rule v"
+"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(v.criteria, 'lax $.**.field') #>> '{}'"
+"                        UNION SELECT v.owner_column::text) AS c(col)"
+"    WHERE v.target::pg_catalog.oid = r.oid"
+"   UNION"
+"   SELECT o.rule_name, c.col FROM crmguard.otp_rule o"
+"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(o.condition, 'lax $.**.field') #>> '{}'"
+"                        UNION SELECT o.status_column::text UNION SELECT o.recipient_column::text) AS c(col)"
+"    WHERE o.target::pg_catalog.oid = r.oid) AS f"
+"  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
+"        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)";
 
 static const char *const visibility_drops_sql =
 "SELECT pg_catalog.array_to_string(t.address_names[1:2], '.'), t.address_names[3]"
 "  FROM pg_catalog.pg_event_trigger_dropped_objects() t"
-" WHERE t.object_type = 'policy' AND t.original"
+" WHERE t.object_type = 'policy'"
+"   AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.' || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL"
 "   AND t.address_names[3] IN ('crmguard_read', 'crmguard_edit')";
+
+/* The rules of tables that are gone go with them, so an OID reused later is not guarded by mistake */
+static const char *const forget_dropped_sql =
+"WITH dropped AS ("
+"  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table'),"
+" v AS (DELETE FROM crmguard.visibility_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
+" SELECT 1";
 
 static void
 check_visibility(bool is_super, bool dropping)
@@ -205,6 +231,13 @@ check_visibility(bool is_super, bool dropping)
 								  table, problem),
 						 psprintf("row visibility of table %s is no longer enforced by crmguard: %s",
 								  table, problem));
+	}
+	if (dropping)
+	{
+		cg_enter_owner(&priv);
+		if (SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not forget the rules of dropped tables");
+		cg_leave_owner(&priv);
 	}
 	SPI_finish();
 }
@@ -236,7 +269,9 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 		sql = "SELECT pg_catalog.array_to_string(t.address_names[1:2], '.'),"
 			" t.address_names[pg_catalog.array_upper(t.address_names, 1)]"
 			" FROM pg_catalog.pg_event_trigger_dropped_objects() t"
-			" WHERE t.object_type OPERATOR(pg_catalog.=) 'trigger' AND t.original"
+			" WHERE t.object_type OPERATOR(pg_catalog.=) 'trigger'"
+			/* dropped directly, or with a column (CASCADE), not with its table */
+			" AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.' || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL"
 			" AND t.address_names[pg_catalog.array_upper(t.address_names, 1)]"
 			"     OPERATOR(pg_catalog.~~) 'zz\\_crmguard\\_%'";
 	}

@@ -105,15 +105,3 @@ CREATE FUNCTION crmguard.verify_otp(challenge bigint, code text) RETURNS boolean
     AS 'MODULE_PATHNAME', 'crmguard_verify_otp';
 COMMENT ON FUNCTION crmguard.verify_otp(bigint, text) IS 'verify a code; the change it allows must follow in the same transaction';
 
--- ---------------------------------------------------------------------------
--- Guards on user tables cannot be switched off except by a superuser (audited)
--- ---------------------------------------------------------------------------
-
-CREATE FUNCTION crmguard.guard_ddl() RETURNS event_trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_guard_ddl';
-CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE')
-    EXECUTE FUNCTION crmguard.guard_ddl();
-CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
-    WHEN TAG IN ('DROP TRIGGER')
-    EXECUTE FUNCTION crmguard.guard_ddl();

@@ -53,9 +53,3 @@ CREATE FUNCTION crmguard.why_visible(target regclass, row_key text, principal te
     AS 'MODULE_PATHNAME', 'crmguard_why_visible';
 COMMENT ON FUNCTION crmguard.why_visible(regclass, text, text) IS 'for a row you can see: which rules grant it to the principal, and why';
 
-CREATE EVENT TRIGGER crmguard_visibility_ddl ON ddl_command_end
-    WHEN TAG IN ('CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE')
-    EXECUTE FUNCTION crmguard.guard_ddl();
-CREATE EVENT TRIGGER crmguard_visibility_drop ON sql_drop
-    WHEN TAG IN ('DROP POLICY')
-    EXECUTE FUNCTION crmguard.guard_ddl();

@@ -1,0 +1,14 @@
+-- ---------------------------------------------------------------------------
+-- The guards crmguard puts on user tables (OTP triggers, visibility
+-- policies) cannot be switched off, widened or orphaned except by a
+-- superuser, and then it is audited.  Rules of a dropped table go with it.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION crmguard.guard_ddl() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_guard_ddl';
+CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE')
+    EXECUTE FUNCTION crmguard.guard_ddl();
+CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
+    WHEN TAG IN ('DROP TRIGGER', 'DROP POLICY', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION crmguard.guard_ddl();
