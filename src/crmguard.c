@@ -106,6 +106,7 @@ _PG_init(void)
 	cg_preloaded = true;
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = crmguard_process_utility;
+	cg_visibility_init();
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = crmguard_shmem_request;
@@ -179,6 +180,8 @@ cg_catalog(void)
 		get_relname_relid("audit", catalog.schema) : InvalidOid;
 	catalog.otp_rule_rel = OidIsValid(catalog.schema) ?
 		get_relname_relid("otp_rule", catalog.schema) : InvalidOid;
+	catalog.visibility_rule_rel = OidIsValid(catalog.schema) ?
+		get_relname_relid("visibility_rule", catalog.schema) : InvalidOid;
 	if (!OidIsValid(catalog.principal_rel) || !OidIsValid(catalog.audit_rel))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -39,6 +39,7 @@ typedef struct CgCatalog
 	Oid			principal_rel;
 	Oid			audit_rel;
 	Oid			otp_rule_rel;
+	Oid			visibility_rule_rel;
 	Oid			owner;			/* owner of the extension (of its schema) */
 } CgCatalog;
 
@@ -124,6 +125,9 @@ extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
 extern void cg_otp_shmem_request(void);
 extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);
+
+/* visibility.c: row visibility through the row-level security hook */
+extern void cg_visibility_init(void);
 
 /* guard.c: the triggers crmguard installs on user tables */
 extern bool cg_guard_internal;

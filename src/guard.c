@@ -161,12 +161,7 @@ static const char *const visibility_problems_sql =
 "  CROSS JOIN LATERAL (VALUES"
 "   (CASE WHEN NOT (r.relrowsecurity AND r.relforcerowsecurity)"
 "         THEN 'row-level security is no longer enabled and forced' END),"
-"   (CASE WHEN t.command_tag = 'ALTER POLICY' AND (t.policy IN ('crmguard_read', 'crmguard_edit')"
-"          OR (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid"
-"              AND p.polname IN ('crmguard_read', 'crmguard_edit')) <> 2)"
-"         THEN 'a crmguard policy was altered or renamed' END),"
-"   (CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid AND p.polpermissive"
-"                      AND p.polname NOT IN ('crmguard_read', 'crmguard_edit'))"
+"   (CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid AND p.polpermissive)"
 "         THEN 'a permissive policy of its own would widen what crmguard exposes' END),"
 "   (CASE WHEN r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
 "                                          WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
@@ -192,14 +187,7 @@ static const char *const visibility_problems_sql =
 "  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
 "        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)";
 
-static const char *const visibility_drops_sql =
-"SELECT pg_catalog.array_to_string(t.address_names[1:2], '.'), t.address_names[3]"
-"  FROM pg_catalog.pg_event_trigger_dropped_objects() t"
-" WHERE t.object_type = 'policy'"
-"   AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.' || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL"
-"   AND t.address_names[3] IN ('crmguard_read', 'crmguard_edit')";
-
-/* The rules of tables that are gone go with them, so an OID reused later is not guarded by mistake */
+/* Rules of dropped tables, so that an OID reused later is not guarded by mistake */
 static const char *const forget_dropped_sql =
 "WITH dropped AS ("
 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table'),"
@@ -216,7 +204,16 @@ check_visibility(bool is_super, bool dropping)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute(dropping ? visibility_drops_sql : visibility_problems_sql, false, 0) != SPI_OK_SELECT)
+	if (dropping)
+	{
+		/* the rules of tables that are gone go with them */
+		if (SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not forget the rules of dropped tables");
+		SPI_finish();
+		cg_leave_owner(&priv);
+		return;
+	}
+	if (SPI_execute(visibility_problems_sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not inspect the DDL command");
 	cg_leave_owner(&priv);
 	for (i = 0; i < SPI_processed; i++)
@@ -224,20 +221,11 @@ check_visibility(bool is_super, bool dropping)
 		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
-		if (dropping)
-			problem = psprintf("policy \"%s\" was dropped", problem);
 		refuse_or_record(is_super, "visibility_changed", table, "problem", problem,
 						 psprintf("row visibility of table %s cannot be changed outside crmguard: %s",
 								  table, problem),
 						 psprintf("row visibility of table %s is no longer enforced by crmguard: %s",
 								  table, problem));
-	}
-	if (dropping)
-	{
-		cg_enter_owner(&priv);
-		if (SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not forget the rules of dropped tables");
-		cg_leave_owner(&priv);
 	}
 	SPI_finish();
 }

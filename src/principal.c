@@ -25,6 +25,7 @@
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/plancache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -74,9 +75,20 @@ static int64 evaluating_as = -1;
 #define TOKEN_PAYLOAD_BYTES	(1 + 4 + 8 + 8)
 #define TOKEN_BYTES			(TOKEN_PAYLOAD_BYTES + crypto_auth_BYTES)
 
+/*
+ * The visibility policy of a cached plan is specialised to the roles of the
+ * principal it was planned for: re-plan when who is acting may have changed.
+ */
+static void
+identity_changed(void)
+{
+	ResetPlanCache();
+}
+
 void
 cg_principal_invalidate(void)
 {
+	identity_changed();
 	cache_valid = false;
 }
 
@@ -88,6 +100,7 @@ cg_principal_forget(void)
 	assumed.principal_id = 0;
 	assumed.expires_at = 0;
 	assumed_changed_in_xact = false;
+	identity_changed();
 }
 
 static char **
@@ -464,7 +477,10 @@ assume_xact_callback(XactEvent event, void *arg)
 	if (!assumed_changed_in_xact)
 		return;
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
 		assumed = assumed_at_xact_start;
+		identity_changed();
+	}
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
 		event == XACT_EVENT_PREPARE)
@@ -487,6 +503,7 @@ set_assumption(bool active, int64 id, TimestampTz expires_at)
 	assumed.active = active;
 	assumed.principal_id = id;
 	assumed.expires_at = expires_at;
+	identity_changed();
 }
 
 static void

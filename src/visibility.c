@@ -1,27 +1,34 @@
 /*
  * visibility.c
  *		Row visibility criteria: rules on who sees (and edits) which rows of
- *		a table, compiled into two row-level security policies.
+ *		a table, enforced by row-level security.
  *
- * Every rule of a table is one arm of an OR:
+ * A guarded table gets ENABLE and FORCE ROW LEVEL SECURITY, so its owner is
+ * bound too, and no policy of its own: the policy of each statement comes
+ * from the rewriter hook below, specialised to the acting principal.  It is
+ * ordinary SQL compiled by the criteria compiler:
  *
- *		(SELECT crmguard.has_role('<audience>')) AND (<compiled criteria>)
+ *		<one-time guard on the principal's CRM roles>
+ *		AND (<criteria of rule 1> OR <criteria of rule 2> ...)
  *
- * The sub-SELECTs are InitPlans: the acting principal's roles, attributes
- * and team are read once per statement and the comparisons on the table's
- * columns stay indexable.  crmguard_edit (FOR ALL, USING and WITH CHECK)
- * holds role "admin" and the edit rules; crmguard_read (FOR SELECT) the read
- * rules, so a SELECT sees the rows of either, each arm evaluated once.  The table gets ENABLE and FORCE ROW LEVEL
- * SECURITY, so its owner is bound too; guard.c keeps anyone but a superuser
- * from switching that off or widening it with a policy of their own.
+ * holding only the rules of the principal's roles ("true" for role admin,
+ * "false" for nobody).  Attribute values and the team are read by InitPlans
+ * once per statement, so a cached plan stays right for any principal with
+ * the same roles, and each rule's comparison on its column can drive an
+ * index scan on its own, which an OR over every role's rules would not.
+ * The guard is a pseudo-constant (a one-time filter): a plan cached for
+ * other roles returns no row rather than someone else's; crmguard also
+ * resets the plan cache when the acting principal changes.  Without
+ * crmguard loaded, a guarded table shows nothing (RLS without policies).
  *
- * Rules are kept in crmguard.visibility_rule; the policies are regenerated
- * from the table's rules on each change, under an ACCESS EXCLUSIVE lock on
- * the table, so concurrent changes of one table's rules serialise.
+ * Rules are kept in crmguard.visibility_rule; guard.c keeps anyone but a
+ * superuser from switching RLS off or widening it with a policy of their
+ * own.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_operator.h"
@@ -29,10 +36,22 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_clause.h"
+#include "parser/parse_collate.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
+#include "parser/parser.h"
+#include "rewrite/rowsecurity.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
@@ -86,84 +105,36 @@ derived_name(Oid relid, const char *kind, const char *audience)
 					get_rel_name(relid), kind, audience);
 }
 
-/* The arm of the policy for one rule */
-static void
-append_arm(StringInfo out, const char *audience, const char *compiled)
-{
-	if (strcmp(out->data, "false") == 0)
-		resetStringInfo(out);
-	else
-		appendStringInfoString(out, " OR ");
-	appendStringInfo(out, "((SELECT crmguard.has_role(%s)) AND %s)",
-					 quote_literal_cstr(audience), compiled);
-}
-
-/* DROP POLICY IF EXISTS, without its notice */
-static void
-drop_policy_if_any(Oid relid, const char *table, const char *policy)
-{
-	Oid			types[2] = {OIDOID, TEXTOID};
-	Datum		values[2];
-
-	values[0] = ObjectIdGetDatum(relid);
-	values[1] = CStringGetTextDatum(policy);
-	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_policy WHERE polrelid OPERATOR(pg_catalog.=) $1"
-							  " AND polname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_policy");
-	if (SPI_processed > 0 &&
-		SPI_execute(psprintf("DROP POLICY %s ON %s", policy, table), false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not drop policy %s on %s", policy, table);
-}
-
 /*
- * Recreate the policies of a table from its rules (none left: drop them, and
- * switch row-level security off again unless other policies remain).
- * Runs as the caller, who owns the table; reads the rules as the extension
- * owner with the latest snapshot, so a rule committed by a session that held
- * the table lock before us is included even under REPEATABLE READ.
+ * Switch row-level security on for a table with rules (off again when the
+ * last rule goes, unless policies of the DBA's own remain), and make every
+ * backend re-plan the statements that read it.  Runs as the caller, who
+ * owns the table.
  */
 static void
-regenerate_policies(Oid relid)
+guard_table(Oid relid)
 {
 	const char *table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 												   get_rel_name(relid));
-	StringInfoData read_pred;
-	StringInfoData edit_pred;
 	CgPrivilegedContext priv;
 	Oid			types[1] = {OIDOID};
 	Datum		values[1];
-	uint64		nrules;
-	uint64		i;
+	bool		has_rules;
 	bool		other_policies;
 
-	initStringInfo(&read_pred);
-	initStringInfo(&edit_pred);
-	appendStringInfoString(&read_pred, "false");
-	appendStringInfo(&edit_pred, "(SELECT crmguard.has_role('%s'))", ADMIN_ROLE);
-
+	/* the latest snapshot: a rule another session committed before our lock counts */
 	CommandCounterIncrement();
 	values[0] = ObjectIdGetDatum(relid);
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute_with_args("SELECT audience, compiled, access FROM crmguard.visibility_rule"
-							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY id",
-							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT 1 FROM crmguard.visibility_rule"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard.visibility_rule");
 	PopActiveSnapshot();
-	nrules = SPI_processed;
-	for (i = 0; i < nrules; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *audience = SPI_getvalue(tup, desc, 1);
-		char	   *compiled = SPI_getvalue(tup, desc, 2);
-		char	   *access = SPI_getvalue(tup, desc, 3);
-
-		append_arm(strcmp(access, "edit") == 0 ? &edit_pred : &read_pred, audience, compiled);
-	}
+	has_rules = SPI_processed > 0;
 	SPI_finish();
 	cg_leave_owner(&priv);
 
@@ -172,24 +143,14 @@ regenerate_policies(Oid relid)
 	cg_guard_internal = true;
 	PG_TRY();
 	{
-		drop_policy_if_any(relid, table, "crmguard_read");
-		drop_policy_if_any(relid, table, "crmguard_edit");
-		if (nrules > 0)
+		if (has_rules)
 		{
 			if (SPI_execute(psprintf("ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
-									 table), false, 0) != SPI_OK_UTILITY ||
-				SPI_execute(psprintf("CREATE POLICY crmguard_read ON %s AS PERMISSIVE FOR SELECT"
-									 " TO PUBLIC USING (%s)", table, read_pred.data),
-							false, 0) != SPI_OK_UTILITY ||
-				SPI_execute(psprintf("CREATE POLICY crmguard_edit ON %s AS PERMISSIVE FOR ALL"
-									 " TO PUBLIC USING (%s) WITH CHECK (%s)",
-									 table, edit_pred.data, edit_pred.data),
-							false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "could not create the policies of %s", table);
+									 table), false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not switch on row-level security on %s", table);
 		}
 		else
 		{
-			values[0] = ObjectIdGetDatum(relid);
 			if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_policy"
 									  " WHERE polrelid OPERATOR(pg_catalog.=) $1",
 									  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
@@ -207,9 +168,10 @@ regenerate_policies(Oid relid)
 	}
 	PG_END_TRY();
 	SPI_finish();
+	CacheInvalidateRelcacheByRelid(relid);
 }
 
-/* Store a checked rule and regenerate its table's policies */
+/* Store a checked rule and guard its table */
 static int64
 add_rule(const char *rule, Oid relid, const char *kind, const char *audience,
 		 Jsonb *criteria, const char *owner_column, bool hierarchy,
@@ -255,7 +217,7 @@ add_rule(const char *rule, Oid relid, const char *kind, const char *audience,
 	SPI_finish();
 	cg_leave_owner(&priv);
 
-	regenerate_policies(relid);
+	guard_table(relid);
 
 	initStringInfo(&detail);
 	appendStringInfoString(&detail, "{\"rule\": ");
@@ -418,7 +380,7 @@ crmguard_unexpose(PG_FUNCTION_ARGS)
 	cg_leave_owner(&priv);
 
 	if (get_rel_relkind(relid) != '\0')
-		regenerate_policies(relid);
+		guard_table(relid);
 
 	initStringInfo(&detail);
 	appendStringInfoString(&detail, "{\"rule\": ");
@@ -797,4 +759,266 @@ crmguard_why_visible(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The rewriter hook: a table's rules, specialised to the acting principal
+ * ---------------------------------------------------------------------------
+ */
+
+typedef struct CachedRule
+{
+	char	   *audience;
+	char	   *compiled;
+	bool		edit;
+} CachedRule;
+
+typedef struct CachedQual
+{
+	char	   *key;			/* command class and the audiences held */
+	Expr	   *qual;
+} CachedQual;
+
+typedef struct TableRules
+{
+	Oid			relid;			/* hash key */
+	List	   *rules;			/* of CachedRule, in rule order */
+	List	   *audiences;		/* distinct audiences, and "admin" */
+	List	   *quals;			/* of CachedQual */
+} TableRules;
+
+static HTAB *table_rules = NULL;
+static MemoryContext rules_context = NULL;
+static bool rules_valid = false;
+static Oid	known_rule_rel = InvalidOid;
+static int	rules_in_use = 0;	/* a qual is being built from the cache */
+static row_security_policy_hook_type prev_permissive_hook = NULL;
+
+/* Rules or a guarded table changed: reload on the next use */
+static void
+rules_callback(Datum arg, Oid relid)
+{
+	if (!rules_valid)
+		return;
+	if (relid == InvalidOid || relid == known_rule_rel ||
+		(table_rules != NULL && hash_search(table_rules, &relid, HASH_FIND, NULL) != NULL))
+		rules_valid = false;
+}
+
+static void
+load_rules(void)
+{
+	CgPrivilegedContext priv;
+	HASHCTL		ctl;
+	MemoryContext old;
+	uint64		i;
+
+	if (rules_context == NULL)
+	{
+		rules_context = AllocSetContextCreate(CacheMemoryContext, "crmguard visibility rules",
+											  ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(rules_callback, (Datum) 0);
+	}
+	MemoryContextReset(rules_context);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(TableRules);
+	ctl.hcxt = rules_context;
+	table_rules = hash_create("crmguard visibility rules", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	/* valid from here: an invalidation arriving while we read marks it stale again */
+	rules_valid = true;
+	known_rule_rel = cg_catalog()->visibility_rule_rel;
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT target::pg_catalog.oid, audience, compiled, access"
+					" FROM crmguard.visibility_rule ORDER BY id", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.visibility_rule");
+	old = MemoryContextSwitchTo(rules_context);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		found;
+		TableRules *t = hash_search(table_rules, &relid, HASH_ENTER, &found);
+		CachedRule *r = palloc(sizeof(CachedRule));
+		ListCell   *lc;
+		bool		known = false;
+
+		if (!found)
+		{
+			t->rules = NIL;
+			t->audiences = list_make1(pstrdup(ADMIN_ROLE));
+			t->quals = NIL;
+		}
+		r->audience = SPI_getvalue(tup, desc, 2);
+		r->compiled = SPI_getvalue(tup, desc, 3);
+		r->edit = strcmp(SPI_getvalue(tup, desc, 4), "edit") == 0;
+		t->rules = lappend(t->rules, r);
+		foreach(lc, t->audiences)
+			known |= strcmp((char *) lfirst(lc), r->audience) == 0;
+		if (!known)
+			t->audiences = lappend(t->audiences, r->audience);
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	cg_leave_owner(&priv);
+}
+
+/* A qual in SQL text as an expression over the relation (range table entry 1) */
+static Expr *
+transform_qual(Relation rel, const char *sql)
+{
+	ParseState *pstate = make_parsestate(NULL);
+	ParseNamespaceItem *nsitem;
+	List	   *raw;
+	SelectStmt *stmt;
+	Node	   *qual;
+	int			save_nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock, NULL, false, false);
+	addNSItemToQuery(pstate, nsitem, false, true, true);
+	raw = raw_parser(psprintf("SELECT WHERE %s", sql), RAW_PARSE_DEFAULT);
+	stmt = (SelectStmt *) ((RawStmt *) linitial(raw))->stmt;
+	qual = transformWhereClause(pstate, stmt->whereClause, EXPR_KIND_POLICY, "POLICY");
+	assign_expr_collations(pstate, qual);
+	free_parsestate(pstate);
+	AtEOXact_GUC(true, save_nestlevel);
+	return (Expr *) qual;
+}
+
+/*
+ * The policy of a table for the acting principal and a command class (read
+ * for SELECT, edit for INSERT, UPDATE and DELETE), as SQL text.
+ */
+static char *
+specialised_sql(TableRules *t, const CgPrincipal *p, bool edit, char **key)
+{
+	StringInfoData guard;
+	StringInfoData arms;
+	StringInfoData held;
+	bool		admin = principal_has_role(p, ADMIN_ROLE);
+	ListCell   *lc;
+	int			narms = 0;
+
+	initStringInfo(&guard);
+	initStringInfo(&arms);
+	initStringInfo(&held);
+	appendStringInfoChar(&held, edit ? 'e' : 'r');
+	if (p == NULL)
+	{
+		*key = pstrdup(edit ? "e-" : "r-");
+		return pstrdup("false");
+	}
+	foreach(lc, t->audiences)
+	{
+		char	   *audience = lfirst(lc);
+		bool		has = principal_has_role(p, audience);
+
+		appendStringInfo(&guard, "%s%s(SELECT crmguard.has_role(%s))", guard.len ? " AND " : "",
+						 has ? "" : "NOT ", quote_literal_cstr(audience));
+		if (has)
+		{
+			appendStringInfoChar(&held, '|');
+			appendStringInfoString(&held, audience);
+		}
+	}
+	*key = held.data;
+	if (admin)
+		return guard.data;
+	foreach(lc, t->rules)
+	{
+		CachedRule *r = lfirst(lc);
+
+		if ((edit && !r->edit) || !principal_has_role(p, r->audience))
+			continue;
+		appendStringInfo(&arms, "%s%s", narms++ ? " OR " : "", r->compiled);
+	}
+	if (narms == 0)
+		return pstrdup("false");
+	return psprintf("%s AND (%s)", guard.data, arms.data);
+}
+
+static Expr *
+specialised_qual(Relation rel, TableRules *t, bool edit)
+{
+	const CgPrincipal *p = cg_current_principal();
+	char	   *key;
+	char	   *sql = specialised_sql(t, p, edit, &key);
+	ListCell   *lc;
+	CachedQual *cq;
+	Expr	   *qual;
+	MemoryContext old;
+
+	foreach(lc, t->quals)
+	{
+		cq = lfirst(lc);
+		if (strcmp(cq->key, key) == 0)
+			return copyObject(cq->qual);
+	}
+	qual = transform_qual(rel, sql);
+	if (!rules_valid)
+		return qual;			/* the cache went stale meanwhile: do not keep it */
+	old = MemoryContextSwitchTo(rules_context);
+	cq = palloc(sizeof(CachedQual));
+	cq->key = pstrdup(key);
+	cq->qual = copyObject(qual);
+	t->quals = lappend(t->quals, cq);
+	MemoryContextSwitchTo(old);
+	return qual;
+}
+
+static List *
+visibility_policies(CmdType cmd, Relation rel)
+{
+	List	   *policies = prev_permissive_hook ? prev_permissive_hook(cmd, rel) : NIL;
+	Oid			relid = RelationGetRelid(rel);
+	Oid			schema;
+	TableRules *t;
+	RowSecurityPolicy *policy;
+	Datum		public_role = ObjectIdGetDatum(ACL_ID_PUBLIC);
+
+	/* only where crmguard is installed, and only for its guarded tables */
+	schema = get_namespace_oid("crmguard", true);
+	if (!OidIsValid(schema) || !OidIsValid(get_relname_relid("visibility_rule", schema)))
+		return policies;
+	if (!rules_valid && rules_in_use == 0)
+		load_rules();
+	t = hash_search(table_rules, &relid, HASH_FIND, NULL);
+	if (t == NULL)
+		return policies;
+
+	policy = palloc0(sizeof(RowSecurityPolicy));
+	policy->policy_name = pstrdup("crmguard");
+	policy->polcmd = cmd == CMD_SELECT ? ACL_SELECT_CHR :
+		cmd == CMD_INSERT ? ACL_INSERT_CHR :
+		cmd == CMD_UPDATE ? ACL_UPDATE_CHR :
+		cmd == CMD_DELETE ? ACL_DELETE_CHR : '*';
+	policy->roles = construct_array(&public_role, 1, OIDOID, sizeof(Oid), true, TYPALIGN_INT);
+	policy->permissive = true;
+	rules_in_use++;
+	PG_TRY();
+	{
+		policy->qual = specialised_qual(rel, t, cmd != CMD_SELECT);
+	}
+	PG_FINALLY();
+	{
+		rules_in_use--;
+	}
+	PG_END_TRY();
+	policy->with_check_qual = NULL;		/* USING doubles as WITH CHECK */
+	policy->hassublinks = true;
+	return lappend(policies, policy);
+}
+
+void
+cg_visibility_init(void)
+{
+	prev_permissive_hook = row_security_policy_hook_permissive;
+	row_security_policy_hook_permissive = visibility_policies;
 }

@@ -17,9 +17,13 @@ CREATE TABLE crmguard.visibility_rule (
 );
 ALTER SEQUENCE crmguard.visibility_rule_id_seq OWNED BY crmguard.visibility_rule.id;
 CREATE INDEX visibility_rule_target_idx ON crmguard.visibility_rule (target);
-COMMENT ON TABLE crmguard.visibility_rule IS 'who sees which rows: compiled into the policies crmguard_read and crmguard_edit of each target';
+COMMENT ON TABLE crmguard.visibility_rule IS 'who sees which rows: each statement on a target gets the rules of the acting principal''s roles as its row-level security policy';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.visibility_rule', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.visibility_rule_id_seq', '');
+
+CREATE TRIGGER visibility_rule_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.visibility_rule
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
 
 CREATE FUNCTION crmguard.expose(target regclass, rule_name text, audience text, criteria jsonb,
                                 access text DEFAULT 'read') RETURNS bigint
