@@ -487,9 +487,27 @@ assume_xact_callback(XactEvent event, void *arg)
 		assumed_changed_in_xact = false;
 }
 
+/* The CRM roles of a principal as one string; "" for nobody */
+static char *
+role_signature(PrincipalEntry *entry)
+{
+	StringInfoData buf;
+	int			i;
+
+	if (entry == NULL)
+		return pstrdup("");
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '+');
+	for (i = 0; i < entry->p.nroles; i++)
+		appendStringInfo(&buf, "%s\x1f", entry->p.roles[i]);
+	return buf.data;
+}
+
 static void
 set_assumption(bool active, int64 id, TimestampTz expires_at)
 {
+	char	   *before;
+
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(assume_xact_callback, NULL);
@@ -500,10 +518,13 @@ set_assumption(bool active, int64 id, TimestampTz expires_at)
 		assumed_at_xact_start = assumed;
 		assumed_changed_in_xact = true;
 	}
+	before = role_signature(current_entry());
 	assumed.active = active;
 	assumed.principal_id = id;
 	assumed.expires_at = expires_at;
-	identity_changed();
+	/* plans depend on the roles only: a pooler switching between agents keeps them */
+	if (strcmp(before, role_signature(current_entry())) != 0)
+		identity_changed();
 }
 
 static void
