@@ -106,6 +106,33 @@ derived_name(Oid relid, const char *kind, const char *audience)
 }
 
 /*
+ * A rule change locks its table as CREATE POLICY would (ACCESS EXCLUSIVE):
+ * it waits for the transactions reading the table, and every statement
+ * after it plans with the new rules.  A weaker lock would let a transaction
+ * already holding the table keep a revoked rule until it ends.
+ */
+static void
+lock_rules_of(Oid relid)
+{
+	LockRelationOid(relid, AccessExclusiveLock);
+}
+
+/* Is row-level security enabled and forced on the table? */
+static bool
+rls_forced(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	bool		forced;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	forced = ((Form_pg_class) GETSTRUCT(tup))->relrowsecurity &&
+		((Form_pg_class) GETSTRUCT(tup))->relforcerowsecurity;
+	ReleaseSysCache(tup);
+	return forced;
+}
+
+/*
  * Switch row-level security on for a table with rules (off again when the
  * last rule goes, unless policies of the DBA's own remain), and make every
  * backend re-plan the statements that read it.  Runs as the caller, who
@@ -145,7 +172,8 @@ guard_table(Oid relid)
 	{
 		if (has_rules)
 		{
-			if (SPI_execute(psprintf("ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
+			if (!rls_forced(relid) &&
+				SPI_execute(psprintf("ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
 									 table), false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "could not switch on row-level security on %s", table);
 		}
@@ -263,7 +291,7 @@ crmguard_expose(PG_FUNCTION_ARGS)
 									access ? access : "NULL"));
 	if (PG_ARGISNULL(3))
 		invalid_rule(rule, "criteria are NULL; use crmguard.expose_public to show every row");
-	LockRelationOid(relid, AccessExclusiveLock);
+	lock_rules_of(relid);
 	compiled = cg_criteria_compile(relid, PG_GETARG_JSONB_P(3));
 	PG_RETURN_INT64(add_rule(rule, relid, "criteria", text_arg(fcinfo, 2), PG_GETARG_JSONB_P(3),
 							 NULL, false, access, compiled));
@@ -285,7 +313,7 @@ crmguard_expose_public(PG_FUNCTION_ARGS)
 	rule = derived_name(relid, "public to", audience ? audience : "");
 	check_target(relid, rule);
 	check_audience(rule, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
-	LockRelationOid(relid, AccessExclusiveLock);
+	lock_rules_of(relid);
 	PG_RETURN_INT64(add_rule(rule, relid, "public", audience, NULL, NULL, false, "read", "true"));
 }
 
@@ -320,7 +348,7 @@ crmguard_expose_by_owner(PG_FUNCTION_ARGS)
 	if (type != INT8OID && type != INT4OID && type != INT2OID)
 		invalid_rule(rule, psprintf("owner column \"%s\" is of type %s, not an integer holding principal ids",
 									column, format_type_be(type)));
-	LockRelationOid(relid, AccessExclusiveLock);
+	lock_rules_of(relid);
 
 	/* an integer column against bigint values: the btree family's cross-type "=" */
 	if (hierarchy)
@@ -367,7 +395,7 @@ crmguard_unexpose(PG_FUNCTION_ARGS)
 	if (get_rel_relkind(relid) != '\0')
 	{
 		cg_require_table_owner(relid);
-		LockRelationOid(relid, AccessExclusiveLock);
+		lock_rules_of(relid);
 	}
 
 	cg_enter_owner(&priv);
