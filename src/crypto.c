@@ -101,13 +101,20 @@ server_key_bytes(void)
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("key file \"%s\" must hold exactly %d bytes", path, CG_KEY_BYTES)));
 	}
-	if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+	/*
+	 * As for the data files: readable by the server's user only, or also by
+	 * its group when the data directory allows group access (initdb -g), as
+	 * pg_basebackup then copies the key to a standby with mode 0640.
+	 */
+	if ((st.st_mode & (S_IRWXO | S_IWGRP | S_IXGRP)) != 0 ||
+		((st.st_mode & S_IRGRP) != 0 && (data_directory_mode & S_IRGRP) == 0))
 	{
 		close(fd);
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("key file \"%s\" has group or world access", path),
-				 errdetail("The file must be readable only by the server's operating system user."),
+				 errdetail("The file must be readable only by the server's operating system user%s.",
+						   (data_directory_mode & S_IRGRP) ? " and group" : ""),
 				 errhint("Run chmod 0600 on the file.")));
 	}
 
