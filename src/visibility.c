@@ -16,9 +16,9 @@
  * once per statement, so a cached plan stays right for any principal with
  * the same roles, and each rule's comparison on its column can drive an
  * index scan on its own, which an OR over every role's rules would not.
- * The guard is a pseudo-constant (a one-time filter): a plan cached for
- * other roles returns no row rather than someone else's; crmguard also
- * resets the plan cache when the acting principal changes.  Without
+ * A guard that the principal still holds those roles makes a plan cached
+ * for other roles return no row rather than someone else's; crmguard also
+ * resets the plan cache when the acting principal's roles change.  Without
  * crmguard loaded, a guarded table shows nothing (RLS without policies).
  *
  * Rules are kept in crmguard.visibility_rule; guard.c keeps anyone but a
@@ -27,6 +27,7 @@
  */
 #include "postgres.h"
 
+#include "access/stratnum.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -36,7 +37,12 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "catalog/pg_am.h"
 #include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "nodes/supportnodes.h"
+#include "nodes/pathnodes.h"
+#include "optimizer/optimizer.h"
 #include "parser/parse_clause.h"
 #include "parser/parse_collate.h"
 #include "parser/parse_node.h"
@@ -52,6 +58,7 @@
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/selfuncs.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
@@ -350,8 +357,14 @@ crmguard_expose_by_owner(PG_FUNCTION_ARGS)
 									column, format_type_be(type)));
 	lock_rules_of(relid);
 
-	/* an integer column against bigint values: the btree family's cross-type "=" */
-	if (hierarchy)
+	/*
+	 * A bigint owner: in_team(), a hashed test per row that the planner can
+	 * also turn into the index condition "owner = ANY (team)".  A smaller
+	 * integer: the btree family's cross-type "=" against the team's array.
+	 */
+	if (hierarchy && type == INT8OID && get_atttype(relid, attno) == INT8OID)
+		compiled = psprintf("crmguard.in_team(%s, (SELECT crmguard.team()))", quote_identifier(column));
+	else if (hierarchy)
 		compiled = psprintf("(%s OPERATOR(pg_catalog.=) ANY ((SELECT crmguard.team())::pg_catalog.int8[]))",
 							quote_identifier(column));
 	else
@@ -943,18 +956,20 @@ specialised_sql(TableRules *t, const CgPrincipal *p, bool edit, char **key)
 		*key = pstrdup(edit ? "e-" : "r-");
 		return pstrdup("false");
 	}
+	/*
+	 * The guard: the principal still holds the roles this policy was made
+	 * for.  A role gained since only hides rows until the next plan.
+	 */
 	foreach(lc, t->audiences)
 	{
 		char	   *audience = lfirst(lc);
-		bool		has = principal_has_role(p, audience);
 
-		appendStringInfo(&guard, "%s%s(SELECT crmguard.has_role(%s))", guard.len ? " AND " : "",
-						 has ? "" : "NOT ", quote_literal_cstr(audience));
-		if (has)
-		{
-			appendStringInfoChar(&held, '|');
-			appendStringInfoString(&held, audience);
-		}
+		if (!principal_has_role(p, audience) || (admin && strcmp(audience, ADMIN_ROLE) != 0))
+			continue;
+		appendStringInfo(&guard, "%s(SELECT crmguard.has_role(%s))", guard.len ? " AND " : "",
+						 quote_literal_cstr(audience));
+		appendStringInfoChar(&held, '|');
+		appendStringInfoString(&held, audience);
 	}
 	*key = held.data;
 	if (admin)
@@ -1049,4 +1064,146 @@ cg_visibility_init(void)
 {
 	prev_permissive_hook = row_security_policy_hook_permissive;
 	row_security_policy_hook_permissive = visibility_policies;
+}
+
+/*
+ * in_team(owner, team): is owner one of the ids of team?  The policy passes
+ * the acting principal's team, read once per statement by an InitPlan; the
+ * ids are hashed on the first row, so each row costs one look-up where
+ * "owner = ANY (team)" would search the whole team.
+ */
+typedef struct TeamSet
+{
+	Datum		array;			/* the array the set was built from */
+	int			nitems;
+	HTAB	   *ids;
+} TeamSet;
+
+PG_FUNCTION_INFO_V1(crmguard_in_team);
+Datum
+crmguard_in_team(PG_FUNCTION_ARGS)
+{
+	int64		owner = PG_GETARG_INT64(0);
+	Datum		array = PG_GETARG_DATUM(1);
+	ArrayType  *team = PG_GETARG_ARRAYTYPE_P(1);
+	TeamSet    *set = (TeamSet *) fcinfo->flinfo->fn_extra;
+	int			nitems = ArrayGetNItems(ARR_NDIM(team), ARR_DIMS(team));
+
+	if (set == NULL || set->array != array || set->nitems != nitems)
+	{
+		MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
+		Datum	   *ids;
+		bool	   *nulls;
+		int			n;
+		int			i;
+		HASHCTL		ctl;
+
+		if (set == NULL)
+			set = fcinfo->flinfo->fn_extra = MemoryContextAllocZero(cxt, sizeof(TeamSet));
+		else
+			hash_destroy(set->ids);
+		deconstruct_array(team, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &ids, &nulls, &n);
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(int64);
+		ctl.hcxt = cxt;
+		set->ids = hash_create("crmguard team", Max(n, 16), &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		for (i = 0; i < n; i++)
+		{
+			int64		id = DatumGetInt64(ids[i]);
+
+			if (!nulls[i])
+				hash_search(set->ids, &id, HASH_ENTER, NULL);
+		}
+		set->array = array;
+		set->nitems = nitems;
+	}
+	PG_RETURN_BOOL(hash_search(set->ids, &owner, HASH_FIND, NULL) != NULL);
+}
+
+/*
+ * The planner cannot see the team's size (it is read when the statement
+ * runs, and an array it cannot see counts as 10 elements): estimate with
+ * the acting principal's team, so a manager of thousands does not get an
+ * index scan made for ten.  Only costs depend on it, never the result.
+ */
+static double
+team_fraction(PlannerInfo *root, Node *owner, int varRelid)
+{
+	const CgPrincipal *p = cg_current_principal();
+	VariableStatData vardata;
+	double		ndistinct;
+	bool		isdefault;
+	int			members = 1;
+
+	if (p != NULL)
+	{
+		ArrayType  *team = cg_principal_team(p->id);
+
+		members = Max(1, ArrayGetNItems(ARR_NDIM(team), ARR_DIMS(team)));
+	}
+	examine_variable(root, owner, varRelid, &vardata);
+	ndistinct = get_variable_numdistinct(&vardata, &isdefault);
+	ReleaseVariableStats(vardata);
+	return ndistinct > 0 ? Min(1.0, members / ndistinct) : DEFAULT_EQ_SEL;
+}
+
+static SupportRequestSelectivity *
+in_team_selectivity(SupportRequestSelectivity *req)
+{
+	if (req->is_join || list_length(req->args) != 2)
+		return NULL;
+	req->selectivity = team_fraction(req->root, (Node *) linitial(req->args), req->varRelid);
+	return req;
+}
+
+/*
+ * Planner support for in_team(owner, team): on a btree index of owner, the
+ * call becomes the exact index condition "owner = ANY (team)" -- unless the
+ * team owns a large part of the table: the planner would cost the scan as
+ * ten probes (it cannot see the team), and thousands of probes lose to the
+ * other indexes or a sequential scan with the hashed test.
+ */
+#define TEAM_INDEX_MAX_FRACTION 0.1
+
+PG_FUNCTION_INFO_V1(crmguard_in_team_support);
+Datum
+crmguard_in_team_support(PG_FUNCTION_ARGS)
+{
+	Node	   *rawreq = (Node *) PG_GETARG_POINTER(0);
+	SupportRequestIndexCondition *req;
+	FuncExpr   *clause;
+	Node	   *owner;
+	Node	   *team;
+	Oid			opno;
+	ScalarArrayOpExpr *saop;
+
+	if (IsA(rawreq, SupportRequestSelectivity))
+		PG_RETURN_POINTER(in_team_selectivity((SupportRequestSelectivity *) rawreq));
+	if (!IsA(rawreq, SupportRequestIndexCondition))
+		PG_RETURN_POINTER(NULL);
+	req = (SupportRequestIndexCondition *) rawreq;
+	if (!is_funcclause(req->node) || req->indexarg != 0 || req->index->relam != BTREE_AM_OID)
+		PG_RETURN_POINTER(NULL);
+	clause = (FuncExpr *) req->node;
+	owner = (Node *) linitial(clause->args);
+	team = (Node *) lsecond(clause->args);
+	/* the team must be known before the scan: no column of this table in it */
+	if (contain_var_clause(team) || contain_volatile_functions(team))
+		PG_RETURN_POINTER(NULL);
+	opno = get_opfamily_member(req->opfamily, exprType(owner), INT8OID, BTEqualStrategyNumber);
+	if (!OidIsValid(opno) || team_fraction(req->root, owner, 0) > TEAM_INDEX_MAX_FRACTION)
+		PG_RETURN_POINTER(NULL);
+
+	saop = makeNode(ScalarArrayOpExpr);
+	saop->opno = opno;
+	saop->opfuncid = get_opcode(opno);
+	saop->hashfuncid = InvalidOid;
+	saop->negfuncid = InvalidOid;
+	saop->useOr = true;
+	saop->inputcollid = InvalidOid;
+	saop->args = list_make2(copyObject(owner), copyObject(team));
+	saop->location = -1;
+	req->lossy = false;
+	PG_RETURN_POINTER(list_make1(saop));
 }

@@ -51,6 +51,13 @@ CREATE FUNCTION crmguard.attr(key text) RETURNS text
 CREATE FUNCTION crmguard.team() RETURNS bigint[]
     LANGUAGE c STABLE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_team';
+CREATE FUNCTION crmguard.in_team_support(internal) RETURNS internal
+    LANGUAGE c STRICT
+    AS 'MODULE_PATHNAME', 'crmguard_in_team_support';
+CREATE FUNCTION crmguard.in_team(owner bigint, team bigint[]) RETURNS boolean
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE SUPPORT crmguard.in_team_support
+    AS 'MODULE_PATHNAME', 'crmguard_in_team';
+COMMENT ON FUNCTION crmguard.in_team(bigint, bigint[]) IS 'owner = ANY (team) with a hashed team; the planner makes it an index condition on owner';
 CREATE FUNCTION crmguard.issue_token(principal text, valid_for interval DEFAULT '1 hour')
     RETURNS text
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE

@@ -10,6 +10,7 @@ GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.assume(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;

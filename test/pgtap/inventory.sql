@@ -19,8 +19,8 @@ SELECT set_eq(
        WHERE p.pronamespace = 'crmguard'::regnamespace
          AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
                                            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))$$,
-    ARRAY['current_principal', 'has_role', 'attr', 'team', 'assume', 'request_otp', 'verify_otp', 'why_visible'],
-    'PUBLIC executes identity, OTP and why_visible entry points only: nothing that changes rules or issues tokens');
+    ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'request_otp', 'verify_otp', 'why_visible'],
+    'PUBLIC executes identity, policy, OTP and why_visible entry points only: nothing that changes rules or issues tokens');
 
 SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
     'issue_token is not executable by PUBLIC');

@@ -1,0 +1,132 @@
+#!/bin/bash
+# Row visibility at 1,000,000 rows: the same selective queries run by a
+# principal under crmguard rules and by a superuser with the principal's
+# predicate written by hand (crmguard.visibility_predicate), interleaved,
+# pgbench 1 client.  Ratios are guarded time / hand-written time (target
+# <= 1.10).  Then a manager with 5,000 agents below: team() and a guarded query.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${ROWS:-1000000}
+SECS=${SECS:-5}
+ROUNDS=${ROUNDS:-3}
+psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" <<'SQL'
+CREATE EXTENSION crmguard;
+-- director -> 20 area managers -> 50 agents each; a big manager with 5,000 agents
+SELECT crmguard.add_principal('director', '{director,admin}');
+SELECT crmguard.add_principal('manager_' || m, '{area_manager}', 'director') FROM generate_series(1, 20) m;
+SELECT crmguard.add_principal('agent_' || a, '{agent}', 'manager_' || (1 + (a - 1) / 50),
+                              jsonb_build_object('zone', 'z' || a)) FROM generate_series(1, 1000) a;
+SELECT crmguard.add_principal('big_manager', '{area_manager}', 'director');
+INSERT INTO crmguard.principal (name, roles, manager_id, attributes)
+SELECT 'big_agent_' || a, '{agent}', (SELECT id FROM crmguard.principal WHERE name = 'big_manager'),
+       jsonb_build_object('zone', 'z' || (1000 + a))
+  FROM generate_series(1, 5000) a;
+CREATE ROLE bench_agent; CREATE ROLE bench_manager; CREATE ROLE bench_big;
+UPDATE crmguard.principal SET db_role = 'bench_agent' WHERE name = 'agent_1';
+UPDATE crmguard.principal SET db_role = 'bench_manager' WHERE name = 'manager_1';
+UPDATE crmguard.principal SET db_role = 'bench_big' WHERE name = 'big_manager';
+
+-- 1,000,000 customers in 6,000 zones, each owned by the agent of its zone
+CREATE TABLE public.customer (
+    id           integer PRIMARY KEY,
+    zone         text NOT NULL,
+    owner_id     bigint NOT NULL,
+    billing_city text NOT NULL,
+    amount       integer NOT NULL
+);
+CREATE TEMP TABLE agent_of AS
+SELECT row_number() OVER (ORDER BY id) - 1 AS n, id, attributes->>'zone' AS zone
+  FROM crmguard.principal WHERE 'agent' = ANY (roles);
+INSERT INTO public.customer
+SELECT i, a.zone, a.id, 'city_' || (i % 500), i % 1000
+  FROM generate_series(1, :rows) i
+  JOIN agent_of a ON a.n = (hashint4(i) & 2147483647) % (SELECT count(*) FROM agent_of);
+CREATE INDEX customer_zone_idx ON public.customer (zone);
+CREATE INDEX customer_owner_idx ON public.customer (owner_id);
+CREATE INDEX customer_city_idx ON public.customer (billing_city);
+GRANT SELECT ON public.customer TO bench_agent, bench_manager, bench_big;
+SELECT crmguard.expose('public.customer', 'agents see their zone', 'agent',
+                       '{"field": "zone", "op": "=", "principal": "zone"}');
+SELECT crmguard.expose_by_owner('public.customer', 'owner_id', 'area_manager');
+VACUUM ANALYZE public.customer;
+SQL
+
+pred() { psql -X -At -c "SELECT crmguard.visibility_predicate('public.customer', '$1')"; }
+agent_pred=$(pred agent_1)
+manager_pred=$(pred manager_1)
+big_pred=$(pred big_manager)
+
+# script files: $1 name, $2 SQL with :id / :city
+mkscript() {
+    printf '\\set id random(1, %s)\n\\set c random(0, 499)\n%s;\n' "$ROWS" "$2" > "/tmp/crmguard_vis_$1.sql"
+}
+mkscript agent_point   "SELECT * FROM public.customer WHERE id = :id"
+mkscript agent_city    "SELECT id, amount FROM public.customer WHERE billing_city = 'city_' || :c"
+mkscript agent_mine    "SELECT count(*), sum(amount) FROM public.customer"
+mkscript hand_agent_point "SELECT * FROM public.customer WHERE id = :id AND $agent_pred"
+mkscript hand_agent_city  "SELECT id, amount FROM public.customer WHERE billing_city = 'city_' || :c AND $agent_pred"
+mkscript hand_agent_mine  "SELECT count(*), sum(amount) FROM public.customer WHERE $agent_pred"
+mkscript manager_point "SELECT * FROM public.customer WHERE id = :id"
+mkscript manager_city  "SELECT id, amount FROM public.customer WHERE billing_city = 'city_' || :c"
+mkscript manager_mine  "SELECT count(*), sum(amount) FROM public.customer"
+mkscript hand_manager_point "SELECT * FROM public.customer WHERE id = :id AND $manager_pred"
+mkscript hand_manager_city  "SELECT id, amount FROM public.customer WHERE billing_city = 'city_' || :c AND $manager_pred"
+mkscript hand_manager_mine  "SELECT count(*), sum(amount) FROM public.customer WHERE $manager_pred"
+
+# TPS of a script, as a role (empty: the superuser)
+tps() {
+    PGOPTIONS=${2:+"-c role=$2"} pgbench -n -c 1 -T "$SECS" -f "/tmp/crmguard_vis_$1.sql" 2>&1 |
+        sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "Plans as the principal (non-superuser, RLS applies):"
+for q in "SELECT * FROM public.customer WHERE id = 4242" "SELECT count(*) FROM public.customer"; do
+    for r in bench_agent bench_manager; do
+        echo "  $r: $q"
+        psql -X -At -c "SET ROLE $r" -c "EXPLAIN (COSTS OFF) $q" | grep -E "Scan|Cond" | sed 's/^/      /'
+    done
+done
+
+echo
+echo "Selective queries at $ROWS rows, $ROUNDS interleaved rounds of ${SECS}s, 1 client (median TPS; ratio = guarded time / hand-written time, target <= 1.10):"
+for who in agent manager; do
+    role=bench_$who
+    for q in point city mine; do
+        : > /tmp/crmguard_vis_g; : > /tmp/crmguard_vis_h
+        for r in $(seq "$ROUNDS"); do
+            tps "${who}_$q" "$role" >> /tmp/crmguard_vis_g
+            tps "hand_${who}_$q" "" >> /tmp/crmguard_vis_h
+        done
+        g=$(median < /tmp/crmguard_vis_g); h=$(median < /tmp/crmguard_vis_h)
+        awk -v w="$who" -v q="$q" -v g="$g" -v h="$h" 'BEGIN {
+            printf "  %-7s %-5s guarded %9.0f tps | hand-written %9.0f tps | ratio x%.3f\n", w, q, g, h, h / g }'
+    done
+done
+
+echo
+echo "A manager with 5,000 agents below (team of 5,001):"
+psql -X -q -c 'SET ROLE bench_big' -c '\timing on' \
+    -c 'SELECT cardinality(crmguard.team()) AS team_first_call' \
+    -c 'SELECT cardinality(crmguard.team()) AS team_cached' 2>&1 | grep -E "^Time|^ *[0-9]+$" |
+    paste - - | awk '{ printf "  team() %s: %s members, %s ms\n", NR == 1 ? "first call" : "cached    ", $1, $3 }'
+mkscript big_city "SELECT id, amount FROM public.customer WHERE billing_city = 'city_' || :c"
+mkscript hand_big_city "SELECT id, amount FROM public.customer WHERE billing_city = 'city_' || :c AND $big_pred"
+mkscript big_point "SELECT * FROM public.customer WHERE id = :id"
+mkscript hand_big_point "SELECT * FROM public.customer WHERE id = :id AND $big_pred"
+for q in point city; do
+    : > /tmp/crmguard_vis_g; : > /tmp/crmguard_vis_h
+    for r in $(seq "$ROUNDS"); do
+        tps "big_$q" bench_big >> /tmp/crmguard_vis_g
+        tps "hand_big_$q" "" >> /tmp/crmguard_vis_h
+    done
+    g=$(median < /tmp/crmguard_vis_g); h=$(median < /tmp/crmguard_vis_h)
+    awk -v q="$q" -v g="$g" -v h="$h" 'BEGIN {
+        printf "  big manager %-5s guarded %9.0f tps (%.3f ms) | hand-written %9.0f tps | ratio x%.3f\n", q, g, 1000 / g, h, h / g }'
+done
+if [ -n "${EXPLAIN_BIG:-}" ]; then
+    for r in bench_manager bench_big; do
+    psql -X -c "SET ROLE $r" -c "EXPLAIN ANALYZE SELECT id, amount FROM public.customer WHERE billing_city = 'city_7'"
+    done
+    psql -X -c "EXPLAIN ANALYZE SELECT id, amount FROM public.customer WHERE billing_city = 'city_7' AND $manager_pred"
+fi
