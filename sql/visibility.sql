@@ -400,7 +400,13 @@ RESET ROLE;
 CREATE TABLE public.regress_vis_scratch (id int PRIMARY KEY, owner_id bigint);
 ALTER TABLE public.regress_vis_scratch OWNER TO regress_vis_owner;
 SET ROLE regress_vis_owner;
+INSERT INTO public.regress_vis_scratch VALUES (1, public.regress_pid('vis_luca')), (2, public.regress_pid('vis_sara'));
+GRANT SELECT ON public.regress_vis_scratch TO regress_vis_users;
+-- a new table's first rule reaches a session whose rule cache is already loaded
 SELECT crmguard.expose_by_owner('public.regress_vis_scratch', 'owner_id', 'agent') > 0 AS exposed;
+SET ROLE regress_vis_luca;
+SELECT id FROM public.regress_vis_scratch;
+SET ROLE regress_vis_owner;
 DROP TABLE public.regress_vis_scratch;
 RESET ROLE;
 SELECT count(*) AS orphaned_rules FROM crmguard.visibility_rule

@@ -280,7 +280,7 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 							  " max_resends, max_attempts, from_values, applies_to, condition,"
 							  " compiled_condition)"
 							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-							  " RETURNING id", 16, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+							  " RETURNING id", 16, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store the OTP rule");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	install_guards(relid);

@@ -44,7 +44,7 @@ cg_outbox_put(const char *channel, const char *recipient, const char *subject,
 			elog(ERROR, "SPI_prepare failed");
 		SPI_keepplan(put_plan);
 	}
-	if (SPI_execute_plan(put_plan, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+	if (SPI_execute_plan(put_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not queue an outbox message");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();

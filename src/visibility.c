@@ -246,7 +246,7 @@ add_rule(const char *rule, Oid relid, const char *kind, const char *audience,
 	if (SPI_execute_with_args("INSERT INTO crmguard.visibility_rule (rule_name, target, kind, audience,"
 							  " criteria, owner_column, hierarchy, access, compiled)"
 							  " VALUES ($1, $2::pg_catalog.regclass, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-							  9, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+							  9, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store the visibility rule");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
