@@ -124,9 +124,3 @@ for q in point city; do
     awk -v q="$q" -v g="$g" -v h="$h" 'BEGIN {
         printf "  big manager %-5s guarded %9.0f tps (%.3f ms) | hand-written %9.0f tps | ratio x%.3f\n", q, g, 1000 / g, h, h / g }'
 done
-if [ -n "${EXPLAIN_BIG:-}" ]; then
-    for r in bench_manager bench_big; do
-    psql -X -c "SET ROLE $r" -c "EXPLAIN ANALYZE SELECT id, amount FROM public.customer WHERE billing_city = 'city_7'"
-    done
-    psql -X -c "EXPLAIN ANALYZE SELECT id, amount FROM public.customer WHERE billing_city = 'city_7' AND $manager_pred"
-fi

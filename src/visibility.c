@@ -934,28 +934,51 @@ transform_qual(Relation rel, const char *sql)
 }
 
 /*
+ * The audiences of a table that a principal holds (all of them but admin
+ * when it holds admin, which sees everything): the key of its policy.
+ */
+static char *
+held_key(TableRules *t, const CgPrincipal *p, bool edit)
+{
+	StringInfoData held;
+	bool		admin = principal_has_role(p, ADMIN_ROLE);
+	ListCell   *lc;
+
+	initStringInfo(&held);
+	appendStringInfoChar(&held, edit ? 'e' : 'r');
+	if (p == NULL)
+		return held.data;
+	foreach(lc, t->audiences)
+	{
+		char	   *audience = lfirst(lc);
+
+		if (principal_has_role(p, audience) && (!admin || strcmp(audience, ADMIN_ROLE) == 0))
+		{
+			appendStringInfoChar(&held, '|');
+			appendStringInfoString(&held, audience);
+		}
+	}
+	return held.data;
+}
+
+/*
  * The policy of a table for the acting principal and a command class (read
  * for SELECT, edit for INSERT, UPDATE and DELETE), as SQL text.
  */
 static char *
-specialised_sql(TableRules *t, const CgPrincipal *p, bool edit, char **key)
+specialised_sql(TableRules *t, const CgPrincipal *p, bool edit)
 {
 	StringInfoData guard;
 	StringInfoData arms;
-	StringInfoData held;
 	bool		admin = principal_has_role(p, ADMIN_ROLE);
 	ListCell   *lc;
 	int			narms = 0;
 
+	if (p == NULL)
+		return pstrdup("false");
 	initStringInfo(&guard);
 	initStringInfo(&arms);
-	initStringInfo(&held);
-	appendStringInfoChar(&held, edit ? 'e' : 'r');
-	if (p == NULL)
-	{
-		*key = pstrdup(edit ? "e-" : "r-");
-		return pstrdup("false");
-	}
+
 	/*
 	 * The guard: the principal still holds the roles this policy was made
 	 * for.  A role gained since only hides rows until the next plan.
@@ -968,10 +991,7 @@ specialised_sql(TableRules *t, const CgPrincipal *p, bool edit, char **key)
 			continue;
 		appendStringInfo(&guard, "%s(SELECT crmguard.has_role(%s))", guard.len ? " AND " : "",
 						 quote_literal_cstr(audience));
-		appendStringInfoChar(&held, '|');
-		appendStringInfoString(&held, audience);
 	}
-	*key = held.data;
 	if (admin)
 		return guard.data;
 	foreach(lc, t->rules)
@@ -991,8 +1011,7 @@ static Expr *
 specialised_qual(Relation rel, TableRules *t, bool edit)
 {
 	const CgPrincipal *p = cg_current_principal();
-	char	   *key;
-	char	   *sql = specialised_sql(t, p, edit, &key);
+	char	   *key = held_key(t, p, edit);
 	ListCell   *lc;
 	CachedQual *cq;
 	Expr	   *qual;
@@ -1004,7 +1023,7 @@ specialised_qual(Relation rel, TableRules *t, bool edit)
 		if (strcmp(cq->key, key) == 0)
 			return copyObject(cq->qual);
 	}
-	qual = transform_qual(rel, sql);
+	qual = transform_qual(rel, specialised_sql(t, p, edit));
 	if (!rules_valid)
 		return qual;			/* the cache went stale meanwhile: do not keep it */
 	old = MemoryContextSwitchTo(rules_context);
