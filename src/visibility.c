@@ -831,6 +831,8 @@ typedef struct TableRules
 static HTAB *table_rules = NULL;
 static MemoryContext rules_context = NULL;
 static bool rules_valid = false;
+static bool rules_loading = false;
+static bool rules_changed_while_loading = false;
 static Oid	known_rule_rel = InvalidOid;
 static int	rules_in_use = 0;	/* a qual is being built from the cache */
 static row_security_policy_hook_type prev_permissive_hook = NULL;
@@ -839,6 +841,8 @@ static row_security_policy_hook_type prev_permissive_hook = NULL;
 static void
 rules_callback(Datum arg, Oid relid)
 {
+	if (rules_loading)
+		rules_changed_while_loading = true;
 	if (!rules_valid)
 		return;
 	if (relid == InvalidOid || relid == known_rule_rel ||
@@ -866,8 +870,13 @@ load_rules(void)
 	ctl.hcxt = rules_context;
 	table_rules = hash_create("crmguard visibility rules", 16, &ctl,
 							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	/* valid from here: an invalidation arriving while we read marks it stale again */
-	rules_valid = true;
+	/*
+	 * Valid only once complete (an error leaves it stale), and only if no
+	 * invalidation arrived while we read.
+	 */
+	rules_valid = false;
+	rules_loading = true;
+	rules_changed_while_loading = false;
 	known_rule_rel = cg_catalog()->visibility_rule_rel;
 
 	cg_enter_owner(&priv);
@@ -907,6 +916,8 @@ load_rules(void)
 	MemoryContextSwitchTo(old);
 	SPI_finish();
 	cg_leave_owner(&priv);
+	rules_loading = false;
+	rules_valid = !rules_changed_while_loading;
 }
 
 /* A qual in SQL text as an expression over the relation (range table entry 1) */
@@ -1051,6 +1062,8 @@ visibility_policies(CmdType cmd, Relation rel)
 		return policies;
 	if (!rules_valid && rules_in_use == 0)
 		load_rules();
+	if (table_rules == NULL)
+		return policies;		/* no rules known: RLS without a policy shows nothing */
 	t = hash_search(table_rules, &relid, HASH_FIND, NULL);
 	if (t == NULL)
 		return policies;
