@@ -19,6 +19,7 @@ RESET ROLE;
 -- a genuine token, issued by the application's login role
 SELECT crmguard.issue_token('anna', '10 minutes') AS anna_token \gset
 SELECT crmguard.issue_token('sara', '1 millisecond') AS sara_token \gset
+SELECT crmguard.issue_token('anna', '2 seconds') AS brief_token \gset
 
 SET ROLE regress_nobody;
 -- tampered token: any changed character breaks the signature
@@ -41,6 +42,13 @@ SELECT crmguard.current_principal();
 -- giving it up leaves nobody (the role is unmapped)
 SELECT crmguard.assume(NULL);
 SELECT crmguard.current_principal();
+
+-- a token that expires while assumed leaves nobody, not its principal
+SELECT crmguard.assume(:'brief_token') = (SELECT 2) AS assumed_briefly;
+SELECT crmguard.current_principal() = (SELECT 2) AS still_anna;
+SELECT pg_sleep(2.1);
+SELECT crmguard.current_principal() AS after_expiry, crmguard.has_role('area_manager') AS manager_after_expiry;
+SELECT crmguard.assume(NULL);
 
 -- rollback game: an assume inside a transaction that rolls back is undone
 BEGIN;

@@ -173,7 +173,8 @@ SELECT crmguard.assume(NULL);
 -- a plan prepared for one principal is not reused for another: the pooler's
 -- login role hands the connection to its next client with assume()
 SELECT crmguard.issue_token('vis_patricie') AS patricie_token,
-       crmguard.issue_token('vis_pietro') AS pietro_token \gset
+       crmguard.issue_token('vis_pietro') AS pietro_token,
+       crmguard.issue_token('vis_pietro', '2 seconds') AS brief_token \gset
 SET ROLE regress_vis_nobody;
 SELECT crmguard.assume(:'patricie_token') IS NOT NULL AS patricie;
 PREPARE regress_quotes AS SELECT id, stage FROM public.regress_vis_quote ORDER BY id;
@@ -193,6 +194,13 @@ SELECT crmguard.assume(:'pietro_token') IS NOT NULL AS pietro;
 EXECUTE regress_quotes;
 ROLLBACK;
 EXECUTE regress_quotes;
+-- a token that expires under a plan cached for its principal shows nothing more
+SELECT crmguard.assume(:'brief_token') IS NOT NULL AS pietro_briefly;
+EXECUTE regress_quotes;
+SELECT pg_sleep(2.1);
+EXECUTE regress_quotes;
+SELECT pg_temp.regress_quote_ids() AS after_expiry;
+SELECT crmguard.assume(NULL);
 DEALLOCATE regress_quotes;
 RESET ROLE;
 
