@@ -1,9 +1,10 @@
 /*
  * guard.c
- *		The triggers and policies crmguard puts on user tables, and an event
- *		trigger that keeps anyone but a superuser from disabling, dropping or
- *		widening them.  A superuser's change is allowed but written to the
- *		audit log.
+ *		The guards crmguard puts on user tables (OTP triggers, row-level
+ *		security), and an event trigger that keeps anyone but a superuser
+ *		from disabling, dropping or widening them, or renaming a column a
+ *		rule names.  A superuser's change is allowed but written to the audit
+ *		log.  Rules of a dropped table are deleted with it.
  */
 #include "postgres.h"
 
