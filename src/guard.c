@@ -170,7 +170,7 @@ static const char *const visibility_problems_sql =
 "  ) AS pr(problem)"
 " WHERE pr.problem IS NOT NULL"
 "   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)"
-/* any rule (visibility or OTP) naming a column the command renamed or dropped */
+/* any rule (visibility, OTP, review) naming a column the command renamed or dropped */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
 "        pg_catalog.format('column \"%s\" named by rule \"%s\" was renamed or dropped', f.col, f.rule)"
@@ -184,7 +184,11 @@ static const char *const visibility_problems_sql =
 "   SELECT o.rule_name, c.col FROM crmguard.otp_rule o"
 "    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(o.condition, 'lax $.**.field') #>> '{}'"
 "                        UNION SELECT o.status_column::text UNION SELECT o.recipient_column::text) AS c(col)"
-"    WHERE o.target::pg_catalog.oid = r.oid) AS f"
+"    WHERE o.target::pg_catalog.oid = r.oid"
+"   UNION"
+"   SELECT 'draft review', c.col FROM crmguard.review_config rc"
+"    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col)"
+"    WHERE rc.target::pg_catalog.oid = r.oid) AS f"
 "  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
 "        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)";
 
@@ -193,7 +197,9 @@ static const char *const forget_dropped_sql =
 "WITH dropped AS ("
 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table'),"
 " v AS (DELETE FROM crmguard.visibility_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
+" o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" r AS (DELETE FROM crmguard.review_config WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" d AS (DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
 " SELECT 1";
 
 static void
@@ -223,9 +229,9 @@ check_visibility(bool is_super, bool dropping)
 		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
 		refuse_or_record(is_super, "visibility_changed", table, "problem", problem,
-						 psprintf("row visibility of table %s cannot be changed outside crmguard: %s",
+						 psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
 								  table, problem),
-						 psprintf("row visibility of table %s is no longer enforced by crmguard: %s",
+						 psprintf("crmguard rules of table %s are no longer enforced: %s",
 								  table, problem));
 	}
 	SPI_finish();
@@ -262,7 +268,7 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 			/* dropped directly, or with a column (CASCADE), not with its table */
 			" AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.' || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL"
 			" AND t.address_names[pg_catalog.array_upper(t.address_names, 1)]"
-			"     OPERATOR(pg_catalog.~~) 'zz\\_crmguard\\_%'";
+			"     OPERATOR(pg_catalog.~~) ANY ('{zz\\\\_crmguard\\\\_%,!crmguard\\\\_%}')";
 	}
 	else
 		sql = "SELECT t.tgname::text, t.tgrelid::pg_catalog.regclass::text"
@@ -272,7 +278,8 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 			" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
 			" WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
 			" AND n.nspname OPERATOR(pg_catalog.=) 'crmguard'"
-			" AND t.tgenabled OPERATOR(pg_catalog.<>) ALL ('{O,A}'::pg_catalog.\"char\"[])";
+			" AND t.tgenabled OPERATOR(pg_catalog.<>) ALL ('{O,A}'::pg_catalog.\"char\"[])"
+			" ORDER BY 1, 2";
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -16,3 +16,8 @@ GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;
 -- a principal may ask why it sees a row it sees; about others, only an admin
 GRANT EXECUTE ON FUNCTION crmguard.why_visible(regclass, text, text) TO PUBLIC;
+-- drafts: the view filters by submitter and reviewer role; the steps check it again
+GRANT SELECT ON crmguard.draft TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.approve_draft(bigint, text, jsonb), crmguard.reject_draft(bigint, text, jsonb),
+      crmguard.comment_draft(bigint, text), crmguard.resubmit_draft(bigint, jsonb),
+      crmguard.draft_duplicates(bigint), crmguard.is_reviewer(regclass) TO PUBLIC;

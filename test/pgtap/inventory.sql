@@ -1,6 +1,6 @@
 -- Schema inventory: privileges, search_path pins, dump registration, SQLSTATEs
 BEGIN;
-SELECT plan(14);
+SELECT plan(15);
 
 -- every SECURITY DEFINER function pins search_path
 SELECT is_empty(
@@ -19,8 +19,9 @@ SELECT set_eq(
        WHERE p.pronamespace = 'crmguard'::regnamespace
          AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
                                            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))$$,
-    ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'request_otp', 'verify_otp', 'why_visible'],
-    'PUBLIC executes identity, policy, OTP and why_visible entry points only: nothing that changes rules or issues tokens');
+    ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'request_otp', 'verify_otp', 'why_visible',
+          'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer'],
+    'PUBLIC executes identity, policy, OTP, why_visible and draft steps only (each checks the caller): nothing that changes rules or issues tokens');
 
 SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
     'issue_token is not executable by PUBLIC');
@@ -28,11 +29,16 @@ SELECT function_privs_are('crmguard', 'add_principal',
     ARRAY['text', 'text[]', 'text', 'jsonb', 'name', 'boolean'], 'public', ARRAY[]::text[],
     'add_principal is not executable by PUBLIC');
 
--- PUBLIC has no privilege on any table or sequence
+-- PUBLIC has no privilege on any table or sequence, and reads only the draft view
 SELECT is_empty(
     $$SELECT c.relname FROM pg_class c, aclexplode(c.relacl) a
-       WHERE c.relnamespace = 'crmguard'::regnamespace AND a.grantee = 0$$,
+       WHERE c.relnamespace = 'crmguard'::regnamespace AND a.grantee = 0 AND c.relkind <> 'v'$$,
     'no crmguard table or sequence is granted to PUBLIC');
+SELECT set_eq(
+    $$SELECT c.relname::text || ':' || a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
+       WHERE c.relnamespace = 'crmguard'::regnamespace AND a.grantee = 0 AND c.relkind = 'v'$$,
+    ARRAY['draft:SELECT'],
+    'PUBLIC reads one view, crmguard.draft, which filters by submitter and reviewer role');
 
 -- every table and sequence is registered for pg_dump
 SELECT is_empty(
