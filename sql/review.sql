@@ -224,6 +224,23 @@ DROP TRIGGER m_task ON public.regress_lead;
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_lead RENAME COLUMN email TO mail$$);
 RESET ROLE;
+-- a trigger of the owner's that fires ahead of the guard would see the drafts: refused
+SET ROLE regress_rev_owner;
+SELECT public.regress_try($$CREATE TRIGGER " spy" BEFORE INSERT ON public.regress_lead
+                             FOR EACH ROW EXECUTE FUNCTION public.regress_log_lead()$$);
+SELECT public.regress_try($$ALTER TRIGGER a_log ON public.regress_lead RENAME TO "!!a_log"$$);
+-- one that fires after the guard is fine
+CREATE TRIGGER "!d_log" BEFORE INSERT ON public.regress_lead FOR EACH ROW EXECUTE FUNCTION public.regress_log_lead();
+DROP TRIGGER "!d_log" ON public.regress_lead;
+RESET ROLE;
+-- and review is not switched on over such a trigger
+CREATE TABLE public.regress_spied (id int PRIMARY KEY);
+CREATE TRIGGER " spy" BEFORE INSERT ON public.regress_spied FOR EACH ROW EXECUTE FUNCTION public.regress_log_lead();
+ALTER TABLE public.regress_spied OWNER TO regress_rev_owner;
+SET ROLE regress_rev_owner;
+SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_spied', 'reviewer')$$);
+RESET ROLE;
+DROP TABLE public.regress_spied;
 -- the owner cannot drop or disable the guard
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_lead DISABLE TRIGGER "!crmguard_review"$$);

@@ -137,4 +137,14 @@ extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *when);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
 
+/*
+ * review.c: the review guard is a BEFORE INSERT row trigger named to fire
+ * first; this SQL condition on pg_trigger "tg" finds a user trigger that
+ * would fire ahead of it (triggers fire in byte order of their names).
+ */
+#define CG_REVIEW_GUARD "!crmguard_review"
+#define CG_TRIGGER_AHEAD_OF_REVIEW \
+	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
+	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\""
+
 #endif							/* CRMGUARD_H */

@@ -152,7 +152,11 @@ static const char *const visibility_problems_sql =
 "  UNION ALL"
 "  SELECT p.polrelid, p.polname::text, cmd.command_tag FROM cmd"
 "   JOIN pg_catalog.pg_policy p ON p.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass),"
+"   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
+"  UNION ALL"
+"  SELECT tg.tgrelid, NULL, cmd.command_tag FROM cmd"
+"   JOIN pg_catalog.pg_trigger tg ON tg.oid = cmd.objid"
+"   WHERE cmd.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass),"
 " touched AS ("
 "  SELECT relid, policy, command_tag FROM named"
 "  UNION ALL SELECT i.inhrelid, NULL, NULL FROM named JOIN pg_catalog.pg_inherits i ON i.inhparent = named.relid"
@@ -170,6 +174,14 @@ static const char *const visibility_problems_sql =
 "  ) AS pr(problem)"
 " WHERE pr.problem IS NOT NULL"
 "   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)"
+/* a reviewed table's BEFORE INSERT row trigger that would fire ahead of the review guard */
+" UNION"
+" SELECT r.oid::pg_catalog.regclass::text,"
+"        pg_catalog.format('trigger \"%s\" would see inserted rows before the review guard keeps them as drafts', tg.tgname)"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
+"  JOIN crmguard.review_config rc ON rc.target::pg_catalog.oid = r.oid"
+"  JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = r.oid"
+" WHERE " CG_TRIGGER_AHEAD_OF_REVIEW
 /* any rule (visibility, OTP, review) naming a column the command renamed or dropped */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
@@ -190,7 +202,8 @@ static const char *const visibility_problems_sql =
 "    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col)"
 "    WHERE rc.target::pg_catalog.oid = r.oid) AS f"
 "  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
-"        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)";
+"        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)"
+" ORDER BY 1, 2";
 
 /* Rules of dropped tables, so that an OID reused later is not guarded by mistake */
 static const char *const forget_dropped_sql =

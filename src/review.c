@@ -39,7 +39,6 @@
 
 #include "crmguard.h"
 
-#define REVIEW_GUARD	"!crmguard_review"	/* '!' sorts before any usual trigger name */
 
 /*
  * The table approve_draft is inserting into: the guard lets that one row in,
@@ -649,6 +648,14 @@ crmguard_enable_review(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	if (primary_key_column(relid) == NULL)
 		invalid_review(relid, "a reviewed table needs a single-column primary key to name approved rows");
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT tg.tgname::pg_catalog.text FROM pg_catalog.pg_trigger tg"
+							  " WHERE tg.tgrelid OPERATOR(pg_catalog.=) $1 AND " CG_TRIGGER_AHEAD_OF_REVIEW,
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_trigger");
+	if (SPI_processed > 0)
+		invalid_review(relid, psprintf("trigger \"%s\" would see inserted rows before they are kept as drafts",
+									   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)));
 	values[1] = CStringGetTextDatum(reviewers);
 	if (SPI_execute_with_args("SELECT 1 FROM crmguard.principal WHERE $2 OPERATOR(pg_catalog.=) ANY (roles)",
 							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
@@ -670,7 +677,7 @@ crmguard_enable_review(PG_FUNCTION_ARGS)
 							  " match_columns = EXCLUDED.match_columns, exempt = EXCLUDED.exempt",
 							  4, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not store the review");
-	cg_guard_install(relid, REVIEW_GUARD, "review_guard", "BEFORE INSERT", NULL);
+	cg_guard_install(relid, CG_REVIEW_GUARD, "review_guard", "BEFORE INSERT", NULL);
 	SPI_finish();
 	cg_leave_owner(&priv);
 	CacheInvalidateRelcacheByRelid(relid);
@@ -702,7 +709,7 @@ crmguard_disable_review(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table \"%s\" is not under review", get_rel_name(relid))));
-	cg_guard_remove(relid, REVIEW_GUARD);
+	cg_guard_remove(relid, CG_REVIEW_GUARD);
 	SPI_finish();
 	cg_leave_owner(&priv);
 	CacheInvalidateRelcacheByRelid(relid);
