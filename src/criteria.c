@@ -123,12 +123,23 @@ static char *type_name(Oid type);
 static bool substituting = false;
 static const CgPrincipal *substitute = NULL;
 
+/*
+ * When set, columns compile as <prefix>."column" (NEW or OLD in a trigger's
+ * WHEN clause), and principal attributes are refused: a row criterion.
+ */
+static const char *column_prefix = NULL;
+
 /* The run-time value of a principal attribute, as an expression of type base */
 static char *
 attribute_value(const char *key, Oid base)
 {
 	char	   *value;
 
+	if (column_prefix != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_INVALID_RULE),
+				 errmsg("invalid criteria: \"principal\" cannot be used here"),
+				 errdetail("These criteria judge the row alone, whoever changes it.")));
 	if (!substituting)
 		return psprintf("CAST((SELECT crmguard.attr(%s)) AS %s)",
 						quote_literal_cstr(key), type_name(base));
@@ -310,7 +321,8 @@ static void
 compile_in(const CriteriaOp *op, JsonbValue *value, const CriteriaColumn *col,
 		   StringInfo out)
 {
-	const char *qcol = quote_identifier(col->name);
+	const char *qcol = column_prefix ? psprintf("%s.%s", column_prefix, quote_identifier(col->name))
+		: quote_identifier(col->name);
 	const char *opname;
 	Oid			array_type = get_array_type(col->type);
 	JsonbIterator *it;
@@ -399,7 +411,8 @@ compile_condition(Oid relid, JsonbContainer *object, StringInfo out)
 		invalid(psprintf("column \"%s\" of relation \"%s\" does not exist",
 						 col.name, get_rel_name(relid)));
 	get_atttypetypmodcoll(relid, attno, &col.type, &col.typmod, &collation);
-	qcol = quote_identifier(col.name);
+	qcol = column_prefix ? psprintf("%s.%s", column_prefix, quote_identifier(col.name))
+		: quote_identifier(col.name);
 
 	if (value != NULL && attribute != NULL)
 		invalid(psprintf("condition on \"%s\" has both \"value\" and \"principal\"", col.name));
@@ -577,6 +590,28 @@ cg_criteria_compile_for(Oid relid, Jsonb *criteria, const CgPrincipal *p)
 	{
 		substituting = false;
 		substitute = NULL;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
+ * Compile row criteria over <prefix>."column" (a trigger's WHEN clause over
+ * NEW or OLD); principal attributes are refused with CG020.
+ */
+char *
+cg_criteria_compile_row(Oid relid, Jsonb *criteria, const char *prefix)
+{
+	char	   *result;
+
+	column_prefix = prefix;
+	PG_TRY();
+	{
+		result = cg_criteria_compile(relid, criteria);
+	}
+	PG_FINALLY();
+	{
+		column_prefix = NULL;
 	}
 	PG_END_TRY();
 	return result;

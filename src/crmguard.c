@@ -217,6 +217,18 @@ cg_enter_owner(CgPrivilegedContext *ctx)
 							 GUC_ACTION_SAVE, true, 0, false);
 }
 
+/* The same, as another role (the definer of an approval process), with extra flags */
+void
+cg_enter_role(CgPrivilegedContext *ctx, Oid role, int sec_flags)
+{
+	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
+	SetUserIdAndSecContext(role, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE | sec_flags);
+	ctx->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
 void
 cg_leave_owner(CgPrivilegedContext *ctx)
 {

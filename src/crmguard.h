@@ -54,6 +54,7 @@ typedef struct CgPrivilegedContext
 
 extern void cg_enter_owner(CgPrivilegedContext *ctx);
 extern void cg_leave_owner(CgPrivilegedContext *ctx);
+extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role, int sec_flags);
 
 /* crypto.c: the server key and the primitives built on it */
 typedef enum CgKeyPurpose
@@ -103,7 +104,8 @@ extern void cg_audit_run_job(const char *data, int len);
 typedef enum CgJobKind
 {
 	CG_JOB_AUDIT = 1,
-	CG_JOB_OTP_ISSUE = 2
+	CG_JOB_OTP_ISSUE = 2,
+	CG_JOB_WAKE = 3				/* start the worker: approvals have timeouts to watch */
 } CgJobKind;
 
 extern void cg_worker_shmem_request(void);
@@ -118,6 +120,7 @@ extern int64 cg_outbox_put(const char *channel, const char *recipient,
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
 extern char *cg_criteria_compile_for(Oid relid, Jsonb *criteria, const CgPrincipal *p);
+extern char *cg_criteria_compile_row(Oid relid, Jsonb *criteria, const char *prefix);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
 
@@ -128,6 +131,7 @@ extern void cg_otp_run_job(const char *data, int len);
 
 /* visibility.c: row visibility through the row-level security hook */
 extern void cg_visibility_init(void);
+extern bool cg_visibility_suspended;
 
 /* guard.c: the triggers crmguard installs on user tables */
 extern bool cg_guard_internal;
@@ -136,6 +140,7 @@ extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
 							 const char *when);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
+extern char *cg_primary_key_column(Oid relid);
 
 /*
  * review.c: the review guard is a BEFORE INSERT row trigger named to fire
@@ -146,5 +151,8 @@ extern void cg_guard_remove(Oid relid, const char *trigger_name);
 #define CG_TRIGGER_AHEAD_OF_REVIEW \
 	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
 	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\""
+
+/* approval.c: approval workflows */
+extern bool cg_approval_tick(void);
 
 #endif							/* CRMGUARD_H */

@@ -8,6 +8,8 @@
  */
 #include "postgres.h"
 
+#include "commands/extension.h"
+
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "executor/spi.h"
@@ -17,6 +19,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "crmguard.h"
 
@@ -35,6 +38,28 @@ cg_require_table_owner(Oid relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of table %s to guard it", get_rel_name(relid))));
+}
+
+/* The single-column primary key of a table, or NULL; caller is in SPI */
+char *
+cg_primary_key_column(Oid relid)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	char	   *column = NULL;
+	MemoryContext caller = CurrentMemoryContext;	/* SPI calls return in its own context */
+
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_index i"
+							  " JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
+							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
+							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
+							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_index");
+	if (SPI_processed > 0)
+		column = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	return column;
 }
 
 /* not read-only: a guard dropped a moment ago in this command must be seen gone */
@@ -182,7 +207,7 @@ static const char *const visibility_problems_sql =
 "  JOIN crmguard.review_config rc ON rc.target::pg_catalog.oid = r.oid"
 "  JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = r.oid"
 " WHERE " CG_TRIGGER_AHEAD_OF_REVIEW
-/* any rule (visibility, OTP, review) naming a column the command renamed or dropped */
+/* any rule (visibility, OTP, approval, review) naming a column the command renamed or dropped */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
 "        pg_catalog.format('column \"%s\" named by rule \"%s\" was renamed or dropped', f.col, f.rule)"
@@ -198,6 +223,18 @@ static const char *const visibility_problems_sql =
 "                        UNION SELECT o.status_column::text UNION SELECT o.recipient_column::text) AS c(col)"
 "    WHERE o.target::pg_catalog.oid = r.oid"
 "   UNION"
+"   SELECT 'approval process ' || ap.process_name, c.col FROM crmguard.approval_process ap"
+"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(ap.entry_criteria, 'lax $.**.field') #>> '{}'"
+"      UNION SELECT pg_catalog.unnest(ap.editable_columns::text[])"
+"      UNION SELECT pg_catalog.jsonb_object_keys(a -> 'set')"
+"             FROM pg_catalog.jsonb_array_elements(ap.on_approve || ap.on_reject || ap.on_submit) a WHERE a ? 'set'"
+"      UNION SELECT pg_catalog.jsonb_path_query(ap.on_approve || ap.on_reject || ap.on_submit, p) #>> '{}'"
+"             FROM (VALUES ('lax $[*].notify.to'::pg_catalog.jsonpath), ('lax $[*].task.assign_to')) AS x(p)"
+"      UNION SELECT pg_catalog.jsonb_path_query(ap.steps, p) #>> '{}'"
+"             FROM (VALUES ('lax $[*].approvers.manager_of'::pg_catalog.jsonpath), ('lax $[*].approvers.of')) AS y(p)"
+"     ) AS c(col)"
+"    WHERE ap.target::pg_catalog.oid = r.oid AND c.col NOT IN ('submitter', 'approvers')"
+"   UNION"
 "   SELECT 'draft review', c.col FROM crmguard.review_config rc"
 "    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col)"
 "    WHERE rc.target::pg_catalog.oid = r.oid) AS f"
@@ -212,7 +249,8 @@ static const char *const forget_dropped_sql =
 " v AS (DELETE FROM crmguard.visibility_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
 " o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
 " r AS (DELETE FROM crmguard.review_config WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" d AS (DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
+" d AS (DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
 " SELECT 1";
 
 static void
@@ -269,6 +307,9 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 		elog(ERROR, "crmguard_guard_ddl: not called by the event trigger manager");
 	trigdata = (EventTriggerData *) fcinfo->context;
 	if (cg_guard_internal)
+		PG_RETURN_VOID();
+	/* crmguard's own install script creates the tables this check reads */
+	if (creating_extension && CurrentExtensionObject == get_extension_oid("crmguard", true))
 		PG_RETURN_VOID();
 	dropping = strcmp(trigdata->event, "sql_drop") == 0;
 

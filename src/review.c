@@ -342,27 +342,6 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------------
  */
 
-/* The single-column primary key of a table, or NULL */
-static char *
-primary_key_column(Oid relid)
-{
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
-	char	   *column = NULL;
-
-	values[0] = ObjectIdGetDatum(relid);
-	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_index i"
-							  " JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
-							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
-							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
-							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_index");
-	if (SPI_processed > 0)
-		column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	return column;
-}
-
 /*
  * INSERT of a jsonb row into the table: the columns it names (not generated
  * ones); the others take their defaults, an identity too when a resubmitted
@@ -554,7 +533,7 @@ crmguard_approve_draft(PG_FUNCTION_ARGS)
 								  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not check the changes");
 	}
-	pk = primary_key_column(relid);
+	pk = cg_primary_key_column(relid);
 	if (pk == NULL)
 		elog(ERROR, "table %s has no single-column primary key", get_rel_name(relid));
 	old = MemoryContextSwitchTo(caller);
@@ -646,7 +625,7 @@ crmguard_enable_review(PG_FUNCTION_ARGS)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (primary_key_column(relid) == NULL)
+	if (cg_primary_key_column(relid) == NULL)
 		invalid_review(relid, "a reviewed table needs a single-column primary key to name approved rows");
 	values[0] = ObjectIdGetDatum(relid);
 	if (SPI_execute_with_args("SELECT tg.tgname::pg_catalog.text FROM pg_catalog.pg_trigger tg"

@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -261,6 +262,8 @@ run_job(CgJob *job)
 			case CG_JOB_OTP_ISSUE:
 				cg_otp_run_job(job->data, job->len);
 				break;
+			case CG_JOB_WAKE:
+				break;			/* the tick after it does the work */
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -274,6 +277,37 @@ run_job(CgJob *job)
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Approval timeouts, in a transaction of their own; true while some wait on a clock */
+static bool
+run_tick(void)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	volatile bool waiting = false;
+
+	if (RecoveryInProgress())
+		return false;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "crmguard approval timeouts");
+	PG_TRY();
+	{
+		waiting = cg_approval_tick();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return waiting;
 }
 
 void
@@ -312,6 +346,8 @@ crmguard_worker_main(Datum arg)
 			run_job(&job);
 			idle_since = GetCurrentTimestamp();
 		}
+		if (!got_sigterm && run_tick())
+			idle_since = GetCurrentTimestamp();	/* stay while requests wait on a clock */
 		if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(), CG_IDLE_EXIT_MS) &&
 			release_if_idle())
 			break;

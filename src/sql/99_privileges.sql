@@ -21,3 +21,8 @@ GRANT SELECT ON crmguard.draft TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.approve_draft(bigint, text, jsonb), crmguard.reject_draft(bigint, text, jsonb),
       crmguard.comment_draft(bigint, text), crmguard.resubmit_draft(bigint, jsonb),
       crmguard.draft_duplicates(bigint), crmguard.is_reviewer(regclass) TO PUBLIC;
+-- approvals: each step checks who is acting (submitter, approver, delegate)
+GRANT SELECT ON crmguard.approval_request TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), crmguard.approve(bigint, text),
+      crmguard.reject(bigint, text), crmguard.recall(bigint, text), crmguard.delegate(text, timestamptz),
+      crmguard.my_approvals() TO PUBLIC;

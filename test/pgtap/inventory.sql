@@ -20,8 +20,9 @@ SELECT set_eq(
          AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
                                            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))$$,
     ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'request_otp', 'verify_otp', 'why_visible',
-          'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer'],
-    'PUBLIC executes identity, policy, OTP, why_visible and draft steps only (each checks the caller): nothing that changes rules or issues tokens');
+          'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer',
+          'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals'],
+    'PUBLIC executes identity, policy, OTP, why_visible, draft and approval steps only (each checks the caller): nothing that changes rules or issues tokens');
 
 SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
     'issue_token is not executable by PUBLIC');
@@ -37,8 +38,8 @@ SELECT is_empty(
 SELECT set_eq(
     $$SELECT c.relname::text || ':' || a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
        WHERE c.relnamespace = 'crmguard'::regnamespace AND a.grantee = 0 AND c.relkind = 'v'$$,
-    ARRAY['draft:SELECT'],
-    'PUBLIC reads one view, crmguard.draft, which filters by submitter and reviewer role');
+    ARRAY['draft:SELECT', 'approval_request:SELECT'],
+    'PUBLIC reads two views, crmguard.draft and crmguard.approval_request, each filtered by who is acting');
 
 -- every table and sequence is registered for pg_dump
 SELECT is_empty(

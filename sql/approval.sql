@@ -1,0 +1,364 @@
+--
+-- Approval workflows: a 25% discount waits for the rep's manager, then finance
+--
+\set VERBOSITY default
+CREATE FUNCTION public.regress_try(query text) RETURNS text
+    LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE query;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+GRANT EXECUTE ON FUNCTION public.regress_try(text) TO PUBLIC;
+
+CREATE ROLE regress_apv_owner;
+CREATE ROLE regress_apv_dora;       -- director
+CREATE ROLE regress_apv_anna;       -- area manager
+CREATE ROLE regress_apv_luca;       -- agent under anna
+CREATE ROLE regress_apv_marco;      -- agent under anna
+CREATE ROLE regress_apv_franca;     -- finance
+CREATE ROLE regress_apv_fabio;      -- finance
+CREATE ROLE regress_apv_mara;       -- head of marketing
+CREATE ROLE regress_apv_mallory;    -- an agent elsewhere
+GRANT USAGE ON SCHEMA public TO regress_apv_owner;
+GRANT EXECUTE ON FUNCTION crmguard.create_approval_process(text, regclass, jsonb, jsonb, jsonb, jsonb, jsonb, text[], name[]),
+      crmguard.drop_approval_process(text) TO regress_apv_owner;
+SELECT crmguard.add_principal('apv_dora', '{director}', db_role => 'regress_apv_dora') > 0 AS dora;
+SELECT crmguard.add_principal('apv_anna', '{area_manager}', 'apv_dora', db_role => 'regress_apv_anna') > 0 AS anna;
+SELECT crmguard.add_principal('apv_luca', '{agent}', 'apv_anna', '{"email": "luca@example.com"}', 'regress_apv_luca') > 0 AS luca;
+SELECT crmguard.add_principal('apv_marco', '{agent}', 'apv_anna', db_role => 'regress_apv_marco') > 0 AS marco;
+SELECT crmguard.add_principal('apv_franca', '{finance,campaign_board}', 'apv_dora', db_role => 'regress_apv_franca') > 0 AS franca;
+SELECT crmguard.add_principal('apv_fabio', '{finance}', 'apv_dora', db_role => 'regress_apv_fabio') > 0 AS fabio;
+SELECT crmguard.add_principal('apv_mara', '{marketing,campaign_board}', 'apv_dora', db_role => 'regress_apv_mara') > 0 AS mara;
+SELECT crmguard.add_principal('apv_mallory', '{agent}', 'apv_dora', db_role => 'regress_apv_mallory') > 0 AS mallory;
+SELECT id AS dora_id FROM crmguard.principal WHERE name = 'apv_dora' \gset
+SELECT id AS anna_id FROM crmguard.principal WHERE name = 'apv_anna' \gset
+SELECT id AS luca_id FROM crmguard.principal WHERE name = 'apv_luca' \gset
+SELECT id AS marco_id FROM crmguard.principal WHERE name = 'apv_marco' \gset
+
+CREATE TABLE public.regress_apv_deal (
+    id       integer PRIMARY KEY,
+    title    text NOT NULL,
+    owner_id bigint NOT NULL,
+    discount numeric NOT NULL DEFAULT 0,
+    status   text NOT NULL DEFAULT 'Draft',
+    notes    text
+);
+INSERT INTO public.regress_apv_deal (id, title, owner_id) VALUES
+    (1, 'Cold room, Novak', :luca_id), (2, 'Freezers, Rossi', :anna_id), (3, 'Van fleet, Bianchi', :marco_id),
+    (4, 'Spare parts, Ferri', :luca_id), (5, 'Service plan, Neri', :luca_id), (6, 'Pallets, Verdi', :luca_id);
+ALTER TABLE public.regress_apv_deal OWNER TO regress_apv_owner;
+GRANT SELECT, UPDATE ON public.regress_apv_deal TO regress_apv_dora, regress_apv_anna, regress_apv_luca,
+      regress_apv_marco, regress_apv_franca, regress_apv_fabio, regress_apv_mallory;
+-- a "call" action: runs as the process's definer, never as the extension's owner
+CREATE FUNCTION public.regress_apv_fail(request bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_user <> 'regress_apv_owner' THEN
+        RAISE EXCEPTION 'call action runs as %, not as the process''s definer', current_user;
+    END IF;
+    IF (SELECT name FROM public.regress_apv_campaign c
+         WHERE c.id::text = (SELECT row_key FROM crmguard.approval_request r WHERE r.id = request)) = 'Fail' THEN
+        RAISE EXCEPTION 'the booking system is down';
+    END IF;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Bad definitions: CG020 each, nothing created
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_owner;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal',
+    '{"field": "discont", "op": ">=", "value": 20}', '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS unknown_criteria_column;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', '[{"set": {"state": "Approved"}}]')$$) AS unknown_set_column;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', '[{"set": {"discount": "a lot"}}]')$$) AS bad_set_value;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL, '[]')$$) AS empty_steps;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Finance", "approvers": {"role": "finance"}, "mode": {"quorum": 3}}]')$$) AS quorum_too_large;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', '[{"email": {"to": "boss"}}]')$$) AS unknown_action;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', '[{"call": "public.no_such_function"}]')$$) AS missing_function;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Board", "approvers": {"role": "board"}}]')$$) AS nobody_has_role;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "title"}}]')$$) AS approver_column_not_ids;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal',
+    '{"field": "owner_id", "op": "=", "principal": "id"}', '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS criteria_on_principal;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}, "timeout": "-1 hour"}]')$$) AS negative_timeout;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', auto_submit => '{delete}')$$) AS bad_auto_submit;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', editable_columns => '{remarks}')$$) AS bad_editable;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', '[{"set": {"id": 7}}]')$$) AS set_key_column;
+RESET ROLE;
+SELECT count(*) AS processes FROM crmguard.approval_process;
+SELECT count(*) AS guards FROM pg_trigger WHERE tgrelid = 'public.regress_apv_deal'::regclass AND NOT tgisinternal;
+-- only the table's owner defines processes
+SET ROLE regress_apv_anna;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('mine', 'public.regress_apv_deal', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS not_owner;
+RESET ROLE;
+
+-- ---------------------------------------------------------------------------
+-- The discount process: manager, then finance
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_owner;
+SELECT crmguard.create_approval_process('Big discount', 'public.regress_apv_deal',
+    '{"field": "discount", "op": ">=", "value": 20}',
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}},
+      {"name": "Finance", "approvers": {"role": "finance"}}]',
+    on_approve => '[{"set": {"status": "Approved"}}, {"notify": {"channel": "email", "to": "submitter"}}]',
+    on_reject => '[{"set": {"status": "Rejected"}}, {"task": {"assign_to": "owner_id", "subject": "Rework the discount"}}]',
+    on_submit => '[{"set": {"status": "Pending approval"}}]',
+    auto_submit => '{update}', editable_columns => '{notes}') > 0 AS created;
+SELECT crmguard.create_approval_process('Any discount', 'public.regress_apv_deal',
+    '{"field": "discount", "op": ">", "value": 0}',
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]') > 0 AS created;
+RESET ROLE;
+SELECT process_name, version, position, current FROM crmguard.approval_process ORDER BY id;
+
+-- Luca gives Novak 25%: the update goes through, and the deal is submitted
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_deal SET discount = 25 WHERE id = 1;
+SELECT id, discount, status FROM public.regress_apv_deal WHERE id = 1;
+SELECT id AS novak, process, row_key, state, current_step, submitted_by, approvers
+  FROM crmguard.approval_request WHERE row_key = '1' \gset
+SELECT :novak > 0 AS submitted, :'process' AS process, :'current_step' AS step, :'approvers' AS approvers;
+-- the row is locked: no change but its editable columns, no delete
+SELECT public.regress_try($$UPDATE public.regress_apv_deal SET discount = 40 WHERE id = 1$$) AS raise_discount;
+UPDATE public.regress_apv_deal SET notes = 'customer asked twice' WHERE id = 1;
+RESET ROLE;
+SET ROLE regress_apv_owner;
+SELECT public.regress_try($$UPDATE public.regress_apv_deal SET title = 'x' WHERE id = 1$$) AS owner_edits;
+SELECT public.regress_try($$DELETE FROM public.regress_apv_deal WHERE id = 1$$) AS owner_deletes;
+-- nor can the owner switch the lock off
+SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal DISABLE TRIGGER zz_crmguard_approval_lock$$) AS disable_lock;
+RESET ROLE;
+-- other rows are not locked
+UPDATE public.regress_apv_deal SET title = 'Spare parts and labour, Ferri' WHERE id = 4;
+
+-- Not an approver: the rep himself, someone else, whatever they set
+SET ROLE regress_apv_luca;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :novak)) AS submitter_approves;
+RESET ROLE;
+SET ROLE regress_apv_mallory;
+SELECT public.regress_try($$SET crmguard.principal = 'apv_anna'$$) AS forge;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :novak)) AS stranger_approves;
+SELECT public.regress_try(format($$SELECT crmguard.reject(%s, 'no')$$, :novak)) AS stranger_rejects;
+SELECT count(*) AS requests_mallory_sees FROM crmguard.approval_request;
+SELECT count(*) AS waiting_for_mallory FROM crmguard.my_approvals();
+RESET ROLE;
+
+-- Anna approves the first step; finance is next, and either finance approver may decide
+SET ROLE regress_apv_anna;
+SELECT request, process, step, submitted_by FROM crmguard.my_approvals();
+SELECT crmguard.approve(:novak, 'ok for a new customer');
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :novak)) AS anna_again;
+RESET ROLE;
+SET ROLE regress_apv_fabio;
+SELECT request, step FROM crmguard.my_approvals();
+SELECT crmguard.approve(:novak, 'within budget');
+RESET ROLE;
+SELECT id, discount, status, notes FROM public.regress_apv_deal WHERE id = 1;
+SELECT channel, recipient, subject FROM crmguard.outbox WHERE subject LIKE 'Approval request%' ORDER BY id;
+-- decided: the row is free again, and deciding again is refused
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_deal SET title = 'Cold room and install, Novak' WHERE id = 1;
+SELECT state, current_step, jsonb_path_query_array(history, '$[*].event') AS events,
+       jsonb_path_query_array(history, '$[*].by') AS by
+  FROM crmguard.approval_request WHERE id = :novak;
+RESET ROLE;
+SET ROLE regress_apv_franca;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :novak)) AS after_decision;
+RESET ROLE;
+
+-- ---------------------------------------------------------------------------
+-- A rejection with comment: the task goes to the deal's owner
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_marco;
+UPDATE public.regress_apv_deal SET discount = 30 WHERE id = 3;
+RESET ROLE;
+SELECT id AS bianchi FROM crmguard.approval_request_state WHERE row_key = '3' \gset
+SET ROLE regress_apv_anna;
+SELECT public.regress_try(format('SELECT crmguard.reject(%s, NULL)', :bianchi)) AS reject_without_comment;
+SELECT crmguard.reject(:bianchi, '30% on a fleet deal needs a three-year contract');
+RESET ROLE;
+SELECT id, status FROM public.regress_apv_deal WHERE id = 3;
+SELECT t.assigned_to = :marco_id AS to_marco, t.subject FROM crmguard.task t WHERE t.request = :bianchi;
+
+-- ---------------------------------------------------------------------------
+-- Submitted by hand, then recalled; no decision after a recall
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_deal SET discount = 10 WHERE id = 4;
+SELECT crmguard.submit_for_approval('public.regress_apv_deal', '4', 'small one') AS ferri \gset
+SELECT process, state FROM crmguard.approval_request WHERE id = :ferri;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '4')$$) AS twice;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '99')$$) AS no_such_row;
+RESET ROLE;
+SET ROLE regress_apv_mallory;
+SELECT public.regress_try(format('SELECT crmguard.recall(%s)', :ferri)) AS stranger_recalls;
+RESET ROLE;
+SET ROLE regress_apv_luca;
+SELECT crmguard.recall(:ferri, 'customer changed his mind');
+RESET ROLE;
+SET ROLE regress_apv_anna;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :ferri)) AS approve_after_recall;
+RESET ROLE;
+
+-- ---------------------------------------------------------------------------
+-- A request whose row changed behind the lock cannot be approved
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_deal SET discount = 22 WHERE id = 5;
+RESET ROLE;
+SELECT id AS neri FROM crmguard.approval_request_state WHERE row_key = '5' \gset
+SET session_replication_role = replica;     -- a superuser going around the triggers
+UPDATE public.regress_apv_deal SET discount = 50 WHERE id = 5;
+RESET session_replication_role;
+SET ROLE regress_apv_anna;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :neri)) AS row_changed;
+RESET ROLE;
+SELECT state FROM crmguard.approval_request_state WHERE id = :neri;
+
+-- ---------------------------------------------------------------------------
+-- Self-approval: Anna's own deal goes to her manager; a delegation does not
+-- let her decide it either
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_anna;
+UPDATE public.regress_apv_deal SET discount = 20 WHERE id = 2;
+RESET ROLE;
+SELECT id AS rossi FROM crmguard.approval_request_state WHERE row_key = '2' \gset
+SELECT approvers = ARRAY[:dora_id]::bigint[] AS dora_decides FROM crmguard.approval_request_state WHERE id = :rossi;
+SET ROLE regress_apv_dora;
+SELECT crmguard.delegate('apv_anna', now() + interval '1 day');
+RESET ROLE;
+SET ROLE regress_apv_anna;
+SELECT request, on_behalf_of FROM crmguard.my_approvals();
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :rossi)) AS self_approval;
+RESET ROLE;
+
+-- ---------------------------------------------------------------------------
+-- Delegation: Dora is away, Marco decides for her within the window only
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_dora;
+SELECT public.regress_try($$SELECT crmguard.delegate('apv_dora', now() + interval '1 day')$$) AS to_herself;
+SELECT public.regress_try($$SELECT crmguard.delegate('apv_marco', now() - interval '1 day')$$) AS in_the_past;
+SELECT crmguard.delegate('apv_marco', now() + interval '1 day');
+RESET ROLE;
+-- the window closes (simulated): Marco cannot act
+UPDATE crmguard.delegation SET until = now() - interval '1 minute' WHERE to_principal = :marco_id;
+SET ROLE regress_apv_marco;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :rossi)) AS window_closed;
+RESET ROLE;
+UPDATE crmguard.delegation SET until = now() + interval '1 day' WHERE to_principal = :marco_id;
+SET ROLE regress_apv_marco;
+SELECT crmguard.approve(:rossi, 'approved for Dora');
+RESET ROLE;
+SELECT h.event, p.name AS by, b.name AS on_behalf_of FROM crmguard.approval_history h
+  LEFT JOIN crmguard.principal p ON p.id = h.principal LEFT JOIN crmguard.principal b ON b.id = h.on_behalf_of
+ WHERE h.request = :rossi ORDER BY h.id;
+
+-- ---------------------------------------------------------------------------
+-- An inactive approver escalates to its manager, never approves by itself;
+-- a step timeout escalates
+-- ---------------------------------------------------------------------------
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_deal SET discount = 35 WHERE id = 6;
+RESET ROLE;
+SELECT id AS verdi FROM crmguard.approval_request_state WHERE row_key = '6' \gset
+UPDATE crmguard.principal SET active = false WHERE name = 'apv_anna';
+SELECT crmguard.run_due() AS moved;
+SELECT state, approvers = ARRAY[:dora_id]::bigint[] AS dora_decides FROM crmguard.approval_request_state WHERE id = :verdi;
+UPDATE crmguard.principal SET active = true WHERE name = 'apv_anna';
+
+SET ROLE regress_apv_owner;
+SELECT crmguard.create_approval_process('Big discount', 'public.regress_apv_deal',
+    '{"field": "discount", "op": ">=", "value": 20}',
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}, "timeout": "2 days", "on_timeout": "escalate"}]',
+    auto_submit => '{update}', editable_columns => '{notes}') > 0 AS new_version;
+RESET ROLE;
+SELECT process_name, version, position, current FROM crmguard.approval_process ORDER BY id;
+-- the request in flight keeps its version: two steps, finance still to come
+SET ROLE regress_apv_dora;
+SELECT crmguard.approve(:verdi);
+RESET ROLE;
+SELECT state, current_step + 1 AS step FROM crmguard.approval_request_state WHERE id = :verdi;
+-- a new request takes the new version: one step, with a clock
+UPDATE public.regress_apv_deal SET discount = 0, status = 'Draft' WHERE id = 4;
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_deal SET discount = 21 WHERE id = 4;
+RESET ROLE;
+SELECT id AS ferri2, step_timeout FROM crmguard.approval_request_state WHERE row_key = '4' AND state = 'pending' \gset
+SELECT :'step_timeout' AS step_timeout;
+SELECT crmguard.run_due() AS moved_before_the_timeout;
+UPDATE crmguard.approval_request_state SET step_started_at = now() - interval '3 days' WHERE id = :ferri2;
+SELECT crmguard.run_due() AS moved_after_the_timeout;
+SELECT state, approvers = ARRAY[:dora_id]::bigint[] AS escalated_to_dora,
+       (SELECT array_agg(event ORDER BY id) FROM crmguard.approval_history WHERE request = :ferri2) AS events
+  FROM crmguard.approval_request_state WHERE id = :ferri2;
+
+-- ---------------------------------------------------------------------------
+-- The campaign: marketing head and finance must both approve; a failing
+-- call action rolls the whole decision back
+-- ---------------------------------------------------------------------------
+CREATE TABLE public.regress_apv_campaign (id integer PRIMARY KEY, name text NOT NULL, budget numeric,
+                                          status text NOT NULL DEFAULT 'Planned');
+INSERT INTO public.regress_apv_campaign VALUES (1, 'Cold chain fair', 18000), (2, 'Fail', 5000);
+ALTER TABLE public.regress_apv_campaign OWNER TO regress_apv_owner;
+ALTER FUNCTION public.regress_apv_fail(bigint) OWNER TO regress_apv_owner;
+GRANT SELECT, UPDATE ON public.regress_apv_campaign TO regress_apv_mara, regress_apv_franca, regress_apv_marco;
+GRANT SELECT ON crmguard.approval_request TO regress_apv_owner;
+SET ROLE regress_apv_owner;
+SELECT crmguard.create_approval_process('Campaign', 'public.regress_apv_campaign', NULL,
+    '[{"name": "Marketing and finance", "approvers": [{"role": "marketing"}, {"principal": "apv_franca"}], "mode": "all"}]',
+    on_approve => '[{"set": {"status": "Active"}}, {"call": "public.regress_apv_fail"}]') > 0 AS created;
+RESET ROLE;
+SET ROLE regress_apv_marco;
+SELECT crmguard.submit_for_approval('public.regress_apv_campaign', '1') AS fair \gset
+SELECT crmguard.submit_for_approval('public.regress_apv_campaign', '2') AS failing \gset
+RESET ROLE;
+SET ROLE regress_apv_mara;
+SELECT crmguard.approve(:fair);
+SELECT crmguard.approve(:failing);
+RESET ROLE;
+SELECT state, cardinality(approvers) AS approvers, required FROM crmguard.approval_request_state WHERE id IN (:fair, :failing) ORDER BY id;
+SET ROLE regress_apv_franca;
+SELECT crmguard.approve(:fair);
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :failing)) AS failing_call;
+RESET ROLE;
+SELECT c.id, c.status, r.state FROM public.regress_apv_campaign c
+  JOIN crmguard.approval_request_state r ON r.row_key = c.id::text AND r.target = 'public.regress_apv_campaign'::regclass
+ ORDER BY c.id;
+SELECT count(*) AS franca_approvals_of_failing FROM crmguard.approval_history
+ WHERE request = :failing AND event = 'approved' AND principal = (SELECT id FROM crmguard.principal WHERE name = 'apv_franca');
+
+-- every step is in the audit log, and the chain holds
+SELECT action, count(*) FROM crmguard.audit WHERE action LIKE 'approval%' OR action LIKE '%approval_process' OR action LIKE 'delegat%'
+ GROUP BY action ORDER BY action;
+SELECT ok FROM crmguard.verify_audit();
+
+-- a column a process names cannot be renamed away
+SET ROLE regress_apv_owner;
+SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal RENAME COLUMN discount TO rebate$$) AS rename_criteria_column;
+SELECT crmguard.drop_approval_process('Any discount');
+SELECT public.regress_try($$SELECT crmguard.drop_approval_process('Any discount')$$) AS dropped_twice;
+RESET ROLE;
+
+DROP TABLE public.regress_apv_deal, public.regress_apv_campaign;
+SELECT count(*) AS processes_left, (SELECT count(*) FROM crmguard.approval_request_state) AS requests_left
+  FROM crmguard.approval_process;
+DELETE FROM crmguard.delegation;
+DELETE FROM crmguard.task;
+DELETE FROM crmguard.outbox WHERE subject LIKE 'Approval request%';
+DELETE FROM crmguard.principal WHERE name LIKE 'apv\_%';
+DROP FUNCTION public.regress_try(text), public.regress_apv_fail(bigint);
+DROP OWNED BY regress_apv_owner, regress_apv_dora, regress_apv_anna, regress_apv_luca, regress_apv_marco,
+              regress_apv_franca, regress_apv_fabio, regress_apv_mara, regress_apv_mallory;
+DROP ROLE regress_apv_owner, regress_apv_dora, regress_apv_anna, regress_apv_luca, regress_apv_marco,
+          regress_apv_franca, regress_apv_fabio, regress_apv_mara, regress_apv_mallory;
