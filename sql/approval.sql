@@ -141,6 +141,18 @@ SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal DISABLE TRIGGER 
 RESET ROLE;
 -- other rows are not locked
 UPDATE public.regress_apv_deal SET title = 'Spare parts and labour, Ferri' WHERE id = 4;
+-- the lock's WHEN clause tells which rows are pending only to roles that may change the table
+CREATE ROLE regress_apv_reader;
+GRANT SELECT ON public.regress_apv_deal TO regress_apv_reader;
+SET ROLE regress_apv_reader;
+SELECT crmguard.approval_row_pending('public.regress_apv_deal', 1) AS reader_learns;
+RESET ROLE;
+SET ROLE regress_apv_luca;
+SELECT crmguard.approval_row_pending('public.regress_apv_deal', 1) AS updater_learns,
+       crmguard.approval_row_pending('public.regress_apv_deal', 4) AS not_pending;
+RESET ROLE;
+DROP OWNED BY regress_apv_reader;
+DROP ROLE regress_apv_reader;
 
 -- Not an approver: the rep himself, someone else, whatever they set
 SET ROLE regress_apv_luca;
@@ -272,8 +284,11 @@ SET ROLE regress_apv_luca;
 UPDATE public.regress_apv_deal SET discount = 35 WHERE id = 6;
 RESET ROLE;
 SELECT id AS verdi FROM crmguard.approval_request_state WHERE row_key = '6' \gset
+-- (in one transaction: the background worker runs run_due() too, and must not go first)
+BEGIN;
 UPDATE crmguard.principal SET active = false WHERE name = 'apv_anna';
 SELECT crmguard.run_due() AS moved;
+COMMIT;
 SELECT state, approvers = ARRAY[:dora_id]::bigint[] AS dora_decides FROM crmguard.approval_request_state WHERE id = :verdi;
 UPDATE crmguard.principal SET active = true WHERE name = 'apv_anna';
 
@@ -297,8 +312,10 @@ RESET ROLE;
 SELECT id AS ferri2, step_timeout FROM crmguard.approval_request_state WHERE row_key = '4' AND state = 'pending' \gset
 SELECT :'step_timeout' AS step_timeout;
 SELECT crmguard.run_due() AS moved_before_the_timeout;
+BEGIN;
 UPDATE crmguard.approval_request_state SET step_started_at = now() - interval '3 days' WHERE id = :ferri2;
 SELECT crmguard.run_due() AS moved_after_the_timeout;
+COMMIT;
 SELECT state, approvers = ARRAY[:dora_id]::bigint[] AS escalated_to_dora,
        (SELECT array_agg(event ORDER BY id) FROM crmguard.approval_history WHERE request = :ferri2) AS events
   FROM crmguard.approval_request_state WHERE id = :ferri2;

@@ -21,6 +21,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -29,6 +30,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -74,8 +76,15 @@ typedef struct ApprovalTable
 	int			nprocesses;
 	Process    *processes;		/* current ones, in their order */
 	List	   *pending;		/* of PendingRow */
-	HTAB	   *pending_keys;	/* key -> PendingRow *, when any */
+	HTAB	   *pending_keys;	/* text key -> PendingRows, when any */
+	HTAB	   *pending_ints;	/* integer key -> PendingRow, for integer keys */
 } ApprovalTable;
+
+typedef struct PendingInt
+{
+	int64		key;
+	PendingRow *row;
+} PendingInt;
 
 typedef struct PendingKey
 {
@@ -87,7 +96,7 @@ static HTAB *tables = NULL;
 static MemoryContext cache_context = NULL;
 static bool cache_valid = false;
 static Oid	process_rel = InvalidOid;
-static Oid	request_rel = InvalidOid;
+static Oid	signal_rel = InvalidOid;
 
 /* the one row a "set" action may change while its request is pending */
 static Oid	bypass_relid = InvalidOid;
@@ -96,7 +105,7 @@ static char *bypass_key = NULL;
 static void
 cache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == process_rel || relid == request_rel ||
+	if (relid == InvalidOid || relid == process_rel || relid == signal_rel ||
 		(tables != NULL && hash_search(tables, &relid, HASH_FIND, NULL) != NULL))
 		cache_valid = false;
 }
@@ -113,6 +122,7 @@ table_entry(Oid relid)
 		t->processes = NULL;
 		t->pending = NIL;
 		t->pending_keys = NULL;
+		t->pending_ints = NULL;
 	}
 	return t;
 }
@@ -168,7 +178,7 @@ load_cache(void)
 	ctl.hcxt = cache_context;
 	tables = hash_create("crmguard approval tables", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	process_rel = get_relname_relid("approval_process", cg_catalog()->schema);
-	request_rel = get_relname_relid("approval_request_state", cg_catalog()->schema);
+	signal_rel = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
 	cache_valid = true;
 
 	cg_enter_owner(&priv);
@@ -241,8 +251,38 @@ load_cache(void)
 			k->rows = NIL;
 		k->rows = lappend(k->rows, row);
 		t->pending = lappend(t->pending, row);
+		/* an integer key is also found by value, with no output function per row */
+		{
+			char	   *end;
+			int64		v;
+
+			errno = 0;
+			v = strtoi64(row->key, &end, 10);
+			if (errno == 0 && end != row->key && *end == '\0')
+			{
+				PendingInt *pi;
+
+				if (t->pending_ints == NULL)
+				{
+					HASHCTL		ictl;
+
+					ictl.keysize = sizeof(int64);
+					ictl.entrysize = sizeof(PendingInt);
+					ictl.hcxt = cache_context;
+					t->pending_ints = hash_create("crmguard pending integer keys", 64, &ictl,
+												  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+				}
+				pi = hash_search(t->pending_ints, &v, HASH_ENTER, NULL);
+				pi->row = row;
+			}
+		}
 	}
 	MemoryContextSwitchTo(old);
+	/* after a restart or a restore, the worker must watch the clocks again */
+	if (SPI_execute("SELECT 1 FROM crmguard.approval_request_state WHERE state OPERATOR(pg_catalog.=) 'pending'"
+					" AND step_timeout IS NOT NULL LIMIT 1", true, 1) == SPI_OK_SELECT && SPI_processed > 0 &&
+		!RecoveryInProgress())
+		(void) cg_enqueue(CG_JOB_WAKE, "", 0);
 	PopActiveSnapshot();
 	SPI_finish();
 	cg_leave_owner(&priv);
@@ -308,8 +348,80 @@ key_attno(Relation rel)
 
 /* ---------------------------------------------------------------------------
  * The lock: no change to a pending row but its editable columns (CG010)
+ *
+ * The lock is an AFTER row trigger whose WHEN clause asks
+ * approval_row_pending(table, OLD.key): a row with no request costs one
+ * function call and a hash probe, and no trigger event (a BEFORE trigger
+ * would lock every row it is called for).  The error at the end of the
+ * statement undoes the whole statement, as a BEFORE trigger's would.
  * ---------------------------------------------------------------------------
  */
+
+/* The pending request of a row, by the value of its key column */
+static PendingRow *
+find_pending(ApprovalTable *t, Oid keytype, Datum value)
+{
+	if (keytype == INT8OID || keytype == INT4OID || keytype == INT2OID)
+	{
+		int64		v = keytype == INT8OID ? DatumGetInt64(value) :
+			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
+		PendingInt *pi = t->pending_ints ? hash_search(t->pending_ints, &v, HASH_FIND, NULL) : NULL;
+
+		return pi ? pi->row : NULL;
+	}
+	else
+	{
+		Oid			out;
+		bool		varlena;
+
+		getTypeOutputInfo(keytype, &out, &varlena);
+		return pending_row(t, OidOutputFunctionCall(out, value));
+	}
+}
+
+typedef struct PendingCheck
+{
+	Oid			keytype;
+	Oid			relid;
+	Oid			userid;
+	bool		may_know;		/* the caller may change the table */
+} PendingCheck;
+
+/*
+ * WHEN clause of the lock: has the row with this key a pending request?
+ * Answered only to a role that may update or delete rows of the table (the
+ * ones whose statements fire the lock): anyone else learns nothing.
+ */
+PG_FUNCTION_INFO_V1(crmguard_approval_row_pending);
+Datum
+crmguard_approval_row_pending(PG_FUNCTION_ARGS)
+{
+	PendingCheck *check = (PendingCheck *) fcinfo->flinfo->fn_extra;
+	Oid			relid;
+	ApprovalTable *t;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_BOOL(false);
+	relid = PG_GETARG_OID(0);
+	if (check == NULL || check->relid != relid || check->userid != GetUserId())
+	{
+		check = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(PendingCheck));
+		check->keytype = get_fn_expr_argtype(fcinfo->flinfo, 1);
+		check->relid = relid;
+		check->userid = GetUserId();
+		check->may_know = pg_class_aclcheck(relid, check->userid, ACL_UPDATE | ACL_DELETE) == ACLCHECK_OK;
+		fcinfo->flinfo->fn_extra = check;
+	}
+	if (!check->may_know)
+		PG_RETURN_BOOL(false);
+	/* a request committed while this statement waited for the row counts now */
+	AcceptInvalidationMessages();
+	t = table_of(relid);
+	if (t == NULL || t->pending == NIL)
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(find_pending(t, check->keytype, PG_GETARG_DATUM(1)) != NULL);
+}
+
 PG_FUNCTION_INFO_V1(crmguard_approval_lock);
 Datum
 crmguard_approval_lock(PG_FUNCTION_ARGS)
@@ -319,41 +431,39 @@ crmguard_approval_lock(PG_FUNCTION_ARGS)
 	Oid			relid;
 	ApprovalTable *t;
 	PendingRow *row;
-	HeapTuple	result;
-	char	   *key;
 	TupleDesc	desc;
+	AttrNumber	keyatt;
+	Datum		keyvalue;
+	bool		isnull;
 	int			i;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_INSERT(td->tg_event))
-		elog(ERROR, "crmguard_approval_lock: must be fired BEFORE UPDATE OR DELETE FOR EACH ROW");
+		elog(ERROR, "crmguard_approval_lock: must be fired AFTER UPDATE OR DELETE FOR EACH ROW");
 	cg_require_preload();
 	rel = td->tg_relation;
 	relid = RelationGetRelid(rel);
-	result = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-
-	/* a request committed while this statement waited for the row counts now */
+	desc = RelationGetDescr(rel);
 	AcceptInvalidationMessages();
 	t = table_of(relid);
-	if (t == NULL || t->pending == NIL)
-		return PointerGetDatum(result);
-
-	key = key_of(rel, td->tg_trigtuple, key_attno(rel));
-	if (key == NULL)
-		return PointerGetDatum(result);
-	if (bypass_relid == relid && bypass_key != NULL && strcmp(bypass_key, key) == 0)
-		return PointerGetDatum(result);
-	row = pending_row(t, key);
+	keyatt = key_attno(rel);
+	if (t == NULL || t->pending == NIL || keyatt == InvalidAttrNumber)
+		return PointerGetDatum(NULL);
+	keyvalue = heap_getattr(td->tg_trigtuple, keyatt, desc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	row = find_pending(t, TupleDescAttr(desc, keyatt - 1)->atttypid, keyvalue);
 	if (row == NULL)
-		return PointerGetDatum(result);
+		return PointerGetDatum(NULL);
+	if (bypass_relid == relid && bypass_key != NULL && strcmp(bypass_key, row->key) == 0)
+		return PointerGetDatum(NULL);
 
 	if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_CG_ROW_LOCKED),
 				 errmsg("row %s of table %s is locked by pending approval request " INT64_FORMAT,
-						key, RelationGetRelationName(rel), row->request),
+						row->key, RelationGetRelationName(rel), row->request),
 				 errhint("The submitter can recall the request; after the decision the row can be deleted.")));
-	desc = RelationGetDescr(rel);
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute a = TupleDescAttr(desc, i);
@@ -371,13 +481,27 @@ crmguard_approval_lock(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_CG_ROW_LOCKED),
 				 errmsg("row %s of table %s is locked by pending approval request " INT64_FORMAT,
-						key, RelationGetRelationName(rel), row->request),
+						row->key, RelationGetRelationName(rel), row->request),
 				 errdetail("Column \"%s\" cannot change while the request is pending.", NameStr(a->attname)),
 				 row->nedit > 0 ?
 				 errhint("Only the editable columns of the process can change; the submitter can recall the request.") :
 				 errhint("The submitter can recall the request.")));
 	}
-	return PointerGetDatum(result);
+	return PointerGetDatum(NULL);
+}
+
+/* Statement trigger on the request table: at commit, every backend reloads its locks */
+PG_FUNCTION_INFO_V1(crmguard_approval_requests_changed);
+Datum
+crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
+{
+	Oid			signal = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "crmguard_approval_requests_changed: not called as a trigger");
+	if (OidIsValid(signal))
+		CacheInvalidateRelcacheByRelid(signal);
+	return PointerGetDatum(NULL);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1011,7 +1135,13 @@ refresh_guards(Oid relid)
 			appendStringInfo(&on_update, "%s((%s) IS TRUE AND (%s) IS NOT TRUE)", on_update.len ? " OR " : "",
 							 cg_criteria_compile_row(relid, c, "NEW"), cg_criteria_compile_row(relid, c, "OLD"));
 	}
-	cg_guard_install(relid, LOCK_GUARD, "approval_lock", "BEFORE UPDATE OR DELETE", NULL);
+	{
+		char	   *pk = cg_primary_key_column(relid);
+		char	   *when = psprintf("crmguard.approval_row_pending(%s::pg_catalog.regclass, OLD.%s)",
+									quote_literal_cstr(qualified_name(relid)), quote_identifier(pk));
+
+		cg_guard_install(relid, LOCK_GUARD, "approval_lock", "AFTER UPDATE OR DELETE", when);
+	}
 	cg_guard_remove(relid, SUBMIT_INSERT);
 	cg_guard_remove(relid, SUBMIT_UPDATE);
 	if (on_insert.len)
@@ -1162,6 +1292,19 @@ crmguard_drop_approval_process(PG_FUNCTION_ARGS)
  * The background worker's tick: timeouts and inactive approvers
  * ---------------------------------------------------------------------------
  */
+
+/* A step with a timeout started: make sure this database's worker runs */
+PG_FUNCTION_INFO_V1(crmguard_approval_wake_worker);
+Datum
+crmguard_approval_wake_worker(PG_FUNCTION_ARGS)
+{
+	cg_require_preload();
+	if (!cg_enqueue(CG_JOB_WAKE, "", 0))
+		ereport(WARNING,
+				(errmsg("crmguard could not wake its background worker"),
+				 errhint("Call crmguard.run_due() to process approval timeouts.")));
+	PG_RETURN_VOID();
+}
 
 /* Run run_due() if approvals are installed; true while requests wait on a clock */
 bool

@@ -27,15 +27,20 @@ SELECT crmguard.create_approval_process('Campaign budget', 'crm.campaign',
     on_approve => '[{"set": {"status": "Active"}}]') AS process_id;
 
 \echo
-\echo 'Luca raises the discount on "Cold chain rollout" to 28%. The update goes'
-\echo 'through, and the deal is submitted for approval on its own:'
+\echo '"Cold chain rollout" already carried 25% before the process existed, so no'
+\echo 'change submitted it (a row is submitted when it *enters* the criteria). Luca'
+\echo 'submits it by hand:'
 SET ROLE crm_luca;
-UPDATE crm.deal SET discount_pct = 28 WHERE title = 'Cold chain rollout';
+SELECT crmguard.submit_for_approval('crm.deal', (SELECT id::text FROM crm.deal WHERE title = 'Cold chain rollout'),
+                                    'customer signs for three years') > 0 AS submitted;
 SELECT title, discount_pct, status FROM crm.deal WHERE title = 'Cold chain rollout';
 SELECT id, process, current_step, approvers, state FROM crmguard.approval_request;
 \echo 'While it is pending the deal is locked: a bigger discount is refused (the'
 \echo 'stage stays editable), and so is it for the table''s owner:'
 UPDATE crm.deal SET discount_pct = 35 WHERE title = 'Cold chain rollout';
+RESET ROLE;
+UPDATE crm.deal SET amount = 1 WHERE title = 'Cold chain rollout';     -- the DBA, owner of crm.deal
+SET ROLE crm_luca;
 UPDATE crm.deal SET stage = 'Proposal' WHERE title = 'Cold chain rollout';
 RESET ROLE;
 SELECT id AS rollout FROM crmguard.approval_request_state WHERE row_key =
@@ -65,28 +70,28 @@ SELECT jsonb_path_query_array(history, '$[*] ? (@.event == "approved").by') AS a
 RESET ROLE;
 
 \echo
-\echo 'Sara offers 40% on "Customs and returns"; Anna rejects it with a comment, and'
-\echo 'Sara gets a task:'
+\echo 'Sara offers 40% on "Delivery slots and returns": the update submits it. Anna'
+\echo 'rejects it with a comment, and Sara gets a task:'
 SET ROLE crm_sara;
-UPDATE crm.deal SET discount_pct = 40 WHERE title = 'Customs and returns';
+UPDATE crm.deal SET discount_pct = 40 WHERE title = 'Delivery slots and returns';
 RESET ROLE;
 SELECT id AS customs FROM crmguard.approval_request_state WHERE row_key =
-       (SELECT id::text FROM crm.deal WHERE title = 'Customs and returns') \gset
+       (SELECT id::text FROM crm.deal WHERE title = 'Delivery slots and returns') \gset
 SET ROLE crm_anna;
 SELECT crmguard.reject(:customs, '40% is below cost; offer 15% and free returns');
 RESET ROLE;
 SELECT d.title, d.status, t.subject AS task, p.name AS assigned_to
   FROM crm.deal d, crmguard.task t JOIN crmguard.principal p ON p.id = t.assigned_to
- WHERE d.title = 'Customs and returns' AND t.request = :customs;
+ WHERE d.title = 'Delivery slots and returns' AND t.request = :customs;
 
 \echo
-\echo 'Luca submits 22% on "Warehouse API and SLA", then thinks better of it and'
+\echo 'Luca submits 22% on "Cold chain for medicines", then thinks better of it and'
 \echo 'recalls the request; nobody can approve it after that:'
 SET ROLE crm_luca;
-UPDATE crm.deal SET discount_pct = 22 WHERE title = 'Warehouse API and SLA';
+UPDATE crm.deal SET discount_pct = 22 WHERE title = 'Cold chain for medicines';
 RESET ROLE;
 SELECT id AS sla FROM crmguard.approval_request_state WHERE row_key =
-       (SELECT id::text FROM crm.deal WHERE title = 'Warehouse API and SLA') AND state = 'pending' \gset
+       (SELECT id::text FROM crm.deal WHERE title = 'Cold chain for medicines') AND state = 'pending' \gset
 SET ROLE crm_luca;
 SELECT crmguard.recall(:sla, 'customer wants a smaller scope first');
 RESET ROLE;
@@ -96,15 +101,15 @@ RESET ROLE;
 
 \echo
 \echo 'Anna goes on holiday and delegates her approvals to Marco for a week. Sara'
-\echo 'offers 25% on "Cold chain for wine"; Marco approves it for Anna:'
+\echo 'offers 25% on "Warehouse API and SLA"; Marco approves it for Anna:'
 SET ROLE crm_anna;
 SELECT crmguard.delegate('marco', now() + interval '7 days');
 RESET ROLE;
 SET ROLE crm_sara;
-UPDATE crm.deal SET discount_pct = 25 WHERE title = 'Cold chain for wine';
+UPDATE crm.deal SET discount_pct = 25 WHERE title = 'Warehouse API and SLA';
 RESET ROLE;
 SELECT id AS wine FROM crmguard.approval_request_state WHERE row_key =
-       (SELECT id::text FROM crm.deal WHERE title = 'Cold chain for wine') \gset
+       (SELECT id::text FROM crm.deal WHERE title = 'Warehouse API and SLA') \gset
 SET ROLE crm_marco;
 SELECT request, step, on_behalf_of FROM crmguard.my_approvals();
 SELECT crmguard.approve(:wine, 'for Anna, who is away');
@@ -114,15 +119,17 @@ RESET ROLE;
 \echo 'Finance does not answer within two days. The background worker (or run_due())'
 \echo 'escalates the step to finance''s manager, Dora; nothing is approved by itself.'
 \echo '(The clock is moved back here instead of waiting two days.)'
+BEGIN;
 UPDATE crmguard.approval_request_state SET step_started_at = now() - interval '3 days' WHERE id = :wine;
 SELECT crmguard.run_due() AS requests_moved;
+COMMIT;
 SET ROLE crm_dora;
 SELECT id, current_step, approvers, state,
        jsonb_path_query_array(history, '$[*].event') AS events
   FROM crmguard.approval_request WHERE id = :wine;
 SELECT crmguard.approve(:wine, 'ok');
 RESET ROLE;
-SELECT title, discount_pct, status FROM crm.deal WHERE title = 'Cold chain for wine';
+SELECT title, discount_pct, status FROM crm.deal WHERE title = 'Warehouse API and SLA';
 
 \echo
 \echo 'Dora submits the fair campaign (18,000); it needs Mara and Fiona both:'

@@ -57,10 +57,16 @@ CREATE INDEX approval_request_approvers_idx ON crmguard.approval_request_state U
 COMMENT ON TABLE crmguard.approval_request_state IS 'approval requests; read crmguard.approval_request instead';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_state', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_id_seq', '');
--- a pending row's lock lives in each backend's cache: any change reloads it
+-- A pending row's lock lives in each backend's cache. When requests start or
+-- end, an invalidation of this view (which no query reads, so no plan is
+-- lost) tells every backend to reload it at commit.
+CREATE VIEW crmguard.approval_pending_signal AS SELECT 1 AS signal;
+COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when pending approval requests change: backends reload their row locks';
+CREATE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_requests_changed';
 CREATE TRIGGER approval_request_cache_invalidate
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.approval_request_state
-    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+    AFTER INSERT OR UPDATE OF state, row_key, process OR DELETE OR TRUNCATE ON crmguard.approval_request_state
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_requests_changed();
 
 CREATE SEQUENCE crmguard.approval_history_id_seq;
 CREATE TABLE crmguard.approval_history (
@@ -125,8 +131,16 @@ CREATE FUNCTION crmguard.submit_for_approval(target regclass, row_key text, comm
 COMMENT ON FUNCTION crmguard.submit_for_approval(regclass, text, text) IS 'submit a row (one the caller can see and change) to the first process whose criteria it matches';
 CREATE FUNCTION crmguard.approval_lock() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_lock';
+-- the lock trigger's WHEN clause; answers only roles that may change the table
+CREATE FUNCTION crmguard.approval_row_pending(target regclass, row_key anyelement) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_approval_row_pending';
 CREATE FUNCTION crmguard.approval_auto_submit() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_auto_submit';
+CREATE FUNCTION crmguard.approval_wake_worker() RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approval_wake_worker';
+REVOKE ALL ON FUNCTION crmguard.approval_wake_worker() FROM PUBLIC;
 CREATE FUNCTION crmguard.approval_run_actions(request bigint, actions jsonb) RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_approval_run_actions';
@@ -478,6 +492,9 @@ BEGIN
        SET current_step = n, approvers = ids, required = need, step_started_at = pg_catalog.now(),
            step_timeout = (step OPERATOR(pg_catalog.->>) 'timeout')::interval
      WHERE id OPERATOR(pg_catalog.=) request;
+    IF step OPERATOR(pg_catalog.?) 'timeout' THEN
+        PERFORM crmguard.approval_wake_worker();     -- the worker watches the clock
+    END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_start_step(bigint, integer) FROM PUBLIC;
@@ -807,8 +824,10 @@ BEGIN
                          SELECT crmguard.approval_active_above(a) AS x FROM pg_catalog.unnest(r.approvers) a) s
                           WHERE x IS NOT NULL AND x IS DISTINCT FROM r.submitted_by ORDER BY x);
         END IF;
-        IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 THEN
-            ids := r.approvers;     -- nobody above: the step keeps waiting for its approvers
+        IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 OR ids OPERATOR(pg_catalog.=) r.approvers THEN
+            -- nobody above: the step waits for its approvers, its clock stopped
+            UPDATE crmguard.approval_request_state SET step_timeout = NULL WHERE id OPERATOR(pg_catalog.=) r.id;
+            CONTINUE;
         END IF;
         UPDATE crmguard.approval_request_state
            SET approvers = ids, step_started_at = pg_catalog.now(),

@@ -26,3 +26,5 @@ GRANT SELECT ON crmguard.approval_request TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), crmguard.approve(bigint, text),
       crmguard.reject(bigint, text), crmguard.recall(bigint, text), crmguard.delegate(text, timestamptz),
       crmguard.my_approvals() TO PUBLIC;
+-- in the WHEN clause of the row lock, which runs as whoever updates the table
+GRANT EXECUTE ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) TO PUBLIC;
