@@ -136,6 +136,7 @@ RESET ROLE;
 SET ROLE regress_apv_owner;
 SELECT public.regress_try($$UPDATE public.regress_apv_deal SET title = 'x' WHERE id = 1$$) AS owner_edits;
 SELECT public.regress_try($$DELETE FROM public.regress_apv_deal WHERE id = 1$$) AS owner_deletes;
+SELECT public.regress_try($$TRUNCATE public.regress_apv_deal$$) AS owner_truncates;
 -- nor can the owner switch the lock off
 SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal DISABLE TRIGGER zz_crmguard_approval_lock$$) AS disable_lock;
 RESET ROLE;
@@ -359,6 +360,39 @@ SELECT count(*) AS franca_approvals_of_failing FROM crmguard.approval_history
 SELECT action, count(*) FROM crmguard.audit WHERE action LIKE 'approval%' OR action LIKE '%approval_process' OR action LIKE 'delegat%'
  GROUP BY action ORDER BY action;
 SELECT ok FROM crmguard.verify_audit();
+
+-- Attack: a domain whose CHECK calls the owner's function, on a column that
+-- criteria and a "set" action name. crmguard evaluates criteria as the
+-- extension's owner; a domain literal there would run that function as a
+-- superuser. Literals are of the base type: the function never runs as one.
+CREATE TABLE public.regress_apv_seen (who name);
+GRANT INSERT ON public.regress_apv_seen TO PUBLIC;
+CREATE FUNCTION public.regress_apv_spy(v text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.regress_apv_seen VALUES (current_user); RETURN true; END $$;
+ALTER FUNCTION public.regress_apv_spy(text) OWNER TO regress_apv_owner;
+CREATE DOMAIN public.regress_apv_label AS text CHECK (public.regress_apv_spy(VALUE));
+ALTER DOMAIN public.regress_apv_label OWNER TO regress_apv_owner;
+CREATE TABLE public.regress_apv_tagged (id int PRIMARY KEY, label public.regress_apv_label, owner_id bigint);
+INSERT INTO public.regress_apv_tagged VALUES (1, 'plain', :luca_id);
+TRUNCATE public.regress_apv_seen;     -- that check was the superuser's own insert
+ALTER TABLE public.regress_apv_tagged OWNER TO regress_apv_owner;
+GRANT SELECT, UPDATE ON public.regress_apv_tagged TO regress_apv_luca;
+SET ROLE regress_apv_owner;
+SELECT crmguard.create_approval_process('Tagged', 'public.regress_apv_tagged',
+    '{"any": [{"field": "label", "op": "=", "value": "hot"}, {"field": "label", "op": "in", "value": ["warm", "hot"]}]}',
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
+    on_submit => '[{"set": {"label": "submitted"}}]', auto_submit => '{update}') > 0 AS created;
+RESET ROLE;
+SET ROLE regress_apv_luca;
+UPDATE public.regress_apv_tagged SET label = 'hot' WHERE id = 1;
+RESET ROLE;
+SELECT label FROM public.regress_apv_tagged;
+SELECT count(*) AS checks_run_as_a_superuser
+  FROM public.regress_apv_seen s JOIN pg_roles r ON r.rolname = s.who WHERE r.rolsuper;
+SELECT count(*) > 0 AS checks_run_as_their_owner_or_caller FROM public.regress_apv_seen;
+DROP TABLE public.regress_apv_tagged, public.regress_apv_seen;
+DROP DOMAIN public.regress_apv_label;
+DROP FUNCTION public.regress_apv_spy(text);
 
 -- a column a process names cannot be renamed away
 SET ROLE regress_apv_owner;

@@ -47,6 +47,7 @@
 #include "crmguard.h"
 
 #define LOCK_GUARD		"zz_crmguard_approval_lock"
+#define TRUNCATE_GUARD	"zz_crmguard_approval_truncate"
 #define SUBMIT_INSERT	"zz_crmguard_approval_submit_insert"
 #define SUBMIT_UPDATE	"zz_crmguard_approval_submit_update"
 
@@ -487,6 +488,28 @@ crmguard_approval_lock(PG_FUNCTION_ARGS)
 				 errhint("Only the editable columns of the process can change; the submitter can recall the request.") :
 				 errhint("The submitter can recall the request.")));
 	}
+	return PointerGetDatum(NULL);
+}
+
+/* TRUNCATE would empty pending rows with the rest: refused while any is pending */
+PG_FUNCTION_INFO_V1(crmguard_approval_truncate);
+Datum
+crmguard_approval_truncate(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	ApprovalTable *t;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		elog(ERROR, "crmguard_approval_truncate: must be fired BEFORE TRUNCATE");
+	cg_require_preload();
+	AcceptInvalidationMessages();
+	t = table_of(RelationGetRelid(td->tg_relation));
+	if (t != NULL && t->pending != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_ROW_LOCKED),
+				 errmsg("table %s has rows locked by pending approval requests",
+						RelationGetRelationName(td->tg_relation)),
+				 errdetail("Request " INT64_FORMAT " is one of them.", ((PendingRow *) linitial(t->pending))->request)));
 	return PointerGetDatum(NULL);
 }
 
@@ -1141,6 +1164,7 @@ refresh_guards(Oid relid)
 									quote_literal_cstr(qualified_name(relid)), quote_identifier(pk));
 
 		cg_guard_install(relid, LOCK_GUARD, "approval_lock", "AFTER UPDATE OR DELETE", when);
+		cg_guard_install_statement(relid, TRUNCATE_GUARD, "approval_truncate", "BEFORE TRUNCATE");
 	}
 	cg_guard_remove(relid, SUBMIT_INSERT);
 	cg_guard_remove(relid, SUBMIT_UPDATE);

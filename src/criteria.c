@@ -59,7 +59,11 @@ typedef struct CriteriaOp
 } CriteriaOp;
 
 
-/* Does the text form of a value fit the column's type (typmod included)? */
+/*
+ * Does the text form of a value fit the column's type (typmod included)?
+ * A domain is judged by its base type: its CHECK constraints may call any
+ * function of the table owner's, and this can run as the extension's owner.
+ */
 bool
 cg_value_fits_type(Oid type, int32 typmod, const char *value)
 {
@@ -69,6 +73,11 @@ cg_value_fits_type(Oid type, int32 typmod, const char *value)
 	Oid			ioparam;
 	volatile bool ok = true;
 
+	if (get_typtype(type) == TYPTYPE_DOMAIN)
+	{
+		typmod = -1;
+		type = getBaseTypeAndTypmod(type, &typmod);
+	}
 	getTypeInputInfo(type, &input_fn, &ioparam);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(context);
@@ -324,7 +333,8 @@ compile_in(const CriteriaOp *op, JsonbValue *value, const CriteriaColumn *col,
 	const char *qcol = column_prefix ? psprintf("%s.%s", column_prefix, quote_identifier(col->name))
 		: quote_identifier(col->name);
 	const char *opname;
-	Oid			array_type = get_array_type(col->type);
+	Oid			base = getBaseType(col->type);	/* literals of the base type, never the domain */
+	Oid			array_type = get_array_type(base);
 	JsonbIterator *it;
 	JsonbValue	elem;
 	JsonbIteratorToken tok;
@@ -332,7 +342,7 @@ compile_in(const CriteriaOp *op, JsonbValue *value, const CriteriaColumn *col,
 
 	if (!is_array(value) || JsonContainerSize(value->val.binary.data) == 0)
 		invalid(psprintf("operator \"%s\" needs \"value\" as a non-empty array", op->name));
-	opname = column_operator(op, col, col->type);
+	opname = column_operator(op, col, base);
 
 	appendStringInfoString(out, op->kind == OP_NOT_IN ? "(NOT (" : "(");
 	if (OidIsValid(array_type))
@@ -350,7 +360,7 @@ compile_in(const CriteriaOp *op, JsonbValue *value, const CriteriaColumn *col,
 			appendStringInfo(out, "%s%s", n++ > 0 ? ", " : "", lit);
 		else
 			appendStringInfo(out, "%s%s %s %s::%s", n++ > 0 ? " OR " : "",
-							 qcol, opname, lit, type_name(col->type));
+							 qcol, opname, lit, type_name(base));
 	}
 	if (OidIsValid(array_type))
 		appendStringInfo(out, "]::%s)", type_name(array_type));
@@ -468,9 +478,12 @@ compile_condition(Oid relid, JsonbContainer *object, StringInfo out)
 			}
 			else
 			{
-				rhs = psprintf("%s::%s", valid_literal(value, &col), type_name(col.type));
+				/* a literal of the base type: a domain's CHECK never runs here */
+				Oid			base = getBaseType(col.type);
+
+				rhs = psprintf("%s::%s", valid_literal(value, &col), type_name(base));
 				appendStringInfo(out, "(%s %s %s)", qcol,
-								 column_operator(op, &col, col.type), rhs);
+								 column_operator(op, &col, base), rhs);
 			}
 			break;
 	}

@@ -139,6 +139,8 @@ extern void cg_require_table_owner(Oid relid);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
 							 const char *when);
+extern void cg_guard_install_statement(Oid relid, const char *trigger_name,
+									   const char *function_name, const char *events);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
 extern char *cg_primary_key_column(Oid relid);
 

@@ -103,6 +103,24 @@ cg_guard_install(Oid relid, const char *trigger_name, const char *function_name,
 		elog(ERROR, "could not create trigger \"%s\"", trigger_name);
 }
 
+/* The same, as a statement trigger (BEFORE TRUNCATE) */
+void
+cg_guard_install_statement(Oid relid, const char *trigger_name, const char *function_name,
+						   const char *events)
+{
+	char	   *sql;
+
+	if (guard_exists(relid, trigger_name))
+		return;
+	sql = psprintf("CREATE TRIGGER %s %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION crmguard.%s()",
+				   quote_identifier(trigger_name), events,
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)),
+				   quote_identifier(function_name));
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create trigger \"%s\"", trigger_name);
+}
+
 /* Drop a guard trigger crmguard installed; caller is in SPI */
 void
 cg_guard_remove(Oid relid, const char *trigger_name)

@@ -135,6 +135,8 @@ CREATE FUNCTION crmguard.approval_lock() RETURNS trigger
 CREATE FUNCTION crmguard.approval_row_pending(target regclass, row_key anyelement) RETURNS boolean
     LANGUAGE c STABLE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_approval_row_pending';
+CREATE FUNCTION crmguard.approval_truncate() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_truncate';
 CREATE FUNCTION crmguard.approval_auto_submit() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_auto_submit';
 CREATE FUNCTION crmguard.approval_wake_worker() RETURNS void
@@ -166,9 +168,17 @@ AS $$
 DECLARE
     t text;
 BEGIN
-    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO t FROM pg_catalog.pg_attribute a
-     WHERE a.attrelid OPERATOR(pg_catalog.=) target AND a.attname OPERATOR(pg_catalog.=) col
-       AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+    -- a domain is judged by its base type: its CHECK may call the table owner's
+    -- functions, and this runs as the extension's owner
+    WITH RECURSIVE b(typ, mod, depth) AS (
+        SELECT a.atttypid, a.atttypmod, 0 FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid OPERATOR(pg_catalog.=) target AND a.attname OPERATOR(pg_catalog.=) col
+           AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT y.typbasetype, y.typtypmod, b.depth OPERATOR(pg_catalog.+) 1 FROM b
+          JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) b.typ
+         WHERE y.typtype OPERATOR(pg_catalog.=) 'd')
+    SELECT pg_catalog.format_type(b.typ, b.mod) INTO t FROM b ORDER BY b.depth DESC LIMIT 1;
     IF t IS NULL THEN
         PERFORM crmguard.approval_invalid(pg_catalog.format('column "%s" of relation %s does not exist (%s)', col, target, what));
     END IF;
