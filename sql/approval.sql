@@ -209,8 +209,10 @@ SELECT t.assigned_to = :marco_id AS to_marco, t.subject FROM crmguard.task t WHE
 -- ---------------------------------------------------------------------------
 SET ROLE regress_apv_luca;
 UPDATE public.regress_apv_deal SET discount = 10 WHERE id = 4;
-SELECT crmguard.submit_for_approval('public.regress_apv_deal', '4', 'small one') AS ferri \gset
-SELECT process, state FROM crmguard.approval_request WHERE id = :ferri;
+-- (the key written another way names the same row, and the request holds its canonical key)
+SELECT crmguard.submit_for_approval('public.regress_apv_deal', ' 04', 'small one') AS ferri \gset
+SELECT process, row_key, state FROM crmguard.approval_request WHERE id = :ferri;
+SELECT public.regress_try($$UPDATE public.regress_apv_deal SET discount = 11 WHERE id = 4$$) AS locked;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '4')$$) AS twice;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '99')$$) AS no_such_row;
 RESET ROLE;

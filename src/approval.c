@@ -671,8 +671,9 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 							 GUC_ACTION_SAVE, true, 0, false);
 	pk = cg_primary_key_column(relid);
 	values[0] = CStringGetTextDatum(key);
-	if (SPI_execute_with_args(psprintf("SELECT t FROM ONLY %s t WHERE %s FOR SHARE",
-									   qualified_name(relid), key_condition(relid, pk, 1)),
+	/* the key as the row's own column prints it: ' 7' or '07' names row 7 */
+	if (SPI_execute_with_args(psprintf("SELECT t, t.%s::pg_catalog.text FROM ONLY %s t WHERE %s FOR SHARE",
+									   quote_identifier(pk), qualified_name(relid), key_condition(relid, pk, 1)),
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
 	AtEOXact_GUC(true, save_nestlevel);
@@ -682,6 +683,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 				 errmsg("row %s of table %s does not exist or is not visible to you", key, get_rel_name(relid))));
 	old = MemoryContextSwitchTo(caller);
 	row = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), false, -1);
+	key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	MemoryContextSwitchTo(old);
 	SPI_finish();
 
@@ -853,17 +855,6 @@ crmguard_approval_current_row(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(row);
 }
 
-static JsonbValue *
-member(Jsonb *object, const char *key)
-{
-	JsonbValue	k;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	return findJsonbValueFromContainer(&object->root, JB_FOBJECT, &k);
-}
-
 static char *
 scalar_text(JsonbValue *v)
 {
@@ -906,7 +897,7 @@ principals_named(RequestInfo *r, const char *who, Jsonb **row)
 
 		if (*row == NULL)
 			*row = current_row(r);
-		id = *row ? scalar_text(member(*row, who)) : NULL;
+		id = *row ? scalar_text(cg_jsonb_member(&(*row)->root, who)) : NULL;
 		if (id != NULL)
 			ids = lappend(ids, id);
 	}
@@ -1001,9 +992,9 @@ action_set(RequestInfo *r, Jsonb *body)
 static void
 action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 {
-	char	   *channel = scalar_text(member(body, "channel"));
-	char	   *subject = scalar_text(member(body, "subject"));
-	char	   *text = scalar_text(member(body, "body"));
+	char	   *channel = scalar_text(cg_jsonb_member(&body->root, "channel"));
+	char	   *subject = scalar_text(cg_jsonb_member(&body->root, "subject"));
+	char	   *text = scalar_text(cg_jsonb_member(&body->root, "body"));
 	ListCell   *lc;
 
 	if (subject == NULL)
@@ -1011,7 +1002,7 @@ action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 	if (text == NULL)
 		text = psprintf("Approval request " INT64_FORMAT " (%s) for row %s of %s is %s.",
 						r->id, r->process, r->key, get_rel_name(r->relid), r->state);
-	foreach(lc, principals_named(r, scalar_text(member(body, "to")), row))
+	foreach(lc, principals_named(r, scalar_text(cg_jsonb_member(&body->root, "to")), row))
 	{
 		char	   *recipient = recipient_of((char *) lfirst(lc), channel);
 
@@ -1023,11 +1014,11 @@ action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 static void
 action_task(RequestInfo *r, Jsonb *body, Jsonb **row)
 {
-	char	   *subject = scalar_text(member(body, "subject"));
+	char	   *subject = scalar_text(cg_jsonb_member(&body->root, "subject"));
 	ListCell   *lc;
 	CgPrivilegedContext priv;
 
-	foreach(lc, principals_named(r, scalar_text(member(body, "assign_to")), row))
+	foreach(lc, principals_named(r, scalar_text(cg_jsonb_member(&body->root, "assign_to")), row))
 	{
 		Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
 		Datum		values[3];

@@ -166,8 +166,9 @@ invalid(const char *message)
 			 errmsg("invalid criteria: %s", message)));
 }
 
-static JsonbValue *
-member(JsonbContainer *object, const char *key)
+/* The value of a key of a JSON object, or NULL */
+JsonbValue *
+cg_jsonb_member(JsonbContainer *object, const char *key)
 {
 	JsonbValue	k;
 
@@ -394,10 +395,10 @@ compile_condition(Oid relid, JsonbContainer *object, StringInfo out)
 	int			i;
 
 	check_keys(object, keys, lengthof(keys));
-	field = member(object, "field");
-	opv = member(object, "op");
-	value = member(object, "value");
-	attribute = member(object, "principal");
+	field = cg_jsonb_member(object, "field");
+	opv = cg_jsonb_member(object, "op");
+	value = cg_jsonb_member(object, "value");
+	attribute = cg_jsonb_member(object, "principal");
 
 	if (field == NULL || field->type != jbvString)
 		invalid("each condition needs \"field\" naming a column");
@@ -527,7 +528,7 @@ compile_node(Oid relid, JsonbValue *node, StringInfo out)
 
 	for (i = 0; i < (int) lengthof(combinators); i++)
 	{
-		JsonbValue *v = member(object, combinators[i]);
+		JsonbValue *v = cg_jsonb_member(object, combinators[i]);
 
 		if (v == NULL)
 			continue;

@@ -242,29 +242,23 @@ worker_sigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
-/* One job, one transaction; a failing job is logged and the worker goes on */
-static void
-run_job(CgJob *job)
+/*
+ * Run fn in a transaction of its own; a failure is logged and the worker
+ * goes on.  Returns what fn returned, false after a failure.
+ */
+static bool
+in_transaction(bool (*fn) (void *), void *arg, const char *activity)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
+	volatile bool result = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "crmguard job");
+	pgstat_report_activity(STATE_RUNNING, activity);
 	PG_TRY();
 	{
-		switch (job->kind)
-		{
-			case CG_JOB_AUDIT:
-				cg_audit_run_job(job->data, job->len);
-				break;
-			case CG_JOB_OTP_ISSUE:
-				cg_otp_run_job(job->data, job->len);
-				break;
-			case CG_JOB_WAKE:
-				break;			/* the tick after it does the work */
-		}
+		result = fn(arg);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -277,37 +271,33 @@ run_job(CgJob *job)
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return result;
 }
 
-/* Approval timeouts, in a transaction of their own; true while some wait on a clock */
 static bool
-run_tick(void)
+job_step(void *arg)
 {
-	MemoryContext oldcontext = CurrentMemoryContext;
-	volatile bool waiting = false;
+	CgJob	   *job = (CgJob *) arg;
 
-	if (RecoveryInProgress())
-		return false;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "crmguard approval timeouts");
-	PG_TRY();
+	switch (job->kind)
 	{
-		waiting = cg_approval_tick();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		case CG_JOB_AUDIT:
+			cg_audit_run_job(job->data, job->len);
+			break;
+		case CG_JOB_OTP_ISSUE:
+			cg_otp_run_job(job->data, job->len);
+			break;
+		case CG_JOB_WAKE:
+			break;				/* the tick after it does the work */
 	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(oldcontext);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
-	}
-	PG_END_TRY();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	return waiting;
+	return true;
+}
+
+/* Approval timeouts; true while some request waits on a clock */
+static bool
+tick_step(void *arg)
+{
+	return cg_approval_tick();
 }
 
 void
@@ -343,10 +333,11 @@ crmguard_worker_main(Datum arg)
 		CHECK_FOR_INTERRUPTS();
 		while (!got_sigterm && dequeue(&job))
 		{
-			run_job(&job);
+			(void) in_transaction(job_step, &job, "crmguard job");
 			idle_since = GetCurrentTimestamp();
 		}
-		if (!got_sigterm && run_tick())
+		if (!got_sigterm && !RecoveryInProgress() &&
+			in_transaction(tick_step, NULL, "crmguard approval timeouts"))
 			idle_since = GetCurrentTimestamp();	/* stay while requests wait on a clock */
 		if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(), CG_IDLE_EXIT_MS) &&
 			release_if_idle())

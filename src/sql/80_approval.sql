@@ -424,9 +424,13 @@ $$;
 REVOKE ALL ON FUNCTION crmguard.approval_active_above(bigint) FROM PUBLIC;
 
 CREATE FUNCTION crmguard.approval_manager_of(who bigint) RETURNS bigint
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    AS $$SELECT manager_id FROM crmguard.principal WHERE id OPERATOR(pg_catalog.=) who$$;
+AS $$
+BEGIN
+    RETURN (SELECT manager_id FROM crmguard.principal WHERE id OPERATOR(pg_catalog.=) who);
+END
+$$;
 REVOKE ALL ON FUNCTION crmguard.approval_manager_of(bigint) FROM PUBLIC;
 
 -- The approvers of a step for a row: inactive ones escalate to their nearest
@@ -761,9 +765,12 @@ COMMENT ON FUNCTION crmguard.delegate(text, timestamptz) IS 'let another princip
 CREATE FUNCTION crmguard.my_approvals()
     RETURNS TABLE (request bigint, process text, target regclass, row_key text, step text,
                    submitted_by text, submitted_at timestamptz, on_behalf_of text)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: its plan is kept for the session
+    RETURN QUERY
     WITH me AS (SELECT crmguard.current_principal() AS id),
     capacity AS (
         SELECT me.id AS approver FROM me WHERE me.id IS NOT NULL
@@ -774,7 +781,7 @@ AS $$
     SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
            sp.name, r.submitted_at, CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id THEN ap.name END
       FROM crmguard.approval_request_state r
-      JOIN capacity c ON c.approver OPERATOR(pg_catalog.=) ANY (r.approvers)
+      JOIN capacity c ON r.approvers OPERATOR(pg_catalog.@>) ARRAY[c.approver]   -- the GIN index
       CROSS JOIN me
       JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
       LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
@@ -785,7 +792,8 @@ AS $$
                         WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
                           AND h.event OPERATOR(pg_catalog.=) 'approved'
                           AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) c.approver)
-     ORDER BY r.submitted_at, r.id
+     ORDER BY r.submitted_at, r.id;
+END
 $$;
 COMMENT ON FUNCTION crmguard.my_approvals() IS 'pending requests waiting for the acting principal (or for someone it stands in for)';
 
