@@ -152,6 +152,11 @@ SET ROLE regress_apv_luca;
 SELECT crmguard.approval_row_pending('public.regress_apv_deal', 1) AS updater_learns,
        crmguard.approval_row_pending('public.regress_apv_deal', 4) AS not_pending;
 RESET ROLE;
+-- Attack: UPDATE granted on one column only must still fire the lock
+GRANT UPDATE (discount) ON public.regress_apv_deal TO regress_apv_reader;
+SET ROLE regress_apv_reader;
+SELECT public.regress_try($$UPDATE public.regress_apv_deal SET discount = 99 WHERE id = 1$$) AS column_privilege_update;
+RESET ROLE;
 DROP OWNED BY regress_apv_reader;
 DROP ROLE regress_apv_reader;
 
@@ -357,6 +362,25 @@ SELECT c.id, c.status, r.state FROM public.regress_apv_campaign c
  ORDER BY c.id;
 SELECT count(*) AS franca_approvals_of_failing FROM crmguard.approval_history
  WHERE request = :failing AND event = 'approved' AND principal = (SELECT id FROM crmguard.principal WHERE name = 'apv_franca');
+
+-- an approver who also stands in for another approver of an "all" step
+-- approves twice: once as herself, once for the one away
+INSERT INTO public.regress_apv_campaign VALUES (3, 'Spring mailing', 2000);
+SET ROLE regress_apv_marco;
+SELECT crmguard.submit_for_approval('public.regress_apv_campaign', '3') AS spring \gset
+RESET ROLE;
+SET ROLE regress_apv_mara;
+SELECT crmguard.delegate('apv_franca', now() + interval '1 hour');
+RESET ROLE;
+SET ROLE regress_apv_franca;
+SELECT crmguard.approve(:spring, 'for myself');
+SELECT crmguard.approve(:spring, 'for Mara');
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :spring)) AS third_time;
+RESET ROLE;
+SELECT c.status, (SELECT array_agg(b.name ORDER BY h.id) FROM crmguard.approval_history h
+                   LEFT JOIN crmguard.principal b ON b.id = h.on_behalf_of
+                  WHERE h.request = :spring AND h.event = 'approved') AS on_behalf_of
+  FROM public.regress_apv_campaign c WHERE c.id = 3;
 
 -- every step is in the audit log, and the chain holds
 SELECT action, count(*) FROM crmguard.audit WHERE action LIKE 'approval%' OR action LIKE '%approval_process' OR action LIKE 'delegat%'

@@ -390,8 +390,8 @@ typedef struct PendingCheck
 
 /*
  * WHEN clause of the lock: has the row with this key a pending request?
- * Answered only to a role that may update or delete rows of the table (the
- * ones whose statements fire the lock): anyone else learns nothing.
+ * Answered only to a role that may update (any column) or delete rows of the
+ * table, the ones whose statements fire the lock: anyone else learns nothing.
  */
 PG_FUNCTION_INFO_V1(crmguard_approval_row_pending);
 Datum
@@ -410,7 +410,9 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 		check->keytype = get_fn_expr_argtype(fcinfo->flinfo, 1);
 		check->relid = relid;
 		check->userid = GetUserId();
-		check->may_know = pg_class_aclcheck(relid, check->userid, ACL_UPDATE | ACL_DELETE) == ACLCHECK_OK;
+		/* UPDATE of a single column is enough to fire the lock */
+		check->may_know = pg_class_aclcheck(relid, check->userid, ACL_UPDATE | ACL_DELETE) == ACLCHECK_OK ||
+			pg_attribute_aclcheck_all(relid, check->userid, ACL_UPDATE, ACLMASK_ANY) == ACLCHECK_OK;
 		fcinfo->flinfo->fn_extra = check;
 	}
 	if (!check->may_know)

@@ -628,14 +628,19 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     acting := crmguard.current_principal();
-    IF acting IS NOT NULL AND acting OPERATOR(pg_catalog.=) ANY (r.approvers) THEN
-        approver := acting;
-    ELSE
-        SELECT d.principal INTO approver FROM crmguard.delegation d
-         WHERE d.to_principal OPERATOR(pg_catalog.=) acting AND d.principal OPERATOR(pg_catalog.=) ANY (r.approvers)
-           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until
-         ORDER BY d.principal LIMIT 1;
-    END IF;
+    -- itself first, then those it stands in for; one that has not yet approved this step
+    SELECT c.who INTO approver
+      FROM (SELECT acting AS who, 0 AS rank WHERE acting OPERATOR(pg_catalog.=) ANY (r.approvers)
+            UNION ALL
+            SELECT d.principal, 1 FROM crmguard.delegation d
+             WHERE d.to_principal OPERATOR(pg_catalog.=) acting AND d.principal OPERATOR(pg_catalog.=) ANY (r.approvers)
+               AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until) c
+     ORDER BY EXISTS (SELECT 1 FROM crmguard.approval_history h
+                       WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
+                         AND h.event OPERATOR(pg_catalog.=) 'approved'
+                         AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) c.who),
+              c.rank, c.who
+     LIMIT 1;
     IF approver IS NULL THEN
         RAISE EXCEPTION 'not an approver of approval request %', request
             USING ERRCODE = 'CG011',
