@@ -3,7 +3,7 @@
 EXTENSION = crmguard
 MODULE_big = crmguard
 OBJS = src/crmguard.o src/crypto.o src/principal.o src/audit.o src/worker.o src/criteria.o src/outbox.o src/guard.o src/otp.o src/otp_rule.o src/visibility.o src/review.o src/approval.o
-DATA_built = crmguard--1.0.sql
+DATA_built = crmguard--1.1.sql
 # the install script is assembled from one part per feature, in name order
 SQL_PARTS = $(sort $(wildcard src/sql/*.sql))
 PGFILEDESC = "crmguard - CRM data-governance rules enforced in the database"
@@ -24,7 +24,7 @@ endif
 # every module includes the shared header: rebuild them all when it changes
 $(OBJS): src/crmguard.h
 
-crmguard--1.0.sql: $(SQL_PARTS)
+crmguard--1.1.sql: $(SQL_PARTS)
 	cat $^ > $@
 
 .PHONY: deps demo test bench

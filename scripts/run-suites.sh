@@ -4,8 +4,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PG_BIN=/usr/lib/postgresql/15/bin
-PGXS_DIR=$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")/..
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PGXS_DIR=$(dirname "$("$PG_BIN/pg_config" --pgxs)")/..
 export PATH="$PG_BIN:$PATH"
 work=$(mktemp -d /tmp/crmguard-test.XXXXXX)
 chmod 755 "$work"

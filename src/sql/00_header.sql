@@ -1,4 +1,4 @@
-/* crmguard--1.0.sql */
+/* crmguard--1.1.sql */
 
 \echo Use "CREATE EXTENSION crmguard" to load this file. \quit
 
