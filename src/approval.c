@@ -777,7 +777,7 @@ run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values
 	SPIPlanPtr	plan;
 	int			rc;
 
-	cg_enter_role(&priv, role, 0);
+	cg_enter_role(&priv, role);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	cg_visibility_suspended = true;
@@ -1054,7 +1054,7 @@ action_call(RequestInfo *r, const char *function)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function %s(bigint) of approval process \"%s\" does not exist", function, r->process)));
 	values[0] = Int64GetDatum(r->id);
-	cg_enter_role(&priv, r->run_as, SECURITY_RESTRICTED_OPERATION);
+	cg_enter_role(&priv, r->run_as);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(psprintf("SELECT %s($1)", quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)), get_func_name(fn))),

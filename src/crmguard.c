@@ -202,6 +202,8 @@ cg_catalog(void)
 /*
  * Act as the owner of the extension's tables with a pinned search_path, so
  * privileged writes work for any caller and no planted object is resolved.
+ * Only for crmguard's own catalogs: never read or cast anything of a user
+ * table in here (cg_enter_table_owner is for that).
  */
 void
 cg_enter_owner(CgPrivilegedContext *ctx)
@@ -217,16 +219,42 @@ cg_enter_owner(CgPrivilegedContext *ctx)
 							 GUC_ACTION_SAVE, true, 0, false);
 }
 
-/* The same, as another role (the definer of an approval process), with extra flags */
+/*
+ * Act as a role that owns user code (a table's owner, an approval process's
+ * definer) the way VACUUM, ANALYZE and CREATE INDEX do since CVE-2022-1552:
+ * as that role, inside a security-restricted operation, with a pinned
+ * search_path.  Its domains, casts, operators, defaults and functions then
+ * run with its own rights, never more, and cannot change the session.
+ */
 void
-cg_enter_role(CgPrivilegedContext *ctx, Oid role, int sec_flags)
+cg_enter_role(CgPrivilegedContext *ctx, Oid role)
 {
 	GetUserIdAndSecContext(&ctx->save_userid, &ctx->save_sec_context);
-	SetUserIdAndSecContext(role, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE | sec_flags);
+	SetUserIdAndSecContext(role, ctx->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 	ctx->save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * Everything that touches a user table (its rows, its column types, its
+ * defaults, criteria over it) runs through here: as the table's owner.
+ */
+void
+cg_enter_table_owner(CgPrivilegedContext *ctx, Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u does not exist", relid)));
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	cg_enter_role(ctx, owner);
 }
 
 void

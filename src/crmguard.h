@@ -54,7 +54,8 @@ typedef struct CgPrivilegedContext
 
 extern void cg_enter_owner(CgPrivilegedContext *ctx);
 extern void cg_leave_owner(CgPrivilegedContext *ctx);
-extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role, int sec_flags);
+extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role);
+extern void cg_enter_table_owner(CgPrivilegedContext *ctx, Oid relid);
 
 /* crypto.c: the server key and the primitives built on it */
 typedef enum CgKeyPurpose
