@@ -25,10 +25,12 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "parser/parsetree.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -389,9 +391,135 @@ typedef struct PendingCheck
 } PendingCheck;
 
 /*
+ * Tables that a statement running now (at any nesting level) changes: the
+ * lock's probe answers for them whatever path reached the table (a view, a
+ * rule, a SECURITY DEFINER function), since the role invoking the trigger is
+ * then not the one whose rights on the table were checked.
+ */
+typedef struct ChangingTable
+{
+	Oid			relid;
+	QueryDesc  *query;			/* the statement changing it */
+	int			nestlevel;		/* subtransaction that started the statement */
+} ChangingTable;
+
+static List *changing_tables = NIL;		/* in TopMemoryContext */
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
+
+static void
+track_changing_start(QueryDesc *queryDesc, int eflags)
+{
+	PlannedStmt *stmt = queryDesc->plannedstmt;
+
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+
+	/* INSERT too: ON CONFLICT DO UPDATE fires the lock */
+	if (stmt->resultRelations != NIL && !(eflags & EXEC_FLAG_EXPLAIN_ONLY))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		ListCell   *lc;
+
+		foreach(lc, stmt->resultRelations)
+		{
+			ChangingTable *c = palloc(sizeof(ChangingTable));
+
+			c->relid = rt_fetch(lfirst_int(lc), stmt->rtable)->relid;
+			c->query = queryDesc;
+			c->nestlevel = GetCurrentTransactionNestLevel();
+			changing_tables = lcons(c, changing_tables);
+		}
+		MemoryContextSwitchTo(old);
+	}
+}
+
+static void
+track_changing_end(QueryDesc *queryDesc)
+{
+	ListCell   *lc;
+
+	foreach(lc, changing_tables)
+	{
+		ChangingTable *c = (ChangingTable *) lfirst(lc);
+
+		if (c->query == queryDesc)
+		{
+			changing_tables = foreach_delete_current(changing_tables, lc);
+			pfree(c);
+		}
+	}
+	if (prev_executor_end)
+		prev_executor_end(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+}
+
+/* statements that failed never reach ExecutorEnd: forget what their level pushed */
+static void
+track_changing_abort(int nestlevel)
+{
+	ListCell   *lc;
+
+	foreach(lc, changing_tables)
+	{
+		ChangingTable *c = (ChangingTable *) lfirst(lc);
+
+		if (c->nestlevel >= nestlevel)
+		{
+			changing_tables = foreach_delete_current(changing_tables, lc);
+			pfree(c);
+		}
+	}
+}
+
+static void
+track_changing_xact(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+		track_changing_abort(0);
+}
+
+static void
+track_changing_subxact(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		track_changing_abort(GetCurrentTransactionNestLevel());
+}
+
+static bool
+table_is_changing(Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, changing_tables)
+		if (((ChangingTable *) lfirst(lc))->relid == relid)
+			return true;
+	return false;
+}
+
+/* From _PG_init: watch which tables the running statements change */
+void
+cg_approval_init(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = track_changing_start;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = track_changing_end;
+	RegisterXactCallback(track_changing_xact, NULL);
+	RegisterSubXactCallback(track_changing_subxact, NULL);
+}
+
+/*
  * WHEN clause of the lock: has the row with this key a pending request?
- * Answered only to a role that may update (any column) or delete rows of the
- * table, the ones whose statements fire the lock: anyone else learns nothing.
+ * Answered to a role that may update (any column) or delete rows of the
+ * table, and inside any statement now changing the table, however it got
+ * there (a view, a rule, a function): anyone else learns nothing.
  */
 PG_FUNCTION_INFO_V1(crmguard_approval_row_pending);
 Datum
@@ -415,7 +543,7 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 			pg_attribute_aclcheck_all(relid, check->userid, ACL_UPDATE, ACLMASK_ANY) == ACLCHECK_OK;
 		fcinfo->flinfo->fn_extra = check;
 	}
-	if (!check->may_know)
+	if (!check->may_know && !table_is_changing(relid))
 		PG_RETURN_BOOL(false);
 	/* a request committed while this statement waited for the row counts now */
 	AcceptInvalidationMessages();
@@ -649,7 +777,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 	Datum		row;
 	Jsonb	   *data;
 	Process    *p;
-	int			save_nestlevel;
+	CgPrivilegedContext priv;
 	bool		isnull;
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext old;
@@ -668,9 +796,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 	/* the row as the caller sees it, locked against changes until the request is stored */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	cg_enter_role(&priv, GetUserId());
 	pk = cg_primary_key_column(relid);
 	values[0] = CStringGetTextDatum(key);
 	/* the key as the row's own column prints it: ' 7' or '07' names row 7 */
@@ -678,7 +804,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 									   quote_identifier(pk), qualified_name(relid), key_condition(relid, pk, 1)),
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
-	AtEOXact_GUC(true, save_nestlevel);
+	cg_leave_owner(&priv);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -765,33 +891,21 @@ request_info(int64 request)
 }
 
 /*
- * Run a statement on the request's row as role, the visibility rules set
- * aside while it is planned (the decision is taken; the row is the one
- * submitted): prepared under the flag, executed without it.
+ * Run a statement on the request's row as the table's owner, the visibility
+ * rules set aside (the decision is taken; the row is the one submitted).
  */
 static void
 run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values, char *nulls,
-		   Oid role, int expect)
+		   int expect)
 {
 	CgPrivilegedContext priv;
 	SPIPlanPtr	plan;
 	int			rc;
 
-	cg_enter_role(&priv, role);
+	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	cg_visibility_suspended = true;
-	PG_TRY();
-	{
-		plan = SPI_prepare(sql, nargs, types);
-	}
-	PG_FINALLY();
-	{
-		cg_visibility_suspended = false;
-	}
-	PG_END_TRY();
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	plan = cg_prepare_all_rows(sql, nargs, types);
 	rc = SPI_execute_plan(plan, values, nulls, expect == SPI_OK_SELECT, 1);
 	if (rc != expect)
 		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
@@ -804,34 +918,25 @@ run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values
 	cg_leave_owner(&priv);
 }
 
-/* The request's row as jsonb, read as the extension owner; NULL when gone */
+/* The request's row as jsonb, read as the table's owner; NULL when gone */
 static Jsonb *
 current_row(RequestInfo *r)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
-	Jsonb	   *volatile result = NULL;
+	Jsonb	   *result = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	CgPrivilegedContext priv;
 	SPIPlanPtr	plan;
 
 	values[0] = CStringGetTextDatum(r->key);
-	cg_enter_owner(&priv);
+	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	cg_visibility_suspended = true;
-	PG_TRY();
-	{
-		plan = SPI_prepare(psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
-									qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
-						   1, types);
-	}
-	PG_FINALLY();
-	{
-		cg_visibility_suspended = false;
-	}
-	PG_END_TRY();
-	if (plan == NULL || SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	plan = cg_prepare_all_rows(psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
+										qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
+							   1, types);
+	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row of approval request " INT64_FORMAT, r->id);
 	if (SPI_processed == 1)
 	{
@@ -981,7 +1086,7 @@ action_set(RequestInfo *r, Jsonb *body)
 	{
 		run_on_row(r, psprintf("UPDATE ONLY %s SET %s WHERE %s", qualified_name(r->relid), sets.data,
 							   key_condition(r->relid, r->pk, 1)),
-				   n, types, values, nulls, r->run_as, SPI_OK_UPDATE);
+				   n, types, values, nulls, SPI_OK_UPDATE);
 	}
 	PG_FINALLY();
 	{

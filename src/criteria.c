@@ -60,34 +60,34 @@ typedef struct CriteriaOp
 
 
 /*
- * Does the text form of a value fit the column's type (typmod included)?
- * A domain is judged by its base type: its CHECK constraints may call any
- * function of the table owner's, and this can run as the extension's owner.
+ * Does the text form of a value fit a column's type of table relid (typmod
+ * and domain constraints included)?  The type's input function and a
+ * domain's CHECK expressions are the table owner's code: they run as the
+ * table's owner, restricted, whoever defines the rule.
  */
 bool
-cg_value_fits_type(Oid type, int32 typmod, const char *value)
+cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value)
 {
 	MemoryContext context = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
+	CgPrivilegedContext priv;
 	Oid			input_fn;
 	Oid			ioparam;
 	volatile bool ok = true;
 
-	if (get_typtype(type) == TYPTYPE_DOMAIN)
-	{
-		typmod = -1;
-		type = getBaseTypeAndTypmod(type, &typmod);
-	}
 	getTypeInputInfo(type, &input_fn, &ioparam);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(context);
 	PG_TRY();
 	{
+		cg_enter_table_owner(&priv, relid);
 		(void) OidInputFunctionCall(input_fn, (char *) value, ioparam, typmod);
+		cg_leave_owner(&priv);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
 	{
+		/* the subtransaction's abort restores the user and the settings */
 		MemoryContextSwitchTo(context);
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
@@ -97,6 +97,26 @@ cg_value_fits_type(Oid type, int32 typmod, const char *value)
 	MemoryContextSwitchTo(context);
 	CurrentResourceOwner = owner;
 	return ok;
+}
+
+/* SQL access for the approval definition checks: does value fit column col of target? */
+PG_FUNCTION_INFO_V1(crmguard_value_fits_column);
+Datum
+crmguard_value_fits_column(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *col = NameStr(*PG_GETARG_NAME(1));
+	AttrNumber	attno = get_attnum(relid, col);
+	Oid			type;
+	int32		typmod;
+	Oid			collation;
+
+	if (attno == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of relation %s does not exist", col, get_rel_name(relid))));
+	get_atttypetypmodcoll(relid, attno, &type, &typmod, &collation);
+	PG_RETURN_BOOL(cg_value_fits_type(relid, type, typmod, text_to_cstring(PG_GETARG_TEXT_PP(2))));
 }
 
 static const CriteriaOp criteria_ops[] = {
@@ -116,6 +136,7 @@ static const CriteriaOp criteria_ops[] = {
 /* The column a condition names, with what the compiler needs to know of it */
 typedef struct CriteriaColumn
 {
+	Oid			relid;
 	const char *name;
 	Oid			type;
 	int32		typmod;
@@ -266,7 +287,7 @@ valid_literal(JsonbValue *v, const CriteriaColumn *col)
 {
 	char	   *text = scalar_text(v, col);
 
-	if (!cg_value_fits_type(col->type, col->typmod, text))
+	if (!cg_value_fits_type(col->relid, col->type, col->typmod, text))
 		invalid(psprintf("value \"%s\" is not valid for column \"%s\" of type %s",
 						 text, col->name, format_type_with_typemod(col->type, col->typmod)));
 	return quote_literal_cstr(text);
@@ -402,6 +423,7 @@ compile_condition(Oid relid, JsonbContainer *object, StringInfo out)
 
 	if (field == NULL || field->type != jbvString)
 		invalid("each condition needs \"field\" naming a column");
+	col.relid = relid;
 	col.name = string_of(field);
 	if (opv == NULL || opv->type != jbvString)
 		invalid(psprintf("condition on \"%s\" needs \"op\" naming an operator", col.name));
@@ -764,8 +786,8 @@ row_plan(Oid relid, const char *compiled)
 
 /*
  * Does the row (a composite Datum of the table's row type) match compiled
- * criteria?  NULL counts as no.  Runs as the extension owner with a pinned
- * search_path: the expression reads only the row and crmguard.attr().
+ * criteria?  NULL counts as no.  The expression casts to the table's column
+ * types and compares with their operators: it runs as the table's owner.
  */
 bool
 cg_criteria_row_matches(Oid relid, const char *compiled, Datum row)
@@ -773,7 +795,7 @@ cg_criteria_row_matches(Oid relid, const char *compiled, Datum row)
 	CgPrivilegedContext priv;
 	volatile bool result = false;
 
-	cg_enter_owner(&priv);
+	cg_enter_table_owner(&priv, relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (row_plans_stale && row_plan_depth == 0)

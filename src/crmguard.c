@@ -107,6 +107,7 @@ _PG_init(void)
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = crmguard_process_utility;
 	cg_visibility_init();
+	cg_approval_init();
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = crmguard_shmem_request;

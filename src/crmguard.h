@@ -124,7 +124,7 @@ extern char *cg_criteria_compile_for(Oid relid, Jsonb *criteria, const CgPrincip
 extern char *cg_criteria_compile_row(Oid relid, Jsonb *criteria, const char *prefix);
 extern JsonbValue *cg_jsonb_member(JsonbContainer *object, const char *key);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
-extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
+extern bool cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value);
 
 /* otp.c: OTP-gated status changes */
 extern void cg_otp_shmem_request(void);
@@ -134,6 +134,7 @@ extern void cg_otp_run_job(const char *data, int len);
 /* visibility.c: row visibility through the row-level security hook */
 extern void cg_visibility_init(void);
 extern bool cg_visibility_suspended;
+extern struct _SPI_plan *cg_prepare_all_rows(const char *sql, int nargs, Oid *types);
 
 /* guard.c: the triggers crmguard installs on user tables */
 extern bool cg_guard_internal;
@@ -158,5 +159,6 @@ extern char *cg_primary_key_column(Oid relid);
 
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);
+extern void cg_approval_init(void);
 
 #endif							/* CRMGUARD_H */

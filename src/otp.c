@@ -1009,7 +1009,7 @@ rule_by_id(OtpTable *entry, int64 id)
 	return NULL;
 }
 
-/* The recipient of a row, read as the extension owner */
+/* The recipient of a row, read as the table's owner */
 static char *
 row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 {
@@ -1027,7 +1027,7 @@ row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 				   quote_identifier(get_attname(entry->relid, entry->pk_attno, false)),
 				   format_type_be_qualified(entry->pk_type));
 	values[0] = CStringGetTextDatum(row_key);
-	cg_enter_owner(&priv);
+	cg_enter_table_owner(&priv, entry->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(sql, 1, types, values, NULL, true, 1) != SPI_OK_SELECT)

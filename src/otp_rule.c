@@ -76,7 +76,7 @@ check_values_fit(Oid relid, AttrNumber attno, Oid type, int32 typmod, char **val
 	int			i;
 
 	for (i = 0; i < n; i++)
-		if (!cg_value_fits_type(type, typmod, values[i]))
+		if (!cg_value_fits_type(relid, type, typmod, values[i]))
 			ereport(ERROR,
 					(errcode(ERRCODE_CG_INVALID_RULE),
 					 errmsg("invalid OTP rule \"%s\": column \"%s\" of type %s cannot hold the value \"%s\"",

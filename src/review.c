@@ -25,6 +25,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/formatting.h"
@@ -250,6 +251,75 @@ match_keys(const ReviewConfig *c, Jsonb *row)
 	return PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/*
+ * Keys of the table's rows that share a match key ("column=normalised
+ * value") with a draft.  The table's columns are cast and compared as the
+ * table's owner; every row counts, whoever may see it (reviewers only).
+ */
+PG_FUNCTION_INFO_V1(crmguard_draft_table_matches);
+Datum
+crmguard_draft_table_matches(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	ArrayType  *keys = PG_GETARG_ARRAYTYPE_P(1);
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nkeys;
+	Oid			types[1] = {TEXTOID};
+	ArrayBuildState *hits = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+	CgPrivilegedContext priv;
+	char	   *pk;
+	int			i;
+
+	deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &nkeys);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pk = cg_primary_key_column(relid);
+	if (pk == NULL)
+		elog(ERROR, "table %s has no single-column primary key", get_rel_name(relid));
+	cg_enter_table_owner(&priv, relid);
+	for (i = 0; i < nkeys; i++)
+	{
+		char	   *key = elem_nulls[i] ? NULL : TextDatumGetCString(elems[i]);
+		char	   *eq = key ? strchr(key, '=') : NULL;
+		Datum		value;
+		SPIPlanPtr	plan;
+		uint64		j;
+
+		if (eq == NULL)
+			continue;
+		*eq = '\0';
+		if (get_attnum(relid, key) == InvalidAttrNumber)
+			continue;			/* a match column dropped since */
+		value = CStringGetTextDatum(eq + 1);
+		plan = cg_prepare_all_rows(psprintf("SELECT t.%s::pg_catalog.text FROM ONLY %s t"
+											" WHERE crmguard.normalize_match(t.%s::pg_catalog.text)"
+											" OPERATOR(pg_catalog.=) $1",
+											quote_identifier(pk),
+											quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+																	   get_rel_name(relid)),
+											quote_identifier(key)),
+								   1, types);
+		if (SPI_execute_plan(plan, &value, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for duplicates in table %s", get_rel_name(relid));
+		for (j = 0; j < SPI_processed; j++)
+		{
+			bool		isnull;
+			Datum		hit = SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				hits = accumArrayResult(hits, hit, false, TEXTOID, caller);
+		}
+		SPI_freeplan(plan);
+	}
+	cg_leave_owner(&priv);
+	SPI_finish();
+	if (hits == NULL)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
+	PG_RETURN_DATUM(makeArrayResult(hits, caller));
+}
+
 PG_FUNCTION_INFO_V1(crmguard_draft_match_keys);
 Datum
 crmguard_draft_match_keys(PG_FUNCTION_ARGS)
@@ -415,7 +485,11 @@ record_step(int64 draft, Oid relid, const char *set_sql, const char *event,
 	cg_leave_owner(&priv);
 }
 
-/* Insert the row as the caller, in a subtransaction: its error is the draft's */
+/*
+ * Insert the row as the table's owner (its defaults, triggers and domains
+ * are the owner's code), for a caller who may insert into the table, in a
+ * subtransaction: its error is the draft's.
+ */
 static char *
 insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 {
@@ -424,15 +498,18 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 	Oid			types[1] = {JSONBOID};
 	Datum		values[1];
 	char	   *volatile key = NULL;
-	int			save_nestlevel;
+	CgPrivilegedContext priv;
 
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(relid)),
+				 errdetail("Approving a draft inserts its row: the reviewer's role needs INSERT on the table.")));
 	values[0] = JsonbPGetDatum(data);
 	*failure = NULL;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(caller);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	cg_enter_table_owner(&priv, relid);
 	approving = relid;
 	PG_TRY();
 	{
@@ -448,7 +525,7 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 																		   &isnull)));
 		SPI_finish();
 		approving = InvalidOid;
-		AtEOXact_GUC(true, save_nestlevel);
+		cg_leave_owner(&priv);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -544,7 +621,7 @@ crmguard_approve_draft(PG_FUNCTION_ARGS)
 	SPI_finish();
 	cg_leave_owner(&priv);
 
-	/* the row goes in as the reviewer: its privileges, policies and guards apply */
+	/* the row goes in for the reviewer: its privileges, policies and guards apply */
 	key = insert_row(relid, sql, data, &failure);
 	if (key == NULL)
 	{

@@ -639,13 +639,11 @@ row_as_caller(Oid relid, const char *row_key)
 	char	   *eq;
 	bool		isnull;
 	Datum		row;
-	int			save_nestlevel;
+	CgPrivilegedContext priv;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	cg_enter_role(&priv, GetUserId());
 	values[0] = ObjectIdGetDatum(relid);
 	types[0] = OIDOID;
 	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text, a.atttypid"
@@ -684,7 +682,7 @@ row_as_caller(Oid relid, const char *row_key)
 						row_key, get_rel_name(relid))));
 	row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	row = SPI_datumTransfer(row, false, -1);
-	AtEOXact_GUC(true, save_nestlevel);
+	cg_leave_owner(&priv);
 	SPI_finish();
 	return row;
 }
@@ -1052,6 +1050,30 @@ specialised_qual(Relation rel, TableRules *t, bool edit)
  * pending request): the statement gets an all-rows policy.
  */
 bool		cg_visibility_suspended = false;
+
+/*
+ * Prepare a statement (in SPI) with the visibility rules set aside: for
+ * crmguard's own reads and writes of a row whose fate is decided elsewhere.
+ */
+SPIPlanPtr
+cg_prepare_all_rows(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan;
+
+	cg_visibility_suspended = true;
+	PG_TRY();
+	{
+		plan = SPI_prepare(sql, nargs, types);
+	}
+	PG_FINALLY();
+	{
+		cg_visibility_suspended = false;
+	}
+	PG_END_TRY();
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	return plan;
+}
 
 static List *
 visibility_policies(CmdType cmd, Relation rel)

@@ -80,41 +80,31 @@ CREATE FUNCTION crmguard.is_reviewer(target regclass) RETURNS boolean
 
 -- likely duplicates of a draft: other pending drafts of its table sharing a
 -- match key, and rows of the table with the same normalised value
+-- table keys sharing a match key with a draft: read as the table's owner, in C
+CREATE FUNCTION crmguard.draft_table_matches(target regclass, match_keys text[]) RETURNS text[]
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_draft_table_matches';
+COMMENT ON FUNCTION crmguard.draft_table_matches(regclass, text[]) IS 'internal: keys of the rows of target whose match columns normalise to one of match_keys';
+
 CREATE FUNCTION crmguard.draft_duplicates(draft bigint) RETURNS jsonb
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     d crmguard.draft_state;
-    pk name;
-    rows text[] := '{}';
-    hits text[];
-    k text;
 BEGIN
     SELECT * INTO d FROM crmguard.draft_state s WHERE s.id OPERATOR(pg_catalog.=) draft;
     -- reviewers only: table keys of hidden rows are not for the submitter
     IF NOT FOUND OR (d.match_keys OPERATOR(pg_catalog.=) '{}'::text[]) OR NOT crmguard.is_reviewer(d.target) THEN
         RETURN NULL;
     END IF;
-    SELECT a.attname INTO pk
-      FROM pg_catalog.pg_index i
-      JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
-                                     AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
-     WHERE i.indrelid OPERATOR(pg_catalog.=) d.target AND i.indisprimary;
-    FOREACH k IN ARRAY d.match_keys LOOP
-        EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.array_agg(t.%I::text) FROM ONLY %s t'
-            ' WHERE crmguard.normalize_match(t.%I::text) OPERATOR(pg_catalog.=) $1',
-            pk, d.target, pg_catalog.split_part(k, '=', 1))
-          INTO hits USING pg_catalog.substr(k, pg_catalog.strpos(k, '=') OPERATOR(pg_catalog.+) 1);
-        rows := rows OPERATOR(pg_catalog.||) COALESCE(hits, '{}');
-    END LOOP;
     RETURN pg_catalog.jsonb_build_object(
         'drafts', (SELECT COALESCE(pg_catalog.jsonb_agg(o.id ORDER BY o.id), '[]')
                      FROM crmguard.draft_state o
                     WHERE o.target OPERATOR(pg_catalog.=) d.target AND o.state OPERATOR(pg_catalog.=) 'pending'
                       AND o.id OPERATOR(pg_catalog.<>) d.id AND o.match_keys OPERATOR(pg_catalog.&&) d.match_keys),
-        'rows', (SELECT COALESCE(pg_catalog.jsonb_agg(DISTINCT r), '[]') FROM pg_catalog.unnest(rows) r));
+        'rows', (SELECT COALESCE(pg_catalog.jsonb_agg(DISTINCT r), '[]')
+                   FROM pg_catalog.unnest(crmguard.draft_table_matches(d.target, d.match_keys)) r));
 END
 $$;
 

@@ -247,12 +247,11 @@ BEGIN
                 IF pg_catalog.jsonb_typeof(v) IN ('object', 'array') THEN
                     PERFORM crmguard.approval_invalid(pg_catalog.format('%s: the value for "%s" must be a scalar', what, k));
                 END IF;
-                BEGIN
-                    EXECUTE pg_catalog.format('SELECT CAST(%L AS %s)', v OPERATOR(pg_catalog.#>>) '{}', typ);
-                EXCEPTION WHEN OTHERS THEN
+                -- judged as the table's owner: the column's type is the owner's code
+                IF NOT crmguard.value_fits_column(target, k, v OPERATOR(pg_catalog.#>>) '{}') THEN
                     PERFORM crmguard.approval_invalid(pg_catalog.format('%s: %s is not a valid %s for column "%s"',
                                                                         what, v, typ, k));
-                END;
+                END IF;
             END LOOP;
         WHEN 'notify' THEN
             IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'object'

@@ -28,3 +28,5 @@ GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), cr
       crmguard.my_approvals() TO PUBLIC;
 -- in the WHEN clause of the row lock, which runs as whoever updates the table
 GRANT EXECUTE ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) TO PUBLIC;
+-- a pure function that a table's owner runs when crmguard looks for duplicates as that owner
+GRANT EXECUTE ON FUNCTION crmguard.normalize_match(text) TO PUBLIC;
