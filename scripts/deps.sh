@@ -14,6 +14,7 @@ done
 [ -z "$missing" ] && exit 0
 
 echo "crmguard: installing$missing"
+echo "crmguard: (apt-get update and install; this takes a minute on a fresh machine)"
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
 else

@@ -3,6 +3,8 @@
 # pg_virtualenv started, then print one summary line: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# the same UTF-8 cluster whatever the caller's locale (a minimal Debian has none)
+export LC_ALL=C.UTF-8 LANG=C.UTF-8
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PGXS_DIR=$(dirname "$("$PG_BIN/pg_config" --pgxs)")/..

@@ -3,6 +3,8 @@
 # The summary is printed last, after pg_virtualenv's own messages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# the same UTF-8 cluster whatever the caller's locale (a minimal Debian has none)
+export LC_ALL=C.UTF-8 LANG=C.UTF-8
 summary=$(mktemp /tmp/crmguard-summary.XXXXXX)
 chmod 666 "$summary"
 pg_virtualenv -t \
