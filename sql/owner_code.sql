@@ -27,6 +27,7 @@ GRANT USAGE ON SCHEMA regress_oc TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer,
       interval, integer, integer, text[], text[], jsonb),
       crmguard.expose(regclass, text, text, jsonb, text),
+      crmguard.expose_by_owner(regclass, name, text, boolean),
       crmguard.enable_review(regclass, text, name[], text[]),
       crmguard.create_approval_process(text, regclass, jsonb, jsonb, jsonb, jsonb, jsonb, text[], name[])
    TO regress_oc_owner;
@@ -111,6 +112,12 @@ SELECT crmguard.create_approval_process('oc_discount', 'regress_oc.deal',
        '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
        on_approve => '[{"set": {"status": "Approved", "tags": "{approved}"}}]',
        on_reject => '[{"set": {"tags": "{rejected}"}}]') > 0 AS process;
+SELECT crmguard.create_approval_process('oc_quiet', 'regress_oc.deal',
+       '{"field": "tags", "op": "=", "value": "{warm}"}',
+       '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}, "timeout": "1 hour", "on_timeout": "approve"}]',
+       on_approve => '[{"set": {"status": "Approved", "tags": "{timed_out}"}}]') > 0 AS timeout_process;
+SET regress_oc.entry = 'expose_by_owner';
+SELECT crmguard.expose_by_owner('regress_oc.deal', 'owner_id', 'owner') > 0 AS owner_rule;
 RESET ROLE;
 
 -- ---------------------------------------------------------------------------
@@ -159,9 +166,15 @@ RESET ROLE;
 SET ROLE regress_oc_boss;
 SET regress_oc.entry = 'reject';
 SELECT crmguard.reject(:request1, 'no') AS rejected;
+SET ROLE regress_oc_rep;
+SELECT crmguard.submit_for_approval('regress_oc.deal', 'd3') AS request3 \gset
 RESET ROLE;
-SET regress_oc.entry = 'run_due (worker)';
-SELECT crmguard.run_due() >= 0 AS ran_due;
+-- the manager stays quiet for an hour: the background worker's run_due approves
+BEGIN;
+UPDATE crmguard.approval_request_state SET step_started_at = now() - interval '2 hours' WHERE id = :request3;
+SET LOCAL regress_oc.entry = 'run_due (worker)';
+SELECT crmguard.run_due() AS moved;
+COMMIT;
 RESET regress_oc.entry;
 
 SELECT id, status, tags FROM regress_oc.deal ORDER BY id;
