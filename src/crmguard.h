@@ -90,6 +90,18 @@ extern int64 cg_evaluate_as(int64 id);
 extern void cg_evaluate_as_end(int64 previous);
 extern void cg_principal_invalidate(void);
 extern void cg_principal_forget(void);
+extern void cg_principal_pre_commit(void);
+extern void cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local,
+								const char *via);
+extern void cg_assume_nobody(void);
+extern void cg_assume_end(void);
+extern void cg_refuse_token(const char *reason) pg_attribute_noreturn();
+
+/* jwt.c: identity from a JWT (HS256, EdDSA) verified with crmguard.jwt_key_file */
+extern void cg_jwt_init(void);
+
+/* redact.c: tokens, JWTs and OTP codes never reach the server log */
+extern void cg_redact_init(void);
 
 /* audit.c: the one audit writer */
 extern void cg_audit(const char *action, const char *target,
