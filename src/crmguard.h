@@ -138,7 +138,12 @@ extern JsonbValue *cg_jsonb_member(JsonbContainer *object, const char *key);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
 
-/* otp.c: OTP-gated status changes */
+/*
+ * otp.c: OTP-gated status changes.  A message's code follows this mark, by
+ * which redact.c also finds it (pgaudit logs the outbox insert's parameters).
+ */
+#define CG_OTP_CODE_MARK	"your code is "
+
 extern void cg_otp_shmem_request(void);
 extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);

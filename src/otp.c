@@ -640,7 +640,7 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 
 	attempts_register(challenge, rule->max_attempts, expires_at);
 
-	body = psprintf("%s: your code is %s. It is valid for %s.", rule->name, code,
+	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
 					interval_text(&rule->valid_for));
 	sodium_memzero(code, sizeof(code));
 	cg_outbox_put(rule->channel, recipient, rule->name, body);

@@ -6,7 +6,9 @@
  * crmguard tokens ("cg1." and base64url), JWTs (three base64url segments,
  * the first starting "eyJ") and the secret arguments of crmguard's identity
  * and OTP functions (verify_otp's code, assume's and assume_jwt's token,
- * however spelt) become "[redacted]"; the rest of the line stays readable.
+ * however spelt) and the code in an OTP message's body (pgaudit logs the
+ * parameters of crmguard's own outbox insert) become "[redacted]"; the rest
+ * of the line stays readable.
  * That covers the message (log_statement, log_min_duration_statement,
  * pgaudit's AUDIT lines), detail (bind parameters), hint, context and
  * internal query.  The "STATEMENT:" line is printed from debug_query_string
@@ -269,6 +271,16 @@ redact_into(StringInfo out, const char *s, int len)
 			s += Min(n, stop - s);
 			continue;
 		}
+		if (*s == 'y' && stop - s >= (int) strlen(CG_OTP_CODE_MARK) &&
+			strncmp(s, CG_OTP_CODE_MARK, strlen(CG_OTP_CODE_MARK)) == 0)
+		{
+			/* an OTP message's body, as pgaudit logs the outbox insert */
+			appendStringInfoString(out, CG_OTP_CODE_MARK REDACTED);
+			s += strlen(CG_OTP_CODE_MARK);
+			while (s < stop && isalnum((unsigned char) *s))
+				s++;
+			continue;
+		}
 		if ((s == text || !b64url_char(s[-1])) && (n = jwt_at(s)) > 0)
 		{
 			appendStringInfoString(out, REDACTED);
@@ -293,7 +305,8 @@ may_hold_secret(const char *s)
 	for (; *s; s++)
 	{
 		if ((*s == 'c' && strncmp(s, "cg1.", 4) == 0) ||
-			(*s == 'e' && strncmp(s, "eyJ", 3) == 0))
+			(*s == 'e' && strncmp(s, "eyJ", 3) == 0) ||
+			(*s == 'y' && strncmp(s, CG_OTP_CODE_MARK, strlen(CG_OTP_CODE_MARK)) == 0))
 			return true;
 		if ((*s == 'a' || *s == 'A' || *s == 'v' || *s == 'V'))
 		{
