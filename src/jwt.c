@@ -333,6 +333,7 @@ verify_jwt(const char *jwt, TimestampTz *expires_at)
 	unsigned char *sig;
 	size_t		sig_len;
 	bool		matched_kid = false;
+	bool		tried = false;
 	bool		verified = false;
 	double		exp_s;
 	double		nbf_s;
@@ -364,22 +365,28 @@ verify_jwt(const char *jwt, TimestampTz *expires_at)
 	if (sig == NULL)
 		cg_refuse_token("jwt malformed");
 
-	/* the token's kid picks its key; a key of another algorithm never verifies */
+	/*
+	 * The token's kid picks its key (a key without kid serves any token); a
+	 * key of another algorithm never verifies, whatever the kid says.
+	 */
 	for (i = 0; i < nkeys && !verified; i++)
 	{
-		if (kid != NULL && (keys[i].kid == NULL || strcmp(kid, keys[i].kid) != 0))
+		if (kid != NULL && keys[i].kid != NULL && strcmp(kid, keys[i].kid) != 0)
 			continue;
 		matched_kid = true;
 		if (keys[i].alg != alg)
 		{
-			if (kid != NULL)
+			if (kid != NULL && keys[i].kid != NULL)
 				cg_refuse_token("jwt algorithm does not match its key");
 			continue;
 		}
+		tried = true;
 		verified = signature_ok(&keys[i], sig, sig_len, jwt, dot2 - jwt);
 	}
 	if (!matched_kid)
 		cg_refuse_token("jwt key id unknown");
+	if (!tried)
+		cg_refuse_token("jwt algorithm does not match its key");
 	if (!verified)
 		cg_refuse_token("jwt bad signature");
 

@@ -10,8 +10,8 @@
  * parameters of crmguard's own outbox insert) become "[redacted]"; the rest
  * of the line stays readable.
  * That covers the message (log_statement, log_min_duration_statement,
- * pgaudit's AUDIT lines), detail (bind parameters), hint, context and
- * internal query.  The "STATEMENT:" line is printed from debug_query_string
+ * pgaudit's AUDIT lines and their parameter field), detail (bind
+ * parameters), hint, context and internal query.  The "STATEMENT:" line is printed from debug_query_string
  * after the hook returns: the hook points it at a redacted copy.
  */
 #include "postgres.h"
@@ -319,6 +319,19 @@ may_hold_secret(const char *s)
 	return false;
 }
 
+/* Whether text calls one of the functions whose arguments are secret */
+static bool
+mentions_secret_call(const char *text)
+{
+	const char *s;
+	const char *paren;
+
+	for (s = text; *s; s++)
+		if (isalpha((unsigned char) *s) && secret_call_at(text, s, &paren) != NULL)
+			return true;
+	return false;
+}
+
 /* A redacted copy of text, or NULL when it holds no secret */
 static char *
 redact(const char *s)
@@ -359,6 +372,39 @@ redact_parameters(const char *s)
 	return out.data;
 }
 
+/*
+ * pgaudit's line of a statement that calls a secret function: its last CSV
+ * field holds the bind parameters (pgaudit.log_parameter), code included.
+ * The fields before it are type, statement id, substatement id, class,
+ * command, object type, object name and statement.
+ */
+static char *
+redact_audit_parameters(const char *s)
+{
+	const char *p = s + strlen("AUDIT: ");
+	int			field;
+
+	for (field = 0; field < 8; field++)
+	{
+		if (*p == '"')
+		{
+			for (p++; *p && !(*p == '"' && p[1] != '"'); p += (*p == '"') ? 2 : 1)
+				;
+			if (*p)
+				p++;
+		}
+		else
+			while (*p && *p != ',')
+				p++;
+		if (*p != ',')
+			return NULL;
+		p++;
+	}
+	if (strcmp(p, "<none>") == 0 || strcmp(p, "<not logged>") == 0)
+		return NULL;
+	return psprintf("%.*s%s", (int) (p - s), s, REDACTED);
+}
+
 static void
 redact_field(char **field, bool secret_statement)
 {
@@ -393,6 +439,14 @@ crmguard_emit_log(ErrorData *edata)
 	else if (query != NULL)
 		secret_statement = true;
 
+	if (edata->message && strncmp(edata->message, "AUDIT: ", 7) == 0 &&
+		mentions_secret_call(edata->message))
+	{
+		char	   *r = redact_audit_parameters(edata->message);
+
+		if (r != NULL)
+			edata->message = r;
+	}
 	redact_field(&edata->message, secret_statement);
 	redact_field(&edata->detail, secret_statement);
 	redact_field(&edata->detail_log, secret_statement);

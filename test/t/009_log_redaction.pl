@@ -8,6 +8,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Digest::SHA qw(hmac_sha256);
 use MIME::Base64 qw(encode_base64url);
+use IPC::Run;
 
 my $pg_lib = `pg_config --pkglibdir`;
 chomp $pg_lib;
@@ -73,6 +74,14 @@ for my $order ('crmguard,pgaudit', 'pgaudit,crmguard')
     $node->psql($db, "SELECT crmguard.assume('$token'");
     $node->psql($db, "SELECT '$token'::int");
     $node->safe_psql($db, "SET log_statement = 'none'; SELECT crmguard.assume_jwt(jwt => '$jwt', is_local => true);");
+    # bind parameters: pgbench -M extended sends each :variable as a parameter
+    my $wrong2 = 'ZZZZZZZZZZZZ';
+    my $bind = PostgreSQL::Test::Utils::tempdir . '/bind.sql';
+    PostgreSQL::Test::Utils::append_to_file($bind,
+        "SELECT crmguard.assume(:tok);\nSELECT crmguard.verify_otp(:ch, :code);\n");
+    IPC::Run::run([ 'pgbench', '-n', '-M', 'extended', '-t', '1', '-D', "tok=$token",
+        '-D', "ch=$challenge2", '-D', "code=$wrong2", '-f', $bind,
+        '-h', $node->host, '-p', $node->port, $db ], '>', \my $pgb_out, '2>', \my $pgb_err);
 
     my $log = substr(PostgreSQL::Test::Utils::slurp_file($node->logfile), $offset);
     my ($sig) = $jwt =~ /\.([^.]+)$/;
@@ -87,6 +96,11 @@ for my $order ('crmguard,pgaudit', 'pgaudit,crmguard')
     like($all, qr/AUDIT: SESSION,.*INSERT INTO crmguard\.outbox.*your code is \[redacted\]\. It is valid/,
         "$tag pgaudit's line of the outbox insert kept, code redacted");
     unlike($log, qr/\Q$wrong\E/, "$tag no wrong OTP guess in the log");
+    unlike($log, qr/\Q$wrong2\E/, "$tag no OTP code sent as a bind parameter in the log");
+    like($log, qr/execute <unnamed>: SELECT crmguard\.verify_otp\(\$1, \$2\);?\n.*DETAIL:  parameters: \$1 = '\[redacted\]', \$2 = '\[redacted\]'/,
+        "$tag bind parameters of verify_otp redacted");
+    like($log, qr/AUDIT: SESSION,\d+,\d+,READ,SELECT,,,"?SELECT crmguard\.verify_otp\(\$1, \$2\);?"?,\[redacted\]/,
+        "$tag pgaudit's parameter field of verify_otp redacted");
     like($log, qr/LOG:  00000: statement: SELECT crmguard\.assume\(\[redacted\]\)/,
         "$tag log_statement line kept, token redacted");
     like($log, qr/AUDIT: SESSION,\d+,\d+,READ,SELECT,,,"?SELECT crmguard\.assume\(\[redacted\]\)"?,/,
