@@ -154,6 +154,22 @@ SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS assumed;
 DISCARD ALL;
 SELECT crmguard.current_principal() AS after_discard_all;
 
+-- PostgREST's db-pre-request: no bearer token means nobody for the
+-- transaction, even for a role mapped to a principal
+SET ROLE regress_luca;
+BEGIN;
+SELECT set_config('request.headers', '{"accept": "*/*"}', true) IS NOT NULL AS headers_set;
+SELECT crmguard.pre_request();
+SELECT crmguard.current_principal() AS nobody_without_bearer;
+COMMIT;
+SELECT crmguard.current_principal() IS NOT NULL AS luca_again;
+-- the claim that names the principal and the key file are the DBA's, not a session's
+SET crmguard.jwt_principal_claim = 'email';
+SET crmguard.jwt_key_file = '/tmp/attacker.jwk';
+RESET ROLE;
+-- a JWT needs a key: without crmguard.jwt_key_file every JWT is refused
+SELECT crmguard.assume_jwt('eyJhbGciOiJub25lIn0.eyJzdWIiOiJkb3JhIn0.');
+
 -- the end of every identity is audited like its start
 SELECT detail->>'scope' AS scope, detail->>'reason' AS reason, count(*)
   FROM crmguard.audit WHERE action = 'assume_end'
