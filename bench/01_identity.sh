@@ -1,6 +1,7 @@
 #!/bin/bash
-# Identity: the cost of current_principal()/has_role()/team() in a query, and
-# of team() for a manager above a 10,000-principal tree; audit append rate.
+# Identity: the cost of current_principal()/has_role()/team() in a query, of
+# team() for a manager above a 10,000-principal tree, of assume() per pooled
+# transaction; audit append rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
@@ -52,4 +53,25 @@ echo "SELECT 1;" > /tmp/crmguard_noaudit_bench.sql
 audited=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_audit_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 plain=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_noaudit_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 awk -v a="$audited" -v p="$plain" 'BEGIN { printf "audited transactions/s at 2 clients: %.0f (SELECT 1: %.0f, ratio %.3f)\n", a, p, a / p }'
+psql -X -At -c "SELECT 'chain after the run verifies: ' || ok FROM crmguard.verify_audit()"
+
+# assume() per transaction at two clients, as a pooled application does (each
+# transaction names its principal; the start and end of every identity are
+# audited); compare with the same transactions without it
+token=$(psql -X -At -c "SELECT crmguard.issue_token('agent42', '1 hour')")
+cat > /tmp/crmguard_assume_bench.sql <<SQL
+BEGIN;
+SELECT crmguard.assume('$token');
+SELECT count(*) FROM public.customer WHERE owner_id = 42;
+COMMIT;
+SQL
+cat > /tmp/crmguard_noassume_bench.sql <<'SQL'
+BEGIN;
+SELECT count(*) FROM public.customer WHERE owner_id = 42;
+COMMIT;
+SQL
+assumed=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_assume_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+plain=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_noassume_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+awk -v a="$assumed" -v p="$plain" 'BEGIN { printf "assume() per transaction at 2 clients: %.0f tps (without: %.0f tps, ratio %.3f, %.3f ms added per transaction)\n", a, p, a / p, 2000 / a - 2000 / p }'
+rm -f /tmp/crmguard_assume_bench.sql /tmp/crmguard_noassume_bench.sql
 psql -X -At -c "SELECT 'chain after the run verifies: ' || ok FROM crmguard.verify_audit()"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Run pg_regress, isolation, pgTAP and Perl TAP suites against the cluster
+# Run pg_regress, isolation, pgTAP, Python client and Perl TAP suites against the cluster
 # pg_virtualenv started, then print one summary line: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,13 @@ pg_prove -v -d crmguard_tap test/pgtap/*.sql > "$work/pgtap.log" 2>&1
 status=$?
 cat "$work/pgtap.log"
 count_tap "$work/pgtap.log" $status
+
+echo "== Python client"
+# what an application does, through psycopg2 (Debian's python3, not another one on PATH)
+/usr/bin/python3 test/python/client.py > "$work/python.log" 2>&1
+status=$?
+cat "$work/python.log"
+count_tap "$work/python.log" $status
 
 echo "== Perl TAP"
 # initdb refuses to run as root: run the clusters as postgres

@@ -34,7 +34,8 @@ SELECT crmguard.assume(:'sara_token');
 SELECT crmguard.current_principal() AS after_bad_tokens;
 
 -- the genuine token works, for any database role that presents it
-SELECT crmguard.assume(:'anna_token') = (SELECT 2) AS assumed_anna;
+-- (is_local => false: for the session, until given up)
+SELECT crmguard.assume(:'anna_token', false) = (SELECT 2) AS assumed_anna;
 SELECT crmguard.current_principal(), crmguard.has_role('area_manager');
 -- forged settings still cannot switch identity
 SET crmguard.principal = 'dora';
@@ -44,7 +45,7 @@ SELECT crmguard.assume(NULL);
 SELECT crmguard.current_principal();
 
 -- a token that expires while assumed leaves nobody, not its principal
-SELECT crmguard.assume(:'brief_token') = (SELECT 2) AS assumed_briefly;
+SELECT crmguard.assume(:'brief_token', is_local => false) = (SELECT 2) AS assumed_briefly;
 SELECT crmguard.current_principal() = (SELECT 2) AS still_anna;
 SELECT pg_sleep(2.1);
 SELECT crmguard.current_principal() AS after_expiry, crmguard.has_role('area_manager') AS manager_after_expiry;
@@ -57,7 +58,7 @@ ROLLBACK;
 SELECT crmguard.current_principal() AS after_rollback;
 
 -- the token outranks the role mapping, and survives SET ROLE
-SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS assumed;
 RESET ROLE;
 SET ROLE regress_luca;
 SELECT crmguard.current_principal() AS luca_session_with_anna_token;
@@ -65,12 +66,12 @@ RESET ROLE;
 SELECT crmguard.assume(NULL);
 
 -- a pooler's DISCARD ALL hands the next client a session without identity
-SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS assumed;
 DISCARD ALL;
 SELECT crmguard.current_principal() AS after_discard_all;
 
 -- a token of a principal deactivated later resolves to nobody
-SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS assumed;
 UPDATE crmguard.principal SET active = false WHERE name = 'anna';
 SELECT crmguard.current_principal() AS deactivated;
 -- and cannot be assumed again
@@ -85,6 +86,95 @@ UPDATE crmguard.principal SET active = false WHERE name = 'sara';
 SELECT crmguard.issue_token('sara');
 UPDATE crmguard.principal SET active = true WHERE name = 'sara';
 
+-- Pooled connections (pgbouncer in transaction mode): by default an identity
+-- lasts until its transaction ends, so the next client never inherits it.
+-- autocommit: the statement's own transaction
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+SELECT crmguard.current_principal() AS next_client_in_autocommit;
+-- in a transaction, until COMMIT
+BEGIN;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+SELECT crmguard.current_principal() AS in_transaction;
+COMMIT;
+SELECT crmguard.current_principal() AS next_client_after_commit;
+-- an error and ROLLBACK end it too
+BEGIN;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed;
+SELECT 1 / 0;
+ROLLBACK;
+SELECT crmguard.current_principal() AS next_client_after_error;
+-- a transaction's identity shadows the session's and gives it back at its end
+SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS session_anna;
+BEGIN;
+SELECT crmguard.assume(crmguard.issue_token('sara')) IS NOT NULL AS sara_for_the_transaction;
+SELECT crmguard.current_principal() AS sara;
+COMMIT;
+SELECT crmguard.current_principal() AS anna_again;
+-- assume(NULL) ends the session's identity too, unless its transaction rolls back
+BEGIN;
+SELECT crmguard.assume(NULL);
+SELECT crmguard.current_principal() AS nobody;
+ROLLBACK;
+SELECT crmguard.current_principal() AS anna_after_rollback;
+SELECT crmguard.assume(NULL);
+SELECT crmguard.current_principal() AS nobody_after_assume_null;
+-- a subtransaction that rolls back undoes an assume made inside it
+BEGIN;
+SAVEPOINT s1;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed_in_savepoint;
+ROLLBACK TO SAVEPOINT s1;
+SELECT crmguard.current_principal() AS after_rollback_to_savepoint;
+SAVEPOINT s2;
+SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS session_assumed_in_savepoint;
+SAVEPOINT s3;
+SELECT crmguard.assume(NULL);
+ROLLBACK TO SAVEPOINT s3;
+SELECT crmguard.current_principal() AS anna_back_after_inner_rollback;
+ROLLBACK TO SAVEPOINT s2;
+SELECT crmguard.current_principal() AS nobody_after_outer_rollback;
+SAVEPOINT s4;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed_in_released_savepoint;
+RELEASE SAVEPOINT s4;
+SELECT crmguard.current_principal() AS anna_after_release;
+COMMIT;
+SELECT crmguard.current_principal() AS nobody_after_commit;
+-- an exception block that catches an error undoes an assume made inside it
+DO $$
+BEGIN
+    BEGIN
+        PERFORM crmguard.assume(crmguard.issue_token('anna'));
+        PERFORM 1 / 0;
+    EXCEPTION WHEN division_by_zero THEN
+        RAISE NOTICE 'principal after the caught error: %', crmguard.current_principal();
+    END;
+END
+$$;
+-- DISCARD ALL ends a session-long identity (session pooling)
+SELECT crmguard.assume(:'anna_token', false) IS NOT NULL AS assumed;
+DISCARD ALL;
+SELECT crmguard.current_principal() AS after_discard_all;
+
+-- PostgREST's db-pre-request: no bearer token means nobody for the
+-- transaction, even for a role mapped to a principal
+SET ROLE regress_luca;
+BEGIN;
+SELECT set_config('request.headers', '{"accept": "*/*"}', true) IS NOT NULL AS headers_set;
+SELECT crmguard.pre_request();
+SELECT crmguard.current_principal() AS nobody_without_bearer;
+COMMIT;
+SELECT crmguard.current_principal() IS NOT NULL AS luca_again;
+-- the claim that names the principal and the key file are the DBA's, not a session's
+SET crmguard.jwt_principal_claim = 'email';
+SET crmguard.jwt_key_file = '/tmp/attacker.jwk';
+RESET ROLE;
+-- a JWT needs a key: without crmguard.jwt_key_file every JWT is refused
+SELECT crmguard.assume_jwt('eyJhbGciOiJub25lIn0.eyJzdWIiOiJkb3JhIn0.');
+
+-- the end of every identity is audited like its start
+SELECT detail->>'scope' AS scope, detail->>'reason' AS reason, count(*)
+  FROM crmguard.audit WHERE action = 'assume_end'
+ GROUP BY 1, 2 ORDER BY 1, 2;
+
 -- every refusal above is in the audit log, although its statement failed
 DO $$
 BEGIN
@@ -95,5 +185,5 @@ BEGIN
 END
 $$;
 SELECT action, detail->>'reason' AS reason, count(*)
-  FROM crmguard.audit WHERE action LIKE 'assume%'
+  FROM crmguard.audit WHERE action LIKE 'assume%' AND action <> 'assume_end'
  GROUP BY 1, 2 ORDER BY 1, 2;

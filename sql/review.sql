@@ -241,6 +241,32 @@ SET ROLE regress_rev_owner;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_spied', 'reviewer')$$);
 RESET ROLE;
 DROP TABLE public.regress_spied;
+-- last_drafts(): the drafts of the session's most recent statement that made
+-- any, since the INSERT reports no row (RETURNING cannot name them)
+SET ROLE regress_rev_form;
+INSERT INTO public.regress_lead (company) VALUES ('Batch One'), ('Batch Two');
+CREATE FUNCTION pg_temp.last_companies() RETURNS text[] LANGUAGE sql AS $$
+    SELECT array_agg(row_data->>'company' ORDER BY id) FROM crmguard.draft
+     WHERE id = ANY (crmguard.last_drafts()) $$;
+SELECT cardinality(crmguard.last_drafts()) AS drafts, pg_temp.last_companies();
+SELECT 1 AS no_draft_made;
+SELECT pg_temp.last_companies() AS still_the_batch;
+-- a statement that fails after drafting its first row made none
+INSERT INTO public.regress_lead (company) VALUES ('Batch Three'), ((1 / (random() * 0)::int)::text);
+SELECT pg_temp.last_companies() AS still_the_batch;
+-- nor did a rolled-back savepoint
+BEGIN;
+SAVEPOINT s;
+INSERT INTO public.regress_lead (company) VALUES ('Batch Four');
+SELECT pg_temp.last_companies() AS in_savepoint;
+ROLLBACK TO SAVEPOINT s;
+SELECT pg_temp.last_companies() AS after_rollback_to_savepoint;
+INSERT INTO public.regress_lead (company) VALUES ('Batch Five');
+COMMIT;
+SELECT pg_temp.last_companies() AS latest;
+RESET ROLE;
+DELETE FROM crmguard.draft_state WHERE row_data->>'company' LIKE 'Batch %';
+
 -- the owner cannot drop or disable the guard
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_lead DISABLE TRIGGER "!crmguard_review"$$);

@@ -28,7 +28,7 @@ TRUNCATE public.regress_planted_calls;
 -- ... but crmguard never calls them
 SELECT crmguard.add_principal('planted_check', '{agent}', 'dora', '{"zone": "X"}') > 0 AS added;
 SELECT crmguard.issue_token('planted_check') AS planted_token \gset
-SELECT crmguard.assume(:'planted_token') > 0 AS assumed;
+SELECT crmguard.assume(:'planted_token', false) > 0 AS assumed;
 SELECT crmguard.current_principal() > 0 AS identified, crmguard.has_role('agent'),
        crmguard.attr('zone'), cardinality(crmguard.team()) AS team_size;
 SELECT crmguard.assume(NULL);

@@ -165,7 +165,7 @@ SELECT count(*) AS customers FROM public.regress_vis_customer;
 RESET ROLE;
 
 -- the same through a token on a pooled connection (no role of its own)
-SELECT crmguard.assume(crmguard.issue_token('vis_patricie')) = public.regress_pid('vis_patricie') AS assumed;
+SELECT crmguard.assume(crmguard.issue_token('vis_patricie'), false) = public.regress_pid('vis_patricie') AS assumed;
 SET ROLE regress_vis_nobody;
 SELECT id, stage FROM public.regress_vis_quote ORDER BY id;
 RESET ROLE;
@@ -176,13 +176,13 @@ SELECT crmguard.issue_token('vis_patricie') AS patricie_token,
        crmguard.issue_token('vis_pietro') AS pietro_token,
        crmguard.issue_token('vis_pietro', '2 seconds') AS brief_token \gset
 SET ROLE regress_vis_nobody;
-SELECT crmguard.assume(:'patricie_token') IS NOT NULL AS patricie;
+SELECT crmguard.assume(:'patricie_token', false) IS NOT NULL AS patricie;
 PREPARE regress_quotes AS SELECT id, stage FROM public.regress_vis_quote ORDER BY id;
 EXECUTE regress_quotes;
 CREATE FUNCTION pg_temp.regress_quote_ids() RETURNS text LANGUAGE plpgsql AS $$
 BEGIN RETURN (SELECT string_agg(id::text, ',' ORDER BY id) FROM public.regress_vis_quote); END $$;
 SELECT pg_temp.regress_quote_ids() AS patricie;
-SELECT crmguard.assume(:'pietro_token') IS NOT NULL AS pietro;
+SELECT crmguard.assume(:'pietro_token', false) IS NOT NULL AS pietro;
 EXECUTE regress_quotes;
 SELECT pg_temp.regress_quote_ids() AS pietro;
 SELECT crmguard.assume(NULL);
@@ -190,12 +190,19 @@ EXECUTE regress_quotes;
 SELECT pg_temp.regress_quote_ids() AS nobody;
 -- a rolled-back assume() gives the identity back, and the plans follow
 BEGIN;
-SELECT crmguard.assume(:'pietro_token') IS NOT NULL AS pietro;
+SELECT crmguard.assume(:'pietro_token', false) IS NOT NULL AS pietro;
 EXECUTE regress_quotes;
 ROLLBACK;
 EXECUTE regress_quotes;
+-- a transaction's identity ends at COMMIT, and its plans with it (the next
+-- pooled client runs the same prepared statement)
+BEGIN;
+SELECT crmguard.assume(:'pietro_token') IS NOT NULL AS pietro;
+EXECUTE regress_quotes;
+COMMIT;
+EXECUTE regress_quotes;
 -- a token that expires under a plan cached for its principal shows nothing more
-SELECT crmguard.assume(:'brief_token') IS NOT NULL AS pietro_briefly;
+SELECT crmguard.assume(:'brief_token', false) IS NOT NULL AS pietro_briefly;
 EXECUTE regress_quotes;
 SELECT pg_sleep(2.1);
 EXECUTE regress_quotes;

@@ -296,6 +296,9 @@ audit_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
+			/* the end of a transaction's identity is chained with the rest */
+			cg_principal_pre_commit();
+			entries = pending;
 			if (entries == NIL)
 				return;
 			pending = NIL;

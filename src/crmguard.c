@@ -101,9 +101,11 @@ _PG_init(void)
 							   PGC_POSTMASTER,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+	cg_jwt_init();
 	MarkGUCPrefixReserved("crmguard");
 
 	cg_preloaded = true;
+	cg_redact_init();
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = crmguard_process_utility;
 	cg_visibility_init();

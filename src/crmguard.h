@@ -90,6 +90,18 @@ extern int64 cg_evaluate_as(int64 id);
 extern void cg_evaluate_as_end(int64 previous);
 extern void cg_principal_invalidate(void);
 extern void cg_principal_forget(void);
+extern void cg_principal_pre_commit(void);
+extern void cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local,
+								const char *via);
+extern void cg_assume_nobody(void);
+extern void cg_assume_end(void);
+extern void cg_refuse_token(const char *reason) pg_attribute_noreturn();
+
+/* jwt.c: identity from a JWT (HS256, EdDSA) verified with crmguard.jwt_key_file */
+extern void cg_jwt_init(void);
+
+/* redact.c: tokens, JWTs and OTP codes never reach the server log */
+extern void cg_redact_init(void);
 
 /* audit.c: the one audit writer */
 extern void cg_audit(const char *action, const char *target,
@@ -126,7 +138,12 @@ extern JsonbValue *cg_jsonb_member(JsonbContainer *object, const char *key);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value);
 
-/* otp.c: OTP-gated status changes */
+/*
+ * otp.c: OTP-gated status changes.  A message's code follows this mark, by
+ * which redact.c also finds it (pgaudit logs the outbox insert's parameters).
+ */
+#define CG_OTP_CODE_MARK	"your code is "
+
 extern void cg_otp_shmem_request(void);
 extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);

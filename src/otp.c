@@ -640,7 +640,7 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 
 	attempts_register(challenge, rule->max_attempts, expires_at);
 
-	body = psprintf("%s: your code is %s. It is valid for %s.", rule->name, code,
+	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
 					interval_text(&rule->valid_for));
 	sodium_memzero(code, sizeof(code));
 	cg_outbox_put(rule->channel, recipient, rule->name, body);
@@ -861,11 +861,13 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 
 	cg_audit_durable("otp_required", RelationGetRelationName(rel), row_key,
 					 audit_detail(rule->name, challenge, to_value, NULL));
+	/* clients read the table and column from the error's fields */
 	ereport(ERROR,
 			(errcode(ERRCODE_CG_OTP_REQUIRED),
 			 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
 			 errdetail_internal("%s", detail),
-			 errhint("%s", hint)));
+			 errhint("%s", hint),
+			 errtablecol(rel, rule->status_attno)));
 }
 
 /* A row entered a gated value: keep it only with a verified challenge */

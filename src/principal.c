@@ -1,7 +1,8 @@
 /*
  * principal.c
- *		Who is acting: the principal of a verified token assumed in this
- *		session, else the principal mapped to the current (outer) role.
+ *		Who is acting: the principal of a verified token (or JWT) assumed
+ *		for this transaction or session, else the principal mapped to the
+ *		current (outer) role.
  *
  * The principal table is cached per backend and dropped on relcache
  * invalidation of crmguard.principal (sent by its statement trigger), so a
@@ -51,7 +52,13 @@ static HTAB *by_id = NULL;
 static HTAB *by_role = NULL;
 static bool cache_valid = false;
 
-/* The assumed identity, and its value before this transaction changed it */
+/*
+ * Assumed identities.  One given with is_local => false lasts for the
+ * session; the default one lasts until its transaction ends, so a pooler in
+ * transaction mode never hands a client's identity to the next client.  A
+ * transaction-scoped identity shadows the session-long one; it may name
+ * nobody (principal_id 0: pre_request() without a bearer token).
+ */
 typedef struct Assumption
 {
 	bool		active;
@@ -59,9 +66,21 @@ typedef struct Assumption
 	TimestampTz expires_at;
 } Assumption;
 
-static Assumption assumed = {false, 0, 0};
-static Assumption assumed_at_xact_start;
+static Assumption session_assumed = {false, 0, 0};
+static Assumption local_assumed = {false, 0, 0};
+
+/* What a transaction (or subtransaction) that rolls back gives back */
+static Assumption session_at_xact_start;
 static bool assumed_changed_in_xact = false;
+
+typedef struct AssumptionUndo
+{
+	SubTransactionId subid;
+	Assumption	session;
+	Assumption	local;
+} AssumptionUndo;
+
+static List *subxact_undo = NIL;	/* innermost first, in TopTransactionContext */
 static bool xact_callback_registered = false;
 
 /*
@@ -92,16 +111,6 @@ cg_principal_invalidate(void)
 	cache_valid = false;
 }
 
-/* Give up an assumed identity outside any transaction (DISCARD ALL) */
-void
-cg_principal_forget(void)
-{
-	assumed.active = false;
-	assumed.principal_id = 0;
-	assumed.expires_at = 0;
-	assumed_changed_in_xact = false;
-	identity_changed();
-}
 
 static char **
 text_array_to_cstrings(Datum array, int *count)
@@ -252,24 +261,33 @@ cg_principal_by_name(const char *name)
 	return NULL;
 }
 
+/* The assumption in force: the transaction's, else the session's, else none */
+static const Assumption *
+assumption_in_force(void)
+{
+	if (local_assumed.active)
+		return &local_assumed;
+	if (session_assumed.active)
+		return &session_assumed;
+	return NULL;
+}
+
+/*
+ * The principal an assumption (with none: the current role) resolves to.
+ * Reads the cache only, so it is safe at transaction end; the cache must be
+ * valid.
+ */
 static PrincipalEntry *
-current_entry(void)
+resolve_entry(const Assumption *a)
 {
 	PrincipalEntry *entry;
 
-	cg_require_preload();
-	if (!cache_valid)
-		load_principals();
-
-	if (evaluating_as >= 0)
-		entry = evaluating_as == 0 ? NULL :
-			hash_search(by_id, &evaluating_as, HASH_FIND, NULL);
-	else if (assumed.active)
+	if (a != NULL)
 	{
 		/* an expired token leaves nobody, never the login role's principal */
-		if (GetCurrentTimestamp() >= assumed.expires_at)
+		if (a->principal_id == 0 || GetCurrentTimestamp() >= a->expires_at)
 			return NULL;
-		entry = hash_search(by_id, &assumed.principal_id, HASH_FIND, NULL);
+		entry = hash_search(by_id, &a->principal_id, HASH_FIND, NULL);
 	}
 	else
 	{
@@ -283,6 +301,19 @@ current_entry(void)
 	if (entry == NULL || !entry->p.active)
 		return NULL;
 	return entry;
+}
+
+static PrincipalEntry *
+current_entry(void)
+{
+	cg_require_preload();
+	if (!cache_valid)
+		load_principals();
+
+	if (evaluating_as >= 0)
+		return evaluating_as == 0 ? NULL :
+			hash_search(by_id, &evaluating_as, HASH_FIND, NULL);
+	return resolve_entry(assumption_in_force());
 }
 
 /*
@@ -470,61 +501,244 @@ crmguard_team(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(DatumGetArrayTypePCopy(PointerGetDatum(team)));
 }
 
-/* Undo an assume() made by a transaction that rolls back */
+/* Whether two principals (NULL: nobody) have the same CRM roles */
+static bool
+same_roles(PrincipalEntry *a, PrincipalEntry *b)
+{
+	int			i;
+
+	if (a == NULL || b == NULL)
+		return a == b;
+	if (a->p.nroles != b->p.nroles)
+		return false;
+	for (i = 0; i < a->p.nroles; i++)
+		if (strcmp(a->p.roles[i], b->p.roles[i]) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * The acting principal before an identity change made at transaction end:
+ * *known is false when it cannot be told without catalog access.
+ */
+static PrincipalEntry *
+entry_at_xact_end(bool *known)
+{
+	*known = cache_valid && evaluating_as < 0;
+	return *known ? resolve_entry(assumption_in_force()) : NULL;
+}
+
+/*
+ * The visibility policy of a cached plan is specialised to the CRM roles of
+ * the principal it was planned for: re-plan when they change (a pooler
+ * switching between agents keeps its plans).
+ */
+static void
+replan_after_end(bool known, PrincipalEntry *before)
+{
+	if (!known || !same_roles(before, resolve_entry(assumption_in_force())))
+		identity_changed();
+}
+
+/*
+ * Give the transaction's identity up at its end; on abort, also what the
+ * transaction did to the session-long one.
+ */
 static void
 assume_xact_callback(XactEvent event, void *arg)
 {
+	bool		known;
+	PrincipalEntry *before;
+
 	if (!assumed_changed_in_xact)
 		return;
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	switch (event)
 	{
-		assumed = assumed_at_xact_start;
-		identity_changed();
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			break;
+		default:
+			return;
 	}
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_PREPARE)
-		assumed_changed_in_xact = false;
+	before = entry_at_xact_end(&known);
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		session_assumed = session_at_xact_start;
+	memset(&local_assumed, 0, sizeof(local_assumed));
+	assumed_changed_in_xact = false;
+	subxact_undo = NIL;
+	replan_after_end(known, before);
 }
 
-/* The CRM roles of a principal as one string; "" for nobody */
-static char *
-role_signature(PrincipalEntry *entry)
-{
-	StringInfoData buf;
-	int			i;
-
-	if (entry == NULL)
-		return pstrdup("");
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '+');
-	for (i = 0; i < entry->p.nroles; i++)
-		appendStringInfo(&buf, "%s\x1f", entry->p.roles[i]);
-	return buf.data;
-}
-
+/* A subtransaction that rolls back gives back the identities it found */
 static void
-set_assumption(bool active, int64 id, TimestampTz expires_at)
+assume_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
 {
-	char	   *before;
+	AssumptionUndo *undo;
+	bool		known;
+	PrincipalEntry *before;
+
+	if (subxact_undo == NIL)
+		return;
+	undo = (AssumptionUndo *) linitial(subxact_undo);
+	if (undo->subid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		before = entry_at_xact_end(&known);
+		session_assumed = undo->session;
+		local_assumed = undo->local;
+		subxact_undo = list_delete_first(subxact_undo);
+		replan_after_end(known, before);
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		/* the parent keeps the state it found, if it saved one itself */
+		if (parentSubid == TopSubTransactionId ||
+			(list_length(subxact_undo) > 1 &&
+			 ((AssumptionUndo *) lsecond(subxact_undo))->subid == parentSubid))
+			subxact_undo = list_delete_first(subxact_undo);
+		else
+			undo->subid = parentSubid;
+	}
+}
+
+/* Save what a rollback of this (sub)transaction must give back */
+static void
+remember_for_rollback(void)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
 
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(assume_xact_callback, NULL);
+		RegisterSubXactCallback(assume_subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
 	if (!assumed_changed_in_xact)
 	{
-		assumed_at_xact_start = assumed;
+		session_at_xact_start = session_assumed;
 		assumed_changed_in_xact = true;
 	}
-	before = role_signature(current_entry());
-	assumed.active = active;
-	assumed.principal_id = id;
-	assumed.expires_at = expires_at;
-	/* plans depend on the roles only: a pooler switching between agents keeps them */
-	if (strcmp(before, role_signature(current_entry())) != 0)
+	if (subid != TopSubTransactionId &&
+		(subxact_undo == NIL ||
+		 ((AssumptionUndo *) linitial(subxact_undo))->subid != subid))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		AssumptionUndo *undo = palloc(sizeof(AssumptionUndo));
+
+		undo->subid = subid;
+		undo->session = session_assumed;
+		undo->local = local_assumed;
+		subxact_undo = lcons(undo, subxact_undo);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+static Jsonb *
+json_detail(const char *json)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}
+
+/* Audit the end of an assumed identity, like its start */
+static void
+audit_end(const Assumption *a, const char *scope, const char *reason)
+{
+	if (!a->active || a->principal_id == 0)
+		return;
+	cg_audit("assume_end", "crmguard.principal", psprintf(INT64_FORMAT, a->principal_id),
+			 json_detail(psprintf("{\"scope\": \"%s\", \"reason\": \"%s\"}", scope, reason)));
+}
+
+/*
+ * Called by the audit writer just before a transaction commits: the end of
+ * the transaction's identity is chained with the transaction's other entries.
+ */
+void
+cg_principal_pre_commit(void)
+{
+	if (!assumed_changed_in_xact || !local_assumed.active || local_assumed.principal_id == 0)
+		return;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	audit_end(&local_assumed, "transaction", "transaction end");
+	PopActiveSnapshot();
+}
+
+/* Give up every assumed identity (assume(NULL), DISCARD ALL) */
+static void
+end_assumptions(const char *reason)
+{
+	PrincipalEntry *before = current_entry();
+
+	remember_for_rollback();
+	audit_end(&local_assumed, "transaction", reason);
+	audit_end(&session_assumed, "session", reason);
+	memset(&local_assumed, 0, sizeof(local_assumed));
+	memset(&session_assumed, 0, sizeof(session_assumed));
+	if (!same_roles(before, current_entry()))
 		identity_changed();
+}
+
+/* DISCARD ALL: a pooler hands the connection to its next client */
+void
+cg_principal_forget(void)
+{
+	if (local_assumed.active || session_assumed.active)
+		end_assumptions("DISCARD ALL");
+}
+
+/*
+ * Act as a principal whose token was verified: for the transaction, or with
+ * is_local false for the session (which also ends the transaction's own).
+ */
+void
+cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local, const char *via)
+{
+	PrincipalEntry *before = current_entry();
+	Assumption *target = is_local ? &local_assumed : &session_assumed;
+
+	remember_for_rollback();
+	audit_end(target, is_local ? "transaction" : "session", "replaced");
+	if (!is_local)
+	{
+		audit_end(&local_assumed, "transaction", "replaced");
+		memset(&local_assumed, 0, sizeof(local_assumed));
+	}
+	target->active = true;
+	target->principal_id = id;
+	target->expires_at = expires_at;
+	if (!same_roles(before, current_entry()))
+		identity_changed();
+	cg_audit("assume", "crmguard.principal", psprintf(INT64_FORMAT, id),
+			 json_detail(psprintf("{\"scope\": \"%s\", \"via\": \"%s\"}",
+								  is_local ? "transaction" : "session", via)));
+}
+
+/* Nobody acts until the transaction ends, whatever the role or session says */
+void
+cg_assume_nobody(void)
+{
+	PrincipalEntry *before = current_entry();
+
+	remember_for_rollback();
+	audit_end(&local_assumed, "transaction", "replaced");
+	local_assumed.active = true;
+	local_assumed.principal_id = 0;
+	local_assumed.expires_at = DT_NOEND;
+	if (!same_roles(before, current_entry()))
+		identity_changed();
+}
+
+/* Give up every assumed identity, transaction- and session-long */
+void
+cg_assume_end(void)
+{
+	cg_require_preload();
+	end_assumptions("assume(NULL)");
 }
 
 static void
@@ -605,8 +819,8 @@ crmguard_issue_token(PG_FUNCTION_ARGS)
 }
 
 /* Record a refused token where rollback cannot undo it, then refuse */
-static void
-refuse_token(const char *reason)
+void
+cg_refuse_token(const char *reason)
 {
 	cg_audit_durable("assume_refused", "crmguard.principal", NULL,
 					 psprintf("{\"reason\": \"%s\"}", reason));
@@ -631,10 +845,10 @@ crmguard_assume(PG_FUNCTION_ARGS)
 
 	cg_require_preload();
 
-	/* NULL gives up the assumed identity, as a pooler does between clients */
+	/* NULL gives up any assumed identity, transaction- or session-long */
 	if (PG_ARGISNULL(0))
 	{
-		set_assumption(false, 0, 0);
+		cg_assume_end();
 		PG_RETURN_NULL();
 	}
 	token_text = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -644,28 +858,28 @@ crmguard_assume(PG_FUNCTION_ARGS)
 						  strlen(token_text) - prefix_len, NULL, &token_len, NULL,
 						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
 		token_len != TOKEN_BYTES || token[0] != 1)
-		refuse_token("malformed");
+		cg_refuse_token("malformed");
 
 	cg_subkey(CG_KEY_TOKEN, key);
 	mac_ok = crypto_auth_verify(token + TOKEN_PAYLOAD_BYTES, token,
 								TOKEN_PAYLOAD_BYTES, key);
 	sodium_memzero(key, sizeof(key));
 	if (mac_ok != 0)
-		refuse_token("bad signature");
+		cg_refuse_token("bad signature");
 	if (get_uint(token + 1, 4) != MyDatabaseId)
-		refuse_token("other database");
+		cg_refuse_token("other database");
 
 	id = (int64) get_uint(token + 5, 8);
 	expires_at = (TimestampTz) get_uint(token + 13, 8);
 	if (GetCurrentTimestamp() >= expires_at)
-		refuse_token("expired");
+		cg_refuse_token("expired");
 
 	entry = lookup_id(id);
 	if (entry == NULL || !entry->p.active)
-		refuse_token("principal inactive or missing");
+		cg_refuse_token("principal inactive or missing");
 
-	set_assumption(true, id, expires_at);
-	cg_audit("assume", "crmguard.principal", psprintf(INT64_FORMAT, id), NULL);
+	/* is_local NULL: the narrower scope */
+	cg_assume_principal(id, expires_at, PG_ARGISNULL(1) || PG_GETARG_BOOL(1), "token");
 	PG_RETURN_INT64(id);
 }
 

@@ -25,6 +25,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -328,6 +329,156 @@ crmguard_draft_match_keys(PG_FUNCTION_ARGS)
 }
 
 /* ---------------------------------------------------------------------------
+ * last_drafts(): the drafts made by the session's most recent statement that
+ * made any (a statement is what the client sent at once), since RETURNING
+ * reports no row for a draft.  Drafts that a rollback undoes are forgotten,
+ * and the batch before them is the most recent again.
+ * ---------------------------------------------------------------------------
+ */
+typedef struct DraftBatch
+{
+	LocalTransactionId lxid;	/* the statement: transaction and start time */
+	TimestampTz statement_start;
+	bool		this_xact;		/* made by the transaction in progress */
+	int			n;
+	int			cap;
+	int64	   *ids;			/* in TopMemoryContext */
+	SubTransactionId *subids;
+} DraftBatch;
+
+static DraftBatch last_batch;
+static DraftBatch previous_batch;
+static bool batch_callbacks_registered = false;
+
+static void
+batch_free(DraftBatch *b)
+{
+	if (b->ids)
+		pfree(b->ids);
+	if (b->subids)
+		pfree(b->subids);
+	memset(b, 0, sizeof(DraftBatch));
+}
+
+/* Drop the drafts of an aborted subtransaction; true when none is left */
+static bool
+batch_forget_subxact(DraftBatch *b, SubTransactionId subid)
+{
+	int			kept = 0;
+	int			i;
+
+	for (i = 0; i < b->n; i++)
+		if (b->subids[i] != subid)
+		{
+			b->ids[kept] = b->ids[i];
+			b->subids[kept++] = b->subids[i];
+		}
+	b->n = kept;
+	return kept == 0;
+}
+
+/* With the latest batch undone, the one before is the latest again */
+static void
+batch_fall_back(void)
+{
+	batch_free(&last_batch);
+	last_batch = previous_batch;
+	memset(&previous_batch, 0, sizeof(DraftBatch));
+}
+
+static void
+batch_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		if (previous_batch.this_xact)
+			batch_free(&previous_batch);
+		if (last_batch.this_xact)
+			batch_fall_back();
+	}
+	else if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
+			 event != XACT_EVENT_PREPARE)
+		return;
+	last_batch.this_xact = false;
+	previous_batch.this_xact = false;
+}
+
+static void
+batch_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	int			i;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		if (previous_batch.this_xact && batch_forget_subxact(&previous_batch, mySubid))
+			batch_free(&previous_batch);
+		if (last_batch.this_xact && batch_forget_subxact(&last_batch, mySubid))
+			batch_fall_back();
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (i = 0; i < last_batch.n; i++)
+			if (last_batch.subids[i] == mySubid)
+				last_batch.subids[i] = parentSubid;
+		for (i = 0; i < previous_batch.n; i++)
+			if (previous_batch.subids[i] == mySubid)
+				previous_batch.subids[i] = parentSubid;
+	}
+}
+
+static void
+remember_draft(int64 id)
+{
+	LocalTransactionId lxid = MyProc->lxid;
+	TimestampTz start = GetCurrentStatementStartTimestamp();
+
+	if (!batch_callbacks_registered)
+	{
+		RegisterXactCallback(batch_xact_callback, NULL);
+		RegisterSubXactCallback(batch_subxact_callback, NULL);
+		batch_callbacks_registered = true;
+	}
+	if (last_batch.n == 0 || last_batch.lxid != lxid || last_batch.statement_start != start)
+	{
+		if (last_batch.n > 0)
+		{
+			batch_free(&previous_batch);
+			previous_batch = last_batch;
+		}
+		memset(&last_batch, 0, sizeof(DraftBatch));
+		last_batch.lxid = lxid;
+		last_batch.statement_start = start;
+	}
+	if (last_batch.n == last_batch.cap)
+	{
+		last_batch.cap = Max(16, last_batch.cap * 2);
+		last_batch.ids = last_batch.ids ?
+			repalloc(last_batch.ids, sizeof(int64) * last_batch.cap) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(int64) * last_batch.cap);
+		last_batch.subids = last_batch.subids ?
+			repalloc(last_batch.subids, sizeof(SubTransactionId) * last_batch.cap) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(SubTransactionId) * last_batch.cap);
+	}
+	last_batch.this_xact = true;
+	last_batch.ids[last_batch.n] = id;
+	last_batch.subids[last_batch.n++] = GetCurrentSubTransactionId();
+}
+
+PG_FUNCTION_INFO_V1(crmguard_last_drafts);
+Datum
+crmguard_last_drafts(PG_FUNCTION_ARGS)
+{
+	Datum	   *datums = palloc(sizeof(Datum) * Max(last_batch.n, 1));
+	int			i;
+
+	for (i = 0; i < last_batch.n; i++)
+		datums[i] = Int64GetDatum(last_batch.ids[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(datums, last_batch.n, INT8OID, sizeof(int64),
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* ---------------------------------------------------------------------------
  * The guard: an insert becomes a draft
  * ---------------------------------------------------------------------------
  */
@@ -401,6 +552,7 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 	cg_leave_owner(&priv);
 
 	cg_audit("draft_submitted", get_rel_name(relid), psprintf(INT64_FORMAT, id), NULL);
+	remember_draft(id);
 	ereport(NOTICE,
 			(errmsg("row of table %s kept as draft " INT64_FORMAT " for review", get_rel_name(relid), id),
 			 errdetail("It enters the table when a principal with role \"%s\" approves it.", c->reviewers)));

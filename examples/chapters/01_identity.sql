@@ -31,11 +31,16 @@ SELECT :'anna_team' AS "team()", string_agg(name, ', ' ORDER BY id) AS who
   FROM crmguard.principal WHERE id = ANY (:'anna_team');
 
 \echo
-\echo 'The customer portal shares one pooled login role. The application signs in'
-\echo 'Patricie and hands her session a token (MAC-signed with the server key, expiring):'
+\echo 'The customer portal shares one pooled login role (pgbouncer, transaction pooling).'
+\echo 'The application signs in Patricie and hands each of her transactions a token'
+\echo '(MAC-signed with the server key, expiring); it lasts until the transaction ends:'
 SELECT crmguard.issue_token('patricie', '15 minutes') AS token \gset
+BEGIN;
 SELECT crmguard.assume(:'token') AS assumed_principal;
 SELECT name AS acting_as FROM crmguard.principal WHERE id = crmguard.current_principal();
+COMMIT;
+\echo 'The next client on the same server connection is nobody:'
+SELECT crmguard.current_principal() AS next_client;
 
 \echo
 \echo 'An attacker on the same pool tries to become Dora, the director, by setting a variable:'
@@ -43,8 +48,7 @@ SET crmguard.principal = 'dora';
 \echo '... and by presenting a token with one character changed:'
 SELECT crmguard.assume(overlay(:'token' PLACING
        CASE WHEN substr(:'token', 20, 1) = 'x' THEN 'y' ELSE 'x' END FROM 20 FOR 1));
-SELECT name AS still_acting_as FROM crmguard.principal WHERE id = crmguard.current_principal();
-SELECT crmguard.assume(NULL) AS gave_up_identity;
+SELECT crmguard.current_principal() AS attacker_acting_as;
 
 \echo
 \echo 'Every guarded action, accepted or refused, is in the audit log, each row'

@@ -62,13 +62,21 @@ CREATE FUNCTION crmguard.issue_token(principal text, valid_for interval DEFAULT 
     RETURNS text
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_issue_token';
-CREATE FUNCTION crmguard.assume(token text) RETURNS bigint
+CREATE FUNCTION crmguard.assume(token text, is_local boolean DEFAULT true) RETURNS bigint
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_assume';
+CREATE FUNCTION crmguard.assume_jwt(jwt text, is_local boolean DEFAULT true) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_assume_jwt';
+CREATE FUNCTION crmguard.pre_request() RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_pre_request';
 
 COMMENT ON FUNCTION crmguard.current_principal() IS 'the acting principal: from an assumed token, else from the current role; NULL when nobody';
 COMMENT ON FUNCTION crmguard.issue_token(text, interval) IS 'a signed, expiring identity token for pooled connections (application login role only)';
-COMMENT ON FUNCTION crmguard.assume(text) IS 'act as the principal of a valid token for the rest of the session; NULL gives it up';
+COMMENT ON FUNCTION crmguard.assume(text, boolean) IS 'act as the principal of a valid token until the transaction ends (is_local => false: for the session); NULL gives up any assumed identity';
+COMMENT ON FUNCTION crmguard.assume_jwt(text, boolean) IS 'act as the principal named by a JWT (HS256 or EdDSA, key in crmguard.jwt_key_file) until the transaction ends (is_local => false: for the session)';
+COMMENT ON FUNCTION crmguard.pre_request() IS 'PostgREST db-pre-request: assume the principal of the request''s "Authorization: Bearer" JWT for the transaction; no header means nobody';
 
 -- ---------------------------------------------------------------------------
 -- Administration of principals

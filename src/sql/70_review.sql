@@ -127,6 +127,11 @@ SELECT d.id, d.target, d.row_data,
     OR crmguard.has_role(c.reviewers);
 COMMENT ON VIEW crmguard.draft IS 'drafts: a submitter sees its own, the reviewers of a table all of its drafts';
 
+CREATE FUNCTION crmguard.last_drafts() RETURNS bigint[]
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_last_drafts';
+COMMENT ON FUNCTION crmguard.last_drafts() IS 'ids of the drafts made by this session''s most recent statement that made any (RETURNING cannot report them)';
+
 CREATE FUNCTION crmguard.approve_draft(draft bigint, comment text DEFAULT NULL, changes jsonb DEFAULT NULL)
     RETURNS text
     LANGUAGE c VOLATILE PARALLEL UNSAFE

@@ -11,7 +11,9 @@ GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION crmguard.assume(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.assume(text, boolean) TO PUBLIC;
+-- a JWT is verified with the server's key: presenting one is enough
+GRANT EXECUTE ON FUNCTION crmguard.assume_jwt(text, boolean), crmguard.pre_request() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;
 -- a principal may ask why it sees a row it sees; about others, only an admin
@@ -20,7 +22,7 @@ GRANT EXECUTE ON FUNCTION crmguard.why_visible(regclass, text, text) TO PUBLIC;
 GRANT SELECT ON crmguard.draft TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.approve_draft(bigint, text, jsonb), crmguard.reject_draft(bigint, text, jsonb),
       crmguard.comment_draft(bigint, text), crmguard.resubmit_draft(bigint, jsonb),
-      crmguard.draft_duplicates(bigint), crmguard.is_reviewer(regclass) TO PUBLIC;
+      crmguard.draft_duplicates(bigint), crmguard.is_reviewer(regclass), crmguard.last_drafts() TO PUBLIC;
 -- approvals: each step checks who is acting (submitter, approver, delegate)
 GRANT SELECT ON crmguard.approval_request TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), crmguard.approve(bigint, text),

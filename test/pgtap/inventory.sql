@@ -1,6 +1,6 @@
 -- Schema inventory: privileges, search_path pins, dump registration, SQLSTATEs
 BEGIN;
-SELECT plan(15);
+SELECT plan(18);
 
 -- every SECURITY DEFINER function pins search_path
 SELECT is_empty(
@@ -19,12 +19,18 @@ SELECT set_eq(
        WHERE p.pronamespace = 'crmguard'::regnamespace
          AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
                                            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))$$,
-    ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'request_otp', 'verify_otp', 'why_visible',
-          'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer',
+    ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'assume_jwt', 'pre_request', 'request_otp', 'verify_otp', 'why_visible',
+          'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer', 'last_drafts',
           'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals', 'approval_row_pending',
           'normalize_match'],
     'PUBLIC executes identity, policy, OTP, why_visible, draft and approval steps only (each checks the caller): nothing that changes rules or issues tokens');
 
+-- assume(text) became assume(text, boolean DEFAULT true): transaction-scoped by default
+SELECT hasnt_function('crmguard', 'assume', ARRAY['text'], 'the session-long assume(text) of 1.0 is gone');
+SELECT function_privs_are('crmguard', 'assume', ARRAY['text', 'boolean'], 'public', ARRAY['EXECUTE'],
+    'assume(text, boolean) is executable by PUBLIC');
+SELECT function_privs_are('crmguard', 'pre_request', ARRAY[]::text[], 'public', ARRAY['EXECUTE'],
+    'pre_request() is executable by PUBLIC (PostgREST''s authenticator and anonymous roles)');
 SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
     'issue_token is not executable by PUBLIC');
 SELECT function_privs_are('crmguard', 'add_principal',

@@ -31,7 +31,7 @@ $b64 =~ s/=+$//;
 (my $b64url = $b64) =~ tr{+/}{-_};
 
 my $everything = $node->safe_psql('postgres', q{
-    SELECT crmguard.assume(crmguard.issue_token('anna'));
+    SELECT crmguard.assume(crmguard.issue_token('anna'), false);
     SELECT crmguard.current_principal(), crmguard.team(), crmguard.attr('x');
     SELECT * FROM crmguard.verify_audit();
     SELECT * FROM crmguard.audit;

@@ -45,7 +45,7 @@ is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'the stan
 my %as = (
     luca  => q{SET ROLE regress_luca; SELECT string_agg(id::text, ',' ORDER BY id) FROM customer},
     anna  => q{SET ROLE regress_anna; SELECT count(*) FROM customer},
-    sara  => qq{SET ROLE regress_app; SELECT crmguard.assume('$token') IS NOT NULL;
+    sara  => qq{SET ROLE regress_app; SELECT crmguard.assume('$token', false) IS NOT NULL;
                 SELECT string_agg(id::text, ',' ORDER BY id) FROM customer},
     nobody => q{SET ROLE regress_app; SELECT count(*) FROM customer},
 );

@@ -1,0 +1,466 @@
+/*
+ * redact.c
+ *		Tokens, JWTs and OTP codes never reach the server log.
+ *
+ * An emit_log_hook rewrites every server log line before it is written:
+ * crmguard tokens ("cg1." and base64url), JWTs (three base64url segments,
+ * the first starting "eyJ") and the secret arguments of crmguard's identity
+ * and OTP functions (verify_otp's code, assume's and assume_jwt's token,
+ * however spelt) and the code in an OTP message's body (pgaudit logs the
+ * parameters of crmguard's own outbox insert) become "[redacted]"; the rest
+ * of the line stays readable.
+ * That covers the message (log_statement, log_min_duration_statement,
+ * pgaudit's AUDIT lines and their parameter field), detail (bind
+ * parameters), hint, context and internal query.  The "STATEMENT:" line is printed from debug_query_string
+ * after the hook returns: the hook points it at a redacted copy.
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "tcop/tcopprot.h"
+#include "utils/elog.h"
+#include "utils/memutils.h"
+
+#include "crmguard.h"
+
+#define REDACTED "[redacted]"
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* The redacted copy debug_query_string points to, while it does */
+static char *redacted_query = NULL;
+
+/* Calls whose secret argument is redacted: name, position, parameter name */
+typedef struct SecretCall
+{
+	const char *name;
+	int			position;		/* 0-based */
+	const char *param;
+} SecretCall;
+
+static const SecretCall secret_calls[] = {
+	{"verify_otp", 1, "code"},
+	{"assume_jwt", 0, "jwt"},
+	{"assume", 0, "token"},
+};
+
+static bool
+ident_char(char c)
+{
+	return IS_HIGHBIT_SET(c) || isalnum((unsigned char) c) || c == '_' || c == '$';
+}
+
+static bool
+b64url_char(char c)
+{
+	return isalnum((unsigned char) c) || c == '-' || c == '_';
+}
+
+/* Length of a run of base64url characters at s */
+static int
+b64url_run(const char *s)
+{
+	int			n = 0;
+
+	while (b64url_char(s[n]))
+		n++;
+	return n;
+}
+
+/* Length of a JWT at s (three segments, the first "eyJ..."), or 0 */
+static int
+jwt_at(const char *s)
+{
+	int			n;
+
+	if (strncmp(s, "eyJ", 3) != 0)
+		return 0;
+	n = b64url_run(s);
+	if (s[n] != '.')
+		return 0;
+	n++;
+	n += b64url_run(s + n);
+	if (s[n] != '.')
+		return 0;
+	n++;
+	return n + b64url_run(s + n);
+}
+
+/*
+ * The end of an SQL argument starting at s: the top-level ',' or ')' that
+ * ends it, or the end of the text (a truncated or unbalanced one).
+ */
+static const char *
+argument_end(const char *s)
+{
+	int			depth = 0;
+
+	while (*s)
+	{
+		if (*s == '\'' || *s == '"')
+		{
+			char		q = *s++;
+
+			while (*s && !(*s == q && s[1] != q))
+				s += (*s == q) ? 2 : 1;
+			if (*s)
+				s++;
+			continue;
+		}
+		if (*s == '$' && (s[1] == '$' || isalpha((unsigned char) s[1]) || s[1] == '_'))
+		{
+			const char *tag_end = s + 1;
+
+			while (ident_char(*tag_end) && *tag_end != '$')
+				tag_end++;
+			if (*tag_end == '$')
+			{
+				int			tag_len = tag_end - s + 1;
+				const char *close = s + tag_len;
+
+				while (*close && strncmp(close, s, tag_len) != 0)
+					close++;
+				s = *close ? close + tag_len : close;
+				continue;
+			}
+		}
+		if (*s == '(' || *s == '[')
+			depth++;
+		else if ((*s == ')' || *s == ']') && depth > 0)
+			depth--;
+		else if ((*s == ',' || *s == ')') && depth == 0)
+			return s;
+		s++;
+	}
+	return s;
+}
+
+/*
+ * Whether an argument is harmless to log as written: NULL, a $n parameter
+ * (its value is redacted from the parameters detail) or a variable name.
+ */
+static bool
+argument_is_name(const char *s, int len)
+{
+	int			i;
+
+	while (len > 0 && isspace((unsigned char) *s))
+		s++, len--;
+	while (len > 0 && isspace((unsigned char) s[len - 1]))
+		len--;
+	if (len == 0)
+		return true;
+	if (s[0] == '$')
+	{
+		for (i = 1; i < len; i++)
+			if (!isdigit((unsigned char) s[i]))
+				return false;
+		return len > 1;
+	}
+	if (!(isalpha((unsigned char) s[0]) || s[0] == '_'))
+		return false;
+	for (i = 1; i < len; i++)
+		if (!(isalnum((unsigned char) s[i]) || s[i] == '_' || s[i] == '.'))
+			return false;
+	return true;
+}
+
+/* Whether an argument is given by name (name => value), and which name */
+static bool
+argument_named(const char *s, int len, const char *param, bool *is_param)
+{
+	const char *arrow = NULL;
+	int			i;
+
+	for (i = 0; i + 1 < len; i++)
+		if ((s[i] == '=' && s[i + 1] == '>') || (s[i] == ':' && s[i + 1] == '='))
+		{
+			arrow = s + i;
+			break;
+		}
+	if (arrow == NULL)
+		return false;
+	while (isspace((unsigned char) *s))
+		s++;
+	*is_param = (size_t) (arrow - s) >= strlen(param) &&
+		pg_strncasecmp(s, param, strlen(param)) == 0 &&
+		!ident_char(s[strlen(param)]);
+	return true;
+}
+
+/* The secret call whose name starts at s, with its '(' at *paren */
+static const SecretCall *
+secret_call_at(const char *text, const char *s, const char **paren)
+{
+	int			i;
+
+	if (s > text && (ident_char(s[-1])))
+		return NULL;
+	for (i = 0; i < (int) lengthof(secret_calls); i++)
+	{
+		size_t		n = strlen(secret_calls[i].name);
+		const char *p = s + n;
+
+		if (pg_strncasecmp(s, secret_calls[i].name, n) != 0 || ident_char(*p))
+			continue;
+		if (*p == '"')
+			p++;
+		while (isspace((unsigned char) *p))
+			p++;
+		if (*p == '(')
+		{
+			*paren = p;
+			return &secret_calls[i];
+		}
+	}
+	return NULL;
+}
+
+static void redact_into(StringInfo out, const char *s, int len);
+
+/* The arguments of a secret call, from after its '(' ; returns where it stopped */
+static const char *
+redact_call_args(StringInfo out, const SecretCall *call, const char *s)
+{
+	int			position = 0;
+
+	for (;;)
+	{
+		const char *end = argument_end(s);
+		bool		named_param = false;
+		bool		secret;
+
+		if (argument_named(s, end - s, call->param, &named_param))
+			secret = named_param;
+		else
+			secret = position == call->position;
+		if (secret && !argument_is_name(s, end - s))
+		{
+			while (isspace((unsigned char) *s))
+				appendStringInfoChar(out, *s++);
+			appendStringInfoString(out, REDACTED);
+		}
+		else
+			redact_into(out, s, end - s);
+		if (*end != ',')
+			return end;
+		appendStringInfoChar(out, ',');
+		s = end + 1;
+		position++;
+	}
+}
+
+/* Copy len bytes of s to out, secrets replaced */
+static void
+redact_into(StringInfo out, const char *s, int len)
+{
+	const char *text = s;
+	const char *stop = s + len;
+
+	while (s < stop)
+	{
+		const SecretCall *call;
+		const char *paren;
+		int			n;
+
+		if ((s == text || !b64url_char(s[-1])) &&
+			stop - s >= 4 && strncmp(s, "cg1.", 4) == 0)
+		{
+			n = 4 + b64url_run(s + 4);
+			appendStringInfoString(out, REDACTED);
+			s += Min(n, stop - s);
+			continue;
+		}
+		if (*s == 'y' && stop - s >= (int) strlen(CG_OTP_CODE_MARK) &&
+			strncmp(s, CG_OTP_CODE_MARK, strlen(CG_OTP_CODE_MARK)) == 0)
+		{
+			/* an OTP message's body, as pgaudit logs the outbox insert */
+			appendStringInfoString(out, CG_OTP_CODE_MARK REDACTED);
+			s += strlen(CG_OTP_CODE_MARK);
+			while (s < stop && isalnum((unsigned char) *s))
+				s++;
+			continue;
+		}
+		if ((s == text || !b64url_char(s[-1])) && (n = jwt_at(s)) > 0)
+		{
+			appendStringInfoString(out, REDACTED);
+			s += Min(n, stop - s);
+			continue;
+		}
+		if (isalpha((unsigned char) *s) && (call = secret_call_at(text, s, &paren)) != NULL &&
+			paren < stop)
+		{
+			appendBinaryStringInfo(out, s, paren + 1 - s);
+			s = redact_call_args(out, call, paren + 1);
+			continue;
+		}
+		appendStringInfoChar(out, *s++);
+	}
+}
+
+/* Whether text may hold a secret: the cheap test every log line passes */
+static bool
+may_hold_secret(const char *s)
+{
+	for (; *s; s++)
+	{
+		if ((*s == 'c' && strncmp(s, "cg1.", 4) == 0) ||
+			(*s == 'e' && strncmp(s, "eyJ", 3) == 0) ||
+			(*s == 'y' && strncmp(s, CG_OTP_CODE_MARK, strlen(CG_OTP_CODE_MARK)) == 0))
+			return true;
+		if ((*s == 'a' || *s == 'A' || *s == 'v' || *s == 'V'))
+		{
+			const char *paren;
+
+			if (secret_call_at(s, s, &paren) != NULL)
+				return true;
+		}
+	}
+	return false;
+}
+
+/* Whether text calls one of the functions whose arguments are secret */
+static bool
+mentions_secret_call(const char *text)
+{
+	const char *s;
+	const char *paren;
+
+	for (s = text; *s; s++)
+		if (isalpha((unsigned char) *s) && secret_call_at(text, s, &paren) != NULL)
+			return true;
+	return false;
+}
+
+/* A redacted copy of text, or NULL when it holds no secret */
+static char *
+redact(const char *s)
+{
+	StringInfoData out;
+
+	if (s == NULL || !may_hold_secret(s))
+		return NULL;
+	initStringInfo(&out);
+	redact_into(&out, s, strlen(s));
+	return out.data;
+}
+
+/* Bind parameters of a statement that calls a secret function: values go */
+static char *
+redact_parameters(const char *s)
+{
+	const char *start = s ? strstr(s, "parameters: ") : NULL;
+	StringInfoData out;
+
+	if (start == NULL)
+		return NULL;
+	initStringInfo(&out);
+	appendBinaryStringInfo(&out, s, start - s);
+	for (s = start; *s; s++)
+	{
+		if (*s == '\'')
+		{
+			for (s++; *s && !(*s == '\'' && s[1] != '\''); s += (*s == '\'') ? 2 : 1)
+				;
+			appendStringInfoString(&out, "'" REDACTED "'");
+			if (*s == '\0')
+				break;
+			continue;
+		}
+		appendStringInfoChar(&out, *s);
+	}
+	return out.data;
+}
+
+/*
+ * pgaudit's line of a statement that calls a secret function: its last CSV
+ * field holds the bind parameters (pgaudit.log_parameter), code included.
+ * The fields before it are type, statement id, substatement id, class,
+ * command, object type, object name and statement.
+ */
+static char *
+redact_audit_parameters(const char *s)
+{
+	const char *p = s + strlen("AUDIT: ");
+	int			field;
+
+	for (field = 0; field < 8; field++)
+	{
+		if (*p == '"')
+		{
+			for (p++; *p && !(*p == '"' && p[1] != '"'); p += (*p == '"') ? 2 : 1)
+				;
+			if (*p)
+				p++;
+		}
+		else
+			while (*p && *p != ',')
+				p++;
+		if (*p != ',')
+			return NULL;
+		p++;
+	}
+	if (strcmp(p, "<none>") == 0 || strcmp(p, "<not logged>") == 0)
+		return NULL;
+	return psprintf("%.*s%s", (int) (p - s), s, REDACTED);
+}
+
+static void
+redact_field(char **field, bool secret_statement)
+{
+	char	   *r = redact(*field);
+
+	if (r != NULL)
+		*field = r;
+	if (secret_statement && (r = redact_parameters(*field)) != NULL)
+		*field = r;
+}
+
+static void
+crmguard_emit_log(ErrorData *edata)
+{
+	const char *query = debug_query_string;
+	bool		secret_statement = false;
+
+	if (query != NULL && query != redacted_query)
+	{
+		char	   *r = redact(query);
+
+		if (r != NULL)
+		{
+			/* printed as "STATEMENT:" after this hook: print the copy */
+			if (redacted_query != NULL)
+				pfree(redacted_query);
+			redacted_query = MemoryContextStrdup(TopMemoryContext, r);
+			debug_query_string = redacted_query;
+			secret_statement = true;
+		}
+	}
+	else if (query != NULL)
+		secret_statement = true;
+
+	if (edata->message && strncmp(edata->message, "AUDIT: ", 7) == 0 &&
+		mentions_secret_call(edata->message))
+	{
+		char	   *r = redact_audit_parameters(edata->message);
+
+		if (r != NULL)
+			edata->message = r;
+	}
+	redact_field(&edata->message, secret_statement);
+	redact_field(&edata->detail, secret_statement);
+	redact_field(&edata->detail_log, secret_statement);
+	redact_field(&edata->hint, secret_statement);
+	redact_field(&edata->context, secret_statement);
+	redact_field(&edata->internalquery, false);
+
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+void
+cg_redact_init(void)
+{
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = crmguard_emit_log;
+}

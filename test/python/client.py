@@ -1,0 +1,195 @@
+#!/usr/bin/python3
+"""What an application does with crmguard, through psycopg2 (Debian's
+python3-psycopg2): the OTP loop reading the challenge id from the error's
+fields, and a web form reading its draft ids from crmguard.last_drafts().
+Prints TAP ("ok N - ...") against the server in PGHOST/PGPORT/PGUSER."""
+import re
+import sys
+import time
+
+import psycopg2
+import psycopg2.extensions
+
+DB = "crmguard_python"
+results = []
+
+
+def check(cond, what):
+    results.append(bool(cond))
+    print("%s %d - %s" % ("ok" if cond else "not ok", len(results), what), flush=True)
+
+
+def connect(dbname=DB, autocommit=False):
+    conn = psycopg2.connect(dbname=dbname)
+    conn.autocommit = autocommit
+    return conn
+
+
+# a database of its own, set up by the DBA
+admin = connect("postgres", autocommit=True)
+admin.cursor().execute("DROP DATABASE IF EXISTS " + DB)
+admin.cursor().execute("CREATE DATABASE " + DB)
+admin.close()
+dba = connect(autocommit=True)
+cur = dba.cursor()
+cur.execute("""
+    CREATE EXTENSION crmguard;
+    DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'regress_py_app') THEN
+            CREATE ROLE regress_py_app;
+        END IF;
+    END $$;
+    SELECT crmguard.add_principal('py_rep', '{agent}');
+    SELECT crmguard.add_principal('py_form', '{webform}');
+    SELECT crmguard.add_principal('py_reviewer', '{reviewer}');
+    CREATE TABLE public.delivery (id int PRIMARY KEY, phone text, status text);
+    INSERT INTO public.delivery VALUES (1, '+39 347 555 0123', 'Out for delivery');
+    SELECT crmguard.create_otp_rule('Delivery OTP', 'public.delivery', 'status', '{Delivered}',
+                                    'phone', code_length => 6);
+    CREATE TABLE public.lead (id serial PRIMARY KEY, name text, email text);
+    SELECT crmguard.enable_review('public.lead', 'reviewer');
+    GRANT SELECT, INSERT, UPDATE ON public.delivery, public.lead TO regress_py_app;
+    GRANT USAGE ON SEQUENCE public.lead_id_seq TO regress_py_app;
+    GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval) TO regress_py_app;
+""")
+
+
+def app_connection(autocommit=False):
+    """The application's pooled login role, with no principal of its own."""
+    conn = connect(autocommit=autocommit)
+    c = conn.cursor()
+    c.execute("SET ROLE regress_py_app")
+    if not autocommit:
+        conn.commit()
+    return conn
+
+
+app = app_connection()
+c = app.cursor()
+c.execute("SELECT crmguard.issue_token('py_rep'), crmguard.issue_token('py_form')")
+rep_token, form_token = c.fetchone()
+app.commit()
+
+# --- the OTP loop --------------------------------------------------------
+error = None
+try:
+    c.execute("SELECT crmguard.assume(%s)", (rep_token,))
+    c.execute("UPDATE public.delivery SET status = 'Delivered' WHERE id = 1")
+except psycopg2.Error as e:
+    error = e
+app.rollback()
+check(error is not None and error.pgcode == "CG001", "a gated change fails with SQLSTATE CG001")
+diag = error.diag if error else None
+check(diag is not None and diag.table_name == "delivery" and diag.schema_name == "public",
+      "the error names the target table in its table field")
+check(diag is not None and diag.column_name == "status", "the error names the status column in its column field")
+m = re.match(r"Challenge (\d+)", (diag.message_detail or "") if diag else "")
+check(m is not None, "the error's detail starts with the challenge id")
+challenge = int(m.group(1)) if m else 0
+
+# the code reaches the customer through the outbox (the SMS gateway's side)
+code = None
+for _ in range(200):
+    cur.execute("SELECT substring(body FROM 'code is ([0-9]+)') FROM crmguard.outbox"
+                " WHERE recipient = '+39 347 555 0123' ORDER BY id DESC LIMIT 1")
+    row = cur.fetchone()
+    cur.execute("SELECT count(*) FROM crmguard.otp_challenge WHERE id = %s", (challenge,))
+    if row and row[0] and cur.fetchone()[0] == 1:
+        code = row[0]
+        break
+    time.sleep(0.05)
+check(code is not None, "the background worker queued the code for the customer")
+
+# a wrong code, then the right one, each in the rep's transaction
+wrong = "000000" if code != "000000" else "111111"
+c.execute("SELECT crmguard.assume(%s)", (rep_token,))
+try:
+    c.execute("SELECT crmguard.verify_otp(%s, %s)", (challenge, wrong))
+    error = None
+except psycopg2.Error as e:
+    error = e
+app.rollback()
+check(error is not None and error.pgcode == "CG002", "a wrong code fails with SQLSTATE CG002")
+c.execute("SELECT crmguard.assume(%s)", (rep_token,))
+c.execute("SELECT crmguard.verify_otp(%s, %s)", (challenge, code))
+verified = c.fetchone()[0]
+c.execute("UPDATE public.delivery SET status = 'Delivered' WHERE id = 1")
+updated = c.rowcount
+app.commit()
+check(verified is True and updated == 1, "the right code lets the change through")
+cur.execute("SELECT status FROM public.delivery WHERE id = 1")
+check(cur.fetchone()[0] == "Delivered", "the row is Delivered")
+
+# --- the web form ----------------------------------------------------------
+form = app_connection(autocommit=True)
+f = form.cursor()
+# autocommit: the identity and the insert travel in one message, one transaction
+f.execute("SELECT crmguard.assume(%s); INSERT INTO public.lead (name, email) VALUES (%s, %s), (%s, %s)",
+          (form_token, "Ada", "ada@example.com", "Bruno", "bruno@example.com"))
+check(f.rowcount == 0, "the insert reports no row: the leads became drafts")
+f.execute("SELECT crmguard.last_drafts()")
+ids = f.fetchone()[0]
+check(isinstance(ids, list) and len(ids) == 2, "last_drafts() gives the two draft ids, in autocommit")
+f.execute("SELECT 1")
+f.execute("SELECT crmguard.last_drafts()")
+check(f.fetchone()[0] == ids, "a statement that makes no draft leaves last_drafts() as it was")
+
+# a second visitor of the same shared web-form principal, meanwhile
+other = app_connection(autocommit=True)
+o = other.cursor()
+o.execute("SELECT crmguard.assume(%s); INSERT INTO public.lead (name, email) VALUES (%s, %s)",
+          (form_token, "Carla", "carla@example.com"))
+o.execute("SELECT crmguard.last_drafts()")
+other_ids = o.fetchone()[0]
+check(len(other_ids) == 1 and not set(other_ids) & set(ids), "each session reads only its own drafts' ids")
+f.execute("SELECT crmguard.last_drafts()")
+check(f.fetchone()[0] == ids, "the first visitor's ids are unchanged")
+
+# the shared principal finds exactly its visitor's drafts, with their time
+f.execute("SELECT crmguard.assume(%s); SELECT id, row_data->>'name', submitted_by, submitted_at, state"
+          " FROM crmguard.draft WHERE id = ANY(%s) ORDER BY id", (form_token, ids))
+rows = f.fetchall()
+check([r[1] for r in rows] == ["Ada", "Bruno"] and all(r[2] == "py_form" and r[3] is not None
+                                                       and r[4] == "pending" for r in rows),
+      "the web form reads its drafts by id: submitter, submitted_at and state")
+
+# a statement that fails after its first row was drafted makes no draft and
+# leaves last_drafts() as it was
+try:
+    f.execute("SELECT crmguard.assume(%s); INSERT INTO public.lead (name, email) VALUES (%s, %s),"
+              " (%s, (1 / (random() * 0)::int)::text)",
+              (form_token, "Dario", "dario@example.com", "Elsa"))
+except psycopg2.Error:
+    pass
+f.execute("SELECT crmguard.last_drafts()")
+check(f.fetchone()[0] == ids, "a statement that fails leaves the previous drafts' ids")
+
+# in a transaction: the most recent statement that made drafts
+tx = app_connection()
+t = tx.cursor()
+t.execute("SELECT crmguard.assume(%s)", (form_token,))
+t.execute("INSERT INTO public.lead (name) VALUES ('Fabio')")
+t.execute("SELECT crmguard.last_drafts()")
+first = t.fetchone()[0]
+t.execute("INSERT INTO public.lead (name) VALUES ('Gina'), ('Hugo'), ('Ines')")
+t.execute("SELECT crmguard.last_drafts()")
+second = t.fetchone()[0]
+tx.commit()
+check(len(first) == 1 and len(second) == 3 and not set(first) & set(second),
+      "in a transaction, each statement's drafts replace the previous ones")
+t.execute("SELECT crmguard.assume(%s)", (form_token,))
+t.execute("INSERT INTO public.lead (name) VALUES ('Luca')")
+tx.rollback()
+t.execute("SELECT crmguard.last_drafts()")
+check(t.fetchone()[0] == second, "drafts of a rolled-back transaction are forgotten")
+tx.commit()
+
+# and the identity never outlives the transaction on this pooled connection
+t.execute("SELECT crmguard.current_principal()")
+check(t.fetchone()[0] is None, "after the web form's transaction, the connection is nobody again")
+tx.commit()
+
+for conn in (app, form, other, tx, dba):
+    conn.close()
+print("1..%d" % len(results))
+sys.exit(0 if all(results) else 1)
