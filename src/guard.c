@@ -40,6 +40,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -87,6 +88,19 @@ cg_primary_key_column(Oid relid)
 	if (SPI_processed > 0)
 		column = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	return column;
+}
+
+/*
+ * Catalog queries run inside someone else's statement, as the extension
+ * owner: the session's JIT setting is not theirs (the estimates of the
+ * set-returning functions over rule criteria would set JIT compiling for
+ * seconds).  Undone by cg_leave_owner.
+ */
+static void
+owner_query_settings(void)
+{
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 /* crmguard changing its own guards: the event trigger lets it pass */
@@ -365,6 +379,7 @@ load_guarded(void)
 			pushed = true;
 		}
 		cg_enter_owner(&priv);
+		owner_query_settings();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		plan = SPI_prepare("SELECT target::pg_catalog.oid, 1 FROM crmguard.otp_rule"
@@ -926,6 +941,7 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 	dropping = strcmp(trigdata->event, "sql_drop") == 0;
 
 	cg_enter_owner(&priv);
+	owner_query_settings();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (dropping && SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
@@ -1029,6 +1045,7 @@ rule_lookup(const char *sql, int nargs, Oid *types, Datum *values)
 	char	  **row = NULL;
 
 	cg_enter_owner(&priv);
+	owner_query_settings();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(sql, nargs, types, values, NULL, true, 1) != SPI_OK_SELECT)

@@ -55,7 +55,7 @@ foreach my $what (sort keys %held)
 {
     my ($role, $sql) = @{ $held{$what} };
     my $holder = $node->background_psql('crm', on_error_stop => 0);
-    $holder->query_safe("SET ROLE $role");
+    $holder->query_safe("SET client_min_messages = error; SET ROLE $role");
     $holder->query_safe($sql);
     my $start = time;
     ok(audited_commit("while $what"), "an audited commit completes while $role holds $what open");
