@@ -35,6 +35,9 @@
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_func.h"
+#if PG_VERSION_NUM >= 160000
+#include "parser/parse_relation.h"
+#endif
 #include "parser/parse_type.h"
 #include "rewrite/rowsecurity.h"
 #include "utils/acl.h"
@@ -613,8 +616,9 @@ compute_verdict(Oid relid, char **write_problem, char **read_problem)
 								  get_rel_name(ancestor));
 		return;
 	}
-	rel = try_relation_open(relid, AccessShareLock);
-	if (rel == NULL)
+	/* the statement has locked it, or will (TRUNCATE): no lock here to upgrade later */
+	rel = RelationIdGetRelation(relid);
+	if (!RelationIsValid(rel))
 		return;
 	if ((rules & RULE_VISIBILITY) &&
 		!(rel->rd_rel->relrowsecurity && rel->rd_rel->relforcerowsecurity))
@@ -633,7 +637,7 @@ compute_verdict(Oid relid, char **write_problem, char **read_problem)
 		*write_problem = ((GuardProblem *) linitial(problems))->problem;
 	else if (*read_problem)
 		*write_problem = *read_problem;
-	relation_close(rel, AccessShareLock);
+	RelationClose(rel);
 }
 
 /*
@@ -699,25 +703,41 @@ guard_checks_apply(void)
 }
 
 /* Every table a statement reads or writes passes through here, COPY included */
+#if PG_VERSION_NUM >= 160000
+static bool
+guard_check_perms(List *range_table, List *perm_infos, bool ereport_on_violation)
+#else
 static bool
 guard_check_perms(List *range_table, bool ereport_on_violation)
+#endif
 {
 	ListCell   *lc;
 
+#if PG_VERSION_NUM >= 160000
+	if (prev_check_perms && !prev_check_perms(range_table, perm_infos, ereport_on_violation))
+		return false;
+#else
 	if (prev_check_perms && !prev_check_perms(range_table, ereport_on_violation))
 		return false;
+#endif
 	if (!guard_checks_apply())
 		return true;
 	foreach(lc, range_table)
 	{
 		RangeTblEntry *rte = (RangeTblEntry *) lfirst(lc);
+		AclMode		perms;
 
 		if (rte->rtekind != RTE_RELATION ||
 			(rte->relkind != RELKIND_RELATION && rte->relkind != RELKIND_PARTITIONED_TABLE))
 			continue;
-		check_relation(rte->relid,
-					   rte->rellockmode >= RowExclusiveLock ||
-					   (rte->requiredPerms & (ACL_INSERT | ACL_UPDATE | ACL_DELETE)) != 0);
+#if PG_VERSION_NUM >= 160000
+		perms = rte->perminfoindex ? getRTEPermissionInfo(perm_infos, rte)->requiredPerms : 0;
+#else
+		perms = rte->requiredPerms;
+#endif
+		/* planner-expanded children of a written table carry its lock mode */
+		check_relation(rte->relid, rte->rellockmode >= RowExclusiveLock ||
+					   (perms & (ACL_INSERT | ACL_UPDATE | ACL_DELETE)) != 0);
 	}
 	return true;
 }
