@@ -86,6 +86,21 @@ SELECT public.regress_try($$INSERT INTO public.regress_ga_lead (company) VALUES 
 RESET ROLE;
 SELECT count(*) AS leads FROM public.regress_ga_lead;
 SELECT status FROM public.regress_ga_delivery WHERE id = 1;
+-- a visibility table whose row-level security a superuser switched off
+-- refuses to be read at all
+CREATE TABLE public.regress_ga_product (id int PRIMARY KEY, name text);
+INSERT INTO public.regress_ga_product VALUES (1, 'Pane');
+SELECT crmguard.expose_public('public.regress_ga_product', 'webform') > 0 AS exposed;
+GRANT SELECT ON public.regress_ga_product TO regress_ga_form;
+ALTER TABLE public.regress_ga_product NO FORCE ROW LEVEL SECURITY;
+SET ROLE regress_ga_form;
+SELECT public.regress_try($$SELECT count(*) FROM public.regress_ga_product$$) AS read_without_policies;
+RESET ROLE;
+ALTER TABLE public.regress_ga_product FORCE ROW LEVEL SECURITY;
+SET ROLE regress_ga_form;
+SELECT count(*) AS products FROM public.regress_ga_product;
+RESET ROLE;
+DROP TABLE public.regress_ga_product;
 -- the guards come back with their rules
 SELECT crmguard.drop_otp_rule('ga delivered');
 SELECT crmguard.create_otp_rule('ga delivered', 'public.regress_ga_delivery', 'status', '{Delivered}', 'phone',
