@@ -152,14 +152,20 @@ SELECT public.regress_try($$INSERT INTO public.regress_ga_lead_import (id, compa
 RESET ROLE;
 SELECT count(*) AS leads_seen_in_parent FROM public.regress_ga_lead;
 DROP TABLE public.regress_ga_lead_import;
+-- a superuser's trigger that would fire ahead of the review guard: inserts are refused
+CREATE TRIGGER " spy" BEFORE INSERT ON public.regress_ga_lead FOR EACH ROW EXECUTE FUNCTION public.regress_ga_noop();
+SET ROLE regress_ga_form;
+SELECT public.regress_try($$INSERT INTO public.regress_ga_lead (company) VALUES ('seen by a spy')$$) AS insert_past_spy;
+RESET ROLE;
+DROP TRIGGER " spy" ON public.regress_ga_lead;
 
 -- every refusal and every superuser change is in the audit log (refusals are
 -- written by the worker, in order: wait for the last one)
 DO $$
 BEGIN
     FOR i IN 1..600 LOOP
-        EXIT WHEN EXISTS (SELECT 1 FROM crmguard.audit
-                           WHERE action = 'guarded_table_refused' AND target = 'regress_ga_lead_import');
+        EXIT WHEN (SELECT count(*) FROM crmguard.audit
+                    WHERE action = 'guarded_table_refused' AND target = 'regress_ga_lead') = 2;
         PERFORM pg_sleep(0.05);
     END LOOP;
 END

@@ -501,9 +501,14 @@ guard_trigger_problems(Relation rel, int rules, bool strict)
 			if ((rules & RULE_REVIEW) && !tg->tgisinternal &&
 				TRIGGER_FOR_ROW(tg->tgtype) && TRIGGER_FOR_BEFORE(tg->tgtype) &&
 				TRIGGER_FOR_INSERT(tg->tgtype) && strcmp(tg->tgname, CG_REVIEW_GUARD) < 0 && !strict)
-				problems = lappend(problems,
-								   trigger_problem(table, tg->tgname, "guard_overtaken",
-												   "set to fire ahead of the review guard"));
+			{
+				GuardProblem *p = trigger_problem(table, tg->tgname, "guard_overtaken",
+												  "overtaken");
+
+				p->problem = psprintf("trigger \"%s\" fires ahead of the review guard and sees drafts",
+									  tg->tgname);
+				problems = lappend(problems, p);
+			}
 			continue;
 		}
 		for (j = 0; j < NUM_GUARD_SPECS; j++)
