@@ -16,6 +16,10 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 GRANT EXECUTE ON FUNCTION public.regress_try(text) TO PUBLIC;
+-- request ids depend on what ran before: print them as N
+CREATE FUNCTION public.regress_by_try(query text) RETURNS text LANGUAGE sql
+    AS $$ SELECT regexp_replace(public.regress_try(query), 'request [0-9]+', 'request N') $$;
+GRANT EXECUTE ON FUNCTION public.regress_by_try(text) TO PUBLIC;
 
 CREATE ROLE regress_by_owner;
 CREATE ROLE regress_by_api;         -- the application: only the view
@@ -60,11 +64,11 @@ SELECT row_key, state FROM crmguard.approval_request ORDER BY id;
 -- ---------------------------------------------------------------------------
 -- Attack: change or delete a pending row through a view
 -- ---------------------------------------------------------------------------
-SELECT public.regress_try($$UPDATE public.regress_by_deal_api SET discount = 50 WHERE id = 1$$) AS update_through_view;
-SELECT public.regress_try($$DELETE FROM public.regress_by_deal_api WHERE id = 1$$) AS delete_through_view;
+SELECT public.regress_by_try($$UPDATE public.regress_by_deal_api SET discount = 50 WHERE id = 1$$) AS update_through_view;
+SELECT public.regress_by_try($$DELETE FROM public.regress_by_deal_api WHERE id = 1$$) AS delete_through_view;
 -- Attack: the same through a rule, and through the owner's definer function
-SELECT public.regress_try($$UPDATE public.regress_by_deal_ruled SET discount = 50 WHERE id = 1$$) AS update_through_rule;
-SELECT public.regress_try($$SELECT public.regress_by_set_discount(1, 50)$$) AS update_through_definer_function;
+SELECT public.regress_by_try($$UPDATE public.regress_by_deal_ruled SET discount = 50 WHERE id = 1$$) AS update_through_rule;
+SELECT public.regress_by_try($$SELECT public.regress_by_set_discount(1, 50)$$) AS update_through_definer_function;
 -- Attack: a change that failed inside a savepoint leaves the probe answering afterwards
 BEGIN;
 SAVEPOINT s;
@@ -93,7 +97,7 @@ RESET ROLE;
 -- ---------------------------------------------------------------------------
 SET ROLE regress_by_group;
 SELECT crmguard.current_principal() IS NULL AS nobody;
-SELECT public.regress_try($$UPDATE public.regress_by_deal SET discount = 70 WHERE id = 1$$) AS nobody_changes_pending_row;
+SELECT public.regress_by_try($$UPDATE public.regress_by_deal SET discount = 70 WHERE id = 1$$) AS nobody_changes_pending_row;
 RESET ROLE;
 SET ROLE regress_by_owner;
 CREATE TABLE public.regress_by_lead (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, company text);
@@ -117,6 +121,7 @@ SELECT crmguard.drop_approval_process('by_discount');
 SELECT crmguard.disable_review('public.regress_by_lead');
 DROP TABLE public.regress_by_lead;
 DROP FUNCTION public.regress_by_set_discount(integer, numeric);
+DROP FUNCTION public.regress_by_try(text);
 DROP VIEW public.regress_by_deal_api, public.regress_by_deal_ruled;
 DROP TABLE public.regress_by_deal;
 DROP OWNED BY regress_by_owner, regress_by_api, regress_by_boss, regress_by_stranger, regress_by_group, regress_by_rep;

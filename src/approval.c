@@ -48,10 +48,10 @@
 
 #include "crmguard.h"
 
-#define LOCK_GUARD		"zz_crmguard_approval_lock"
-#define TRUNCATE_GUARD	"zz_crmguard_approval_truncate"
-#define SUBMIT_INSERT	"zz_crmguard_approval_submit_insert"
-#define SUBMIT_UPDATE	"zz_crmguard_approval_submit_update"
+#define LOCK_GUARD		CG_APPROVAL_LOCK_GUARD
+#define TRUNCATE_GUARD	CG_APPROVAL_TRUNCATE_GUARD
+#define SUBMIT_INSERT	CG_APPROVAL_SUBMIT_INSERT
+#define SUBMIT_UPDATE	CG_APPROVAL_SUBMIT_UPDATE
 
 /* ---------------------------------------------------------------------------
  * Cache

@@ -4,10 +4,11 @@
  *		chained to the one before by a BLAKE2b hash keyed with the server key.
  *
  * Accepted actions wait in backend memory and are chained just before their
- * transaction commits; writers serialise on a lock of the audit table (held
- * only from there to the commit) and read the chain head with the latest
- * snapshot, so concurrent writers never fork the chain in any isolation
- * level.  Refusals, whose transaction is about to roll back, go through the
+ * transaction commits; writers serialise on the chain lock (held only from
+ * there to the commit) and read the chain head with the latest snapshot, so
+ * concurrent writers never fork the chain in any isolation level.  The
+ * chain lock is no lock of the table: nothing a user can lock on crmguard's
+ * objects (ANALYZE, LOCK TABLE, SELECT ... FOR SHARE) makes a commit wait.  Refusals, whose transaction is about to roll back, go through the
  * worker's queue and are written in a transaction of their own.
  */
 #include "postgres.h"
@@ -23,6 +24,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -36,6 +38,26 @@
 #define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash"
 
 static SPIPlanPtr head_plan = NULL;
+
+/*
+ * The chain lock of this database's audit log: an advisory-style lock in a
+ * key space no SQL function reaches (pg_advisory_lock uses field4 1 and 2),
+ * so no session can take it, hold it open, or queue a conflicting request
+ * ahead of a writer.  It is a heavyweight lock: released at the end of the
+ * transaction, after the commit is visible, and seen by the deadlock check.
+ */
+#define AUDIT_CHAIN_LOCK_KEY	0x63726d67	/* "crmg" */
+#define AUDIT_CHAIN_LOCK_CLASS	0x6367		/* "cg" */
+
+static void
+lock_audit_chain(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, cg_catalog()->audit_rel,
+						 AUDIT_CHAIN_LOCK_KEY, AUDIT_CHAIN_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
 static SPIPlanPtr insert_plan = NULL;
 
 /* One audit row as the hash sees it */
@@ -179,11 +201,12 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	row.detail = canonical_json(detail_json);
 
 	/*
-	 * Held to commit: the next writer waits, then sees this row as the head.
-	 * Taken before any other lock on the table (preparing the INSERT takes
-	 * one), so that two writers cannot each wait for the other.
+	 * The table lock an INSERT takes (ROW EXCLUSIVE conflicts with nothing a
+	 * user can hold on crmguard.audit), then the chain lock, held to commit:
+	 * the next writer waits, then sees this row as the head.
 	 */
-	LockRelationOid(cg_catalog()->audit_rel, ShareRowExclusiveLock);
+	LockRelationOid(cg_catalog()->audit_rel, RowExclusiveLock);
+	lock_audit_chain();
 
 	cg_enter_owner(&priv);
 	/* the head is one index probe however the kept plan's statistics aged */
@@ -380,6 +403,11 @@ cg_audit(const char *action, const char *target, const char *row_key,
 						action, target ? target : "-", p ? p->id : (int64) 0)));
 		return;
 	}
+	/*
+	 * The table lock the commit will need, taken now: a commit then waits
+	 * for no lock of the table, even one queued behind a lock held open.
+	 */
+	LockRelationOid(cg_catalog()->audit_rel, RowExclusiveLock);
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(audit_xact_callback, NULL);

@@ -70,6 +70,7 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 
+	cg_guard_utility(pstmt);
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
 							 queryEnv, dest, qc);
@@ -110,6 +111,7 @@ _PG_init(void)
 	ProcessUtility_hook = crmguard_process_utility;
 	cg_visibility_init();
 	cg_approval_init();
+	cg_guard_init();
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = crmguard_shmem_request;

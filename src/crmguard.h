@@ -10,6 +10,7 @@
 #define CRMGUARD_H
 
 #include "datatype/timestamp.h"
+#include "nodes/plannodes.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
 
@@ -153,8 +154,31 @@ extern void cg_visibility_init(void);
 extern bool cg_visibility_suspended;
 extern struct _SPI_plan *cg_prepare_all_rows(const char *sql, int nargs, Oid *types);
 
-/* guard.c: the triggers crmguard installs on user tables */
+/*
+ * guard.c: the triggers crmguard installs on user tables.  A guard is known
+ * by its trigger function and the rule catalogs, never by its name alone;
+ * the names below are how crmguard itself finds the guards it maintains.
+ */
+#define CG_OTP_GUARD_INSERT			"zz_crmguard_otp_guard_insert"
+#define CG_OTP_GUARD_UPDATE			"zz_crmguard_otp_guard"
+#define CG_APPROVAL_LOCK_GUARD		"zz_crmguard_approval_lock"
+#define CG_APPROVAL_TRUNCATE_GUARD	"zz_crmguard_approval_truncate"
+#define CG_APPROVAL_SUBMIT_INSERT	"zz_crmguard_approval_submit_insert"
+#define CG_APPROVAL_SUBMIT_UPDATE	"zz_crmguard_approval_submit_update"
+
+/*
+ * The review guard is a BEFORE INSERT row trigger named to fire first; this
+ * SQL condition on pg_trigger "tg" finds a user trigger that would fire
+ * ahead of it (triggers fire in byte order of their names).
+ */
+#define CG_REVIEW_GUARD "!crmguard_review"
+#define CG_TRIGGER_AHEAD_OF_REVIEW \
+	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
+	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\""
+
 extern bool cg_guard_internal;
+extern void cg_guard_init(void);
+extern void cg_guard_utility(PlannedStmt *pstmt);
 extern void cg_require_table_owner(Oid relid);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
@@ -163,16 +187,6 @@ extern void cg_guard_install_statement(Oid relid, const char *trigger_name,
 									   const char *function_name, const char *events);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
 extern char *cg_primary_key_column(Oid relid);
-
-/*
- * review.c: the review guard is a BEFORE INSERT row trigger named to fire
- * first; this SQL condition on pg_trigger "tg" finds a user trigger that
- * would fire ahead of it (triggers fire in byte order of their names).
- */
-#define CG_REVIEW_GUARD "!crmguard_review"
-#define CG_TRIGGER_AHEAD_OF_REVIEW \
-	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
-	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\""
 
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);

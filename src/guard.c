@@ -1,25 +1,56 @@
 /*
  * guard.c
- *		The guards crmguard puts on user tables (OTP triggers, row-level
- *		security), and an event trigger that keeps anyone but a superuser
- *		from disabling, dropping or widening them, or renaming a column a
- *		rule names.  A superuser's change is allowed but written to the audit
- *		log.  Rules of a dropped table are deleted with it.
+ *		The guards crmguard puts on user tables (row triggers, row-level
+ *		security), known by their trigger function and the rule catalogs,
+ *		never by name.  An event trigger keeps anyone but a superuser from
+ *		disabling, dropping, renaming, replacing or widening them, from
+ *		putting a guarded table in an inheritance tree, and from renaming a
+ *		column a rule names; a utility hook refuses relabelling what a rule
+ *		judges (enum values, column types).  A superuser's change is allowed
+ *		but written to the audit log.  Whatever slips past (event triggers
+ *		disabled by a superuser, say) fails closed: a guarded table whose
+ *		guards are missing or altered refuses its next write.  Rules of a
+ *		dropped table are deleted with it.
  */
 #include "postgres.h"
 
-#include "commands/extension.h"
-
+#include "access/genam.h"
+#include "access/parallel.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "commands/event_trigger.h"
+#include "commands/extension.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "parser/parse_func.h"
+#if PG_VERSION_NUM >= 160000
+#include "parser/parse_relation.h"
+#endif
+#include "parser/parse_type.h"
+#include "rewrite/rowsecurity.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "crmguard.h"
 
@@ -62,22 +93,76 @@ cg_primary_key_column(Oid relid)
 	return column;
 }
 
-/* not read-only: a guard dropped a moment ago in this command must be seen gone */
-static bool
-guard_exists(Oid relid, const char *trigger_name)
+/*
+ * Catalog queries run inside someone else's statement, as the extension
+ * owner: the session's JIT setting is not theirs (the estimates of the
+ * set-returning functions over rule criteria would set JIT compiling for
+ * seconds).  Undone by cg_leave_owner.
+ */
+static void
+owner_query_settings(void)
 {
-	Oid			types[2] = {OIDOID, TEXTOID};
-	Datum		values[2];
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/* crmguard changing its own guards: the event trigger lets it pass */
+static void
+run_internal_ddl(const char *sql)
+{
+	bool		save = cg_guard_internal;
+
+	cg_guard_internal = true;
+	PG_TRY();
+	{
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not change a crmguard guard: %s", sql);
+	}
+	PG_FINALLY();
+	{
+		cg_guard_internal = save;
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Is crmguard's trigger of that name on relid, calling that function?  One
+ * of the same name calling anything else is dropped first, so that a guard
+ * replaced behind crmguard's back is put back.  Not read-only: a guard
+ * dropped a moment ago in this command must be seen gone.
+ */
+static bool
+guard_exists(Oid relid, const char *trigger_name, const char *function_name)
+{
+	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
+	Datum		values[3];
 	bool		found;
+	bool		ours = false;
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(trigger_name);
-	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_trigger"
-							  " WHERE tgrelid OPERATOR(pg_catalog.=) $1"
-							  " AND tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+	values[2] = CStringGetTextDatum(function_name ? function_name : "");
+	if (SPI_execute_with_args("SELECT t.tgfoid OPERATOR(pg_catalog.=) p.oid"
+							  " FROM pg_catalog.pg_trigger t LEFT JOIN pg_catalog.pg_proc p"
+							  " ON p.proname OPERATOR(pg_catalog.=) $3::pg_catalog.name"
+							  " AND p.pronamespace OPERATOR(pg_catalog.=) 'crmguard'::pg_catalog.regnamespace"
+							  " WHERE t.tgrelid OPERATOR(pg_catalog.=) $1"
+							  " AND t.tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+							  3, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_trigger");
 	found = SPI_processed > 0;
+	if (found && function_name)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		ours = !isnull && DatumGetBool(d);
+		if (!ours)
+		{
+			cg_guard_remove(relid, trigger_name);
+			found = false;
+		}
+	}
 	return found;
 }
 
@@ -91,7 +176,7 @@ cg_guard_install(Oid relid, const char *trigger_name, const char *function_name,
 {
 	char	   *sql;
 
-	if (guard_exists(relid, trigger_name))
+	if (guard_exists(relid, trigger_name, function_name))
 		return;
 	sql = psprintf("CREATE TRIGGER %s %s ON %s FOR EACH ROW %s%s%s EXECUTE FUNCTION crmguard.%s()",
 				   quote_identifier(trigger_name), events,
@@ -99,8 +184,7 @@ cg_guard_install(Oid relid, const char *trigger_name, const char *function_name,
 											  get_rel_name(relid)),
 				   when ? "WHEN (" : "", when ? when : "", when ? ")" : "",
 				   quote_identifier(function_name));
-	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not create trigger \"%s\"", trigger_name);
+	run_internal_ddl(sql);
 }
 
 /* The same, as a statement trigger (BEFORE TRUNCATE) */
@@ -110,15 +194,14 @@ cg_guard_install_statement(Oid relid, const char *trigger_name, const char *func
 {
 	char	   *sql;
 
-	if (guard_exists(relid, trigger_name))
+	if (guard_exists(relid, trigger_name, function_name))
 		return;
 	sql = psprintf("CREATE TRIGGER %s %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION crmguard.%s()",
 				   quote_identifier(trigger_name), events,
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											  get_rel_name(relid)),
 				   quote_identifier(function_name));
-	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not create trigger \"%s\"", trigger_name);
+	run_internal_ddl(sql);
 }
 
 /* Drop a guard trigger crmguard installed; caller is in SPI */
@@ -127,23 +210,554 @@ cg_guard_remove(Oid relid, const char *trigger_name)
 {
 	char	   *sql;
 
-	if (!guard_exists(relid, trigger_name))
+	if (!guard_exists(relid, trigger_name, NULL))
 		return;
 	sql = psprintf("DROP TRIGGER %s ON %s", quote_identifier(trigger_name),
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											  get_rel_name(relid)));
-	cg_guard_internal = true;
+	run_internal_ddl(sql);
+}
+
+/* ---------------------------------------------------------------------------
+ * What a guarded table must have
+ * ---------------------------------------------------------------------------
+ */
+
+/* Kinds of rules on a table, from crmguard's rule catalogs */
+#define RULE_OTP			0x01
+#define RULE_REVIEW			0x02
+#define RULE_APPROVAL		0x04	/* any process, current or not: the lock stays */
+#define RULE_SUBMIT_INSERT	0x08	/* a current process submits on insert */
+#define RULE_SUBMIT_UPDATE	0x10	/* ... on update */
+#define RULE_VISIBILITY		0x20
+
+/* The guard triggers each kind of rule needs, as crmguard installs them */
+typedef struct GuardSpec
+{
+	int			rule;
+	const char *name;
+	const char *function;
+	int16		tgtype;
+} GuardSpec;
+
+static const GuardSpec guard_specs[] = {
+	{RULE_REVIEW, CG_REVIEW_GUARD, "review_guard",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_INSERT},
+	{RULE_APPROVAL, CG_APPROVAL_LOCK_GUARD, "approval_lock",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_DELETE},
+	{RULE_SUBMIT_INSERT, CG_APPROVAL_SUBMIT_INSERT, "approval_auto_submit",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT},
+	{RULE_SUBMIT_UPDATE, CG_APPROVAL_SUBMIT_UPDATE, "approval_auto_submit",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_UPDATE},
+	{RULE_APPROVAL, CG_APPROVAL_TRUNCATE_GUARD, "approval_truncate",
+	TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_TRUNCATE},
+	{RULE_OTP, CG_OTP_GUARD_UPDATE, "otp_guard",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_UPDATE},
+	{RULE_OTP, CG_OTP_GUARD_INSERT, "otp_guard",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT},
+};
+#define NUM_GUARD_SPECS ((int) lengthof(guard_specs))
+
+/*
+ * Per backend: the rule kinds of every guarded table (one query, again
+ * after any rule changes), and a verdict per table a statement touched
+ * (again after that table's relcache entry changes).  A table no rule
+ * concerns costs one hash probe per statement.
+ */
+typedef struct GuardedRel
+{
+	Oid			relid;
+	int			rules;
+} GuardedRel;
+
+typedef struct GuardVerdict
+{
+	Oid			relid;
+	char	   *write_problem;	/* why writes must be refused, or NULL */
+	char	   *read_problem;	/* why reads must be refused too, or NULL */
+} GuardVerdict;
+
+static MemoryContext guard_context = NULL;
+static HTAB *guarded = NULL;
+static HTAB *verdicts = NULL;
+static bool guarded_valid = false;
+static uint64 guard_generation = 0;	/* bumped by every invalidation */
+static bool guard_loading = false;
+static Oid	rule_rels[4];
+static Oid	guard_functions[NUM_GUARD_SPECS];
+static Oid	crmguard_schema = InvalidOid;
+
+static ExecutorCheckPerms_hook_type prev_check_perms = NULL;
+
+static void
+guard_relcache_callback(Datum arg, Oid relid)
+{
+	int			i;
+
+	guard_generation++;
+	if (relid == InvalidOid)
+	{
+		guarded_valid = false;
+		return;
+	}
+	for (i = 0; i < (int) lengthof(rule_rels); i++)
+		if (relid == rule_rels[i])
+		{
+			guarded_valid = false;
+			return;
+		}
+	if (guarded_valid && verdicts != NULL)
+		(void) hash_search(verdicts, &relid, HASH_REMOVE, NULL);
+}
+
+static void
+guard_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	/* the extension (its schema) was created or dropped */
+	guard_generation++;
+	guarded_valid = false;
+}
+
+/*
+ * Load the rule kinds of every guarded table with the latest snapshot, so
+ * that a rule committed a moment ago counts even in an old snapshot.
+ */
+static void
+load_guarded(void)
+{
+	static bool callbacks_registered = false;
+	HASHCTL		ctl;
+	CgPrivilegedContext priv;
+	SPIPlanPtr	plan;
+	uint64		i;
+	int			j;
+	MemoryContext old;
+	volatile bool pushed = false;
+
+	if (!callbacks_registered)
+	{
+		guard_context = AllocSetContextCreate(CacheMemoryContext, "crmguard guards",
+											  ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, guard_syscache_callback, (Datum) 0);
+		callbacks_registered = true;
+	}
+	MemoryContextReset(guard_context);
+	guarded = NULL;
+	verdicts = NULL;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(GuardVerdict);
+	ctl.hcxt = guard_context;
+	verdicts = hash_create("crmguard guard verdicts", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.entrysize = sizeof(GuardedRel);
+	guarded = hash_create("crmguard guarded tables", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	guarded_valid = true;
+
+	crmguard_schema = InvalidOid;
+	memset(rule_rels, 0, sizeof(rule_rels));
+	memset(guard_functions, 0, sizeof(guard_functions));
+	if (!OidIsValid(get_extension_oid("crmguard", true)))
+		return;
+	crmguard_schema = cg_catalog()->schema;
+	rule_rels[0] = get_relname_relid("otp_rule", crmguard_schema);
+	rule_rels[1] = get_relname_relid("review_config", crmguard_schema);
+	rule_rels[2] = get_relname_relid("approval_process", crmguard_schema);
+	rule_rels[3] = get_relname_relid("visibility_rule", crmguard_schema);
+	for (j = 0; j < NUM_GUARD_SPECS; j++)
+	{
+		Oid			noargs[1];
+
+		guard_functions[j] = LookupFuncName(list_make2(makeString("crmguard"),
+													   makeString(pstrdup(guard_specs[j].function))),
+											0, noargs, true);
+	}
+
+	guard_loading = true;
 	PG_TRY();
 	{
-		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not drop trigger \"%s\"", trigger_name);
+		if (!ActiveSnapshotSet())
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pushed = true;
+		}
+		cg_enter_owner(&priv);
+		owner_query_settings();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		plan = SPI_prepare("SELECT target::pg_catalog.oid, 1 FROM crmguard.otp_rule"
+						   " UNION ALL SELECT target::pg_catalog.oid, 2 FROM crmguard.review_config"
+						   " UNION ALL SELECT target::pg_catalog.oid, 4"
+						   "  OPERATOR(pg_catalog.|) CASE WHEN current AND 'insert' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 8 ELSE 0 END"
+						   "  OPERATOR(pg_catalog.|) CASE WHEN current AND 'update' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 16 ELSE 0 END"
+						   "  FROM crmguard.approval_process"
+						   " UNION ALL SELECT target::pg_catalog.oid, 32 FROM crmguard.visibility_rule",
+						   0, NULL);
+		if (plan == NULL ||
+			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								 true, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crmguard's rule catalogs");
+		old = MemoryContextSwitchTo(guard_context);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			int			rules = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+			bool		found;
+			GuardedRel *g = hash_search(guarded, &relid, HASH_ENTER, &found);
+
+			g->rules = (found ? g->rules : 0) | rules;
+		}
+		MemoryContextSwitchTo(old);
+		SPI_finish();
+		cg_leave_owner(&priv);
+		if (pushed)
+			PopActiveSnapshot();
 	}
 	PG_FINALLY();
 	{
-		cg_guard_internal = false;
+		guard_loading = false;
 	}
 	PG_END_TRY();
 }
+
+/* The kinds of rules on relid; 0 for a table no rule concerns */
+static int
+table_rules(Oid relid)
+{
+	GuardedRel *g;
+
+	if (!guarded_valid)
+		load_guarded();
+	g = hash_search(guarded, &relid, HASH_FIND, NULL);
+	return g ? g->rules : 0;
+}
+
+/* Is fn one of the trigger functions of crmguard's guards? */
+static bool
+is_guard_function(Oid fn)
+{
+	int			j;
+
+	for (j = 0; j < NUM_GUARD_SPECS; j++)
+		if (OidIsValid(fn) && fn == guard_functions[j])
+			return true;
+	return false;
+}
+
+/* A guard trigger's problem: the action audited and the words for it */
+typedef struct GuardProblem
+{
+	const char *action;
+	char	   *table;
+	char	   *trigger;		/* NULL for a problem of the table's rules */
+	char	   *problem;
+	char	   *refusal;
+	char	   *warning;
+} GuardProblem;
+
+static GuardProblem *
+trigger_problem(const char *table, const char *trigger, const char *action,
+				const char *verb)
+{
+	GuardProblem *p = palloc0(sizeof(GuardProblem));
+
+	p->action = action;
+	p->table = pstrdup(table);
+	p->trigger = pstrdup(trigger);
+	p->problem = psprintf("guard \"%s\" was %s", trigger, verb);
+	p->refusal = psprintf("crmguard guard \"%s\" on table %s cannot be %s", trigger, table, verb);
+	p->warning = psprintf("crmguard guard \"%s\" on table %s is no longer enforced", trigger, table);
+	return p;
+}
+
+/*
+ * What is wrong with the guard triggers of rel, in trigger name order.
+ * Strict (DDL): every crmguard trigger stays as crmguard made it, firing
+ * in origin mode only.  Otherwise (a write): every guard the rules need is
+ * there under its name, calling its function, and fires (ENABLE ALWAYS
+ * still fires), and no BEFORE INSERT row trigger runs ahead of the review.
+ */
+static List *
+guard_trigger_problems(Relation rel, int rules, bool strict)
+{
+	TriggerDesc *td = rel->trigdesc;
+	char	   *table = RelationGetRelid(rel) == InvalidOid ? "" :
+		DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(RelationGetRelid(rel))));
+	List	   *problems = NIL;
+	int			i;
+	int			j;
+
+	for (i = 0; td != NULL && i < td->numtriggers; i++)
+	{
+		Trigger    *tg = &td->triggers[i];
+		bool		canonical = false;
+		bool		ours = is_guard_function(tg->tgfoid) ||
+			(strict && get_func_namespace(tg->tgfoid) == crmguard_schema);
+
+		if (!ours)
+		{
+			/* a trigger of the owner's that would see rows before the review keeps them */
+			if ((rules & RULE_REVIEW) && !tg->tgisinternal &&
+				TRIGGER_FOR_ROW(tg->tgtype) && TRIGGER_FOR_BEFORE(tg->tgtype) &&
+				TRIGGER_FOR_INSERT(tg->tgtype) && strcmp(tg->tgname, CG_REVIEW_GUARD) < 0 && !strict)
+			{
+				GuardProblem *p = trigger_problem(table, tg->tgname, "guard_overtaken",
+												  "overtaken");
+
+				p->problem = psprintf("trigger \"%s\" fires ahead of the review guard and sees drafts",
+									  tg->tgname);
+				problems = lappend(problems, p);
+			}
+			continue;
+		}
+		for (j = 0; j < NUM_GUARD_SPECS; j++)
+			if (tg->tgfoid == guard_functions[j] && strcmp(tg->tgname, guard_specs[j].name) == 0)
+				canonical = true;
+		if (is_guard_function(tg->tgfoid) && !canonical)
+		{
+			problems = lappend(problems, trigger_problem(table, tg->tgname, "guard_renamed", "renamed"));
+			continue;
+		}
+		if (tg->tgenabled == TRIGGER_DISABLED || tg->tgenabled == TRIGGER_FIRES_ON_REPLICA)
+			problems = lappend(problems, trigger_problem(table, tg->tgname, "guard_disabled", "disabled"));
+		else if (strict && tg->tgenabled == TRIGGER_FIRES_ALWAYS)
+		{
+			GuardProblem *p = trigger_problem(table, tg->tgname, "guard_altered",
+											  "set to fire in replication mode");
+
+			p->warning = psprintf("crmguard guard \"%s\" on table %s now also fires in replication mode",
+								  tg->tgname, table);
+			problems = lappend(problems, p);
+		}
+	}
+
+	/* every guard the table's rules need, under its name */
+	for (j = 0; j < NUM_GUARD_SPECS; j++)
+	{
+		const GuardSpec *spec = &guard_specs[j];
+		Trigger    *found = NULL;
+
+		if (!(rules & spec->rule))
+			continue;
+		for (i = 0; td != NULL && i < td->numtriggers; i++)
+			if (strcmp(td->triggers[i].tgname, spec->name) == 0)
+				found = &td->triggers[i];
+		if (found == NULL)
+		{
+			bool		renamed = false;
+
+			/* a renamed guard was reported above */
+			for (i = 0; td != NULL && i < td->numtriggers; i++)
+				if (td->triggers[i].tgfoid == guard_functions[j] && td->triggers[i].tgtype == spec->tgtype)
+					renamed = true;
+			if (!renamed)
+				problems = lappend(problems, trigger_problem(table, spec->name, "guard_dropped", "dropped"));
+		}
+		else if (found->tgfoid != guard_functions[j] || found->tgtype != spec->tgtype)
+			problems = lappend(problems, trigger_problem(table, spec->name, "guard_replaced", "replaced"));
+	}
+	return problems;
+}
+
+/* The nearest guarded table relid inherits from, or InvalidOid */
+static Oid
+guarded_ancestor(Oid relid)
+{
+	List	   *todo = list_make1_oid(relid);
+	int			depth;
+
+	for (depth = 0; todo != NIL && depth < 64; depth++)
+	{
+		List	   *next = NIL;
+		ListCell   *lc;
+
+		foreach(lc, todo)
+		{
+			Relation	inh = table_open(InheritsRelationId, AccessShareLock);
+			ScanKeyData key;
+			SysScanDesc scan;
+			HeapTuple	tup;
+
+			ScanKeyInit(&key, Anum_pg_inherits_inhrelid, BTEqualStrategyNumber, F_OIDEQ,
+						ObjectIdGetDatum(lfirst_oid(lc)));
+			scan = systable_beginscan(inh, InheritsRelidSeqnoIndexId, true, NULL, 1, &key);
+			while (HeapTupleIsValid(tup = systable_getnext(scan)))
+			{
+				Oid			parent = ((Form_pg_inherits) GETSTRUCT(tup))->inhparent;
+
+				if (table_rules(parent) != 0)
+				{
+					systable_endscan(scan);
+					table_close(inh, AccessShareLock);
+					return parent;
+				}
+				next = lappend_oid(next, parent);
+			}
+			systable_endscan(scan);
+			table_close(inh, AccessShareLock);
+		}
+		todo = next;
+	}
+	return InvalidOid;
+}
+
+/* Work out whether relid may be read and written, as its rules need */
+static void
+compute_verdict(Oid relid, char **write_problem, char **read_problem)
+{
+	int			rules = table_rules(relid);
+	Oid			ancestor = guarded_ancestor(relid);
+	Relation	rel;
+	List	   *problems;
+
+	*write_problem = NULL;
+	*read_problem = NULL;
+	if (rules == 0 && !OidIsValid(ancestor))
+		return;
+	if (OidIsValid(ancestor))
+	{
+		*write_problem = psprintf("it inherits from table %s, whose guards do not apply to its rows",
+								  get_rel_name(ancestor));
+		return;
+	}
+	/* the statement has locked it, or will (TRUNCATE): no lock here to upgrade later */
+	rel = RelationIdGetRelation(relid);
+	if (!RelationIsValid(rel))
+		return;
+	if ((rules & RULE_VISIBILITY) &&
+		!(rel->rd_rel->relrowsecurity && rel->rd_rel->relforcerowsecurity))
+		*read_problem = pstrdup("its row-level security is no longer enabled and forced");
+	else if ((rules & RULE_VISIBILITY) && rel->rd_rsdesc != NULL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, rel->rd_rsdesc->policies)
+			if (((RowSecurityPolicy *) lfirst(lc))->permissive)
+				*read_problem = psprintf("policy \"%s\" of its own widens what crmguard exposes",
+										 ((RowSecurityPolicy *) lfirst(lc))->policy_name);
+	}
+	problems = guard_trigger_problems(rel, rules, false);
+	if (problems != NIL)
+		*write_problem = ((GuardProblem *) linitial(problems))->problem;
+	else if (*read_problem)
+		*write_problem = *read_problem;
+	RelationClose(rel);
+}
+
+/*
+ * Fail closed: a guarded table whose guards are missing or altered refuses
+ * to be written (and a visibility table with its row-level security off,
+ * to be read), whoever asks but a superuser; the refusal is audited.
+ */
+static void
+check_relation(Oid relid, bool writing)
+{
+	GuardVerdict *v;
+
+	if (!guarded_valid)
+		load_guarded();
+	if (hash_get_num_entries(guarded) == 0)
+		return;
+	v = hash_search(verdicts, &relid, HASH_FIND, NULL);
+	if (v == NULL)
+	{
+		char	   *write_problem;
+		char	   *read_problem;
+		uint64		generation;
+		int			tries = 0;
+
+		/* again if an invalidation came in while the catalogs were read */
+		do
+		{
+			generation = guard_generation;
+			compute_verdict(relid, &write_problem, &read_problem);
+		} while (generation != guard_generation && ++tries < 5);
+		if (!guarded_valid)
+			load_guarded();
+		v = hash_search(verdicts, &relid, HASH_ENTER, NULL);
+		v->write_problem = write_problem ? MemoryContextStrdup(guard_context, write_problem) : NULL;
+		v->read_problem = read_problem ? MemoryContextStrdup(guard_context, read_problem) : NULL;
+	}
+	if (v->read_problem != NULL || (writing && v->write_problem != NULL))
+	{
+		const char *problem = v->read_problem ? v->read_problem : v->write_problem;
+		char	   *table = get_rel_name(relid);
+		StringInfoData detail;
+
+		initStringInfo(&detail);
+		appendStringInfoString(&detail, "{\"problem\": ");
+		escape_json(&detail, problem);
+		appendStringInfo(&detail, ", \"access\": \"%s\"}", writing ? "write" : "read");
+		cg_audit_durable("guarded_table_refused", table, NULL, detail.data);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is guarded by crmguard, but %s", table, problem),
+				 errdetail("A guarded table whose guards are missing or altered refuses %s; the attempt was audited.",
+						   v->read_problem ? "to be read or written" : "to be written"),
+				 errhint("Drop and re-create the table's crmguard rules to restore its guards.")));
+	}
+}
+
+/* Checks are for sessions that are bound by the guards, in a backend that can read rules */
+static bool
+guard_checks_apply(void)
+{
+	return !guard_loading && IsTransactionState() && !IsParallelWorker() &&
+		!creating_extension && !superuser();
+}
+
+/* Every table a statement reads or writes passes through here, COPY included */
+#if PG_VERSION_NUM >= 160000
+static bool
+guard_check_perms(List *range_table, List *perm_infos, bool ereport_on_violation)
+#else
+static bool
+guard_check_perms(List *range_table, bool ereport_on_violation)
+#endif
+{
+	ListCell   *lc;
+
+#if PG_VERSION_NUM >= 160000
+	if (prev_check_perms && !prev_check_perms(range_table, perm_infos, ereport_on_violation))
+		return false;
+#else
+	if (prev_check_perms && !prev_check_perms(range_table, ereport_on_violation))
+		return false;
+#endif
+	if (!guard_checks_apply())
+		return true;
+	foreach(lc, range_table)
+	{
+		RangeTblEntry *rte = (RangeTblEntry *) lfirst(lc);
+		AclMode		perms;
+
+		if (rte->rtekind != RTE_RELATION ||
+			(rte->relkind != RELKIND_RELATION && rte->relkind != RELKIND_PARTITIONED_TABLE))
+			continue;
+#if PG_VERSION_NUM >= 160000
+		perms = rte->perminfoindex ? getRTEPermissionInfo(perm_infos, rte)->requiredPerms : 0;
+#else
+		perms = rte->requiredPerms;
+#endif
+		/* planner-expanded children of a written table carry its lock mode */
+		check_relation(rte->relid, rte->rellockmode >= RowExclusiveLock ||
+					   (perms & (ACL_INSERT | ACL_UPDATE | ACL_DELETE)) != 0);
+	}
+	return true;
+}
+
+void
+cg_guard_init(void)
+{
+	prev_check_perms = ExecutorCheckPerms_hook;
+	ExecutorCheckPerms_hook = guard_check_perms;
+}
+
+/* ---------------------------------------------------------------------------
+ * DDL that would change what a rule means or remove a guard
+ * ---------------------------------------------------------------------------
+ */
 
 /*
  * A guard is being switched off: a superuser may, with a warning and an
@@ -181,42 +795,71 @@ refuse_or_record(bool is_super, const char *action, const char *table,
 }
 
 /*
- * What is wrong with the row visibility of the guarded tables a command
- * touched, as (table, problem) rows.  A touched table is one the command
- * names, one whose policy it names, and their inheritance parents and
- * children (ATTACH PARTITION, INHERIT).  Runs as the extension owner.
+ * The columns crmguard's rules name, as (relid, rule, col): visibility
+ * criteria and owner columns, OTP status, recipient and condition columns,
+ * approval criteria, editable, action and approver columns, review match
+ * columns.
  */
-static const char *const visibility_problems_sql =
-"WITH cmd AS ("
-"  SELECT c.classid, c.objid, c.command_tag FROM pg_catalog.pg_event_trigger_ddl_commands() c),"
-" named AS ("
-"  SELECT objid AS relid, NULL::text AS policy, command_tag FROM cmd"
-"   WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
-"  UNION ALL"
-"  SELECT p.polrelid, p.polname::text, cmd.command_tag FROM cmd"
-"   JOIN pg_catalog.pg_policy p ON p.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
-"  UNION ALL"
-"  SELECT tg.tgrelid, NULL, cmd.command_tag FROM cmd"
-"   JOIN pg_catalog.pg_trigger tg ON tg.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass),"
-" touched AS ("
-"  SELECT relid, policy, command_tag FROM named"
-"  UNION ALL SELECT i.inhrelid, NULL, NULL FROM named JOIN pg_catalog.pg_inherits i ON i.inhparent = named.relid"
-"  UNION ALL SELECT i.inhparent, NULL, NULL FROM named JOIN pg_catalog.pg_inherits i ON i.inhrelid = named.relid)"
+#define RULE_COLUMNS_CTE \
+" rule_columns AS (" \
+"   SELECT v.target::pg_catalog.oid AS relid, v.rule_name AS rule, c.col FROM crmguard.visibility_rule v" \
+"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(v.criteria, 'lax $.**.field') #>> '{}'" \
+"                        UNION SELECT v.owner_column::text) AS c(col)" \
+"   UNION" \
+"   SELECT o.target::pg_catalog.oid, o.rule_name, c.col FROM crmguard.otp_rule o" \
+"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(o.condition, 'lax $.**.field') #>> '{}'" \
+"                        UNION SELECT o.status_column::text UNION SELECT o.recipient_column::text) AS c(col)" \
+"   UNION" \
+"   SELECT ap.target::pg_catalog.oid, 'approval process ' || ap.process_name, c.col FROM crmguard.approval_process ap" \
+"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(ap.entry_criteria, 'lax $.**.field') #>> '{}'" \
+"      UNION SELECT pg_catalog.unnest(ap.editable_columns::text[])" \
+"      UNION SELECT pg_catalog.jsonb_object_keys(a -> 'set')" \
+"             FROM pg_catalog.jsonb_array_elements(ap.on_approve || ap.on_reject || ap.on_submit) a WHERE a ? 'set'" \
+"      UNION SELECT pg_catalog.jsonb_path_query(ap.on_approve || ap.on_reject || ap.on_submit, p) #>> '{}'" \
+"             FROM (VALUES ('lax $[*].notify.to'::pg_catalog.jsonpath), ('lax $[*].task.assign_to')) AS x(p)" \
+"      UNION SELECT pg_catalog.jsonb_path_query(ap.steps, p) #>> '{}'" \
+"             FROM (VALUES ('lax $[*].approvers.manager_of'::pg_catalog.jsonpath), ('lax $[*].approvers.of')) AS y(p)" \
+"     ) AS c(col)" \
+"    WHERE c.col NOT IN ('submitter', 'approvers')" \
+"   UNION" \
+"   SELECT rc.target::pg_catalog.oid, 'draft review', c.col FROM crmguard.review_config rc" \
+"    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col))"
+
+/* The tables crmguard guards, any kind of rule */
+#define GUARDED_CTE \
+" guarded AS (" \
+"   SELECT target::pg_catalog.oid AS relid, true AS visibility FROM crmguard.visibility_rule" \
+"   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.otp_rule" \
+"   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.review_config" \
+"   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.approval_process)"
+
+/*
+ * What is wrong with the rules of the guarded tables a command touched
+ * ($1), as (table, problem) rows.  Runs as the extension owner.
+ */
+static const char *const rule_problems_sql =
+"WITH touched AS (SELECT DISTINCT pg_catalog.unnest($1::pg_catalog.oid[]) AS relid),"
+RULE_COLUMNS_CTE ","
+GUARDED_CTE
 " SELECT DISTINCT r.oid::pg_catalog.regclass::text, pr.problem"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
 "  CROSS JOIN LATERAL (VALUES"
 "   (CASE WHEN NOT (r.relrowsecurity AND r.relforcerowsecurity)"
 "         THEN 'row-level security is no longer enabled and forced' END),"
 "   (CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid AND p.polpermissive)"
-"         THEN 'a permissive policy of its own would widen what crmguard exposes' END),"
-"   (CASE WHEN r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
-"                                          WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
-"         THEN 'it is now inherited or partitioned, and its rows can be read around its policies' END)"
+"         THEN 'a permissive policy of its own would widen what crmguard exposes' END)"
 "  ) AS pr(problem)"
 " WHERE pr.problem IS NOT NULL"
 "   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)"
+/* any guarded table in an inheritance tree: rows of the other tables bypass its guards */
+" UNION"
+" SELECT r.oid::pg_catalog.regclass::text,"
+"        CASE WHEN bool_or(g.visibility) THEN 'it is now inherited or partitioned, and its rows can be read around its policies'"
+"             ELSE 'it is now inherited or partitioned, and rows written to another table of its tree bypass its guards' END"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN guarded g ON g.relid = r.oid"
+" WHERE r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
+"                                   WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
+" GROUP BY r.oid"
 /* a reviewed table's BEFORE INSERT row trigger that would fire ahead of the review guard */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
@@ -225,40 +868,41 @@ static const char *const visibility_problems_sql =
 "  JOIN crmguard.review_config rc ON rc.target::pg_catalog.oid = r.oid"
 "  JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = r.oid"
 " WHERE " CG_TRIGGER_AHEAD_OF_REVIEW
-/* any rule (visibility, OTP, approval, review) naming a column the command renamed or dropped */
+/* any rule naming a column the command renamed or dropped */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
 "        pg_catalog.format('column \"%s\" named by rule \"%s\" was renamed or dropped', f.col, f.rule)"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
-"  CROSS JOIN LATERAL ("
-"   SELECT v.rule_name AS rule, c.col FROM crmguard.visibility_rule v"
-"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(v.criteria, 'lax $.**.field') #>> '{}'"
-"                        UNION SELECT v.owner_column::text) AS c(col)"
-"    WHERE v.target::pg_catalog.oid = r.oid"
-"   UNION"
-"   SELECT o.rule_name, c.col FROM crmguard.otp_rule o"
-"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(o.condition, 'lax $.**.field') #>> '{}'"
-"                        UNION SELECT o.status_column::text UNION SELECT o.recipient_column::text) AS c(col)"
-"    WHERE o.target::pg_catalog.oid = r.oid"
-"   UNION"
-"   SELECT 'approval process ' || ap.process_name, c.col FROM crmguard.approval_process ap"
-"    CROSS JOIN LATERAL (SELECT pg_catalog.jsonb_path_query(ap.entry_criteria, 'lax $.**.field') #>> '{}'"
-"      UNION SELECT pg_catalog.unnest(ap.editable_columns::text[])"
-"      UNION SELECT pg_catalog.jsonb_object_keys(a -> 'set')"
-"             FROM pg_catalog.jsonb_array_elements(ap.on_approve || ap.on_reject || ap.on_submit) a WHERE a ? 'set'"
-"      UNION SELECT pg_catalog.jsonb_path_query(ap.on_approve || ap.on_reject || ap.on_submit, p) #>> '{}'"
-"             FROM (VALUES ('lax $[*].notify.to'::pg_catalog.jsonpath), ('lax $[*].task.assign_to')) AS x(p)"
-"      UNION SELECT pg_catalog.jsonb_path_query(ap.steps, p) #>> '{}'"
-"             FROM (VALUES ('lax $[*].approvers.manager_of'::pg_catalog.jsonpath), ('lax $[*].approvers.of')) AS y(p)"
-"     ) AS c(col)"
-"    WHERE ap.target::pg_catalog.oid = r.oid AND c.col NOT IN ('submitter', 'approvers')"
-"   UNION"
-"   SELECT 'draft review', c.col FROM crmguard.review_config rc"
-"    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col)"
-"    WHERE rc.target::pg_catalog.oid = r.oid) AS f"
+"  JOIN rule_columns f ON f.relid = r.oid"
 "  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
 "        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)"
 " ORDER BY 1, 2";
+
+/*
+ * The tables a command touched: those it names, those whose trigger or
+ * policy it names, and their inheritance parents and children.
+ */
+static const char *const touched_sql =
+"WITH cmd AS ("
+"  SELECT c.classid, c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c),"
+" named AS ("
+"  SELECT objid AS relid FROM cmd WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+"  UNION SELECT p.polrelid FROM cmd JOIN pg_catalog.pg_policy p ON p.oid = cmd.objid"
+"   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
+"  UNION SELECT tg.tgrelid FROM cmd JOIN pg_catalog.pg_trigger tg ON tg.oid = cmd.objid"
+"   WHERE cmd.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass)"
+" SELECT relid FROM named"
+" UNION SELECT i.inhrelid FROM named JOIN pg_catalog.pg_inherits i ON i.inhparent = named.relid"
+" UNION SELECT i.inhparent FROM named JOIN pg_catalog.pg_inherits i ON i.inhrelid = named.relid";
+
+/* The tables that lost a trigger or a policy, and still exist */
+static const char *const dropped_touched_sql =
+"SELECT DISTINCT pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.'"
+"                                       || pg_catalog.quote_ident(t.address_names[2]))::pg_catalog.oid"
+"  FROM pg_catalog.pg_event_trigger_dropped_objects() t"
+" WHERE t.object_type IN ('trigger', 'policy', 'table column')"
+"   AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.'"
+"                              || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL";
 
 /* Rules of dropped tables, so that an OID reused later is not guarded by mistake */
 static const char *const forget_dropped_sql =
@@ -271,54 +915,44 @@ static const char *const forget_dropped_sql =
 " a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
 " SELECT 1";
 
-static void
-check_visibility(bool is_super, bool dropping)
+/* The guard triggers of one touched table, as they are after the command */
+static List *
+touched_trigger_problems(Oid relid)
 {
-	CgPrivilegedContext priv;
-	uint64		i;
+	Relation	rel;
+	List	   *problems;
+	char		relkind = get_rel_relkind(relid);
 
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (dropping)
-	{
-		/* the rules of tables that are gone go with them */
-		if (SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not forget the rules of dropped tables");
-		SPI_finish();
-		cg_leave_owner(&priv);
-		return;
-	}
-	if (SPI_execute(visibility_problems_sql, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not inspect the DDL command");
-	cg_leave_owner(&priv);
-	for (i = 0; i < SPI_processed; i++)
-	{
-		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-
-		refuse_or_record(is_super, "visibility_changed", table, "problem", problem,
-						 psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
-								  table, problem),
-						 psprintf("crmguard rules of table %s are no longer enforced: %s",
-								  table, problem));
-	}
-	SPI_finish();
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		return NIL;
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return NIL;
+	problems = guard_trigger_problems(rel, table_rules(relid), true);
+	relation_close(rel, AccessShareLock);
+	return problems;
 }
 
 /*
- * Event trigger: after ALTER TABLE, any guard left not firing in origin mode
- * (DISABLE, or ENABLE REPLICA) is a switched-off guard; after a drop, any
- * guard dropped directly, not with its table or by crmguard itself.
+ * Event trigger, after any DDL that can touch a guarded table (ALTER TABLE,
+ * CREATE/ALTER/DROP TRIGGER or POLICY, CREATE TABLE ... INHERITS or
+ * PARTITION OF, drops): the guards of every table it touched are compared
+ * with what the rule catalogs need, recognised by their trigger function,
+ * so a renamed, replaced, dropped or disabled guard is found whatever it is
+ * called and in however many steps.
  */
 PG_FUNCTION_INFO_V1(crmguard_guard_ddl);
 Datum
 crmguard_guard_ddl(PG_FUNCTION_ARGS)
 {
 	EventTriggerData *trigdata;
-	const char *sql;
 	bool		is_super = superuser();
 	bool		dropping;
+	CgPrivilegedContext priv;
+	MemoryContext caller = CurrentMemoryContext;
+	List	   *touched = NIL;
+	List	   *problems = NIL;
+	ListCell   *lc;
 	uint64		i;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
@@ -331,48 +965,262 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	dropping = strcmp(trigdata->event, "sql_drop") == 0;
 
-	if (dropping)
-	{
-		sql = "SELECT pg_catalog.array_to_string(t.address_names[1:2], '.'),"
-			" t.address_names[pg_catalog.array_upper(t.address_names, 1)]"
-			" FROM pg_catalog.pg_event_trigger_dropped_objects() t"
-			" WHERE t.object_type OPERATOR(pg_catalog.=) 'trigger'"
-			/* dropped directly, or with a column (CASCADE), not with its table */
-			" AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.' || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL"
-			" AND t.address_names[pg_catalog.array_upper(t.address_names, 1)]"
-			"     OPERATOR(pg_catalog.~~) ANY ('{zz\\\\_crmguard\\\\_%,!crmguard\\\\_%}')";
-	}
-	else
-		sql = "SELECT t.tgname::text, t.tgrelid::pg_catalog.regclass::text"
-			" FROM pg_catalog.pg_event_trigger_ddl_commands() c"
-			" JOIN pg_catalog.pg_trigger t ON t.tgrelid OPERATOR(pg_catalog.=) c.objid"
-			" JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid"
-			" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
-			" WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
-			" AND n.nspname OPERATOR(pg_catalog.=) 'crmguard'"
-			" AND t.tgenabled OPERATOR(pg_catalog.<>) ALL ('{O,A}'::pg_catalog.\"char\"[])"
-			" ORDER BY 1, 2";
-
+	cg_enter_owner(&priv);
+	owner_query_settings();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	if (dropping && SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not forget the rules of dropped tables");
 	/* not read-only: the command's own catalog changes must be visible */
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute(dropping ? dropped_touched_sql : touched_sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not inspect the DDL command");
 	for (i = 0; i < SPI_processed; i++)
 	{
-		char	   *first = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		char	   *second = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext old = MemoryContextSwitchTo(caller);
 
-		if (dropping)
-			refuse_or_record(is_super, "guard_dropped", first, "trigger", second,
-							 psprintf("crmguard guard \"%s\" on table %s cannot be dropped", second, first),
-							 psprintf("crmguard guard \"%s\" on table %s is no longer enforced", second, first));
-		else
-			refuse_or_record(is_super, "guard_disabled", second, "trigger", first,
-							 psprintf("crmguard guard \"%s\" on table %s cannot be disabled", first, second),
-							 psprintf("crmguard guard \"%s\" on table %s is no longer enforced", first, second));
+		if (!isnull)
+			touched = lappend_oid(touched, DatumGetObjectId(d));
+		MemoryContextSwitchTo(old);
+	}
+	if (touched != NIL)
+	{
+		Oid			types[1] = {OIDARRAYOID};
+		Datum		values[1];
+		Datum	   *elems = palloc(sizeof(Datum) * list_length(touched));
+		int			n = 0;
+
+		foreach(lc, touched)
+			elems[n++] = ObjectIdGetDatum(lfirst_oid(lc));
+		values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+		if (SPI_execute_with_args(rule_problems_sql, 1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not inspect the DDL command");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			MemoryContext old = MemoryContextSwitchTo(caller);
+			GuardProblem *p = palloc0(sizeof(GuardProblem));
+			char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+			p->action = "visibility_changed";
+			p->table = table;
+			p->problem = problem;
+			p->refusal = psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
+								  table, problem);
+			p->warning = psprintf("crmguard rules of table %s are no longer enforced: %s",
+								  table, problem);
+			problems = lappend(problems, p);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	SPI_finish();
-	check_visibility(is_super, dropping);
+	cg_leave_owner(&priv);
+
+	/* the guard triggers first, named as the session names tables */
+	{
+		List	   *trigger_problems = NIL;
+
+		foreach(lc, touched)
+			trigger_problems = list_concat(trigger_problems, touched_trigger_problems(lfirst_oid(lc)));
+		problems = list_concat(trigger_problems, problems);
+	}
+	foreach(lc, problems)
+	{
+		GuardProblem *p = (GuardProblem *) lfirst(lc);
+
+		refuse_or_record(is_super, p->action, p->table,
+						 p->trigger ? "trigger" : "problem", p->trigger ? p->trigger : p->problem,
+						 p->refusal, p->warning);
+	}
 	PG_RETURN_VOID();
+}
+
+/* The first column a rule names whose type is, or is built on, typid: (table, rule, column) */
+static const char *const type_in_rule_sql =
+"WITH RECURSIVE" RULE_COLUMNS_CTE ","
+" cols AS ("
+"  SELECT rc.relid, rc.rule, rc.col, a.atttypid AS t, 0 AS depth FROM rule_columns rc"
+"   JOIN pg_catalog.pg_attribute a ON a.attrelid = rc.relid AND a.attname = rc.col"
+"    AND a.attnum > 0 AND NOT a.attisdropped"
+"  UNION ALL"
+"  SELECT c.relid, c.rule, c.col, n.t, c.depth + 1 FROM cols c"
+"   JOIN pg_catalog.pg_type ty ON ty.oid = c.t"
+"   CROSS JOIN LATERAL (SELECT ty.typbasetype WHERE ty.typbasetype <> 0"
+"                       UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0"
+"                       UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid) AS n(t)"
+"   WHERE c.depth < 8)"
+" SELECT c.relid::pg_catalog.regclass::text, c.rule, c.col FROM cols c WHERE c.t = $1"
+" ORDER BY 1, 2, 3 LIMIT 1";
+
+/* The first rule naming column col of relid */
+static const char *const column_in_rule_sql =
+"WITH" RULE_COLUMNS_CTE
+" SELECT rule FROM rule_columns WHERE relid = $1 AND col = $2 ORDER BY 1 LIMIT 1";
+
+/*
+ * Run one of the queries above as the extension owner (catalogs only);
+ * the values of its first row, or NULL.
+ */
+static char **
+rule_lookup(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	CgPrivilegedContext priv;
+	MemoryContext caller = CurrentMemoryContext;
+	char	  **row = NULL;
+
+	cg_enter_owner(&priv);
+	owner_query_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(sql, nargs, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard's rules");
+	if (SPI_processed > 0)
+	{
+		int			n = SPI_tuptable->tupdesc->natts;
+		int			i;
+
+		row = MemoryContextAlloc(caller, sizeof(char *) * n);
+		for (i = 0; i < n; i++)
+			row[i] = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1));
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return row;
+}
+
+/* A column a rule names uses typid: refuse a change that relabels its values */
+static void
+check_type_change(Oid typid, const char *change, const char *action)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	char	  **row;
+	char	   *type = format_type_be(typid);
+
+	values[0] = ObjectIdGetDatum(typid);
+	row = rule_lookup(type_in_rule_sql, 1, types, values);
+	if (row == NULL)
+		return;
+	refuse_or_record(superuser(), action, row[0], "problem",
+					 psprintf("type %s: %s; column \"%s\" named by rule \"%s\" uses it", type, change, row[2], row[1]),
+					 psprintf("type %s cannot be changed (%s): column \"%s\" of table %s, named by crmguard rule \"%s\", uses it",
+							  type, change, row[2], row[0], row[1]),
+					 psprintf("crmguard rule \"%s\" on table %s now judges values of a changed type %s",
+							  row[1], row[0], type));
+}
+
+/*
+ * Before a utility command runs: refuse what would change the meaning of
+ * a rule without touching a row (an enum value renamed, a named column's
+ * type changed with USING, a type dropped with CASCADE), a write to a
+ * guarded table whose guards are gone (TRUNCATE), and a lock on the audit
+ * log that would stall every audited commit (VACUUM FULL).
+ */
+void
+cg_guard_utility(PlannedStmt *pstmt)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (!IsTransactionState() || creating_extension || cg_guard_internal || guard_loading ||
+		(!IsA(parsetree, TruncateStmt) && !IsA(parsetree, AlterEnumStmt) &&
+		 !IsA(parsetree, AlterTableStmt) && !IsA(parsetree, DropStmt) && !IsA(parsetree, VacuumStmt)))
+		return;
+	if (!OidIsValid(get_extension_oid("crmguard", true)))
+		return;
+
+	if (IsA(parsetree, TruncateStmt) && guard_checks_apply())
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((TruncateStmt *) parsetree)->relations)
+		{
+			Oid			relid = RangeVarGetRelid((RangeVar *) lfirst(lc), NoLock, true);
+
+			if (OidIsValid(relid))
+				check_relation(relid, true);
+		}
+	}
+	else if (IsA(parsetree, AlterEnumStmt) && ((AlterEnumStmt *) parsetree)->oldVal != NULL)
+	{
+		AlterEnumStmt *stmt = (AlterEnumStmt *) parsetree;
+		Oid			typid = typenameTypeId(NULL, makeTypeNameFromNameList(stmt->typeName));
+
+		check_type_change(typid, psprintf("value \"%s\" renamed to \"%s\"", stmt->oldVal, stmt->newVal),
+						  "enum_relabelled");
+	}
+	else if (IsA(parsetree, DropStmt) &&
+			 (((DropStmt *) parsetree)->removeType == OBJECT_TYPE ||
+			  ((DropStmt *) parsetree)->removeType == OBJECT_DOMAIN) &&
+			 ((DropStmt *) parsetree)->behavior == DROP_CASCADE)
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropStmt *) parsetree)->objects)
+		{
+			Type		tup = LookupTypeName(NULL, (TypeName *) lfirst(lc), NULL, true);
+
+			if (tup == NULL)
+				continue;
+			check_type_change(typeTypeId(tup), "dropped with what uses it", "type_dropped");
+			ReleaseSysCache(tup);
+		}
+	}
+	else if (IsA(parsetree, AlterTableStmt))
+	{
+		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+		ListCell   *lc;
+		Oid			relid = InvalidOid;
+
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableCmd *cmd = (AlterTableCmd *) lfirst(lc);
+			Oid			types[2] = {OIDOID, TEXTOID};
+			Datum		values[2];
+			char	  **row;
+			char	   *table;
+
+			if (cmd->subtype != AT_AlterColumnType || cmd->name == NULL)
+				continue;
+			if (!OidIsValid(relid))
+				relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+			if (!OidIsValid(relid))
+				return;
+			values[0] = ObjectIdGetDatum(relid);
+			values[1] = CStringGetTextDatum(cmd->name);
+			row = rule_lookup(column_in_rule_sql, 2, types, values);
+			if (row == NULL)
+				continue;
+			table = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
+			refuse_or_record(superuser(), "column_type_changed", table, "problem",
+							 psprintf("column \"%s\" named by rule \"%s\" changed type", cmd->name, row[0]),
+							 psprintf("column \"%s\" of table %s cannot change type: crmguard rule \"%s\" names it",
+									  cmd->name, table, row[0]),
+							 psprintf("crmguard rule \"%s\" on table %s now judges column \"%s\" of a new type",
+									  row[0], table, cmd->name));
+		}
+	}
+	else if (IsA(parsetree, VacuumStmt) && !superuser())
+	{
+		VacuumStmt *stmt = (VacuumStmt *) parsetree;
+		ListCell   *lc;
+		bool		full = false;
+
+		foreach(lc, stmt->options)
+			if (strcmp(((DefElem *) lfirst(lc))->defname, "full") == 0 && defGetBoolean((DefElem *) lfirst(lc)))
+				full = true;
+		if (!full)
+			return;
+		foreach(lc, stmt->rels)
+		{
+			VacuumRelation *vrel = (VacuumRelation *) lfirst(lc);
+			Oid			relid = vrel->relation ? RangeVarGetRelid(vrel->relation, NoLock, true) : vrel->oid;
+
+			if (OidIsValid(relid) && get_rel_namespace(relid) == cg_catalog()->schema)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("only a superuser can run VACUUM FULL on crmguard's table \"%s\"", get_rel_name(relid)),
+						 errdetail("Its lock would make every audited commit wait.")));
+		}
+	}
 }

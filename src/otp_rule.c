@@ -22,8 +22,8 @@
 
 #include "crmguard.h"
 
-#define OTP_GUARD_INSERT	"zz_crmguard_otp_guard_insert"
-#define OTP_GUARD_UPDATE	"zz_crmguard_otp_guard"
+#define OTP_GUARD_INSERT	CG_OTP_GUARD_INSERT
+#define OTP_GUARD_UPDATE	CG_OTP_GUARD_UPDATE
 
 static void
 invalid_rule(const char *rule, const char *message)

@@ -12,3 +12,7 @@ CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
 CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
     WHEN TAG IN ('DROP TRIGGER', 'DROP POLICY', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION crmguard.guard_ddl();
+-- also in replication mode (session_replication_role = replica, superusers only):
+-- a guard switched off there is still refused or audited
+ALTER EVENT TRIGGER crmguard_guard_alter ENABLE ALWAYS;
+ALTER EVENT TRIGGER crmguard_guard_drop ENABLE ALWAYS;

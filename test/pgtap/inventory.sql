@@ -1,6 +1,6 @@
 -- Schema inventory: privileges, search_path pins, dump registration, SQLSTATEs
 BEGIN;
-SELECT plan(18);
+SELECT plan(20);
 
 -- every SECURITY DEFINER function pins search_path
 SELECT is_empty(
@@ -82,6 +82,16 @@ SELECT throws_ok($$SELECT crmguard.issue_token('tap_agent')$$, '42501', NULL,
 SELECT throws_ok($$UPDATE crmguard.audit SET action = 'x'$$, '42501', NULL,
                  'writing the audit log without privileges fails with 42501');
 RESET ROLE;
+
+-- guards are watched in every replication mode, and known by their function
+SELECT is((SELECT array_agg(evtname::text || ':' || evtenabled::text ORDER BY evtname) FROM pg_event_trigger
+            WHERE evtfoid = 'crmguard.guard_ddl()'::regprocedure),
+          '{crmguard_guard_alter:A,crmguard_guard_drop:A}'::text[],
+          'the guard event triggers fire always, also under session_replication_role = replica');
+SELECT is((SELECT count(*)::int FROM pg_proc p WHERE p.pronamespace = 'crmguard'::regnamespace
+            AND p.prorettype = 'trigger'::regtype
+            AND has_function_privilege('public', p.oid, 'EXECUTE')), 0,
+          'no trigger function of crmguard is executable by PUBLIC: only crmguard makes guards that call them');
 
 SELECT * FROM finish();
 ROLLBACK;
