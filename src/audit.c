@@ -8,7 +8,9 @@
  * only from there to the commit) and read the chain head with the latest
  * snapshot, so concurrent writers never fork the chain in any isolation
  * level.  Refusals, whose transaction is about to roll back, go through the
- * worker's queue and are written in a transaction of their own.
+ * worker's queue and are written in a transaction of their own: each
+ * backend has slots of its own there, and a flood beyond them is written as
+ * one summary record per kind of refusal, so no one's flood drops another's.
  */
 #include "postgres.h"
 
@@ -408,6 +410,7 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	StringInfoData buf;
 	int64		principal;
 	TimestampTz at = GetCurrentTimestamp();
+	char	   *role;
 
 	if (RecoveryInProgress())
 	{
@@ -440,10 +443,39 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	appendStringInfoString(&buf, detail_with_role(detail_json));
 	appendStringInfoChar(&buf, '\0');
 
-	if (!cg_enqueue(CG_JOB_AUDIT, buf.data, buf.len))
-		ereport(LOG,
-				(errmsg("crmguard could not queue audit record \"%s\"", action),
-				 errdetail("The audit queue is full.")));
+	role = GetUserNameFromId(GetOuterUserId(), true);
+	cg_enqueue_audit(buf.data, buf.len, action, principal, role ? role : "", at);
+}
+
+/*
+ * The worker's record of a flood: count refusals of one kind by one session
+ * that did not fit in its slots, as one entry.
+ */
+void
+cg_audit_write_summary(int64 principal, const char *action, const char *role,
+					   int64 count, TimestampTz first_at, TimestampTz last_at)
+{
+	StringInfoData buf;
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(first_at, last_at, &secs, &usecs);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"summary\": true, \"count\": " INT64_FORMAT ", \"seconds\": %ld, \"session_role\": ",
+					 count, secs + (usecs > 0 ? 1 : 0));
+	escape_json(&buf, role);
+	appendStringInfoString(&buf, ", \"first_at\": ");
+	escape_json(&buf, timestamptz_to_str(first_at));
+	appendStringInfoString(&buf, ", \"message\": ");
+	if (strlen(action) > 8 && strcmp(action + strlen(action) - 8, "_refused") == 0)
+		escape_json(&buf, psprintf(INT64_FORMAT " refused %.*s() calls from role %s in %ld s",
+								   count, (int) strlen(action) - 8, action, role,
+								   secs + (usecs > 0 ? 1 : 0)));
+	else
+		escape_json(&buf, psprintf(INT64_FORMAT " \"%s\" records from role %s in %ld s",
+								   count, action, role, secs + (usecs > 0 ? 1 : 0)));
+	appendStringInfoChar(&buf, '}');
+	cg_audit_write(principal, last_at, action, NULL, NULL, buf.data);
 }
 
 /* The worker's half of cg_audit_durable */

@@ -764,8 +764,8 @@ row_plan(Oid relid, const char *compiled)
 
 /*
  * Does the row (a composite Datum of the table's row type) match compiled
- * criteria?  NULL counts as no.  Runs as the extension owner with a pinned
- * search_path: the expression reads only the row and crmguard.attr().
+ * criteria?  NULL counts as no.  Runs as the table's owner (the expression
+ * calls the column types' operators and casts) with a pinned search_path.
  */
 bool
 cg_criteria_row_matches(Oid relid, const char *compiled, Datum row)
@@ -773,7 +773,7 @@ cg_criteria_row_matches(Oid relid, const char *compiled, Datum row)
 	CgPrivilegedContext priv;
 	volatile bool result = false;
 
-	cg_enter_owner(&priv);
+	cg_enter_table_owner(&priv, relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (row_plans_stale && row_plan_depth == 0)

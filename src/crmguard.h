@@ -100,6 +100,8 @@ extern void cg_audit_write(int64 principal, TimestampTz at, const char *action,
 						   const char *target, const char *row_key,
 						   const char *detail_json);
 extern void cg_audit_run_job(const char *data, int len);
+extern void cg_audit_write_summary(int64 principal, const char *action, const char *role,
+								   int64 count, TimestampTz first_at, TimestampTz last_at);
 
 /* worker.c: shared memory queue and background worker */
 typedef enum CgJobKind
@@ -113,10 +115,15 @@ extern void cg_worker_shmem_request(void);
 extern void cg_worker_shmem_startup(void);
 extern void cg_worker_register(void);
 extern bool cg_enqueue(CgJobKind kind, const char *data, int len);
+extern void cg_enqueue_audit(const char *data, int len, const char *action,
+							 int64 principal, const char *role, TimestampTz at);
 
 /* outbox.c: the one outbox */
 extern int64 cg_outbox_put(const char *channel, const char *recipient,
 						   const char *subject, const char *body);
+extern int64 cg_outbox_put_expiring(const char *channel, const char *recipient,
+									const char *subject, const char *body,
+									TimestampTz expires_at);
 
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
@@ -130,6 +137,7 @@ extern bool cg_value_fits_type(Oid type, int32 typmod, const char *value);
 extern void cg_otp_shmem_request(void);
 extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);
+extern char *cg_otp_equality_operator(Oid type);
 
 /* visibility.c: row visibility through the row-level security hook */
 extern void cg_visibility_init(void);

@@ -13,6 +13,7 @@ GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.assume(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.pending_challenge(regclass, text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;
 -- a principal may ask why it sees a row it sees; about others, only an admin
 GRANT EXECUTE ON FUNCTION crmguard.why_visible(regclass, text, text) TO PUBLIC;
