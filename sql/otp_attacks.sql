@@ -194,15 +194,15 @@ INSERT INTO public.regress_vis_note VALUES (1, '+39 347 555 0201', 'Open'), (2, 
 GRANT SELECT, UPDATE ON public.regress_vis_note TO regress_luca;
 SELECT crmguard.create_otp_rule('Vis OTP', 'public.regress_vis_note', 'status', '{Closed}', 'phone',
                                 delivery => 'manual') IS NOT NULL AS created;
-SELECT crmguard.expose('public.regress_vis_note', 'agents: row 1', 'agent',
-                       '{"field": "id", "op": "=", "value": 1}') IS NOT NULL AS exposed;
+-- the table's own row security shows luca row 1 only
+ALTER TABLE public.regress_vis_note ENABLE ROW LEVEL SECURITY;
+CREATE POLICY regress_row_1 ON public.regress_vis_note USING (id = 1);
 SET ROLE regress_luca;
 SELECT public.regress_otp_try($$SELECT crmguard.request_otp('public.regress_vis_note', '1', 'Closed')$$) ~ '^ok' AS visible_row_ok;
 SELECT public.regress_otp_try($$SELECT crmguard.request_otp('public.regress_vis_note', '2', 'Closed')$$) AS hidden_row;
 SELECT public.regress_otp_try($$SELECT crmguard.request_otp('public.regress_vis_note', '3', 'Closed')$$) AS missing_row;
 RESET ROLE;
 SELECT count(*) AS codes_for_hidden_row FROM crmguard.outbox WHERE recipient = '+39 347 555 0202';
-SELECT crmguard.unexpose('agents: row 1');
 
 -- ===========================================================================
 -- Attack: unlimited fresh challenges, each rolled back (issue 12, hole 5)

@@ -868,7 +868,7 @@ recipient_changed_recently(Oid relid, const OtpRule *rule, const char *row_key)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_recipient_change"
-							  " WHERE target OPERATOR(pg_catalog.=) $1"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
 							  " AND row_key OPERATOR(pg_catalog.=) $2"
 							  " AND changed_at OPERATOR(pg_catalog.>)"
 							  " (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $3)",

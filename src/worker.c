@@ -9,9 +9,12 @@
  *
  * Audit records of refusals do not share one queue: each backend has a few
  * slots of its own, so no one's flood can push out another session's
- * record.  A backend whose slots are all waiting counts further refusals of
- * the same kind instead, and the worker writes them as one summary record
- * ("N refused assume() calls from role X in T s"): bounded, never lost.
+ * record.  A backend whose slots are all taken waits for one (the worker
+ * serves every backend in turn); once it floods (more than
+ * CG_FLOOD_REFUSALS in CG_FLOOD_WINDOW_MS), or the wait is too long, it
+ * counts further refusals of the same kind instead, and the worker writes
+ * them as one summary record ("N refused assume() calls from role X in
+ * T s"): bounded, never lost.
  */
 #include "postgres.h"
 
@@ -42,6 +45,9 @@
 #define CG_AUDIT_SUMMARIES	4		/* kinds of refusal counted per backend */
 #define CG_SUMMARY_QUIET_MS	1000	/* a flood is summarised once it paused... */
 #define CG_SUMMARY_MAX_MS	10000	/* ...or at least this often */
+#define CG_FLOOD_REFUSALS	64		/* more refusals than this from a backend... */
+#define CG_FLOOD_WINDOW_MS	10000	/* ...in this time are a flood */
+#define CG_SLOT_WAIT_MS		2000	/* below that, wait this long for a slot */
 
 typedef struct CgJob
 {
@@ -243,8 +249,12 @@ void
 cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
 				 const char *role, TimestampTz at)
 {
+	static TimestampTz flood_window_start = 0;
+	static int	flood_refusals = 0;
 	CgAuditRing *ring = my_ring();
 	CgAuditSummary *summary = NULL;
+	bool		flooding;
+	int			waited;
 	int			i;
 
 	cg_require_preload();
@@ -259,7 +269,25 @@ cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
 		return;
 	}
 
+	/* how many refusals this backend had lately: a flood is not waited for */
+	if (TimestampDifferenceExceeds(flood_window_start, at, CG_FLOOD_WINDOW_MS))
+	{
+		flood_window_start = at;
+		flood_refusals = 0;
+	}
+	flooding = ++flood_refusals > CG_FLOOD_REFUSALS;
+
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (waited = 0; ring->used == CG_AUDIT_SLOTS && !flooding && waited < CG_SLOT_WAIT_MS;
+		 waited += 5)
+	{
+		ensure_worker_locked();
+		LWLockRelease(shared->lock);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	}
 	if (ring->used < CG_AUDIT_SLOTS)
 	{
 		CgJob	   *job = &ring->slots[ring->used++];

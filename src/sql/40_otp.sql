@@ -60,7 +60,7 @@ SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_id_seq', '');
 -- When a recipient column of an OTP-guarded row was set: codes are not sent
 -- to a recipient set within the rule's recipient_cooldown.
 CREATE TABLE crmguard.otp_recipient_change (
-    target     oid NOT NULL,
+    target     regclass NOT NULL,      -- by name in dumps, like otp_rule.target
     row_key    text NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     principal  bigint

@@ -161,5 +161,19 @@ my $log = slurp_file($node->logfile);
 my $lost = () = $log =~ /could not queue audit record/g;
 is($lost, 0, 'no audit record was dropped');
 
+# --- issue 12, hole 4: request_otp reads the row as the caller ------------------
+$node->safe_psql('crm2', q{
+    SELECT crmguard.expose('public.delivery', 'agents: first rows', 'agent',
+                           '{"field": "id", "op": "<=", "value": 10}')});
+($ret, $out, $err) = $node->psql('crm2',
+    q{SET ROLE victim; SELECT crmguard.request_otp('public.delivery', '20', 'Delivered')});
+like($err, qr/row "20" of table delivery does not exist/,
+     'a row hidden by a visibility rule is answered like a missing one');
+($ret, $out, $err) = $node->psql('crm2',
+    q{SET ROLE victim; SELECT crmguard.request_otp('public.delivery', '4000', 'Delivered')});
+like($err, qr/row "4000" of table delivery does not exist/, 'exactly like a missing one');
+is($node->safe_psql('crm2', q{SELECT count(*) FROM crmguard.outbox WHERE recipient = '+39 347 555 20'}),
+   '0', 'and no code went to the hidden row\'s customer');
+
 $node->stop;
 done_testing();
