@@ -14,7 +14,8 @@ INSERT INTO public.plain SELECT i, '+39 347 ' || i, 'Out for delivery', '' FROM 
 INSERT INTO public.guarded SELECT * FROM public.plain;
 INSERT INTO public.plpgsql SELECT * FROM public.plain;
 SELECT crmguard.create_otp_rule('bench', 'public.guarded', 'status', '{Delivered}', 'phone',
-                                delivery => 'manual', code_length => 6, max_resends => 1000000);
+                                delivery => 'manual', code_length => 6, max_resends => 1000000,
+                                challenges_per_row => 1000000, challenges_per_principal => 1000000);
 CREATE FUNCTION public.empty_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
 CREATE TRIGGER empty BEFORE INSERT OR UPDATE ON public.plpgsql FOR EACH ROW EXECUTE FUNCTION public.empty_trigger();
 VACUUM ANALYZE;

@@ -8,8 +8,11 @@
  * there to the commit) and read the chain head with the latest snapshot, so
  * concurrent writers never fork the chain in any isolation level.  The
  * chain lock is no lock of the table: nothing a user can lock on crmguard's
- * objects (ANALYZE, LOCK TABLE, SELECT ... FOR SHARE) makes a commit wait.  Refusals, whose transaction is about to roll back, go through the
- * worker's queue and are written in a transaction of their own.
+ * objects (ANALYZE, LOCK TABLE, SELECT ... FOR SHARE) makes a commit wait.
+ * Refusals, whose transaction is about to roll back, go through the
+ * worker's queue and are written in a transaction of their own: each
+ * backend has slots of its own there, and a flood beyond them is written as
+ * one summary record per kind of refusal, so no one's flood drops another's.
  */
 #include "postgres.h"
 
@@ -439,6 +442,7 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	StringInfoData buf;
 	int64		principal;
 	TimestampTz at = GetCurrentTimestamp();
+	char	   *role;
 
 	if (RecoveryInProgress())
 	{
@@ -471,10 +475,39 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	appendStringInfoString(&buf, detail_with_role(detail_json));
 	appendStringInfoChar(&buf, '\0');
 
-	if (!cg_enqueue(CG_JOB_AUDIT, buf.data, buf.len))
-		ereport(LOG,
-				(errmsg("crmguard could not queue audit record \"%s\"", action),
-				 errdetail("The audit queue is full.")));
+	role = GetUserNameFromId(GetOuterUserId(), true);
+	cg_enqueue_audit(buf.data, buf.len, action, principal, role ? role : "", at);
+}
+
+/*
+ * The worker's record of a flood: count refusals of one kind by one session
+ * that did not fit in its slots, as one entry.
+ */
+void
+cg_audit_write_summary(int64 principal, const char *action, const char *role,
+					   int64 count, TimestampTz first_at, TimestampTz last_at)
+{
+	StringInfoData buf;
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(first_at, last_at, &secs, &usecs);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"summary\": true, \"count\": " INT64_FORMAT ", \"seconds\": %ld, \"session_role\": ",
+					 count, secs + (usecs > 0 ? 1 : 0));
+	escape_json(&buf, role);
+	appendStringInfoString(&buf, ", \"first_at\": ");
+	escape_json(&buf, timestamptz_to_str(first_at));
+	appendStringInfoString(&buf, ", \"message\": ");
+	if (strlen(action) > 8 && strcmp(action + strlen(action) - 8, "_refused") == 0)
+		escape_json(&buf, psprintf(INT64_FORMAT " refused %.*s() calls from role %s in %ld s",
+								   count, (int) strlen(action) - 8, action, role,
+								   secs + (usecs > 0 ? 1 : 0)));
+	else
+		escape_json(&buf, psprintf(INT64_FORMAT " \"%s\" records from role %s in %ld s",
+								   count, action, role, secs + (usecs > 0 ? 1 : 0)));
+	appendStringInfoChar(&buf, '}');
+	cg_audit_write(principal, last_at, action, NULL, NULL, buf.data);
 }
 
 /* The worker's half of cg_audit_durable */

@@ -113,6 +113,8 @@ extern void cg_audit_write(int64 principal, TimestampTz at, const char *action,
 						   const char *target, const char *row_key,
 						   const char *detail_json);
 extern void cg_audit_run_job(const char *data, int len);
+extern void cg_audit_write_summary(int64 principal, const char *action, const char *role,
+								   int64 count, TimestampTz first_at, TimestampTz last_at);
 
 /* worker.c: shared memory queue and background worker */
 typedef enum CgJobKind
@@ -126,10 +128,15 @@ extern void cg_worker_shmem_request(void);
 extern void cg_worker_shmem_startup(void);
 extern void cg_worker_register(void);
 extern bool cg_enqueue(CgJobKind kind, const char *data, int len);
+extern void cg_enqueue_audit(const char *data, int len, const char *action,
+							 int64 principal, const char *role, TimestampTz at);
 
 /* outbox.c: the one outbox */
 extern int64 cg_outbox_put(const char *channel, const char *recipient,
 						   const char *subject, const char *body);
+extern int64 cg_outbox_put_expiring(const char *channel, const char *recipient,
+									const char *subject, const char *body,
+									TimestampTz expires_at);
 
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
@@ -148,6 +155,7 @@ extern bool cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *va
 extern void cg_otp_shmem_request(void);
 extern void cg_otp_shmem_startup(void);
 extern void cg_otp_run_job(const char *data, int len);
+extern char *cg_otp_equality_operator(Oid type);
 
 /* visibility.c: row visibility through the row-level security hook */
 extern void cg_visibility_init(void);
@@ -161,6 +169,8 @@ extern struct _SPI_plan *cg_prepare_all_rows(const char *sql, int nargs, Oid *ty
  */
 #define CG_OTP_GUARD_INSERT			"zz_crmguard_otp_guard_insert"
 #define CG_OTP_GUARD_UPDATE			"zz_crmguard_otp_guard"
+#define CG_OTP_WATCH_INSERT			"zz_crmguard_otp_recipient_insert"
+#define CG_OTP_WATCH_UPDATE			"zz_crmguard_otp_recipient"
 #define CG_APPROVAL_LOCK_GUARD		"zz_crmguard_approval_lock"
 #define CG_APPROVAL_TRUNCATE_GUARD	"zz_crmguard_approval_truncate"
 #define CG_APPROVAL_SUBMIT_INSERT	"zz_crmguard_approval_submit_insert"

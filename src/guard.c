@@ -255,6 +255,10 @@ static const GuardSpec guard_specs[] = {
 	TRIGGER_TYPE_ROW | TRIGGER_TYPE_UPDATE},
 	{RULE_OTP, CG_OTP_GUARD_INSERT, "otp_guard",
 	TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT},
+	{RULE_OTP, CG_OTP_WATCH_UPDATE, "otp_recipient_watch",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_UPDATE},
+	{RULE_OTP, CG_OTP_WATCH_INSERT, "otp_recipient_watch",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT},
 };
 #define NUM_GUARD_SPECS ((int) lengthof(guard_specs))
 

@@ -5,9 +5,15 @@
  *		sent to the customer.  One code, one change.
  *
  * Rules are cached per backend and per table, so rows that enter no gated
- * value cost a hash lookup and a datum comparison.  Failed attempts live in
- * shared memory, where ROLLBACK cannot undo them; a challenge whose counter
- * is missing (the server restarted) fails closed.
+ * value cost a hash lookup and a datum comparison; gated values are compared
+ * with the column type's own equality and the column's collation.  Failed
+ * attempts and issue counts live in shared memory (otp_shmem.c), where
+ * ROLLBACK cannot undo them; a challenge whose counter is missing (the
+ * server restarted) fails closed.
+ *
+ * A code goes to the recipient on record: the committed row's, never a value
+ * written by the refused statement or its transaction, and never one set
+ * within the rule's recipient_cooldown (crmguard.otp_recipient_change).
  */
 #include "postgres.h"
 
@@ -21,6 +27,8 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/acl.h"
@@ -34,152 +42,10 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "crmguard.h"
-
-#define OTP_MAX_CHALLENGES	16384
-
-/* ---------------------------------------------------------------------------
- * Shared memory: failed attempts per challenge
- * ---------------------------------------------------------------------------
- */
-typedef struct OtpAttemptKey
-{
-	int64		challenge;
-	Oid			dboid;
-	uint32		zero;			/* explicit, so a copied key hashes the same */
-} OtpAttemptKey;
-
-typedef struct OtpAttempts
-{
-	OtpAttemptKey key;
-	int			attempts;
-	int			max_attempts;
-	TimestampTz expires_at;
-} OtpAttempts;
-
-static HTAB *attempts_table = NULL;
-static LWLock *attempts_lock = NULL;
-
-void
-cg_otp_shmem_request(void)
-{
-	RequestAddinShmemSpace(hash_estimate_size(OTP_MAX_CHALLENGES, sizeof(OtpAttempts)));
-	RequestNamedLWLockTranche("crmguard otp", 1);
-}
-
-void
-cg_otp_shmem_startup(void)
-{
-	HASHCTL		ctl;
-
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(OtpAttemptKey);
-	ctl.entrysize = sizeof(OtpAttempts);
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	attempts_table = ShmemInitHash("crmguard otp attempts", OTP_MAX_CHALLENGES,
-								   OTP_MAX_CHALLENGES, &ctl, HASH_ELEM | HASH_BLOBS);
-	attempts_lock = &(GetNamedLWLockTranche("crmguard otp"))->lock;
-	LWLockRelease(AddinShmemInitLock);
-}
-
-static OtpAttemptKey
-attempt_key(int64 challenge)
-{
-	OtpAttemptKey key;
-
-	key.challenge = challenge;
-	key.dboid = MyDatabaseId;
-	key.zero = 0;
-	return key;
-}
-
-/* Start counting for a new challenge, evicting expired ones when full */
-static void
-attempts_register(int64 challenge, int max_attempts, TimestampTz expires_at)
-{
-	OtpAttemptKey key = attempt_key(challenge);
-	OtpAttempts *entry;
-	bool		found;
-
-	cg_require_preload();
-	LWLockAcquire(attempts_lock, LW_EXCLUSIVE);
-	entry = hash_search(attempts_table, &key, HASH_ENTER_NULL, &found);
-	if (entry == NULL)
-	{
-		HASH_SEQ_STATUS seq;
-		OtpAttempts *old;
-		TimestampTz now = GetCurrentTimestamp();
-
-		hash_seq_init(&seq, attempts_table);
-		while ((old = hash_seq_search(&seq)) != NULL)
-			if (old->expires_at < now)
-				hash_search(attempts_table, &old->key, HASH_REMOVE, NULL);
-		entry = hash_search(attempts_table, &key, HASH_ENTER_NULL, &found);
-	}
-	if (entry == NULL)
-	{
-		LWLockRelease(attempts_lock);
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many live OTP challenges"),
-				 errdetail("At most %d challenges can be pending at once.", OTP_MAX_CHALLENGES)));
-	}
-	if (!found)
-		entry->attempts = 0;
-	entry->max_attempts = max_attempts;
-	entry->expires_at = expires_at;
-	LWLockRelease(attempts_lock);
-}
-
-typedef enum AttemptResult
-{
-	ATTEMPT_ALLOWED,
-	ATTEMPT_LOCKED,
-	ATTEMPT_UNKNOWN
-} AttemptResult;
-
-/* Count one attempt before the comparison, so parallel guesses count too */
-static AttemptResult
-attempts_take(int64 challenge, int *used, int *max)
-{
-	OtpAttemptKey key = attempt_key(challenge);
-	OtpAttempts *entry;
-	AttemptResult result;
-
-	LWLockAcquire(attempts_lock, LW_EXCLUSIVE);
-	entry = hash_search(attempts_table, &key, HASH_FIND, NULL);
-	if (entry == NULL)
-		result = ATTEMPT_UNKNOWN;
-	else if (entry->attempts >= entry->max_attempts)
-		result = ATTEMPT_LOCKED;
-	else
-	{
-		entry->attempts++;
-		result = ATTEMPT_ALLOWED;
-	}
-	if (entry)
-	{
-		*used = entry->attempts;
-		*max = entry->max_attempts;
-	}
-	LWLockRelease(attempts_lock);
-	return result;
-}
-
-/* A right code was not a failed attempt */
-static void
-attempts_refund(int64 challenge)
-{
-	OtpAttemptKey key = attempt_key(challenge);
-	OtpAttempts *entry;
-
-	LWLockAcquire(attempts_lock, LW_EXCLUSIVE);
-	entry = hash_search(attempts_table, &key, HASH_FIND, NULL);
-	if (entry && entry->attempts > 0)
-		entry->attempts--;
-	LWLockRelease(attempts_lock);
-}
+#include "otp.h"
 
 /* ---------------------------------------------------------------------------
  * The rule cache
@@ -190,14 +56,18 @@ typedef struct OtpRule
 	int64		id;
 	char	   *name;
 	AttrNumber	status_attno;
-	Oid			status_type;
-	bool		status_byval;
-	int16		status_len;
-	FmgrInfo	status_out;
+	Oid			status_base;	/* base type of the column (values are of it) */
+	int32		status_typmod;
+	Oid			status_collation;
+	FmgrInfo	status_eq;		/* the type's equality */
+	FmgrInfo	status_in;
+	Oid			status_ioparam;
 	int			nto;
-	char	  **to_values;
+	char	  **to_values;		/* as the rule spells them: the challenge's to_value */
+	Datum	   *to_datums;
 	int			nfrom;			/* -1: any */
 	char	  **from_values;
+	Datum	   *from_datums;
 	int			napplies;		/* -1: everyone */
 	char	  **applies_to;
 	char	   *recipient_column;
@@ -210,6 +80,10 @@ typedef struct OtpRule
 	int			max_resends;
 	int			max_attempts;
 	char	   *condition;		/* compiled SQL, or NULL */
+	Interval	recipient_cooldown;
+	int			challenges_per_row;
+	int			challenges_per_principal;
+	Interval	challenge_window;
 } OtpRule;
 
 typedef struct OtpTable
@@ -366,7 +240,7 @@ primary_key(Oid relid, AttrNumber *attno, Oid *type)
 	return true;
 }
 
-/* Load the rules of one table; caller is connected to SPI as the owner */
+/* Load the rules of one table; caller is connected to SPI as the extension owner */
 static void
 load_rules(OtpTable *entry)
 {
@@ -380,7 +254,9 @@ load_rules(OtpTable *entry)
 	values[0] = ObjectIdGetDatum(entry->relid);
 	if (SPI_execute_with_args("SELECT id, rule_name, status_column, to_values, recipient_column,"
 							  " channel, delivery, code_type, code_length, valid_for, max_resends,"
-							  " max_attempts, from_values, applies_to, compiled_condition"
+							  " max_attempts, from_values, applies_to, compiled_condition,"
+							  " recipient_cooldown, challenges_per_row, challenges_per_principal,"
+							  " challenge_window"
 							  " FROM crmguard.otp_rule WHERE target OPERATOR(pg_catalog.=) $1"
 							  " ORDER BY id", 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard.otp_rule");
@@ -396,16 +272,29 @@ load_rules(OtpTable *entry)
 		bool		isnull;
 		Datum		d;
 		char	   *s;
+		Oid			type;
+		Oid			collation;
+		Oid			in_fn;
+		TypeCacheEntry *tc;
 
 		r->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		r->name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 		r->status_attno = column_attno(entry->relid,
 									   NameStr(*DatumGetName(SPI_getbinval(tup, desc, 3, &isnull))),
 									   r->name);
-		r->status_type = get_atttype(entry->relid, r->status_attno);
-		get_typlenbyval(r->status_type, &r->status_len, &r->status_byval);
-		getTypeOutputInfo(r->status_type, &out_fn, &varlena);
-		fmgr_info_cxt(out_fn, &r->status_out, entry->mcxt);
+		get_atttypetypmodcoll(entry->relid, r->status_attno, &type, &r->status_typmod, &collation);
+		r->status_collation = collation;
+		r->status_base = getBaseTypeAndTypmod(type, &r->status_typmod);
+		tc = lookup_type_cache(r->status_base, TYPECACHE_EQ_OPR_FINFO);
+		if (!OidIsValid(tc->eq_opr_finfo.fn_oid))
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_INVALID_RULE),
+					 errmsg("OTP rule \"%s\" gates a column of type %s, which has no equality operator",
+							r->name, format_type_be(type)),
+					 errhint("Drop the rule and create it again.")));
+		fmgr_info_copy(&r->status_eq, &tc->eq_opr_finfo, entry->mcxt);
+		getTypeInputInfo(r->status_base, &in_fn, &r->status_ioparam);
+		fmgr_info_cxt(in_fn, &r->status_in, entry->mcxt);
 		r->nto = array_to_strings(SPI_getbinval(tup, desc, 4, &isnull), isnull, &r->to_values);
 		r->recipient_column = pstrdup(NameStr(*DatumGetName(SPI_getbinval(tup, desc, 5, &isnull))));
 		r->recipient_attno = column_attno(entry->relid, r->recipient_column, r->name);
@@ -423,6 +312,10 @@ load_rules(OtpTable *entry)
 		r->napplies = array_to_strings(d, isnull, &r->applies_to);
 		d = SPI_getbinval(tup, desc, 15, &isnull);
 		r->condition = isnull ? NULL : TextDatumGetCString(d);
+		r->recipient_cooldown = *DatumGetIntervalP(SPI_getbinval(tup, desc, 16, &isnull));
+		r->challenges_per_row = DatumGetInt32(SPI_getbinval(tup, desc, 17, &isnull));
+		r->challenges_per_principal = DatumGetInt32(SPI_getbinval(tup, desc, 18, &isnull));
+		r->challenge_window = *DatumGetIntervalP(SPI_getbinval(tup, desc, 19, &isnull));
 	}
 	if (entry->nrules > 0)
 	{
@@ -434,6 +327,37 @@ load_rules(OtpTable *entry)
 		getTypeOutputInfo(entry->pk_type, &out_fn, &varlena);
 		fmgr_info_cxt(out_fn, &entry->pk_out, entry->mcxt);
 	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The gated values as datums of the column's base type.  Input functions
+ * of base types are the server's or a superuser's C code; they still run
+ * as the table's owner, like everything that touches its types.
+ */
+static void
+load_values(OtpTable *entry)
+{
+	CgPrivilegedContext priv;
+	MemoryContext old = MemoryContextSwitchTo(entry->mcxt);
+	int			i;
+	int			j;
+
+	cg_enter_table_owner(&priv, entry->relid);
+	for (i = 0; i < entry->nrules; i++)
+	{
+		OtpRule    *r = &entry->rules[i];
+
+		r->to_datums = palloc(sizeof(Datum) * Max(r->nto, 1));
+		for (j = 0; j < r->nto; j++)
+			r->to_datums[j] = InputFunctionCall(&r->status_in, r->to_values[j],
+												r->status_ioparam, r->status_typmod);
+		r->from_datums = palloc(sizeof(Datum) * Max(r->nfrom, 1));
+		for (j = 0; j < r->nfrom; j++)
+			r->from_datums[j] = InputFunctionCall(&r->status_in, r->from_values[j],
+												  r->status_ioparam, r->status_typmod);
+	}
+	cg_leave_owner(&priv);
 	MemoryContextSwitchTo(old);
 }
 
@@ -469,8 +393,26 @@ rules_for(Oid relid)
 	load_rules(entry);
 	SPI_finish();
 	cg_leave_owner(&priv);
+	load_values(entry);
 	entry->valid = true;
 	return entry;
+}
+
+/* Which of a list of values (of the rule's column) a value equals, or -1 */
+static int
+value_index(const OtpRule *rule, Datum value, const Datum *list, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		Datum		eq = FunctionCall2Coll((FmgrInfo *) &rule->status_eq, rule->status_collation,
+										   value, list[i]);
+
+		if (DatumGetBool(eq))
+			return i;
+	}
+	return -1;
 }
 
 /* ---------------------------------------------------------------------------
@@ -579,7 +521,8 @@ interval_text(const Interval *iv)
  */
 static void
 send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
-		  const char *row_key, const char *to_value, const char *recipient)
+		  const char *row_key, const char *to_value, const char *recipient,
+		  bool undo_on_abort)
 {
 	CgPrivilegedContext priv;
 	char		code[16];
@@ -638,12 +581,12 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 	SPI_finish();
 	cg_leave_owner(&priv);
 
-	attempts_register(challenge, rule->max_attempts, expires_at);
+	otp_attempts_register(challenge, principal, rule->max_attempts, expires_at, undo_on_abort);
 
 	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
 					interval_text(&rule->valid_for));
 	sodium_memzero(code, sizeof(code));
-	cg_outbox_put(rule->channel, recipient, rule->name, body);
+	cg_outbox_put_expiring(rule->channel, recipient, rule->name, body, expires_at);
 	sodium_memzero(body, strlen(body));
 }
 
@@ -684,7 +627,7 @@ find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_val
 							  " AND consumed_at IS NULL"
 							  " AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()"
 							  " ORDER BY id DESC LIMIT 1",
-							  4, types, values, NULL, true, 1) != SPI_OK_SELECT)
+							  4, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read OTP challenges");
 	found = SPI_processed > 0;
 	if (found)
@@ -752,6 +695,122 @@ jsonb_of(const char *json)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
+/*
+ * Challenges this backend asked the worker to issue (automatic delivery).
+ * The worker commits them a moment after the refusal: until then a repeated
+ * change names the same challenge instead of sending another code, and
+ * pending_challenge() waits for it.  Session memory: it outlives the
+ * refused transaction, and holds only the last few.
+ */
+typedef struct IssuedChallenge
+{
+	int64		id;
+	int64		rule;
+	int64		principal;
+	TimestampTz issued_at;
+	char		row_key[NAMEDATALEN];
+	char		to_value[NAMEDATALEN];
+	char		masked[NAMEDATALEN];
+} IssuedChallenge;
+
+#define OTP_RECENTLY_ISSUED 16
+static IssuedChallenge recently_issued[OTP_RECENTLY_ISSUED];
+static int	next_issued = 0;
+
+static void
+remember_issued(const OtpRule *rule, int64 id, int64 principal, const char *row_key,
+				const char *to_value, const char *masked)
+{
+	IssuedChallenge *ic = &recently_issued[next_issued];
+
+	if (strlen(row_key) >= NAMEDATALEN || strlen(to_value) >= NAMEDATALEN)
+		return;					/* long keys are simply not remembered */
+	next_issued = (next_issued + 1) % OTP_RECENTLY_ISSUED;
+	ic->id = id;
+	ic->rule = rule->id;
+	ic->principal = principal;
+	ic->issued_at = GetCurrentTimestamp();
+	strlcpy(ic->row_key, row_key, NAMEDATALEN);
+	strlcpy(ic->to_value, to_value, NAMEDATALEN);
+	strlcpy(ic->masked, masked, NAMEDATALEN);
+}
+
+/* Is there a challenge with this id at all (in any state)? */
+static bool
+challenge_exists(int64 id)
+{
+	CgPrivilegedContext priv;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		exists;
+
+	values[0] = Int64GetDatum(id);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_challenge_state WHERE id OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read OTP challenges");
+	exists = SPI_processed > 0;
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return exists;
+}
+
+/*
+ * A challenge this backend asked for a moment ago (10 s: the worker takes
+ * milliseconds) that the worker has not committed yet; one that exists is
+ * no longer in flight (it is in the table, live or not).
+ */
+static IssuedChallenge *
+issued_here(const OtpRule *rule, int64 principal, const char *row_key, const char *to_value)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	for (i = 0; i < OTP_RECENTLY_ISSUED; i++)
+	{
+		IssuedChallenge *ic = &recently_issued[i];
+
+		if (ic->id == 0 || ic->rule != rule->id || ic->principal != principal ||
+			strcmp(ic->row_key, row_key) != 0 || strcmp(ic->to_value, to_value) != 0)
+			continue;
+		if (TimestampDifferenceExceeds(ic->issued_at, now, 10000) || challenge_exists(ic->id))
+		{
+			ic->id = 0;
+			continue;
+		}
+		return ic;
+	}
+	return NULL;
+}
+
+/*
+ * The live challenge of a row, value and principal; one this backend had
+ * issued is waited for (up to a second) until the worker has committed it.
+ */
+static bool
+find_or_await_challenge(const OtpRule *rule, const char *row_key, const char *to_value,
+						int64 principal, LiveChallenge *out)
+{
+	IssuedChallenge *ic;
+	int			i;
+
+	if (find_live_challenge(rule, row_key, to_value, principal, out))
+		return true;
+	ic = issued_here(rule, principal, row_key, to_value);
+	for (i = 0; ic != NULL && ic->id != 0 && i < 100; i++)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (find_live_challenge(rule, row_key, to_value, principal, out))
+			return true;
+	}
+	return false;
+}
+
 /* Use up a challenge verified in this transaction: one code, one change */
 static void
 consume(Verified *v, const OtpRule *rule, Relation rel)
@@ -782,55 +841,201 @@ consume(Verified *v, const OtpRule *rule, Relation rel)
 				(errcode(ERRCODE_CG_OTP_EXPIRED),
 				 errmsg("OTP challenge " INT64_FORMAT " was already used", v->challenge)));
 	}
+	otp_attempts_release_at_commit(v->challenge);
 	cg_audit("otp_consumed", RelationGetRelationName(rel), v->row_key,
 			 jsonb_of(audit_detail(rule->name, v->challenge, v->to_value, NULL)));
 }
 
-/* Refuse a gated change; with automatic delivery, send a code on the way out */
+/*
+ * Was the recipient of a row set or changed within the rule's cooldown?
+ * Changes of this transaction count too: they are visible here.
+ */
+static bool
+recipient_changed_recently(Oid relid, const OtpRule *rule, const char *row_key)
+{
+	CgPrivilegedContext priv;
+	Oid			types[3] = {OIDOID, TEXTOID, INTERVALOID};
+	Datum		values[3];
+	bool		changed;
+
+	if (rule->recipient_cooldown.time == 0 && rule->recipient_cooldown.day == 0 &&
+		rule->recipient_cooldown.month == 0)
+		return false;
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetTextDatum(row_key);
+	values[2] = IntervalPGetDatum(&rule->recipient_cooldown);
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_recipient_change"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+							  " AND row_key OPERATOR(pg_catalog.=) $2"
+							  " AND changed_at OPERATOR(pg_catalog.>)"
+							  " (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $3)",
+							  3, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_recipient_change");
+	changed = SPI_processed > 0;
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return changed;
+}
+
+static char *
+cooldown_detail(const OtpRule *rule)
+{
+	return psprintf("The recipient of this row was set or changed within the last %s, so no code is sent to it yet.",
+					interval_text(&rule->recipient_cooldown));
+}
+
+/* Count a new challenge against the rule's rate limits, or refuse with CG004 */
 static void
-refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
+take_rate(const OtpRule *rule, Oid relid, const char *row_key, const char *to_value,
+		  int64 principal)
+{
+	OtpRateResult r = otp_rate_take(rule->id, principal, row_key, rule->challenges_per_row,
+									rule->challenges_per_principal, &rule->challenge_window);
+	char	   *detail;
+
+	if (r == OTP_RATE_OK)
+		return;
+	if (r == OTP_RATE_ROW)
+		detail = psprintf("OTP rule \"%s\" allows %d new challenges per row in %s.", rule->name,
+						  rule->challenges_per_row, interval_text(&rule->challenge_window));
+	else if (r == OTP_RATE_PRINCIPAL)
+		detail = psprintf("OTP rule \"%s\" allows %d new challenges per principal in %s.", rule->name,
+						  rule->challenges_per_principal, interval_text(&rule->challenge_window));
+	else
+		detail = pstrdup("The table of OTP counters is full.");
+	cg_audit_durable("otp_refused", get_rel_name(relid), row_key,
+					 audit_detail(rule->name, 0, to_value,
+								  r == OTP_RATE_ROW ? "row rate limit" :
+								  r == OTP_RATE_PRINCIPAL ? "principal rate limit" : "counters full"));
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_OTP_RESENDS),
+			 errmsg("too many OTP challenges for row \"%s\" of table %s", row_key, get_rel_name(relid)),
+			 errdetail_internal("%s", detail),
+			 errhint("Wait, then request a new code.")));
+}
+
+static void refuse_required(const OtpRule *rule, Relation rel, const char *to_value,
+							const char *detail, const char *hint) pg_attribute_noreturn();
+static void refuse_unsent(const OtpRule *rule, Relation rel, const char *row_key,
+						  const char *to_value, const char *reason, const char *detail,
+						  const char *hint) pg_attribute_noreturn();
+
+/* The CG001 refusal: table and column as error fields, DETAIL "Challenge <id> ..." */
+static void
+refuse_required(const OtpRule *rule, Relation rel, const char *to_value, const char *detail,
+				const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_OTP_REQUIRED),
+			 errmsg("OTP required to set \"%s\" to \"%s\"",
+					get_attname(RelationGetRelid(rel), rule->status_attno, false), to_value),
+			 errdetail_internal("%s", detail),
+			 hint ? errhint("%s", hint) : 0,
+			 errtablecol(rel, rule->status_attno)));
+}
+
+/* Refuse a gated change for which no code can be sent, on the record */
+static void
+refuse_unsent(const OtpRule *rule, Relation rel, const char *row_key, const char *to_value,
+			  const char *reason, const char *detail, const char *hint)
+{
+	cg_audit_durable("otp_required", RelationGetRelationName(rel), row_key,
+					 audit_detail(rule->name, 0, to_value, reason));
+	refuse_required(rule, rel, to_value, detail, hint);
+}
+
+static char *
+pending_detail(int64 challenge, const char *masked)
+{
+	return psprintf("Challenge " INT64_FORMAT " is pending; its code was sent to %s.",
+					challenge, masked);
+}
+
+static char *
+verify_hint(int64 challenge)
+{
+	return psprintf("Call crmguard.verify_otp(" INT64_FORMAT ", code) in this transaction, then repeat the change.",
+					challenge);
+}
+
+/*
+ * Refuse a gated change; with automatic delivery, issue a code on the way
+ * out.  The code goes to the recipient on record: the worker reads it from
+ * the committed row in a transaction of its own, so nothing the refused
+ * statement or its transaction wrote can redirect it.  old is the row before
+ * an UPDATE, NULL for an INSERT.
+ */
+static void
+refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple old,
 	   const char *row_key, const char *to_value, int64 principal)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
-	const char *status_column = get_attname(entry->relid, rule->status_attno, false);
 	LiveChallenge live;
 	int64		challenge = 0;
 	char	   *detail;
 	char	   *hint;
+	IssuedChallenge *ic;
 
 	if (find_live_challenge(rule, row_key, to_value, principal, &live))
 	{
 		challenge = live.id;
-		detail = psprintf("Challenge " INT64_FORMAT " is pending; its code was sent to %s.",
-						  live.id, live.masked);
-		hint = psprintf("Call crmguard.verify_otp(" INT64_FORMAT ", code) in this transaction, then repeat the change.",
-						live.id);
+		detail = pending_detail(live.id, live.masked);
+		hint = verify_hint(live.id);
+	}
+	else if (rule->automatic &&
+			 (ic = issued_here(rule, principal, row_key, to_value)) != NULL)
+	{
+		/* issued a moment ago, the worker is still at it: no second code */
+		challenge = ic->id;
+		detail = pending_detail(ic->id, ic->masked);
+		hint = verify_hint(ic->id);
 	}
 	else if (rule->automatic)
 	{
-		bool		isnull;
-		Datum		d = heap_getattr(tuple, rule->recipient_attno, desc, &isnull);
-		char	   *recipient;
+		bool		isnull = true;
+		Datum		d = (Datum) 0;
+		char	   *recipient = NULL;
 		StringInfoData job;
-		Oid			out_fn;
-		bool		varlena;
 		Oid			relid = entry->relid;
+		TimestampTz expires_at;
 
-		recipient = NULL;
+		if (old == NULL)
+			refuse_unsent(rule, rel, row_key, to_value, "new row",
+						  "A new row has no recipient on record, so no code can be sent for it.",
+						  "Insert the row with another value and commit it; then change the value with a code.");
+		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(old->t_data)))
+			refuse_unsent(rule, rel, row_key, to_value, "row changed in this transaction",
+						  "The row was changed earlier in this transaction, so no code is sent before that change is committed.",
+						  "Commit the other change first, then repeat this one.");
+		d = heap_getattr(old, rule->recipient_attno, desc, &isnull);
 		if (!isnull)
 		{
+			Oid			out_fn;
+			bool		varlena;
+
 			getTypeOutputInfo(TupleDescAttr(desc, rule->recipient_attno - 1)->atttypid,
 							  &out_fn, &varlena);
 			recipient = OidOutputFunctionCall(out_fn, d);
 		}
 		if (recipient == NULL || recipient[0] == '\0')
-			ereport(ERROR,
-					(errcode(ERRCODE_CG_OTP_REQUIRED),
-					 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
-					 errdetail("The row has no recipient in column \"%s\", so no code can be sent.",
-							   rule->recipient_column)));
+			refuse_unsent(rule, rel, row_key, to_value, "no recipient",
+						  psprintf("The row has no recipient in column \"%s\", so no code can be sent.",
+								   rule->recipient_column), NULL);
+		if (recipient_changed_recently(relid, rule, row_key))
+			refuse_unsent(rule, rel, row_key, to_value, "recipient changed recently",
+						  cooldown_detail(rule),
+						  "Wait until the cooldown has passed, or have the recipient confirmed by someone who may change it.");
+		take_rate(rule, relid, row_key, to_value, principal);
 
 		challenge = next_challenge_id();
+		/* the place in shared memory is the worker's: it outlives this rollback */
+		expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															 TimestampTzGetDatum(GetCurrentTimestamp()),
+															 IntervalPGetDatum(&rule->valid_for)));
+		otp_attempts_register(challenge, principal, rule->max_attempts, expires_at, false);
 		initStringInfo(&job);
 		appendBinaryStringInfo(&job, (char *) &relid, sizeof(relid));
 		appendBinaryStringInfo(&job, (char *) &rule->id, sizeof(int64));
@@ -838,17 +1043,16 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 		appendBinaryStringInfo(&job, (char *) &principal, sizeof(principal));
 		appendBinaryStringInfo(&job, row_key, strlen(row_key) + 1);
 		appendBinaryStringInfo(&job, to_value, strlen(to_value) + 1);
-		appendBinaryStringInfo(&job, recipient, strlen(recipient) + 1);
 		if (!cg_enqueue(CG_JOB_OTP_ISSUE, job.data, job.len))
-			ereport(ERROR,
-					(errcode(ERRCODE_CG_OTP_REQUIRED),
-					 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
-					 errdetail("No code could be sent: the crmguard queue is full."),
-					 errhint("Call crmguard.request_otp() and try again.")));
-		detail = psprintf("Challenge " INT64_FORMAT " was issued; its code is being sent to %s.",
-						  challenge, mask_recipient(recipient));
-		hint = psprintf("Call crmguard.verify_otp(" INT64_FORMAT ", code) in this transaction, then repeat the change.",
-						challenge);
+		{
+			otp_attempts_forget(challenge);
+			refuse_required(rule, rel, to_value, "No code could be sent: the crmguard queue is full.",
+							"Call crmguard.request_otp() and try again.");
+		}
+		remember_issued(rule, challenge, principal, row_key, to_value,
+						mask_recipient(recipient));
+		detail = pending_detail(challenge, mask_recipient(recipient));
+		hint = verify_hint(challenge);
 	}
 	else
 	{
@@ -861,19 +1065,17 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 
 	cg_audit_durable("otp_required", RelationGetRelationName(rel), row_key,
 					 audit_detail(rule->name, challenge, to_value, NULL));
-	/* clients read the table and column from the error's fields */
-	ereport(ERROR,
-			(errcode(ERRCODE_CG_OTP_REQUIRED),
-			 errmsg("OTP required to set \"%s\" to \"%s\"", status_column, to_value),
-			 errdetail_internal("%s", detail),
-			 errhint("%s", hint),
-			 errtablecol(rel, rule->status_attno)));
+	refuse_required(rule, rel, to_value, detail, hint);
 }
 
-/* A row entered a gated value: keep it only with a verified challenge */
+/*
+ * A row entered a gated value: keep it only with a verified challenge.  A
+ * rule limited to CRM roles gates those roles and every session with no
+ * principal: nobody is never exempt.
+ */
 static void
 guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
-		  const char *to_value)
+		  HeapTuple old, const char *to_value)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	const CgPrincipal *p = cg_current_principal();
@@ -883,12 +1085,12 @@ guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 	char	   *row_key;
 	ListCell   *lc;
 
-	if (rule->napplies >= 0)
+	if (rule->napplies >= 0 && p != NULL)
 	{
 		bool		applies = false;
 		int			i;
 
-		for (i = 0; p != NULL && i < p->nroles && !applies; i++)
+		for (i = 0; i < p->nroles && !applies; i++)
 			applies = string_in(p->roles[i], rule->applies_to, rule->napplies);
 		if (!applies)
 			return;
@@ -917,7 +1119,7 @@ guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 			return;
 		}
 	}
-	refuse(entry, rule, rel, tuple, row_key, to_value, principal);
+	refuse(entry, rule, rel, old, row_key, to_value, principal);
 }
 
 PG_FUNCTION_INFO_V1(crmguard_otp_guard);
@@ -956,48 +1158,200 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 		bool		old_null = true;
 		Datum		new_value = heap_getattr(newtuple, rule->status_attno, desc, &new_null);
 		Datum		old_value = (Datum) 0;
-		char	   *to_value;
+		int			to;
 
 		if (new_null)
 			continue;
+		to = value_index(rule, new_value, rule->to_datums, rule->nto);
+		if (to < 0)
+			continue;
 		if (oldtuple)
 		{
-			/* unchanged: not entering (the guard's WHEN clause mostly spares this call) */
+			/* the same value in the type's eyes: not entering it */
 			old_value = heap_getattr(oldtuple, rule->status_attno, desc, &old_null);
-			if (!old_null && datumIsEqual(old_value, new_value, rule->status_byval, rule->status_len))
+			if (!old_null && value_index(rule, old_value, &new_value, 1) == 0)
 				continue;
 		}
-		to_value = OutputFunctionCall(&rule->status_out, new_value);
-		if (!string_in(to_value, rule->to_values, rule->nto))
+		if (rule->nfrom >= 0 &&
+			(old_null || value_index(rule, old_value, rule->from_datums, rule->nfrom) < 0))
 			continue;
-		if (rule->nfrom >= 0)
-		{
-			if (old_null ||
-				!string_in(OutputFunctionCall(&rule->status_out, old_value),
-						   rule->from_values, rule->nfrom))
-				continue;
-		}
-		else if (!old_null &&
-				 strcmp(OutputFunctionCall(&rule->status_out, old_value), to_value) == 0)
-			continue;
-		guard_row(entry, rule, td->tg_relation, newtuple, to_value);
+		guard_row(entry, rule, td->tg_relation, newtuple, oldtuple, rule->to_values[to]);
 	}
 	return PointerGetDatum(NULL);	/* an AFTER trigger: the result is ignored */
+}
+
+/*
+ * A recipient column of an OTP-guarded row was set (INSERT) or changed
+ * (UPDATE): note when, so no code goes to it within the rule's cooldown, and
+ * audit a change.  A delete and re-insert is a change too.
+ */
+PG_FUNCTION_INFO_V1(crmguard_otp_recipient_watch);
+Datum
+crmguard_otp_recipient_watch(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	HeapTuple	newtuple;
+	HeapTuple	oldtuple = NULL;
+	OtpTable   *entry;
+	const CgPrincipal *p;
+	CgPrivilegedContext priv;
+	Oid			types[3] = {OIDOID, TEXTOID, INT8OID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	StringInfoData changed;
+	bool		isnull;
+	Datum		key;
+	char	   *row_key;
+	int			i;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
+		elog(ERROR, "crmguard_otp_recipient_watch: must be an AFTER INSERT or UPDATE row trigger");
+	rel = td->tg_relation;
+	desc = RelationGetDescr(rel);
+	newtuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		oldtuple = td->tg_trigtuple;
+	entry = rules_for(RelationGetRelid(rel));
+	if (entry->nrules == 0)
+		return PointerGetDatum(NULL);
+
+	/* which recipient columns changed, for the audit entry */
+	initStringInfo(&changed);
+	for (i = 0; oldtuple && i < entry->nrules; i++)
+	{
+		AttrNumber	attno = entry->rules[i].recipient_attno;
+		bool		old_null;
+		bool		new_null;
+		Datum		o = heap_getattr(oldtuple, attno, desc, &old_null);
+		Datum		n = heap_getattr(newtuple, attno, desc, &new_null);
+
+		if (old_null == new_null &&
+			(old_null || datumIsEqual(o, n, TupleDescAttr(desc, attno - 1)->attbyval,
+									  TupleDescAttr(desc, attno - 1)->attlen)))
+			continue;
+		if (strstr(changed.data, entry->rules[i].recipient_column) == NULL)
+		{
+			if (changed.len == 0)
+				appendStringInfoString(&changed, "{\"column\": ");
+			else
+				appendStringInfoString(&changed, ", \"also\": ");
+			escape_json(&changed, entry->rules[i].recipient_column);
+		}
+	}
+	if (oldtuple && changed.len == 0)
+		return PointerGetDatum(NULL);
+
+	key = heap_getattr(newtuple, entry->pk_attno, desc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	row_key = OutputFunctionCall(&entry->pk_out, key);
+	p = cg_current_principal();
+
+	values[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	values[1] = CStringGetTextDatum(row_key);
+	values[2] = Int64GetDatum(p ? p->id : 0);
+	nulls[2] = p ? ' ' : 'n';
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("INSERT INTO crmguard.otp_recipient_change (target, row_key, principal)"
+						   " VALUES ($1, $2, $3)", 3, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed");
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record a recipient change");
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	if (oldtuple)
+	{
+		appendStringInfoChar(&changed, '}');
+		cg_audit("otp_recipient_changed", RelationGetRelationName(rel), row_key,
+				 jsonb_of(changed.data));
+	}
+	return PointerGetDatum(NULL);
 }
 
 /* ---------------------------------------------------------------------------
  * SQL functions
  * ---------------------------------------------------------------------------
  */
-static OtpRule *
-rule_for_value(OtpTable *entry, const char *to_value)
-{
-	int			i;
 
-	for (i = 0; i < entry->nrules; i++)
-		if (string_in(to_value, entry->rules[i].to_values, entry->rules[i].nto))
-			return &entry->rules[i];
-	return NULL;
+/*
+ * The rule gating a value given as text, and the value as the rule spells
+ * it.  Any spelling the column's type takes for it counts ("delivered" for
+ * a citext "Delivered", "1" for a numeric "1.0"); it is read as the table's
+ * owner, and a spelling a column's type refuses simply matches nothing.
+ */
+static int
+typed_match(OtpRule *rule, const char *to_value)
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile int match = -1;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		Datum		d = InputFunctionCall(&rule->status_in, (char *) to_value,
+										  rule->status_ioparam, rule->status_typmod);
+
+		match = value_index(rule, d, rule->to_datums, rule->nto);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(context);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(context);
+	CurrentResourceOwner = owner;
+	return match;
+}
+
+static OtpRule *
+rule_for_value(OtpTable *entry, const char *to_value, const char **canonical)
+{
+	CgPrivilegedContext priv;
+	OtpRule    *found = NULL;
+	int			i;
+	int			j;
+
+	for (i = 0; i < entry->nrules && !found; i++)
+		for (j = 0; j < entry->rules[i].nto && !found; j++)
+			if (strcmp(entry->rules[i].to_values[j], to_value) == 0)
+			{
+				found = &entry->rules[i];
+				*canonical = found->to_values[j];
+			}
+	if (found)
+		return found;
+
+	cg_enter_table_owner(&priv, entry->relid);
+	for (i = 0; i < entry->nrules && !found; i++)
+	{
+		int			match = typed_match(&entry->rules[i], to_value);
+
+		if (match >= 0)
+		{
+			found = &entry->rules[i];
+			*canonical = found->to_values[match];
+		}
+	}
+	cg_leave_owner(&priv);
+	return found;
 }
 
 static OtpRule *
@@ -1011,41 +1365,50 @@ rule_by_id(OtpTable *entry, int64 id)
 	return NULL;
 }
 
-/* The recipient of a row, read as the table's owner */
+static char *
+row_query(OtpTable *entry, const OtpRule *rule)
+{
+	return psprintf("SELECT t.%s::pg_catalog.text, t.xmin FROM %s t WHERE t.%s OPERATOR(pg_catalog.=) $1::%s",
+					quote_identifier(rule->recipient_column),
+					quote_qualified_identifier(get_namespace_name(get_rel_namespace(entry->relid)),
+											   get_rel_name(entry->relid)),
+					quote_identifier(get_attname(entry->relid, entry->pk_attno, false)),
+					format_type_be_qualified(entry->pk_type));
+}
+
+/*
+ * The recipient of a row, read as the caller (the table's own row security
+ * and crmguard's visibility apply; a hidden row is a missing row), inside a
+ * security-restricted operation with a pinned search_path.  A row version
+ * this transaction wrote has no recipient on record yet: refused.
+ */
 static char *
 row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 {
 	CgPrivilegedContext priv;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
-	char	   *sql;
 	char	   *recipient = NULL;
 	bool		found;
+	bool		written_here = false;
 
-	sql = psprintf("SELECT %s::pg_catalog.text FROM %s WHERE %s OPERATOR(pg_catalog.=) $1::%s",
-				   quote_identifier(rule->recipient_column),
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(entry->relid)),
-											  get_rel_name(entry->relid)),
-				   quote_identifier(get_attname(entry->relid, entry->pk_attno, false)),
-				   format_type_be_qualified(entry->pk_type));
 	values[0] = CStringGetTextDatum(row_key);
-	cg_enter_table_owner(&priv, entry->relid);
+	cg_enter_role(&priv, GetUserId());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(sql, 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args(row_query(entry, rule), 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
 	found = SPI_processed > 0;
 	if (found)
 	{
 		char	   *s = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
+																 SPI_tuptable->tupdesc, 2, &isnull));
 
+		written_here = TransactionIdIsCurrentTransactionId(xmin);
 		if (s)
-		{
-			MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
-
-			recipient = pstrdup(s);
-			MemoryContextSwitchTo(old);
-		}
+			recipient = MemoryContextStrdup(CurTransactionContext, s);
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);
@@ -1054,6 +1417,13 @@ row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("row \"%s\" of table %s does not exist", row_key, get_rel_name(entry->relid))));
+	if (written_here)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("row \"%s\" of table %s was changed in this transaction", row_key,
+						get_rel_name(entry->relid)),
+				 errdetail("A code goes only to the recipient on record, in the committed row."),
+				 errhint("Commit the change first, then request the code.")));
 	if (recipient == NULL || recipient[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1068,7 +1438,7 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	char	   *row_key = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *to_value = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	const char *to_value = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	OtpTable   *entry;
 	OtpRule    *rule;
 	const CgPrincipal *p;
@@ -1084,7 +1454,7 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 				 errmsg("permission denied to request an OTP for table %s", get_rel_name(relid)),
 				 errdetail("Only roles that may update the table can request its codes.")));
 	entry = rules_for(relid);
-	rule = rule_for_value(entry, to_value);
+	rule = rule_for_value(entry, to_value, &to_value);
 	if (rule == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -1092,6 +1462,17 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 	p = cg_current_principal();
 	principal = p ? p->id : 0;
 	recipient = row_recipient(entry, rule, row_key);
+	if (recipient_changed_recently(relid, rule, row_key))
+	{
+		cg_audit_durable("otp_refused", get_rel_name(relid), row_key,
+						 audit_detail(rule->name, 0, to_value, "recipient changed recently"));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no OTP code can be sent for row \"%s\" of table %s yet", row_key,
+						get_rel_name(relid)),
+				 errdetail_internal("%s", cooldown_detail(rule)),
+				 errhint("Wait until the cooldown has passed, or have the recipient confirmed by someone who may change it.")));
+	}
 
 	if (find_live_challenge(rule, row_key, to_value, principal, &live))
 	{
@@ -1109,23 +1490,48 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 					 errdetail("OTP rule \"%s\" allows %d resends.", rule->name, rule->max_resends),
 					 errhint("Wait until the challenge expires, then request a new code.")));
 		}
-		if (attempts_take(live.id, &used, &max) == ATTEMPT_LOCKED)
+		if (otp_attempts_take(live.id, &used, &max) == OTP_ATTEMPT_LOCKED)
 			ereport(ERROR,
 					(errcode(ERRCODE_CG_OTP_WRONG),
 					 errmsg("OTP challenge " INT64_FORMAT " is locked after %d failed attempts", live.id, max),
 					 errhint("Wait until the challenge expires, then request a new code.")));
-		attempts_refund(live.id);
+		otp_attempts_refund(live.id);
 		challenge = live.id;
-		send_code(rule, challenge, false, principal, row_key, to_value, recipient);
+		send_code(rule, challenge, false, principal, row_key, to_value, recipient, false);
 	}
 	else
 	{
+		take_rate(rule, relid, row_key, to_value, principal);
 		challenge = next_challenge_id();
-		send_code(rule, challenge, true, principal, row_key, to_value, recipient);
+		send_code(rule, challenge, true, principal, row_key, to_value, recipient, true);
 	}
 	cg_audit("otp_requested", get_rel_name(relid), row_key,
 			 jsonb_of(audit_detail(rule->name, challenge, to_value, NULL)));
 	PG_RETURN_INT64(challenge);
+}
+
+/* The caller's live challenge for a row and value, or NULL: the id as data */
+PG_FUNCTION_INFO_V1(crmguard_pending_challenge);
+Datum
+crmguard_pending_challenge(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *row_key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	const char *to_value = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	OtpTable   *entry;
+	OtpRule    *rule;
+	const CgPrincipal *p;
+	LiveChallenge live;
+
+	cg_require_preload();
+	entry = rules_for(relid);
+	rule = rule_for_value(entry, to_value, &to_value);
+	if (rule == NULL)
+		PG_RETURN_NULL();
+	p = cg_current_principal();
+	if (!find_or_await_challenge(rule, row_key, to_value, p ? p->id : 0, &live))
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(live.id);
 }
 
 /* Refuse a verification, recording it where rollback cannot erase it */
@@ -1225,21 +1631,21 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 					   psprintf("OTP challenge " INT64_FORMAT " has expired", challenge), NULL,
 					   "Request a new code with crmguard.request_otp().");
 
-	switch (attempts_take(challenge, &attempts, &max_attempts))
+	switch (otp_attempts_take(challenge, &attempts, &max_attempts))
 	{
-		case ATTEMPT_UNKNOWN:
+		case OTP_ATTEMPT_UNKNOWN:
 			verify_refused(ERRCODE_CG_OTP_EXPIRED, challenge, "lost at restart",
 						   psprintf("OTP challenge " INT64_FORMAT " is no longer valid", challenge),
 						   "The server restarted after its code was sent.",
 						   "Request a new code with crmguard.request_otp().");
 			break;
-		case ATTEMPT_LOCKED:
+		case OTP_ATTEMPT_LOCKED:
 			verify_refused(ERRCODE_CG_OTP_WRONG, challenge, "locked",
 						   psprintf("OTP challenge " INT64_FORMAT " is locked after %d failed attempts",
 									challenge, max_attempts),
 						   NULL, "Wait until the challenge expires, then request a new code.");
 			break;
-		case ATTEMPT_ALLOWED:
+		case OTP_ATTEMPT_ALLOWED:
 			break;
 	}
 
@@ -1262,7 +1668,7 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 					   psprintf("%d of %d attempts used.", attempts, max_attempts),
 					   NULL);
 
-	attempts_refund(challenge);
+	otp_attempts_refund(challenge);
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	v = palloc(sizeof(Verified));
 	v->challenge = challenge;
@@ -1283,28 +1689,81 @@ PG_FUNCTION_INFO_V1(crmguard_otp_attempts);
 Datum
 crmguard_otp_attempts(PG_FUNCTION_ARGS)
 {
-	OtpAttemptKey key = attempt_key(PG_GETARG_INT64(0));
-	OtpAttempts *entry;
 	TupleDesc	desc;
 	Datum		values[2];
 	bool		nulls[2] = {true, true};
+	int			attempts;
+	bool		locked;
 
-	cg_require_preload();
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	LWLockAcquire(attempts_lock, LW_SHARED);
-	entry = hash_search(attempts_table, &key, HASH_FIND, NULL);
-	if (entry)
+	if (otp_attempts_get(PG_GETARG_INT64(0), &attempts, &locked))
 	{
-		values[0] = Int32GetDatum(entry->attempts);
-		values[1] = BoolGetDatum(entry->attempts >= entry->max_attempts);
+		values[0] = Int32GetDatum(attempts);
+		values[1] = BoolGetDatum(locked);
 		nulls[0] = nulls[1] = false;
 	}
-	LWLockRelease(attempts_lock);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }
 
-/* The worker's half of an automatic delivery, in a transaction of its own */
+/* Plan a query with crmguard's visibility set aside (policies apply at planning) */
+static SPIPlanPtr
+prepare_unrestricted(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan;
+
+	cg_visibility_suspended = true;
+	PG_TRY();
+	{
+		plan = SPI_prepare(sql, nargs, types);
+	}
+	PG_FINALLY();
+	{
+		cg_visibility_suspended = false;
+	}
+	PG_END_TRY();
+	return plan;
+}
+
+/*
+ * The committed recipient of a row, read by the worker as the table's owner
+ * with crmguard's visibility set aside (the worker acts for no principal);
+ * NULL when the row is gone or has none.
+ */
+static char *
+committed_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
+{
+	CgPrivilegedContext priv;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	char	   *recipient = NULL;
+	SPIPlanPtr	plan;
+	MemoryContext caller = CurrentMemoryContext;
+
+	values[0] = CStringGetTextDatum(row_key);
+	cg_enter_table_owner(&priv, entry->relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = prepare_unrestricted(row_query(entry, rule), 1, types);
+	if (plan == NULL || SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the row");
+	if (SPI_processed > 0)
+	{
+		char	   *s = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (s && s[0] != '\0')
+			recipient = MemoryContextStrdup(caller, s);
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return recipient;
+}
+
+/*
+ * The worker's half of an automatic delivery, in a transaction of its own:
+ * it sees only committed data, so the code goes to the recipient on record,
+ * whatever the refused transaction wrote.
+ */
 void
 cg_otp_run_job(const char *data, int len)
 {
@@ -1314,9 +1773,10 @@ cg_otp_run_job(const char *data, int len)
 	int64		principal;
 	const char *row_key;
 	const char *to_value;
-	const char *recipient;
+	char	   *recipient;
 	OtpTable   *entry;
 	OtpRule    *rule;
+	const char *reason = NULL;
 
 	memcpy(&relid, data, sizeof(relid));
 	data += sizeof(relid);
@@ -1328,13 +1788,27 @@ cg_otp_run_job(const char *data, int len)
 	data += sizeof(principal);
 	row_key = data;
 	to_value = row_key + strlen(row_key) + 1;
-	recipient = to_value + strlen(to_value) + 1;
 
 	entry = rules_for(relid);
 	rule = rule_by_id(entry, rule_id);
 	if (rule == NULL)
+	{
+		otp_attempts_forget(challenge);
 		return;					/* the rule was dropped meanwhile */
-	send_code(rule, challenge, true, principal, row_key, to_value, recipient);
+	}
+	recipient = committed_recipient(entry, rule, row_key);
+	if (recipient == NULL)
+		reason = "no recipient on record";
+	else if (recipient_changed_recently(relid, rule, row_key))
+		reason = "recipient changed recently";
+	if (reason != NULL)
+	{
+		otp_attempts_forget(challenge);
+		cg_audit_write(principal, GetCurrentTimestamp(), "otp_refused", get_rel_name(relid), row_key,
+					   audit_detail(rule->name, challenge, to_value, reason));
+		return;
+	}
+	send_code(rule, challenge, true, principal, row_key, to_value, recipient, false);
 	cg_audit_write(principal, GetCurrentTimestamp(), "otp_issued", get_rel_name(relid), row_key,
 				   audit_detail(rule->name, challenge, to_value, NULL));
 }

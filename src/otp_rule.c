@@ -8,22 +8,29 @@
 
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_oper.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "crmguard.h"
 
 #define OTP_GUARD_INSERT	CG_OTP_GUARD_INSERT
 #define OTP_GUARD_UPDATE	CG_OTP_GUARD_UPDATE
+#define OTP_WATCH_INSERT	CG_OTP_WATCH_INSERT
+#define OTP_WATCH_UPDATE	CG_OTP_WATCH_UPDATE
 
 static void
 invalid_rule(const char *rule, const char *message)
@@ -69,6 +76,10 @@ text_elements(ArrayType *array, const char *rule, const char *what, char ***out)
 	return n;
 }
 
+/*
+ * Every value must be one the column can hold, its domain's CHECK included,
+ * judged as the table's owner (cg_value_fits_type).
+ */
 static void
 check_values_fit(Oid relid, AttrNumber attno, Oid type, int32 typmod, char **values,
 				 int n, const char *rule)
@@ -82,6 +93,39 @@ check_values_fit(Oid relid, AttrNumber attno, Oid type, int32 typmod, char **val
 					 errmsg("invalid OTP rule \"%s\": column \"%s\" of type %s cannot hold the value \"%s\"",
 							rule, get_attname(relid, attno, false),
 							format_type_with_typemod(type, typmod), values[i])));
+}
+
+/*
+ * The equality operator of a column's type (its default btree or hash
+ * operator class), as OPERATOR(schema.name), when the parser also picks it
+ * for that name and the column's base type; NULL when there is none.
+ */
+char *
+cg_otp_equality_operator(Oid type)
+{
+	Oid			base = getBaseType(type);
+	TypeCacheEntry *tc = lookup_type_cache(base, TYPECACHE_EQ_OPR);
+	HeapTuple	tup;
+	Form_pg_operator form;
+	char	   *schema;
+	char	   *name;
+	Operator	parsed;
+	bool		same;
+
+	if (!OidIsValid(tc->eq_opr))
+		return NULL;
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tc->eq_opr));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", tc->eq_opr);
+	form = (Form_pg_operator) GETSTRUCT(tup);
+	schema = get_namespace_name(form->oprnamespace);
+	name = pstrdup(NameStr(form->oprname));
+	ReleaseSysCache(tup);
+	parsed = oper(NULL, list_make2(makeString(schema), makeString(name)), base, base, true, -1);
+	same = parsed != NULL && oprid(parsed) == tc->eq_opr;
+	if (parsed != NULL)
+		ReleaseSysCache(parsed);
+	return same ? psprintf("OPERATOR(%s.%s)", quote_identifier(schema), name) : NULL;
 }
 
 static bool
@@ -103,7 +147,11 @@ has_single_primary_key(Oid relid)
  * (Re)create the guards of a table for its current rules: AFTER row
  * triggers, so they judge the row as every BEFORE trigger left it, with a
  * WHEN clause naming the gated columns and values, so a row that enters no
- * gated value is never queued and never calls the guard.  Caller is in SPI.
+ * gated value is never queued and never calls the guard.  The clause
+ * compares with the column type's own equality and the column's collation,
+ * against literals of the column's base type (no domain CHECK runs per
+ * row).  A second pair of triggers notes when a recipient is set or
+ * changed.  Caller is in SPI.
  */
 static void
 install_guards(Oid relid)
@@ -112,7 +160,11 @@ install_guards(Oid relid)
 	Datum		values[1];
 	StringInfoData on_insert;
 	StringInfoData on_update;
+	StringInfoData watch_columns;
+	StringInfoData watch_insert;
+	StringInfoData watch_update;
 	uint64		i;
+	uint64		nstatus;
 
 	values[0] = ObjectIdGetDatum(relid);
 	if (SPI_execute_with_args("SELECT status_column::pg_catalog.text,"
@@ -124,35 +176,84 @@ install_guards(Oid relid)
 		elog(ERROR, "could not read crmguard.otp_rule");
 	initStringInfo(&on_insert);
 	initStringInfo(&on_update);
-	for (i = 0; i < SPI_processed; i++)
+	nstatus = SPI_processed;
+	for (i = 0; i < nstatus; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
-		const char *column = quote_identifier(SPI_getvalue(tup, SPI_tuptable->tupdesc, 1));
+		char	   *attname = SPI_getvalue(tup, SPI_tuptable->tupdesc, 1);
+		const char *column = quote_identifier(attname);
+		AttrNumber	attno = get_attnum(relid, attname);
+		Oid			type = get_atttype(relid, attno);
+		char	   *base = format_type_extended(getBaseType(type), -1,
+													FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
+		char	   *eq = cg_otp_equality_operator(type);
 		bool		isnull;
 		Datum	   *elems;
 		int			n;
 		int			j;
 		StringInfoData gated;
 
+		if (eq == NULL)
+			elog(ERROR, "column \"%s\" has no equality operator", attname);
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)),
 						  TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
 		initStringInfo(&gated);
-		appendStringInfo(&gated, "NEW.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[", column);
+		appendStringInfoChar(&gated, '(');
 		for (j = 0; j < n; j++)
-			appendStringInfo(&gated, "%s%s", j ? ", " : "",
-							 quote_literal_cstr(TextDatumGetCString(elems[j])));
-		appendStringInfoString(&gated, "]::pg_catalog.text[])");
+			appendStringInfo(&gated, "%sNEW.%s %s %s::%s", j ? " OR " : "", column, eq,
+							 quote_literal_cstr(TextDatumGetCString(elems[j])), base);
+		appendStringInfoChar(&gated, ')');
 
-		appendStringInfo(&on_insert, "%s(%s)", i ? " OR " : "", gated.data);
-		appendStringInfo(&on_update, "%s(NEW.%s IS DISTINCT FROM OLD.%s AND %s)",
-						 i ? " OR " : "", column, column, gated.data);
+		appendStringInfo(&on_insert, "%s%s", i ? " OR " : "", gated.data);
+		appendStringInfo(&on_update, "%s((OLD.%s %s NEW.%s) IS NOT TRUE AND %s)",
+						 i ? " OR " : "", column, eq, column, gated.data);
 	}
+
+	if (SPI_execute_with_args("SELECT DISTINCT recipient_column::pg_catalog.text"
+							  " FROM crmguard.otp_rule"
+							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.otp_rule");
+	initStringInfo(&watch_columns);
+	initStringInfo(&watch_insert);
+	initStringInfo(&watch_update);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		const char *column = quote_identifier(SPI_getvalue(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1));
+
+		appendStringInfo(&watch_columns, "%s%s", i ? ", " : "", column);
+		appendStringInfo(&watch_insert, "%sNEW.%s IS NOT NULL", i ? " OR " : "", column);
+		appendStringInfo(&watch_update,
+						 "%sOLD.%s::pg_catalog.text IS DISTINCT FROM NEW.%s::pg_catalog.text",
+						 i ? " OR " : "", column, column);
+	}
+
 	cg_guard_remove(relid, OTP_GUARD_INSERT);
 	cg_guard_remove(relid, OTP_GUARD_UPDATE);
-	if (on_insert.len == 0)
+	cg_guard_remove(relid, OTP_WATCH_INSERT);
+	cg_guard_remove(relid, OTP_WATCH_UPDATE);
+	if (nstatus == 0)
 		return;
 	cg_guard_install(relid, OTP_GUARD_INSERT, "otp_guard", "AFTER INSERT", on_insert.data);
 	cg_guard_install(relid, OTP_GUARD_UPDATE, "otp_guard", "AFTER UPDATE", on_update.data);
+	cg_guard_install(relid, OTP_WATCH_INSERT, "otp_recipient_watch", "AFTER INSERT",
+					 watch_insert.data);
+	cg_guard_install(relid, OTP_WATCH_UPDATE, "otp_recipient_watch",
+					 psprintf("AFTER UPDATE OF %s", watch_columns.data), watch_update.data);
+}
+
+/* An interval argument that must be positive (or, with zero_ok, zero) */
+static void
+check_interval(const char *rule, const char *what, Interval *iv, bool zero_ok)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz then = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															   TimestampTzGetDatum(now),
+															   IntervalPGetDatum(iv)));
+
+	if (then < now || (then == now && !zero_ok))
+		invalid_rule(rule, psprintf("%s must be %s", what, zero_ok ? "zero or positive" : "positive"));
 }
 
 PG_FUNCTION_INFO_V1(crmguard_create_otp_rule);
@@ -177,21 +278,20 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 	int32		max_resends;
 	int32		max_attempts;
 	char	   *compiled = NULL;
-	TimestampTz now = GetCurrentTimestamp();
 	CgPrivilegedContext priv;
-	Oid			types[16] = {TEXTOID, REGCLASSOID, NAMEOID, TEXTARRAYOID, NAMEOID, TEXTOID,
+	Oid			types[20] = {TEXTOID, REGCLASSOID, NAMEOID, TEXTARRAYOID, NAMEOID, TEXTOID,
 		TEXTOID, TEXTOID, INT4OID, INTERVALOID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID,
-	JSONBOID, TEXTOID};
-	Datum		values[16];
-	char		nulls[16];
+	JSONBOID, INTERVALOID, INT4OID, INT4OID, INTERVALOID, TEXTOID};
+	Datum		values[20];
+	char		nulls[20];
 	int			i;
 	bool		isnull;
 	int64		id;
 	StringInfoData detail;
 
 	cg_require_preload();
-	for (i = 0; i < 12; i++)
-		if (PG_ARGISNULL(i))
+	for (i = 0; i < 19; i++)
+		if (PG_ARGISNULL(i) && (i < 12 || i > 14))
 			ereport(ERROR,
 					(errcode(ERRCODE_CG_INVALID_RULE),
 					 errmsg("invalid OTP rule: argument %d must not be NULL", i + 1)));
@@ -209,6 +309,9 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 	cg_require_table_owner(relid);
 
 	status_attno = user_column(relid, PG_GETARG_NAME(2), rule, &status_type, &status_typmod);
+	if (cg_otp_equality_operator(status_type) == NULL)
+		invalid_rule(rule, psprintf("column \"%s\" of type %s has no equality operator to decide which values are gated",
+									NameStr(*PG_GETARG_NAME(2)), format_type_be(status_type)));
 	nto = text_elements(PG_GETARG_ARRAYTYPE_P(3), rule, "to_values", &to_values);
 	if (nto == 0)
 		invalid_rule(rule, "to_values must name at least one value");
@@ -230,9 +333,13 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 	if (code_length < 4 || code_length > 12)
 		invalid_rule(rule, psprintf("code_length must be between 4 and 12, not %d", code_length));
 	valid_for = PG_GETARG_INTERVAL_P(9);
-	if (DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
-												IntervalPGetDatum(valid_for))) <= now)
-		invalid_rule(rule, "valid_for must be positive");
+	check_interval(rule, "valid_for", valid_for, false);
+	check_interval(rule, "recipient_cooldown", PG_GETARG_INTERVAL_P(15), true);
+	if (PG_GETARG_INT32(16) < 1)
+		invalid_rule(rule, "challenges_per_row must be at least 1");
+	if (PG_GETARG_INT32(17) < 1)
+		invalid_rule(rule, "challenges_per_principal must be at least 1");
+	check_interval(rule, "challenge_window", PG_GETARG_INTERVAL_P(18), false);
 	max_resends = PG_GETARG_INT32(10);
 	if (max_resends < 0)
 		invalid_rule(rule, "max_resends must not be negative");
@@ -251,7 +358,11 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 		(void) text_elements(PG_GETARG_ARRAYTYPE_P(13), rule, "applies_to", &roles);
 	}
 	if (!PG_ARGISNULL(14))
+	{
+		cg_enter_table_owner(&priv, relid);
 		compiled = cg_criteria_compile(relid, PG_GETARG_JSONB_P(14));
+		cg_leave_owner(&priv);
+	}
 
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -268,19 +379,21 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("OTP rule \"%s\" already exists", rule)));
 
-	for (i = 0; i < 16; i++)
+	for (i = 0; i < 20; i++)
 	{
-		values[i] = i < 15 ? PG_GETARG_DATUM(i) : (Datum) 0;
-		nulls[i] = (i < 15 && PG_ARGISNULL(i)) ? 'n' : ' ';
+		values[i] = i < 19 ? PG_GETARG_DATUM(i) : (Datum) 0;
+		nulls[i] = (i < 19 && PG_ARGISNULL(i)) ? 'n' : ' ';
 	}
-	values[15] = compiled ? CStringGetTextDatum(compiled) : (Datum) 0;
-	nulls[15] = compiled ? ' ' : 'n';
+	values[19] = compiled ? CStringGetTextDatum(compiled) : (Datum) 0;
+	nulls[19] = compiled ? ' ' : 'n';
 	if (SPI_execute_with_args("INSERT INTO crmguard.otp_rule (rule_name, target, status_column, to_values,"
 							  " recipient_column, channel, delivery, code_type, code_length, valid_for,"
 							  " max_resends, max_attempts, from_values, applies_to, condition,"
-							  " compiled_condition)"
-							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-							  " RETURNING id", 16, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+							  " recipient_cooldown, challenges_per_row, challenges_per_principal,"
+							  " challenge_window, compiled_condition)"
+							  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+							  " $16, $17, $18, $19, $20)"
+							  " RETURNING id", 20, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not store the OTP rule");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	install_guards(relid);

@@ -10,6 +10,7 @@
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "crmguard.h"
 
@@ -20,10 +21,21 @@ int64
 cg_outbox_put(const char *channel, const char *recipient, const char *subject,
 			  const char *body)
 {
+	return cg_outbox_put_expiring(channel, recipient, subject, body, 0);
+}
+
+/*
+ * The same for a message that is void after expires_at (0: never), such as
+ * a one-time code: claim_outbox never hands it out later, and erases it.
+ */
+int64
+cg_outbox_put_expiring(const char *channel, const char *recipient, const char *subject,
+					   const char *body, TimestampTz expires_at)
+{
 	CgPrivilegedContext priv;
-	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	int64		id;
 
@@ -32,14 +44,16 @@ cg_outbox_put(const char *channel, const char *recipient, const char *subject,
 	values[2] = subject ? CStringGetTextDatum(subject) : (Datum) 0;
 	nulls[2] = subject ? ' ' : 'n';
 	values[3] = CStringGetTextDatum(body);
+	values[4] = TimestampTzGetDatum(expires_at);
+	nulls[4] = expires_at ? ' ' : 'n';
 
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (put_plan == NULL)
 	{
-		put_plan = SPI_prepare("INSERT INTO crmguard.outbox (channel, recipient, subject, body)"
-							   " VALUES ($1, $2, $3, $4) RETURNING id", 4, types);
+		put_plan = SPI_prepare("INSERT INTO crmguard.outbox (channel, recipient, subject, body, expires_at)"
+							   " VALUES ($1, $2, $3, $4, $5) RETURNING id", 5, types);
 		if (put_plan == NULL)
 			elog(ERROR, "SPI_prepare failed");
 		SPI_keepplan(put_plan);

@@ -6,6 +6,15 @@
  * Backends queue work that must outlive their own transaction (the audit
  * record of a refusal, which is about to roll back).  The worker is started
  * on demand, the first time a backend of a database queues a job.
+ *
+ * Audit records of refusals do not share one queue: each backend has a few
+ * slots of its own, so no one's flood can push out another session's
+ * record.  A backend whose slots are all taken waits for one (the worker
+ * serves every backend in turn); once it floods (more than
+ * CG_FLOOD_REFUSALS in CG_FLOOD_WINDOW_MS), or the wait is too long, it
+ * counts further refusals of the same kind instead, and the worker writes
+ * them as one summary record ("N refused assume() calls from role X in
+ * T s"): bounded, never lost.
  */
 #include "postgres.h"
 
@@ -18,6 +27,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/backendid.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
@@ -31,6 +41,13 @@
 #define CG_JOB_BYTES		2048
 #define CG_MAX_WORKERS		16
 #define CG_IDLE_EXIT_MS		(10 * 60 * 1000)
+#define CG_AUDIT_SLOTS		4		/* audit records waiting per backend */
+#define CG_AUDIT_SUMMARIES	4		/* kinds of refusal counted per backend */
+#define CG_SUMMARY_QUIET_MS	1000	/* a flood is summarised once it paused... */
+#define CG_SUMMARY_MAX_MS	10000	/* ...or at least this often */
+#define CG_FLOOD_REFUSALS	64		/* more refusals than this from a backend... */
+#define CG_FLOOD_WINDOW_MS	10000	/* ...in this time are a flood */
+#define CG_SLOT_WAIT_MS		2000	/* below that, wait this long for a slot */
 
 typedef struct CgJob
 {
@@ -57,15 +74,49 @@ typedef struct CgShared
 	CgJob		jobs[CG_QUEUE_LEN];
 } CgShared;
 
+/* Refusals of one kind a backend counted while its slots were full */
+typedef struct CgAuditSummary
+{
+	int64		count;			/* 0: unused */
+	Oid			dboid;
+	int64		principal;
+	TimestampTz first_at;
+	TimestampTz last_at;
+	char		action[NAMEDATALEN];
+	char		role[NAMEDATALEN];
+} CgAuditSummary;
+
+/* One backend's own audit slots */
+typedef struct CgAuditRing
+{
+	int			used;			/* slots [0, used) wait, oldest first */
+	CgJob		slots[CG_AUDIT_SLOTS];
+	CgAuditSummary summaries[CG_AUDIT_SUMMARIES];
+} CgAuditRing;
+
 static CgShared *shared = NULL;
+static CgAuditRing *rings = NULL;
+static int	nrings = 0;
 static volatile sig_atomic_t got_sigterm = false;
 
 PGDLLEXPORT void crmguard_worker_main(Datum arg);
+
+/* One ring per backend slot; before PostgreSQL 15 MaxBackends is not known yet */
+static int
+ring_count(void)
+{
+#if PG_VERSION_NUM >= 150000
+	return MaxBackends;
+#else
+	return 1024;
+#endif
+}
 
 void
 cg_worker_shmem_request(void)
 {
 	RequestAddinShmemSpace(MAXALIGN(sizeof(CgShared)));
+	RequestAddinShmemSpace(mul_size(ring_count(), sizeof(CgAuditRing)));
 	RequestNamedLWLockTranche("crmguard", 1);
 }
 
@@ -81,7 +132,24 @@ cg_worker_shmem_startup(void)
 		memset(shared, 0, sizeof(CgShared));
 		shared->lock = &(GetNamedLWLockTranche("crmguard"))->lock;
 	}
+	nrings = ring_count();
+	rings = ShmemInitStruct("crmguard audit slots", mul_size(nrings, sizeof(CgAuditRing)), &found);
+	if (!found)
+		memset(rings, 0, mul_size(nrings, sizeof(CgAuditRing)));
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/* This backend's ring, or NULL (a process without a backend slot) */
+static CgAuditRing *
+my_ring(void)
+{
+#if PG_VERSION_NUM >= 170000
+	int			i = MyProcNumber;
+#else
+	int			i = MyBackendId - 1;
+#endif
+
+	return (i >= 0 && i < nrings) ? &rings[i] : NULL;
 }
 
 /* Start this database's worker unless it runs or is starting; lock held */
@@ -171,6 +239,178 @@ cg_enqueue(CgJobKind kind, const char *data, int len)
 	return true;
 }
 
+/*
+ * Queue the audit record of a refusal in this backend's own slots.  When
+ * they are all waiting, the refusal is counted in a summary of its kind
+ * (action and role) instead.  Never fails: a refusal is recorded, one way
+ * or the other, whatever other sessions do.
+ */
+void
+cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
+				 const char *role, TimestampTz at)
+{
+	static TimestampTz flood_window_start = 0;
+	static int	flood_refusals = 0;
+	CgAuditRing *ring = my_ring();
+	CgAuditSummary *summary = NULL;
+	bool		flooding;
+	int			waited;
+	int			i;
+
+	cg_require_preload();
+	if (len > CG_JOB_BYTES)
+		elog(ERROR, "crmguard job of %d bytes exceeds %d", len, CG_JOB_BYTES);
+	if (ring == NULL)
+	{
+		if (!cg_enqueue(CG_JOB_AUDIT, data, len))
+			ereport(LOG,
+					(errmsg("crmguard could not queue audit record \"%s\"", action),
+					 errdetail("The audit queue is full.")));
+		return;
+	}
+
+	/* how many refusals this backend had lately: a flood is not waited for */
+	if (TimestampDifferenceExceeds(flood_window_start, at, CG_FLOOD_WINDOW_MS))
+	{
+		flood_window_start = at;
+		flood_refusals = 0;
+	}
+	flooding = ++flood_refusals > CG_FLOOD_REFUSALS;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (waited = 0; ring->used == CG_AUDIT_SLOTS && !flooding && waited < CG_SLOT_WAIT_MS;
+		 waited += 5)
+	{
+		ensure_worker_locked();
+		LWLockRelease(shared->lock);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	}
+	if (ring->used < CG_AUDIT_SLOTS)
+	{
+		CgJob	   *job = &ring->slots[ring->used++];
+
+		job->dboid = MyDatabaseId;
+		job->kind = CG_JOB_AUDIT;
+		job->len = len;
+		memcpy(job->data, data, len);
+	}
+	else
+	{
+		for (i = 0; i < CG_AUDIT_SUMMARIES && summary == NULL; i++)
+		{
+			CgAuditSummary *s = &ring->summaries[i];
+
+			if (s->count > 0 && s->dboid == MyDatabaseId && s->principal == principal &&
+				strncmp(s->action, action, NAMEDATALEN - 1) == 0 &&
+				strncmp(s->role, role, NAMEDATALEN - 1) == 0)
+				summary = s;
+		}
+		for (i = 0; i < CG_AUDIT_SUMMARIES && summary == NULL; i++)
+			if (ring->summaries[i].count == 0)
+			{
+				summary = &ring->summaries[i];
+				summary->dboid = MyDatabaseId;
+				summary->principal = principal;
+				summary->first_at = at;
+				strlcpy(summary->action, action, NAMEDATALEN);
+				strlcpy(summary->role, role, NAMEDATALEN);
+			}
+		if (summary == NULL)
+		{
+			/* more kinds than summaries: the last one counts them all */
+			summary = &ring->summaries[CG_AUDIT_SUMMARIES - 1];
+			strlcpy(summary->action, "refusals", NAMEDATALEN);
+		}
+		summary->count++;
+		summary->last_at = at;
+	}
+	ensure_worker_locked();
+	LWLockRelease(shared->lock);
+}
+
+/*
+ * Take one waiting audit record of this database from each backend in turn,
+ * so that every session's refusals are written at the same pace.  Returns
+ * how many records were taken into out (at most max).
+ */
+static int
+dequeue_audit(CgJob *out, int max)
+{
+	static int	next = 0;
+	int			taken = 0;
+	int			scanned;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (scanned = 0; scanned < nrings && taken < max; scanned++)
+	{
+		CgAuditRing *ring = &rings[next];
+
+		next = (next + 1) % nrings;
+		if (ring->used == 0 || ring->slots[0].dboid != MyDatabaseId)
+			continue;
+		memcpy(&out[taken++], &ring->slots[0], sizeof(CgJob));
+		memmove(&ring->slots[0], &ring->slots[1], sizeof(CgJob) * (ring->used - 1));
+		ring->used--;
+	}
+	LWLockRelease(shared->lock);
+	return taken;
+}
+
+/*
+ * A summary due to be written: its backend's slots are empty again and the
+ * flood paused or lasted long enough.  Copied out and reset under the lock.
+ */
+static bool
+take_summary(CgAuditSummary *out)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		found = false;
+	int			i;
+	int			j;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < nrings && !found; i++)
+	{
+		if (rings[i].used > 0)
+			continue;
+		for (j = 0; j < CG_AUDIT_SUMMARIES && !found; j++)
+		{
+			CgAuditSummary *s = &rings[i].summaries[j];
+
+			if (s->count == 0 || s->dboid != MyDatabaseId)
+				continue;
+			if (!TimestampDifferenceExceeds(s->last_at, now, CG_SUMMARY_QUIET_MS) &&
+				!TimestampDifferenceExceeds(s->first_at, now, CG_SUMMARY_MAX_MS))
+				continue;
+			memcpy(out, s, sizeof(CgAuditSummary));
+			memset(s, 0, sizeof(CgAuditSummary));
+			found = true;
+		}
+	}
+	LWLockRelease(shared->lock);
+	return found;
+}
+
+/* Summaries still counting for this database: the worker must look again */
+static bool
+summaries_pending(void)
+{
+	bool		pending = false;
+	int			i;
+	int			j;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	for (i = 0; i < nrings && !pending; i++)
+		for (j = 0; j < CG_AUDIT_SUMMARIES && !pending; j++)
+			pending = rings[i].summaries[j].count > 0 &&
+				rings[i].summaries[j].dboid == MyDatabaseId;
+	LWLockRelease(shared->lock);
+	return pending;
+}
+
 /* Take the oldest job of this database, if any */
 static bool
 dequeue(CgJob *out)
@@ -220,6 +460,22 @@ release_if_idle(void)
 	for (i = shared->head; i < shared->tail; i++)
 	{
 		if (shared->jobs[i % CG_QUEUE_LEN].dboid == MyDatabaseId)
+		{
+			LWLockRelease(shared->lock);
+			return false;
+		}
+	}
+	for (i = 0; i < (uint64) nrings; i++)
+	{
+		int			j;
+
+		for (j = 0; j < CG_AUDIT_SUMMARIES; j++)
+			if (rings[i].summaries[j].count > 0 && rings[i].summaries[j].dboid == MyDatabaseId)
+			{
+				LWLockRelease(shared->lock);
+				return false;
+			}
+		if (rings[i].used > 0 && rings[i].slots[0].dboid == MyDatabaseId)
 		{
 			LWLockRelease(shared->lock);
 			return false;
@@ -293,6 +549,15 @@ job_step(void *arg)
 	return true;
 }
 
+static bool
+summary_step(void *arg)
+{
+	CgAuditSummary *s = (CgAuditSummary *) arg;
+
+	cg_audit_write_summary(s->principal, s->action, s->role, s->count, s->first_at, s->last_at);
+	return true;
+}
+
 /* Approval timeouts; true while some request waits on a clock */
 static bool
 tick_step(void *arg)
@@ -329,13 +594,35 @@ crmguard_worker_main(Datum arg)
 	while (!got_sigterm)
 	{
 		CgJob		job;
+		CgJob		audit[8];
+		CgAuditSummary summary;
+		bool		busy = true;
+		long		timeout = 10000L;
 
 		CHECK_FOR_INTERRUPTS();
-		while (!got_sigterm && dequeue(&job))
+		while (!got_sigterm && busy)
 		{
-			(void) in_transaction(job_step, &job, "crmguard job");
-			idle_since = GetCurrentTimestamp();
+			int			n = dequeue_audit(audit, lengthof(audit));
+			int			k;
+
+			busy = n > 0;
+			for (k = 0; k < n; k++)
+				(void) in_transaction(job_step, &audit[k], "crmguard audit");
+			if (!got_sigterm && dequeue(&job))
+			{
+				(void) in_transaction(job_step, &job, "crmguard job");
+				busy = true;
+			}
+			while (!got_sigterm && take_summary(&summary))
+			{
+				(void) in_transaction(summary_step, &summary, "crmguard audit summary");
+				busy = true;
+			}
+			if (busy)
+				idle_since = GetCurrentTimestamp();
 		}
+		if (summaries_pending())
+			timeout = CG_SUMMARY_QUIET_MS / 4;
 		if (!got_sigterm && !RecoveryInProgress() &&
 			in_transaction(tick_step, NULL, "crmguard approval timeouts"))
 			idle_since = GetCurrentTimestamp();	/* stay while requests wait on a clock */
@@ -343,7 +630,7 @@ crmguard_worker_main(Datum arg)
 			release_if_idle())
 			break;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 10000L, PG_WAIT_EXTENSION);
+						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 	proc_exit(0);

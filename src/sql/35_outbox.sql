@@ -13,7 +13,8 @@ CREATE TABLE crmguard.outbox (
     sent_at     timestamptz,
     attempts    integer NOT NULL DEFAULT 0,
     last_error  text,
-    claimed_at  timestamptz        -- a sender holds the message until it reports
+    claimed_at  timestamptz,       -- a sender holds the message until it reports
+    expires_at  timestamptz        -- a message holding a code is void after this
 );
 ALTER SEQUENCE crmguard.outbox_id_seq OWNED BY crmguard.outbox.id;
 CREATE INDEX outbox_pending_idx ON crmguard.outbox (channel, id) WHERE sent_at IS NULL;
@@ -23,17 +24,27 @@ SELECT pg_catalog.pg_extension_config_dump('crmguard.outbox_id_seq', '');
 
 -- Claim up to max unsent messages of a channel.  A claim lasts five minutes:
 -- a sender that dies without mark_sent() releases its messages to the next.
+-- A message whose code expired is never handed out: its body is erased and
+-- it is left failed.
 CREATE FUNCTION crmguard.claim_outbox(channel text, max integer DEFAULT 10)
     RETURNS SETOF crmguard.outbox
     LANGUAGE sql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE crmguard.outbox o
+       SET body = NULL, last_error = 'expired before it was sent', claimed_at = NULL
+     WHERE o.channel OPERATOR(pg_catalog.=) claim_outbox.channel
+       AND o.sent_at IS NULL
+       AND o.body IS NOT NULL
+       AND o.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now();
+    UPDATE crmguard.outbox o
        SET claimed_at = pg_catalog.now(),
            attempts = o.attempts OPERATOR(pg_catalog.+) 1
      WHERE o.id IN (SELECT c.id FROM crmguard.outbox c
                      WHERE c.channel OPERATOR(pg_catalog.=) claim_outbox.channel
                        AND c.sent_at IS NULL
+                       AND (c.expires_at IS NULL OR
+                            c.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
                        AND (c.claimed_at IS NULL OR
                             c.claimed_at OPERATOR(pg_catalog.<)
                                 (pg_catalog.now() OPERATOR(pg_catalog.-) interval '5 minutes'))

@@ -20,7 +20,11 @@ CREATE TABLE crmguard.otp_rule (
     from_values        text[],
     applies_to         text[],
     condition          jsonb,
-    compiled_condition text           -- condition compiled by the criteria compiler
+    compiled_condition text,          -- condition compiled by the criteria compiler
+    recipient_cooldown interval NOT NULL DEFAULT '24 hours',
+    challenges_per_row integer NOT NULL DEFAULT 5 CHECK (challenges_per_row >= 1),
+    challenges_per_principal integer NOT NULL DEFAULT 60 CHECK (challenges_per_principal >= 1),
+    challenge_window   interval NOT NULL DEFAULT '1 hour'
 );
 ALTER SEQUENCE crmguard.otp_rule_id_seq OWNED BY crmguard.otp_rule.id;
 COMMENT ON TABLE crmguard.otp_rule IS 'OTP rules: a row entering a gated status value needs a verified one-time code';
@@ -53,6 +57,18 @@ COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code has
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_state', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_id_seq', '');
 
+-- When a recipient column of an OTP-guarded row was set: codes are not sent
+-- to a recipient set within the rule's recipient_cooldown.
+CREATE TABLE crmguard.otp_recipient_change (
+    target     regclass NOT NULL,      -- by name in dumps, like otp_rule.target
+    row_key    text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    principal  bigint
+);
+CREATE INDEX otp_recipient_change_row_idx ON crmguard.otp_recipient_change (target, row_key, changed_at);
+COMMENT ON TABLE crmguard.otp_recipient_change IS 'when the recipient of an OTP-guarded row was set or changed (for recipient_cooldown)';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_recipient_change', '');
+
 CREATE FUNCTION crmguard.otp_attempts(challenge bigint, OUT attempts integer, OUT locked boolean)
     RETURNS record
     LANGUAGE c VOLATILE STRICT PARALLEL RESTRICTED
@@ -74,6 +90,9 @@ COMMENT ON VIEW crmguard.otp_challenge IS 'OTP challenges and their state; never
 CREATE FUNCTION crmguard.otp_guard() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_guard';
 
+CREATE FUNCTION crmguard.otp_recipient_watch() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_recipient_watch';
+
 CREATE FUNCTION crmguard.create_otp_rule(
     rule_name text, target regclass, status_column name, to_values text[],
     recipient_column name,
@@ -86,10 +105,14 @@ CREATE FUNCTION crmguard.create_otp_rule(
     max_attempts integer DEFAULT 3,
     from_values text[] DEFAULT NULL,
     applies_to text[] DEFAULT NULL,
-    condition jsonb DEFAULT NULL) RETURNS bigint
+    condition jsonb DEFAULT NULL,
+    recipient_cooldown interval DEFAULT '24 hours',
+    challenges_per_row integer DEFAULT 5,
+    challenges_per_principal integer DEFAULT 60,
+    challenge_window interval DEFAULT '1 hour') RETURNS bigint
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_create_otp_rule';
-COMMENT ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb) IS 'gate a status change behind a one-time code sent to the row''s recipient';
+COMMENT ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb, interval, integer, integer, interval) IS 'gate a status change behind a one-time code sent to the row''s recipient';
 
 CREATE FUNCTION crmguard.drop_otp_rule(rule_name text) RETURNS void
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
@@ -99,6 +122,11 @@ CREATE FUNCTION crmguard.request_otp(target regclass, row_key text, to_value tex
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_request_otp';
 COMMENT ON FUNCTION crmguard.request_otp(regclass, text, text) IS 'send (or re-send) a code for a row entering a gated value; returns the challenge id';
+
+CREATE FUNCTION crmguard.pending_challenge(target regclass, row_key text, to_value text) RETURNS bigint
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_pending_challenge';
+COMMENT ON FUNCTION crmguard.pending_challenge(regclass, text, text) IS 'the caller''s live OTP challenge for a row and value, or NULL';
 
 CREATE FUNCTION crmguard.verify_otp(challenge bigint, code text) RETURNS boolean
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE

@@ -15,6 +15,7 @@ GRANT EXECUTE ON FUNCTION crmguard.assume(text, boolean) TO PUBLIC;
 -- a JWT is verified with the server's key: presenting one is enough
 GRANT EXECUTE ON FUNCTION crmguard.assume_jwt(text, boolean), crmguard.pre_request() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.pending_challenge(regclass, text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;
 -- a principal may ask why it sees a row it sees; about others, only an admin
 GRANT EXECUTE ON FUNCTION crmguard.why_visible(regclass, text, text) TO PUBLIC;

@@ -76,7 +76,7 @@ $node->safe_psql('crm', q{
     SELECT crmguard.create_otp_rule('Returned OTP', 'public.delivery', 'status', '{Returned}', 'phone')});
 ($ret, $out, $err) = $node->psql('crm', q{UPDATE public.delivery SET status = 'Returned' WHERE id = 1});
 like($err, qr/OTP required to set "status" to "Returned"/, 'a gated change without code is refused');
-like($err, qr/its code is being sent to \+39 \*\*\* \*\*\* 123/, 'the detail names the masked recipient');
+like($err, qr/its code was sent to \+39 \*\*\* \*\*\* 123/, 'the detail names the masked recipient');
 $node->poll_query_until('crm', q{SELECT count(*) = 1 FROM crmguard.outbox WHERE subject = 'Returned OTP'})
   or die 'the worker never sent the code';
 pass('the worker queued the code in its own transaction');
