@@ -24,12 +24,8 @@ CREATE ROLE regress_oc_rep;
 CREATE ROLE regress_oc_boss;
 CREATE SCHEMA regress_oc AUTHORIZATION regress_oc_owner;
 GRANT USAGE ON SCHEMA regress_oc TO PUBLIC;
-GRANT EXECUTE ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer,
-      interval, integer, integer, text[], text[], jsonb),
-      crmguard.expose(regclass, text, text, jsonb, text),
-      crmguard.expose_by_owner(regclass, name, text, boolean),
-      crmguard.enable_review(regclass, text, name[], text[]),
-      crmguard.create_approval_process(text, regclass, jsonb, jsonb, jsonb, jsonb, jsonb, text[], name[])
+GRANT EXECUTE ON FUNCTION crmguard.create_otp_rule, crmguard.expose, crmguard.expose_by_owner,
+      crmguard.enable_review, crmguard.create_approval_process
    TO regress_oc_owner;
 SELECT crmguard.add_principal('oc_boss', '{manager,reviewer}', db_role => 'regress_oc_boss') > 0 AS boss;
 SELECT crmguard.add_principal('oc_rep', '{agent}', 'oc_boss', db_role => 'regress_oc_rep') > 0 AS rep;
