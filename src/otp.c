@@ -1706,25 +1706,6 @@ crmguard_otp_attempts(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }
 
-/* Plan a query with crmguard's visibility set aside (policies apply at planning) */
-static SPIPlanPtr
-prepare_unrestricted(const char *sql, int nargs, Oid *types)
-{
-	SPIPlanPtr	plan;
-
-	cg_visibility_suspended = true;
-	PG_TRY();
-	{
-		plan = SPI_prepare(sql, nargs, types);
-	}
-	PG_FINALLY();
-	{
-		cg_visibility_suspended = false;
-	}
-	PG_END_TRY();
-	return plan;
-}
-
 /*
  * The committed recipient of a row, read by the worker as the table's owner
  * with crmguard's visibility set aside (the worker acts for no principal);
@@ -1744,8 +1725,8 @@ committed_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 	cg_enter_table_owner(&priv, entry->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = prepare_unrestricted(row_query(entry, rule), 1, types);
-	if (plan == NULL || SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	plan = cg_prepare_all_rows(row_query(entry, rule), 1, types);
+	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
 	if (SPI_processed > 0)
 	{
