@@ -23,6 +23,7 @@
 #define ERRCODE_CG_INVALID_RULE			MAKE_SQLSTATE('C','G','0','2','0')
 #define ERRCODE_CG_DEVICE				MAKE_SQLSTATE('C','G','0','3','0')
 #define ERRCODE_CG_INVALID_TOKEN		MAKE_SQLSTATE('C','G','0','3','1')
+#define ERRCODE_CG_FIELD_REFUSED		MAKE_SQLSTATE('C','G','0','4','0')
 
 #define CG_KEY_BYTES	32
 #define CG_HASH_BYTES	32
@@ -62,7 +63,9 @@ typedef enum CgKeyPurpose
 {
 	CG_KEY_TOKEN = 1,
 	CG_KEY_AUDIT = 2,
-	CG_KEY_OTP = 3
+	CG_KEY_OTP = 3,
+	CG_KEY_FIELD_CIPHER = 10,	/* contact fields: AEAD of masked values */
+	CG_KEY_FIELD_BLIND = 11		/* contact fields: blind index */
 } CgKeyPurpose;
 
 extern void cg_subkey(CgKeyPurpose purpose, unsigned char *out);
@@ -155,7 +158,12 @@ extern char *cg_primary_key_column(Oid relid);
 #define CG_REVIEW_GUARD "!crmguard_review"
 #define CG_TRIGGER_AHEAD_OF_REVIEW \
 	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
-	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\""
+	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\"" \
+	" AND tg.tgfoid <> 'crmguard.fields_guard()'::pg_catalog.regprocedure"
+extern Oid	cg_review_approving;	/* the table an approved draft is being inserted into */
+
+/* fields.c: contact fields (planner and utility hooks) */
+extern void cg_fields_init(void);
 
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);

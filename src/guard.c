@@ -268,7 +268,9 @@ static const char *const forget_dropped_sql =
 " o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
 " r AS (DELETE FROM crmguard.review_config WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
 " d AS (DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
+" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" fd AS (DELETE FROM crmguard.field_def WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" ft AS (DELETE FROM crmguard.field_table WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
 " SELECT 1";
 
 static void
