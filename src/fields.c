@@ -316,12 +316,13 @@ fields_load(void)
 		cg_enter_owner(&priv);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+		/* not read-only: a fresh snapshot sees this transaction's own definitions */
 		if (SPI_execute("SELECT t.target::pg_catalog.oid, t.fields_column::text, t.project_column::text, t.table_key,"
 						" d.field_name, d.field_type, d.projects, d.unique_values, d.masked, d.mask, d.required,"
 						" d.index_name::text"
 						" FROM crmguard.field_table t LEFT JOIN crmguard.field_def d"
 						" ON d.target::pg_catalog.oid OPERATOR(pg_catalog.=) t.target::pg_catalog.oid"
-						" ORDER BY 1, d.id", true, 0) != SPI_OK_SELECT)
+						" ORDER BY 1, d.id", false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read crmguard.field_table");
 		oldcxt = MemoryContextSwitchTo(fields_context);
 		for (i = 0; i < SPI_processed;)
@@ -1899,6 +1900,7 @@ crmguard_enable_fields(PG_FUNCTION_ARGS)
 	SPI_finish();
 	cg_leave_owner(&priv);
 	CacheInvalidateRelcacheByRelid(relid);
+	fields_invalidate();
 	cg_audit("enable_fields", get_rel_name(relid), NULL, NULL);
 	PG_RETURN_VOID();
 }
@@ -2003,7 +2005,13 @@ crmguard_define_field(PG_FUNCTION_ARGS)
 						quote_identifier(column), quote_literal_cstr(name));
 	else
 		expr = psprintf("(%s OPERATOR(pg_catalog.->>) %s)", quote_identifier(column), quote_literal_cstr(name));
-	cg_enter_table_owner(&priv, relid);
+
+	/*
+	 * As the extension owner, like the guard triggers: the owner of the table
+	 * may lack CREATE on its schema.  CREATE INDEX itself builds the index as
+	 * the table's owner in a security-restricted operation.
+	 */
+	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute(psprintf("CREATE %sINDEX %s ON %s (%s) WHERE %s OPERATOR(pg_catalog.?) %s",
@@ -2039,6 +2047,7 @@ crmguard_define_field(PG_FUNCTION_ARGS)
 	SPI_finish();
 	cg_leave_owner(&priv);
 	CacheInvalidateRelcacheByRelid(relid);
+	fields_invalidate();
 	cg_audit("define_field", get_rel_name(relid), NULL, field_detail(name, NULL));
 	PG_RETURN_INT64(id);
 }
@@ -2110,6 +2119,7 @@ crmguard_drop_field(PG_FUNCTION_ARGS)
 	SPI_finish();
 	cg_leave_owner(&priv);
 	CacheInvalidateRelcacheByRelid(relid);
+	fields_invalidate();
 	cg_audit("drop_field", get_rel_name(relid), NULL, field_detail(name, NULL));
 	PG_RETURN_VOID();
 }

@@ -22,8 +22,9 @@ SELECT set_eq(
     ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'request_otp', 'verify_otp', 'why_visible',
           'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer',
           'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals', 'approval_row_pending',
-          'normalize_match'],
-    'PUBLIC executes identity, policy, OTP, why_visible, draft and approval steps only (each checks the caller): nothing that changes rules or issues tokens');
+          'normalize_match',
+          'fields_projection', 'fields_row', 'field_values', 'set_field', 'find_by_field', 'unmask', 'map_fields'],
+    'PUBLIC executes identity, policy, OTP, why_visible, draft, approval and contact-field steps only (each checks the caller): nothing that changes rules or issues tokens');
 
 SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
     'issue_token is not executable by PUBLIC');
