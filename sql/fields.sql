@@ -467,8 +467,10 @@ SET ROLE regress_fld_owner;
 SELECT crmguard.enable_review('public.regress_lead', 'admin');
 RESET ROLE;
 SET ROLE regress_fld_tom;
+SET client_min_messages = warning;  -- the NOTICE names the draft's id
 SELECT public.regress_fld_try($$INSERT INTO public.regress_lead (project, fields) VALUES ('Telefonia', '{"plan": 12, "mobile": "+39 321 654 9870"}')$$) AS draft_ok;
 SELECT public.regress_fld_try($$INSERT INTO public.regress_lead (project, fields) VALUES ('Telefonia', '{"pod_code": "IT3"}')$$) AS draft_refused;
+RESET client_min_messages;
 RESET ROLE;
 -- the draft holds the normalised fields, the masked one sealed
 SELECT d.row_data->'fields'->'plan' AS plan, d.row_data->'fields'->'mobile'->>'mask' AS mobile_mask,

@@ -159,7 +159,9 @@ extern char *cg_primary_key_column(Oid relid);
 #define CG_TRIGGER_AHEAD_OF_REVIEW \
 	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
 	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\"" \
-	" AND tg.tgfoid <> 'crmguard.fields_guard()'::pg_catalog.regprocedure"
+	" AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc fp JOIN pg_catalog.pg_namespace fn" \
+	" ON fn.oid OPERATOR(pg_catalog.=) fp.pronamespace WHERE fp.oid OPERATOR(pg_catalog.=) tg.tgfoid" \
+	" AND fn.nspname OPERATOR(pg_catalog.=) 'crmguard' AND fp.proname OPERATOR(pg_catalog.=) 'fields_guard')"
 extern Oid	cg_review_approving;	/* the table an approved draft is being inserted into */
 
 /* fields.c: contact fields (planner and utility hooks) */

@@ -379,8 +379,6 @@ fields_load(void)
 			}
 			t->nfields = n;
 			resolve_table(t, fields_column, project_column);
-			crypto_generichash(t->blind_key, sizeof(t->blind_key), t->table_key, TABLE_KEY_BYTES,
-							   NULL, 0);
 		}
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
@@ -392,12 +390,13 @@ fields_load(void)
 	}
 	PG_END_TRY();
 
-	/* the blind key of each table: keyed by the server's subkey */
-	derive_keys();
+	/* the blind key of each table, keyed by the server's subkey (read only when needed) */
+	if (hash_get_num_entries(fields_tables) > 0)
 	{
 		HASH_SEQ_STATUS seq;
 		FieldsTable *t;
 
+		derive_keys();
 		hash_seq_init(&seq, fields_tables);
 		while ((t = hash_seq_search(&seq)) != NULL)
 			crypto_generichash(t->blind_key, sizeof(t->blind_key), t->table_key, TABLE_KEY_BYTES,
