@@ -124,6 +124,8 @@ static Oid	field_table_rel = InvalidOid;
 static Oid	field_def_rel = InvalidOid;
 static Oid	projection_func = InvalidOid;
 static Oid	row_func = InvalidOid;
+static Oid	get_func = InvalidOid;
+static Oid	get_text_func = InvalidOid;
 static bool callbacks_registered = false;
 
 /*
@@ -289,6 +291,8 @@ fields_load(void)
 	field_def_rel = InvalidOid;
 	projection_func = InvalidOid;
 	row_func = InvalidOid;
+	get_func = InvalidOid;
+	get_text_func = InvalidOid;
 
 	schema = get_namespace_oid("crmguard", true);
 	if (OidIsValid(schema))
@@ -303,11 +307,16 @@ fields_load(void)
 	{
 		Oid			args[2] = {JSONBOID, OIDOID};
 		Oid			rargs[2] = {ANYELEMENTOID, OIDOID};
+		Oid			gargs[3] = {JSONBOID, OIDOID, TEXTOID};
 
 		projection_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_projection")),
 										 2, args, true);
 		row_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_row")),
 								  2, rargs, true);
+		get_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_get")),
+								  3, gargs, true);
+		get_text_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_get_text")),
+									   3, gargs, true);
 	}
 
 	fields_loading = true;
@@ -848,6 +857,36 @@ blind_index(const FieldsTable *t, const FieldDef *f, const char *canonical)
 	return hex;
 }
 
+/*
+ * A fresh nonce: this backend's random 16-byte prefix and a counter.  As
+ * unique as 24 random bytes (the prefix is drawn once per process), without
+ * a getrandom() system call per value.
+ */
+static void
+next_nonce(unsigned char *nonce)
+{
+	static unsigned char prefix[crypto_aead_xchacha20poly1305_ietf_NPUBBYTES - 8];
+	static uint64 counter = 0;
+	static pid_t prefix_pid = 0;
+	uint64		n;
+	int			i;
+
+	StaticAssertStmt(crypto_aead_xchacha20poly1305_ietf_NPUBBYTES == 24, "XChaCha20 nonces have 24 bytes");
+	if (prefix_pid != MyProcPid)
+	{
+		randombytes_buf(prefix, sizeof(prefix));
+		counter = 0;
+		prefix_pid = MyProcPid;
+	}
+	n = ++counter;
+	memcpy(nonce, prefix, sizeof(prefix));
+	for (i = 0; i < 8; i++)
+	{
+		nonce[sizeof(prefix) + i] = (unsigned char) (n & 0xff);
+		n >>= 8;
+	}
+}
+
 static char *
 encrypt_value(const FieldsTable *t, const FieldDef *f, const char *row_key, const char *clear)
 {
@@ -862,7 +901,7 @@ encrypt_value(const FieldsTable *t, const FieldDef *f, const char *row_key, cons
 
 	derive_keys();
 	associated_data(&ad, t, f, row_key);
-	randombytes_buf(buf, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+	next_nonce(buf);
 	crypto_aead_xchacha20poly1305_ietf_encrypt(buf + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES, &outlen,
 											   (const unsigned char *) clear, clen,
 											   (const unsigned char *) ad.data, ad.len, NULL,
@@ -1115,6 +1154,81 @@ crmguard_fields_row(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(result));
 }
 
+/*
+ * One field of the reader's projection: fields->'name' and fields->>'name'
+ * are rewritten into these, so reading one field costs a lookup, not a
+ * rebuilt object.  NULL when the reader may not see the field.
+ */
+static JsonbValue *
+project_one(ProjectionCache *c, Jsonb *stored, text *key, JsonbValue *masked)
+{
+	JsonbValue	k;
+	JsonbValue *v;
+	FieldDef   *f;
+	char	   *s;
+	int			len;
+
+	if (!JB_ROOT_IS_OBJECT(stored) || JB_ROOT_IS_SCALAR(stored) || c->actor.kind == ACTOR_NOBODY)
+		return NULL;
+	k.type = jbvString;
+	k.val.string.val = VARDATA_ANY(key);
+	k.val.string.len = VARSIZE_ANY_EXHDR(key);
+	v = findJsonbValueFromContainer(&stored->root, JB_FOBJECT, &k);
+	if (v == NULL || c->actor.kind == ACTOR_RAW)
+		return v;
+	f = find_def(c->table, k.val.string.val, k.val.string.len);
+	if (f == NULL || !c->visible[f - c->table->fields])
+		return NULL;
+	if (!f->masked || v->type != jbvBinary)
+		return v;
+	masked->type = jbvString;
+	if (member_string(v->val.binary.data, "mask", &s, &len))
+	{
+		masked->val.string.val = s;
+		masked->val.string.len = len;
+	}
+	else
+	{
+		masked->val.string.val = FULL_MASK;
+		masked->val.string.len = strlen(FULL_MASK);
+	}
+	return masked;
+}
+
+PG_FUNCTION_INFO_V1(crmguard_fields_get);
+Datum
+crmguard_fields_get(PG_FUNCTION_ARGS)
+{
+	JsonbValue	masked;
+	JsonbValue *v;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	v = project_one(projection_cache(fcinfo, PG_GETARG_OID(1)), PG_GETARG_JSONB_P(0),
+					PG_GETARG_TEXT_PP(2), &masked);
+	if (v == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(JsonbValueToJsonb(v));
+}
+
+PG_FUNCTION_INFO_V1(crmguard_fields_get_text);
+Datum
+crmguard_fields_get_text(PG_FUNCTION_ARGS)
+{
+	JsonbValue	masked;
+	JsonbValue *v;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	v = project_one(projection_cache(fcinfo, PG_GETARG_OID(1)), PG_GETARG_JSONB_P(0),
+					PG_GETARG_TEXT_PP(2), &masked);
+	if (v == NULL || v->type == jbvNull)
+		PG_RETURN_NULL();
+	if (v->type == jbvBinary)
+		PG_RETURN_TEXT_P(cstring_to_text(JsonbToCString(NULL, v->val.binary.data, v->val.binary.len)));
+	PG_RETURN_TEXT_P(cstring_to_text(scalar_text(v)));
+}
+
 /* ---------------------------------------------------------------------------
  * The planner hook: every read of a fields column becomes its projection
  * ---------------------------------------------------------------------------
@@ -1130,11 +1244,64 @@ raw_rte(RangeTblEntry *rte)
 	return raw_depth > 0 && rte->alias != NULL && strcmp(rte->alias->aliasname, raw_alias) == 0;
 }
 
+/* The fields table whose fields column (or whole row, attnum 0) the Var reads, or NULL */
+static FieldsTable *
+fields_var(Var *var, RewriteContext *ctx, Oid *relid)
+{
+	Query	   *q;
+	RangeTblEntry *rte;
+	FieldsTable *t;
+
+	if ((int) var->varlevelsup >= list_length(ctx->queries))
+		return NULL;
+	q = list_nth(ctx->queries, var->varlevelsup);
+	if (var->varno <= 0 || var->varno > list_length(q->rtable))
+		return NULL;
+	rte = rt_fetch(var->varno, q->rtable);
+	if (rte->rtekind != RTE_RELATION || (t = fields_lookup(rte->relid)) == NULL ||
+		(var->varattno != 0 && var->varattno != t->attnum) || raw_rte(rte))
+		return NULL;
+	if (t->broken || !OidIsValid(projection_func) || !OidIsValid(row_func) ||
+		!OidIsValid(get_func) || !OidIsValid(get_text_func))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("contact fields of table %s cannot be served%s%s", get_rel_name(rte->relid),
+						t->broken ? ": " : "", t->broken ? t->broken : "")));
+	*relid = rte->relid;
+	return t;
+}
+
 static Node *
 rewrite_mutator(Node *node, RewriteContext *ctx)
 {
 	if (node == NULL)
 		return NULL;
+	/* fields->'name', fields->>'name': one field of the projection */
+	if (IsA(node, OpExpr) && list_length(((OpExpr *) node)->args) == 2)
+	{
+		OpExpr	   *op = (OpExpr *) node;
+		Node	   *left = linitial(op->args);
+		Node	   *right = lsecond(op->args);
+		Oid			relid;
+
+		set_opfuncid(op);
+		if ((op->opfuncid == F_JSONB_OBJECT_FIELD || op->opfuncid == F_JSONB_OBJECT_FIELD_TEXT) &&
+			IsA(left, Var) && ((Var *) left)->varattno != 0 && IsA(right, Const) &&
+			((Const *) right)->consttype == TEXTOID && fields_var((Var *) left, ctx, &relid) != NULL)
+		{
+			FuncExpr   *f;
+
+			f = makeFuncExpr(op->opfuncid == F_JSONB_OBJECT_FIELD ? get_func : get_text_func,
+							 op->opresulttype,
+							 list_make3(copyObject(left),
+										makeConst(OIDOID, -1, InvalidOid, sizeof(Oid),
+												  ObjectIdGetDatum(relid), false, true),
+										copyObject(right)),
+							 InvalidOid, op->inputcollid, COERCE_EXPLICIT_CALL);
+			f->location = op->location;
+			return (Node *) f;
+		}
+	}
 	if (IsA(node, Query))
 	{
 		Query	   *q = (Query *) node;
@@ -1147,27 +1314,13 @@ rewrite_mutator(Node *node, RewriteContext *ctx)
 	if (IsA(node, Var))
 	{
 		Var		   *var = (Var *) node;
-		Query	   *q;
-		RangeTblEntry *rte;
-		FieldsTable *t;
+		Oid			reloid;
 		Const	   *relid;
 		FuncExpr   *f;
 
-		if ((int) var->varlevelsup >= list_length(ctx->queries))
+		if (fields_var(var, ctx, &reloid) == NULL)
 			return (Node *) copyObject(var);
-		q = list_nth(ctx->queries, var->varlevelsup);
-		if (var->varno <= 0 || var->varno > list_length(q->rtable))
-			return (Node *) copyObject(var);
-		rte = rt_fetch(var->varno, q->rtable);
-		if (rte->rtekind != RTE_RELATION || (t = fields_lookup(rte->relid)) == NULL ||
-			(var->varattno != 0 && var->varattno != t->attnum) || raw_rte(rte))
-			return (Node *) copyObject(var);
-		if (t->broken || !OidIsValid(projection_func) || !OidIsValid(row_func))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("contact fields of table %s cannot be served%s%s", get_rel_name(rte->relid),
-							t->broken ? ": " : "", t->broken ? t->broken : "")));
-		relid = makeConst(OIDOID, -1, InvalidOid, sizeof(Oid), ObjectIdGetDatum(rte->relid), false, true);
+		relid = makeConst(OIDOID, -1, InvalidOid, sizeof(Oid), ObjectIdGetDatum(reloid), false, true);
 		f = makeFuncExpr(var->varattno == 0 ? row_func : projection_func, var->vartype,
 						 list_make2(copyObject(var), relid), InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 		f->location = var->location;
@@ -2013,7 +2166,8 @@ crmguard_define_field(PG_FUNCTION_ARGS)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute(psprintf("CREATE %sINDEX %s ON %s (%s) WHERE %s OPERATOR(pg_catalog.?) %s",
+	/* byte order: exact matches need no linguistic comparison */
+	if (SPI_execute(psprintf("CREATE %sINDEX %s ON %s ((%s COLLATE pg_catalog.\"C\")) WHERE %s OPERATOR(pg_catalog.?) %s",
 							 unique ? "UNIQUE " : "", quote_identifier(index_name), qualified_name(relid),
 							 expr, quote_identifier(column), quote_literal_cstr(name)),
 					false, 0) != SPI_OK_UTILITY ||
@@ -2322,7 +2476,7 @@ crmguard_find_by_field(PG_FUNCTION_ARGS)
 						column, quote_literal_cstr(f->name));
 	else
 		expr = psprintf("(%s OPERATOR(pg_catalog.->>) %s)", column, quote_literal_cstr(f->name));
-	sql = psprintf("SELECT %s.%s FROM ONLY %s AS %s WHERE %s OPERATOR(pg_catalog.=) $1"
+	sql = psprintf("SELECT %s.%s FROM ONLY %s AS %s WHERE (%s COLLATE pg_catalog.\"C\") OPERATOR(pg_catalog.=) $1"
 				   " AND %s OPERATOR(pg_catalog.?) %s",
 				   raw_alias, quote_identifier(get_attname(relid, t->pk_attnum, false)),
 				   qualified_name(relid), raw_alias, expr, column, quote_literal_cstr(f->name));

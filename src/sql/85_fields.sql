@@ -94,6 +94,15 @@ CREATE FUNCTION crmguard.fields_row(r anyelement, target oid) RETURNS anyelement
     AS 'MODULE_PATHNAME', 'crmguard_fields_row';
 COMMENT ON FUNCTION crmguard.fields_row(anyelement, oid) IS 'internal: a whole row with its fields column projected';
 
+CREATE FUNCTION crmguard.fields_get(fields jsonb, target oid, field_name text) RETURNS jsonb
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_fields_get';
+COMMENT ON FUNCTION crmguard.fields_get(jsonb, oid, text) IS 'internal: fields->''name'' of the projection';
+CREATE FUNCTION crmguard.fields_get_text(fields jsonb, target oid, field_name text) RETURNS text
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_fields_get_text';
+COMMENT ON FUNCTION crmguard.fields_get_text(jsonb, oid, text) IS 'internal: fields->>''name'' of the projection';
+
 CREATE FUNCTION crmguard.fields_guard() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_fields_guard';
 COMMENT ON FUNCTION crmguard.fields_guard() IS 'internal: validates, normalises, encrypts and merges the fields of every written row';

@@ -23,7 +23,7 @@ SELECT set_eq(
           'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer',
           'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals', 'approval_row_pending',
           'normalize_match',
-          'fields_projection', 'fields_row', 'field_values', 'set_field', 'find_by_field', 'unmask', 'map_fields'],
+          'fields_projection', 'fields_row', 'fields_get', 'fields_get_text', 'field_values', 'set_field', 'find_by_field', 'unmask', 'map_fields'],
     'PUBLIC executes identity, policy, OTP, why_visible, draft, approval and contact-field steps only (each checks the caller): nothing that changes rules or issues tokens');
 
 SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
