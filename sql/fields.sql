@@ -454,6 +454,21 @@ SELECT public.regress_fld_try($$UPDATE public.regress_lead SET project = 'Telefo
 SELECT public.regress_fld_try($$UPDATE public.regress_lead SET fields = fields - 'pod_code'$$) AS required_removed;
 SELECT project, fields FROM public.regress_lead;
 RESET ROLE;
+-- attack: make a constraint fail on a row that holds another project's fields, to
+-- read them in the error's "Failing row contains" detail (the table has no row security)
+ALTER TABLE public.regress_lead ADD COLUMN note text CHECK (note <> 'bad');
+SET ROLE regress_fld_tom;
+UPDATE public.regress_lead SET note = 'bad' WHERE project = 'Energia';
+DO $$
+DECLARE d text;
+BEGIN
+    UPDATE public.regress_lead SET note = 'bad' WHERE project = 'Energia';
+EXCEPTION WHEN check_violation THEN
+    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+    RAISE NOTICE 'caught: %', d;
+END
+$$;
+RESET ROLE;
 SET ROLE regress_fld_owner;
 SELECT public.regress_fld_try($$SELECT crmguard.define_field('public.regress_lead', 'source', 'text', required => true)$$) AS required_on_rows_without_it;
 RESET ROLE;

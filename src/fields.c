@@ -35,6 +35,7 @@
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -140,6 +141,7 @@ static Oid	fields_internal = InvalidOid;
 
 static planner_hook_type prev_planner = NULL;
 static ProcessUtility_hook_type prev_utility = NULL;
+static ExecutorRun_hook_type prev_executor_run = NULL;
 
 /* the two subkeys, derived once per backend */
 static unsigned char *cipher_key = NULL;
@@ -1416,6 +1418,53 @@ fields_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 }
 
+/*
+ * A constraint that fails on a written row reports the row in its DETAIL
+ * ("Failing row contains ..."), and an updated row holds the fields the
+ * writer cannot see, merged back by the guard: such a detail is replaced.
+ */
+static void
+hide_failing_row(void *arg)
+{
+	int			code = geterrcode();
+
+	if (code == ERRCODE_NOT_NULL_VIOLATION || code == ERRCODE_CHECK_VIOLATION ||
+		code == ERRCODE_WITH_CHECK_OPTION_VIOLATION || code == ERRCODE_EXCLUSION_VIOLATION)
+		errdetail("The failing row is not shown: it holds contact fields.");
+}
+
+static void
+fields_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+{
+	PlannedStmt *stmt = queryDesc->plannedstmt;
+	ErrorContextCallback callback;
+	bool		writes_fields = false;
+	ListCell   *lc;
+
+	if (stmt->commandType != CMD_SELECT && fields_valid && fields_tables != NULL &&
+		hash_get_num_entries(fields_tables) > 0)
+		foreach(lc, stmt->resultRelations)
+		{
+			Oid			relid = rt_fetch(lfirst_int(lc), stmt->rtable)->relid;
+
+			if (hash_search(fields_tables, &relid, HASH_FIND, NULL) != NULL)
+				writes_fields = true;
+		}
+	if (writes_fields)
+	{
+		callback.callback = hide_failing_row;
+		callback.arg = NULL;
+		callback.previous = error_context_stack;
+		error_context_stack = &callback;
+	}
+	if (prev_executor_run)
+		prev_executor_run(queryDesc, direction, count, execute_once);
+	else
+		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	if (writes_fields)
+		error_context_stack = callback.previous;
+}
+
 void
 cg_fields_init(void)
 {
@@ -1429,6 +1478,8 @@ cg_fields_init(void)
 	planner_hook = fields_planner;
 	prev_utility = ProcessUtility_hook;
 	ProcessUtility_hook = fields_utility;
+	prev_executor_run = ExecutorRun_hook;
+	ExecutorRun_hook = fields_executor_run;
 }
 
 /* ---------------------------------------------------------------------------
