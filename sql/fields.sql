@@ -468,6 +468,9 @@ EXCEPTION WHEN check_violation THEN
     RAISE NOTICE 'caught: %', d;
 END
 $$;
+-- attack: COPY the table out (no row security here: COPY would read the heap directly)
+COPY public.regress_lead TO STDOUT;
+COPY public.regress_lead (id, fields) TO STDOUT;
 RESET ROLE;
 SET ROLE regress_fld_owner;
 SELECT public.regress_fld_try($$SELECT crmguard.define_field('public.regress_lead', 'source', 'text', required => true)$$) AS required_on_rows_without_it;
