@@ -476,6 +476,15 @@ SET ROLE regress_fld_owner;
 SELECT public.regress_fld_try($$SELECT crmguard.define_field('public.regress_lead', 'source', 'text', required => true)$$) AS required_on_rows_without_it;
 RESET ROLE;
 
+-- attack: the owner reads the fields through a parent table, or renames the column away
+SET ROLE regress_fld_owner;
+CREATE TABLE public.regress_lead_parent (id int, project text, fields jsonb);
+SELECT public.regress_fld_try($$ALTER TABLE public.regress_lead INHERIT public.regress_lead_parent$$) AS inherit;
+SELECT public.regress_fld_try($$ALTER TABLE public.regress_lead RENAME COLUMN fields TO extra$$) AS rename;
+SELECT public.regress_fld_try($$ALTER TABLE public.regress_lead DROP COLUMN project$$) AS drop_project_column;
+DROP TABLE public.regress_lead_parent;
+RESET ROLE;
+
 -- ---------------------------------------------------------------------------
 -- Drafts and approvals write through the same guard
 -- ---------------------------------------------------------------------------

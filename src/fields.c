@@ -1260,8 +1260,10 @@ fields_var(Var *var, RewriteContext *ctx, Oid *relid)
 	if (var->varno <= 0 || var->varno > list_length(q->rtable))
 		return NULL;
 	rte = rt_fetch(var->varno, q->rtable);
-	if (rte->rtekind != RTE_RELATION || (t = fields_lookup(rte->relid)) == NULL ||
-		(var->varattno != 0 && var->varattno != t->attnum) || raw_rte(rte))
+	if (rte->rtekind != RTE_RELATION || (t = fields_lookup(rte->relid)) == NULL || raw_rte(rte))
+		return NULL;
+	/* a table whose fields column cannot be found is unreadable, not readable raw */
+	if (!t->broken && var->varattno != 0 && var->varattno != t->attnum)
 		return NULL;
 	if (t->broken || !OidIsValid(projection_func) || !OidIsValid(row_func) ||
 		!OidIsValid(get_func) || !OidIsValid(get_text_func))

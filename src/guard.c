@@ -217,6 +217,14 @@ static const char *const visibility_problems_sql =
 "  ) AS pr(problem)"
 " WHERE pr.problem IS NOT NULL"
 "   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)"
+/* a table with contact fields read through a parent or child table */
+" UNION"
+" SELECT r.oid::pg_catalog.regclass::text,"
+"        'it is now inherited or partitioned, and its contact fields can be read around their projection'"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
+"  JOIN crmguard.field_table ft ON ft.target::pg_catalog.oid = r.oid"
+" WHERE r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
+"                                   WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
 /* a reviewed table's BEFORE INSERT row trigger that would fire ahead of the review guard */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
@@ -255,7 +263,11 @@ static const char *const visibility_problems_sql =
 "   UNION"
 "   SELECT 'draft review', c.col FROM crmguard.review_config rc"
 "    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col)"
-"    WHERE rc.target::pg_catalog.oid = r.oid) AS f"
+"    WHERE rc.target::pg_catalog.oid = r.oid"
+"   UNION"
+"   SELECT 'contact fields', c.col FROM crmguard.field_table ft"
+"    CROSS JOIN LATERAL (VALUES (ft.fields_column::text), (ft.project_column::text)) AS c(col)"
+"    WHERE ft.target::pg_catalog.oid = r.oid) AS f"
 "  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
 "        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)"
 " ORDER BY 1, 2";
