@@ -454,6 +454,10 @@ SELECT public.regress_fld_try($$UPDATE public.regress_lead SET project = 'Telefo
 SELECT public.regress_fld_try($$UPDATE public.regress_lead SET fields = fields - 'pod_code'$$) AS required_removed;
 SELECT project, fields FROM public.regress_lead;
 RESET ROLE;
+-- Telefonia cannot move an Energia row into its project with the fields it cannot see
+SET ROLE regress_fld_tom;
+SELECT public.regress_fld_try($$UPDATE public.regress_lead SET project = 'Telefonia'$$) AS hidden_fields_block_project_change;
+RESET ROLE;
 -- attack: make a constraint fail on a row that holds another project's fields, to
 -- read them in the error's "Failing row contains" detail (the table has no row security)
 ALTER TABLE public.regress_lead ADD COLUMN note text CHECK (note <> 'bad');

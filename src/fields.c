@@ -1333,6 +1333,30 @@ rewrite_mutator(Node *node, RewriteContext *ctx)
 	return expression_tree_mutator(node, rewrite_mutator, ctx);
 }
 
+/* Does the query (its subqueries, CTEs and sublinks included) read a fields table? */
+static bool
+reads_fields_table(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Query))
+	{
+		Query	   *q = (Query *) node;
+		ListCell   *lc;
+
+		foreach(lc, q->rtable)
+		{
+			RangeTblEntry *rte = (RangeTblEntry *) lfirst(lc);
+
+			if (rte->rtekind == RTE_RELATION &&
+				hash_search(fields_tables, &rte->relid, HASH_FIND, NULL) != NULL)
+				return true;
+		}
+		return query_tree_walker(q, reads_fields_table, context, 0);
+	}
+	return expression_tree_walker(node, reads_fields_table, context);
+}
+
 static PlannedStmt *
 fields_planner(Query *parse, const char *query_string, int cursorOptions, ParamListInfo boundParams)
 {
@@ -1340,7 +1364,9 @@ fields_planner(Query *parse, const char *query_string, int cursorOptions, ParamL
 	{
 		if (!fields_valid)
 			fields_load();
-		if (OidIsValid(field_table_rel) && hash_get_num_entries(fields_tables) > 0)
+		/* other tables' queries are planned as they are, uncopied */
+		if (OidIsValid(field_table_rel) && hash_get_num_entries(fields_tables) > 0 &&
+			reads_fields_table((Node *) parse, NULL))
 		{
 			RewriteContext ctx = {NIL};
 
@@ -1860,6 +1886,11 @@ crmguard_fields_guard(PG_FUNCTION_ARGS)
 				if (written)
 					continue;
 			}
+			/* a kept field must still belong to the row's project */
+			if (f != NULL && t->project_attnum != InvalidAttrNumber && f->nprojects >= 0 &&
+				(project == NULL || !project_listed(f, project)))
+				refuse(NULL, NULL, "the row holds contact fields of another project",
+					   "Its project cannot change while it holds fields the new project does not have.");
 			o = &out[nout++];
 			o->def = f;
 			o->key = k;
