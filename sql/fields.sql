@@ -166,6 +166,12 @@ SELECT count(*) AS oracle FROM public.regress_contact WHERE fields @> '{"consump
 SELECT c FROM public.regress_contact c WHERE id = 1;
 SELECT to_jsonb(c) -> 'fields' AS fields FROM public.regress_contact c WHERE id = 1;
 SELECT row_to_json(c.*) ->> 'fields' AS fields FROM public.regress_contact c WHERE id = 1;
+RESET ROLE;
+-- a whole row of a table with a dropped column is projected too
+ALTER TABLE public.regress_contact ADD COLUMN regress_gone int;
+ALTER TABLE public.regress_contact DROP COLUMN regress_gone;
+SET ROLE regress_fld_tom;
+SELECT c FROM public.regress_contact c WHERE id = 1;
 -- attack: subqueries, CTEs, LATERAL, a join's alias, set operations, aggregates
 SELECT (SELECT fields FROM public.regress_contact WHERE id = 1) AS sub;
 WITH c AS (SELECT * FROM public.regress_contact) SELECT fields FROM c WHERE id = 1;

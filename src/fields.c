@@ -565,16 +565,17 @@ refuse(const FieldDef *f, const char *name, const char *msg, const char *detail)
 	ereport(ERROR,
 			(errcode(ERRCODE_CG_FIELD_REFUSED),
 			 errmsg("%s", msg),
-			 detail ? errdetail("%s", detail) : 0,
-			 f && f->type == FT_PHONE ? errhint("Write phone numbers with their country code, as in \"+39 347 555 0123\".") : 0));
+			 detail ? errdetail("%s", detail) : 0));
 }
 
 static void
 refuse_value(const FieldDef *f, const char *why)
 {
-	refuse(f, f->name,
-		   psprintf("invalid value for field \"%s\" of type %s", f->name, field_type_names[f->type]),
-		   why);
+	ereport(ERROR,
+			(errcode(ERRCODE_CG_FIELD_REFUSED),
+			 errmsg("invalid value for field \"%s\" of type %s", f->name, field_type_names[f->type]),
+			 errdetail("%s", why),
+			 f->type == FT_PHONE ? errhint("Write phone numbers with their country code, as in \"+39 347 555 0123\".") : 0));
 }
 
 /* The text of a jsonb scalar (strings unquoted), as ->> shows it */

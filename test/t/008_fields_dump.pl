@@ -8,7 +8,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('fields_dump');
-$node->init;
+$node->init(allows_streaming => 1);
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'crmguard'");
 $node->start;
 
@@ -74,6 +74,30 @@ is($node->safe_psql('crm_restored', q{SET ROLE regress_sue;
    '+393475550123', 'a write-back after restore keeps the masked value');
 is($node->safe_psql('crm_restored', 'SELECT ok FROM crmguard.verify_audit()'), 't',
    'the audit chain goes on after restore');
+
+# a base backup and a hot standby hold the same ciphertext, and serve the projection
+$node->safe_psql('crm', 'CHECKPOINT');
+$node->backup('base');
+my $backup_file = $node->backup_dir . '/base/' .
+    $node->safe_psql('crm', q{SELECT pg_relation_filepath('contact')});
+unlike(slurp_file($backup_file), qr/3475550123/, 'the base backup holds no masked phone number in clear');
+my $standby = PostgreSQL::Test::Cluster->new('fields_standby');
+$standby->init_from_backup($node, 'base', has_streaming => 1);
+chmod 0600, $standby->data_dir . '/crmguard.key';
+$standby->start;
+$node->safe_psql('crm', q{SET ROLE regress_ela; INSERT INTO contact VALUES (4, 'Late', '{"phone": "+39 347 555 0444"}')});
+$node->wait_for_catchup($standby);
+is($standby->safe_psql('crm', $ela),
+   '1={"phone": "+39 *** *** 123"};2={"phone": "+39 *** *** 188"};4={"phone": "+39 *** *** 444"}',
+   'the standby shows Energia its masked phones');
+is($standby->safe_psql('crm', $tom), '1={"plan": "Fibra"};2={};4={}', 'and Telefonia none of them');
+is($standby->safe_psql('crm', q{SET ROLE regress_ela;
+       SELECT string_agg(k, ',') FROM crmguard.find_by_field('contact', 'phone', '+39 347 555 0444') k}),
+   '4', 'find_by_field works on the standby');
+$standby->safe_psql('crm', 'CHECKPOINT');
+unlike(slurp_file($standby->data_dir . '/' . $standby->safe_psql('crm', q{SELECT pg_relation_filepath('contact')})),
+       qr/3475550444|3475550123/, 'the standby\'s copy of the table holds no masked phone number in clear');
+$standby->stop;
 
 $node->stop;
 done_testing();
