@@ -202,6 +202,11 @@ crmguard_fields_row(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	th = PG_GETARG_HEAPTUPLEHEADER(0);
 	c = fld_projection_cache(fcinfo, PG_GETARG_OID(1));
+	/* only a row of that very table: any other row is not this function's */
+	if (HeapTupleHeaderGetTypeId(th) != get_rel_type_id(c->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("row is not of table %s", get_rel_name(c->relid))));
 	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(th), HeapTupleHeaderGetTypMod(th));
 	tuple.t_len = HeapTupleHeaderGetDatumLength(th);
 	ItemPointerSetInvalid(&tuple.t_self);

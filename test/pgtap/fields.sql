@@ -1,6 +1,6 @@
 -- Contact fields: privileges, the guard, the projection, refusals and their SQLSTATEs
 BEGIN;
-SELECT plan(22);
+SELECT plan(23);
 
 -- defining fields is granted deliberately; reading and writing them checks the caller
 SELECT function_privs_are('crmguard', 'enable_fields', ARRAY['regclass', 'name', 'name'], 'public', ARRAY[]::text[],
@@ -62,6 +62,8 @@ SELECT throws_ok($$SELECT crmguard.find_by_field('public.tap_contact', 'phone', 
                  'find_by_field on a field of another project fails with CG040');
 RESET ROLE;
 
+SELECT throws_ok($$SELECT crmguard.fields_row(ROW(1, 2, 3), 'public.tap_contact'::regclass)$$, '42804', NULL,
+                 'the whole-row projection refuses a row of another type');
 SELECT throws_ok($$SELECT crmguard.map_fields('{"notes": "{{Nome}}"}', '{"nome": "x"}')$$, 'CG040',
                  'unknown placeholder "{{Nome}}"', 'an unknown placeholder fails with CG040 naming it');
 
