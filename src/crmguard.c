@@ -112,6 +112,7 @@ _PG_init(void)
 	cg_visibility_init();
 	cg_approval_init();
 	cg_guard_init();
+	cg_fields_init();
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = crmguard_shmem_request;

@@ -24,6 +24,7 @@
 #define ERRCODE_CG_INVALID_RULE			MAKE_SQLSTATE('C','G','0','2','0')
 #define ERRCODE_CG_DEVICE				MAKE_SQLSTATE('C','G','0','3','0')
 #define ERRCODE_CG_INVALID_TOKEN		MAKE_SQLSTATE('C','G','0','3','1')
+#define ERRCODE_CG_FIELD_REFUSED		MAKE_SQLSTATE('C','G','0','4','0')
 
 #define CG_KEY_BYTES	32
 #define CG_HASH_BYTES	32
@@ -63,7 +64,9 @@ typedef enum CgKeyPurpose
 {
 	CG_KEY_TOKEN = 1,
 	CG_KEY_AUDIT = 2,
-	CG_KEY_OTP = 3
+	CG_KEY_OTP = 3,
+	CG_KEY_FIELD_CIPHER = 10,	/* contact fields: AEAD of masked values */
+	CG_KEY_FIELD_BLIND = 11		/* contact fields: blind index */
 } CgKeyPurpose;
 
 extern void cg_subkey(CgKeyPurpose purpose, unsigned char *out);
@@ -171,6 +174,7 @@ extern struct _SPI_plan *cg_prepare_all_rows(const char *sql, int nargs, Oid *ty
 #define CG_OTP_GUARD_UPDATE			"zz_crmguard_otp_guard"
 #define CG_OTP_WATCH_INSERT			"zz_crmguard_otp_recipient_insert"
 #define CG_OTP_WATCH_UPDATE			"zz_crmguard_otp_recipient"
+#define CG_FIELDS_GUARD				"!crmguard_fields"	/* fires ahead of the review guard */
 #define CG_APPROVAL_LOCK_GUARD		"zz_crmguard_approval_lock"
 #define CG_APPROVAL_TRUNCATE_GUARD	"zz_crmguard_approval_truncate"
 #define CG_APPROVAL_SUBMIT_INSERT	"zz_crmguard_approval_submit_insert"
@@ -184,7 +188,10 @@ extern struct _SPI_plan *cg_prepare_all_rows(const char *sql, int nargs, Oid *ty
 #define CG_REVIEW_GUARD "!crmguard_review"
 #define CG_TRIGGER_AHEAD_OF_REVIEW \
 	"NOT tg.tgisinternal AND (tg.tgtype::pg_catalog.int4 & 7) = 7" \
-	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\""
+	" AND tg.tgname COLLATE \"C\" < '" CG_REVIEW_GUARD "' COLLATE \"C\"" \
+	" AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc fp JOIN pg_catalog.pg_namespace fn" \
+	" ON fn.oid OPERATOR(pg_catalog.=) fp.pronamespace WHERE fp.oid OPERATOR(pg_catalog.=) tg.tgfoid" \
+	" AND fn.nspname OPERATOR(pg_catalog.=) 'crmguard' AND fp.proname OPERATOR(pg_catalog.=) 'fields_guard')"
 
 extern bool cg_guard_internal;
 extern void cg_guard_init(void);
@@ -197,6 +204,11 @@ extern void cg_guard_install_statement(Oid relid, const char *trigger_name,
 									   const char *function_name, const char *events);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
 extern char *cg_primary_key_column(Oid relid);
+
+extern Oid	cg_review_approving;	/* the table an approved draft is being inserted into */
+
+/* fields.c: contact fields (planner and utility hooks) */
+extern void cg_fields_init(void);
 
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);

@@ -230,6 +230,7 @@ cg_guard_remove(Oid relid, const char *trigger_name)
 #define RULE_SUBMIT_INSERT	0x08	/* a current process submits on insert */
 #define RULE_SUBMIT_UPDATE	0x10	/* ... on update */
 #define RULE_VISIBILITY		0x20
+#define RULE_FIELDS			0x40
 
 /* The guard triggers each kind of rule needs, as crmguard installs them */
 typedef struct GuardSpec
@@ -259,6 +260,8 @@ static const GuardSpec guard_specs[] = {
 	TRIGGER_TYPE_ROW | TRIGGER_TYPE_UPDATE},
 	{RULE_OTP, CG_OTP_WATCH_INSERT, "otp_recipient_watch",
 	TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT},
+	{RULE_FIELDS, CG_FIELDS_GUARD, "fields_guard",
+	TRIGGER_TYPE_ROW | TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE},
 };
 #define NUM_GUARD_SPECS ((int) lengthof(guard_specs))
 
@@ -287,7 +290,7 @@ static HTAB *verdicts = NULL;
 static bool guarded_valid = false;
 static uint64 guard_generation = 0;	/* bumped by every invalidation */
 static bool guard_loading = false;
-static Oid	rule_rels[4];
+static Oid	rule_rels[5];
 static Oid	guard_functions[NUM_GUARD_SPECS];
 static Oid	crmguard_schema = InvalidOid;
 
@@ -368,6 +371,7 @@ load_guarded(void)
 	rule_rels[1] = get_relname_relid("review_config", crmguard_schema);
 	rule_rels[2] = get_relname_relid("approval_process", crmguard_schema);
 	rule_rels[3] = get_relname_relid("visibility_rule", crmguard_schema);
+	rule_rels[4] = get_relname_relid("field_table", crmguard_schema);
 	for (j = 0; j < NUM_GUARD_SPECS; j++)
 	{
 		Oid			noargs[1];
@@ -395,7 +399,8 @@ load_guarded(void)
 						   "  OPERATOR(pg_catalog.|) CASE WHEN current AND 'insert' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 8 ELSE 0 END"
 						   "  OPERATOR(pg_catalog.|) CASE WHEN current AND 'update' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 16 ELSE 0 END"
 						   "  FROM crmguard.approval_process"
-						   " UNION ALL SELECT target::pg_catalog.oid, 32 FROM crmguard.visibility_rule",
+						   " UNION ALL SELECT target::pg_catalog.oid, 32 FROM crmguard.visibility_rule"
+						   " UNION ALL SELECT target::pg_catalog.oid, 64 FROM crmguard.field_table",
 						   0, NULL);
 		if (plan == NULL ||
 			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
@@ -827,7 +832,10 @@ refuse_or_record(bool is_super, const char *action, const char *table,
 "    WHERE c.col NOT IN ('submitter', 'approvers')" \
 "   UNION" \
 "   SELECT rc.target::pg_catalog.oid, 'draft review', c.col FROM crmguard.review_config rc" \
-"    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col))"
+"    CROSS JOIN LATERAL pg_catalog.unnest(rc.match_columns::text[]) AS c(col)" \
+"   UNION" \
+"   SELECT ft.target::pg_catalog.oid, 'contact fields', c.col FROM crmguard.field_table ft" \
+"    CROSS JOIN LATERAL (VALUES (ft.fields_column::text), (ft.project_column::text)) AS c(col))"
 
 /* The tables crmguard guards, any kind of rule */
 #define GUARDED_CTE \
@@ -835,7 +843,8 @@ refuse_or_record(bool is_super, const char *action, const char *table,
 "   SELECT target::pg_catalog.oid AS relid, true AS visibility FROM crmguard.visibility_rule" \
 "   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.otp_rule" \
 "   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.review_config" \
-"   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.approval_process)"
+"   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.approval_process" \
+"   UNION ALL SELECT target::pg_catalog.oid, false FROM crmguard.field_table)"
 
 /*
  * What is wrong with the rules of the guarded tables a command touched
@@ -916,7 +925,9 @@ static const char *const forget_dropped_sql =
 " o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
 " r AS (DELETE FROM crmguard.review_config WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
 " d AS (DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
+" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" fd AS (DELETE FROM crmguard.field_def WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
+" ft AS (DELETE FROM crmguard.field_table WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
 " SELECT 1";
 
 /* The guard triggers of one touched table, as they are after the command */

@@ -46,7 +46,7 @@
  * The table approve_draft is inserting into: the guard lets that one row in,
  * and no other (a trigger of the table inserting elsewhere is still reviewed).
  */
-static Oid	approving = InvalidOid;
+Oid			cg_review_approving = InvalidOid;
 
 /* ---------------------------------------------------------------------------
  * Configuration cache: one entry per reviewed table
@@ -506,9 +506,9 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 		elog(ERROR, "crmguard_review_guard: must be fired BEFORE INSERT FOR EACH ROW");
 	cg_require_preload();
 	relid = RelationGetRelid(td->tg_relation);
-	if (OidIsValid(approving) && approving == relid)
+	if (OidIsValid(cg_review_approving) && cg_review_approving == relid)
 	{
-		approving = InvalidOid;
+		cg_review_approving = InvalidOid;
 		return PointerGetDatum(td->tg_trigtuple);
 	}
 	c = config_of(relid);
@@ -662,7 +662,7 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(caller);
 	cg_enter_table_owner(&priv, relid);
-	approving = relid;
+	cg_review_approving = relid;
 	PG_TRY();
 	{
 		bool		isnull;
@@ -676,7 +676,7 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 																		   SPI_tuptable->tupdesc, 1,
 																		   &isnull)));
 		SPI_finish();
-		approving = InvalidOid;
+		cg_review_approving = InvalidOid;
 		cg_leave_owner(&priv);
 		ReleaseCurrentSubTransaction();
 	}
@@ -684,7 +684,7 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 	{
 		ErrorData  *edata;
 
-		approving = InvalidOid;
+		cg_review_approving = InvalidOid;
 		MemoryContextSwitchTo(caller);
 		edata = CopyErrorData();
 		FlushErrorState();

@@ -33,3 +33,10 @@ GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), cr
 GRANT EXECUTE ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) TO PUBLIC;
 -- a pure function that a table's owner runs when crmguard looks for duplicates as that owner
 GRANT EXECUTE ON FUNCTION crmguard.normalize_match(text) TO PUBLIC;
+-- contact fields: every read of a fields column calls the projection as the reader;
+-- the others act as the caller (its rights, its rows) and check the principal
+GRANT EXECUTE ON FUNCTION crmguard.fields_projection(jsonb, oid), crmguard.fields_row(anyelement, oid),
+      crmguard.fields_get(jsonb, oid, text), crmguard.fields_get_text(jsonb, oid, text),
+      crmguard.field_values(regclass, text), crmguard.set_field(regclass, text, text, text),
+      crmguard.find_by_field(regclass, text, text), crmguard.unmask(regclass, text, text, text),
+      crmguard.map_fields(jsonb, jsonb) TO PUBLIC;

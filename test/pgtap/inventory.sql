@@ -22,8 +22,9 @@ SELECT set_eq(
     ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'assume_jwt', 'pre_request', 'request_otp', 'pending_challenge', 'verify_otp', 'why_visible',
           'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer', 'last_drafts',
           'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals', 'approval_row_pending',
-          'normalize_match'],
-    'PUBLIC executes identity, policy, OTP, why_visible, draft and approval steps only (each checks the caller): nothing that changes rules or issues tokens');
+          'normalize_match',
+          'fields_projection', 'fields_row', 'fields_get', 'fields_get_text', 'field_values', 'set_field', 'find_by_field', 'unmask', 'map_fields'],
+    'PUBLIC executes identity, policy, OTP, why_visible, draft, approval and contact-field steps only (each checks the caller): nothing that changes rules or issues tokens');
 
 -- assume(text) became assume(text, boolean DEFAULT true): transaction-scoped by default
 SELECT hasnt_function('crmguard', 'assume', ARRAY['text'], 'the session-long assume(text) of 1.0 is gone');
