@@ -905,7 +905,7 @@ run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(sql, nargs, types);
+	plan = cg_prepare_all_rows(r->relid, sql, nargs, types);
 	rc = SPI_execute_plan(plan, values, nulls, expect == SPI_OK_SELECT, 1);
 	if (rc != expect)
 		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
@@ -933,7 +933,7 @@ current_row(RequestInfo *r)
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
+	plan = cg_prepare_all_rows(r->relid, psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
 										qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
 							   1, types);
 	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)

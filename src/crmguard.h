@@ -162,8 +162,7 @@ extern char *cg_otp_equality_operator(Oid type);
 
 /* visibility.c: row visibility through the row-level security hook */
 extern void cg_visibility_init(void);
-extern bool cg_visibility_suspended;
-extern struct _SPI_plan *cg_prepare_all_rows(const char *sql, int nargs, Oid *types);
+extern struct _SPI_plan *cg_prepare_all_rows(Oid relid, const char *sql, int nargs, Oid *types);
 
 /*
  * guard.c: the triggers crmguard installs on user tables.  A guard is known

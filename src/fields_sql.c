@@ -187,7 +187,7 @@ crmguard_enable_fields(PG_FUNCTION_ARGS)
 	cg_enter_table_owner(&priv, relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_plan(cg_prepare_all_rows(psprintf("SELECT 1 FROM ONLY %s t WHERE t.%s IS NOT NULL"
+	if (SPI_execute_plan(cg_prepare_all_rows(relid, psprintf("SELECT 1 FROM ONLY %s t WHERE t.%s IS NOT NULL"
 													  " AND t.%s OPERATOR(pg_catalog.<>) '{}'::pg_catalog.jsonb LIMIT 1",
 													  qualified_name(relid), quote_identifier(column),
 													  quote_identifier(column)), 0, NULL),
@@ -311,7 +311,7 @@ crmguard_define_field(PG_FUNCTION_ARGS)
 		cg_enter_table_owner(&priv, relid);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_plan(cg_prepare_all_rows(sql.data, 1, ptypes), pvalues,
+		if (SPI_execute_plan(cg_prepare_all_rows(relid, sql.data, 1, ptypes), pvalues,
 							 projects ? " " : "n", true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read table %s", get_rel_name(relid));
 		if (SPI_processed > 0)
@@ -416,7 +416,7 @@ crmguard_drop_field(PG_FUNCTION_ARGS)
 	fld_internal = relid;
 	PG_TRY();
 	{
-		if (SPI_execute_plan(cg_prepare_all_rows(sql, 2, types), values, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_plan(cg_prepare_all_rows(relid, sql, 2, types), values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not remove the values of field \"%s\"", name);
 		if (OidIsValid(f->indexoid) &&
 			SPI_execute(psprintf("DROP INDEX %s",

@@ -20,7 +20,9 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -873,6 +875,19 @@ GUARDED_CTE
 " WHERE r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
 "                                   WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
 " GROUP BY r.oid"
+/* a rule of its own rewrites statements on a guarded table around its guards and rules */
+" UNION"
+" SELECT DISTINCT r.oid::pg_catalog.regclass::text,"
+"        pg_catalog.format('rule \"%s\" rewrites statements on it around its guards', rw.rulename)"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN guarded g ON g.relid = r.oid"
+"  JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = r.oid AND rw.rulename <> '_RETURN'"
+/* a guarded table (not only visibility) that lost its single-column primary key */
+" UNION"
+" SELECT DISTINCT r.oid::pg_catalog.regclass::text,"
+"        'its primary key, which names the rows crmguard guards, is gone'"
+"  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN guarded g ON g.relid = r.oid AND NOT g.visibility"
+" WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = r.oid AND i.indisprimary"
+"                   AND i.indnkeyatts = 1)"
 /* a reviewed table's BEFORE INSERT row trigger that would fire ahead of the review guard */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
@@ -903,7 +918,9 @@ static const char *const touched_sql =
 "  UNION SELECT p.polrelid FROM cmd JOIN pg_catalog.pg_policy p ON p.oid = cmd.objid"
 "   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
 "  UNION SELECT tg.tgrelid FROM cmd JOIN pg_catalog.pg_trigger tg ON tg.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass)"
+"   WHERE cmd.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
+"  UNION SELECT rw.ev_class FROM cmd JOIN pg_catalog.pg_rewrite rw ON rw.oid = cmd.objid"
+"   WHERE cmd.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass)"
 " SELECT relid FROM named"
 " UNION SELECT i.inhrelid FROM named JOIN pg_catalog.pg_inherits i ON i.inhparent = named.relid"
 " UNION SELECT i.inhparent FROM named JOIN pg_catalog.pg_inherits i ON i.inhrelid = named.relid";
@@ -1126,6 +1143,59 @@ check_type_change(Oid typid, const char *change, const char *action)
 }
 
 /*
+ * The primary key names a guarded table's rows in crmguard (OTP challenges,
+ * approval requests, drafts' new rows, field ciphertexts): dropping its
+ * constraint or its column, to drop or move the key, is refused.
+ */
+static void
+check_primary_key_kept(Oid relid, AlterTableCmd *cmd)
+{
+	Relation	rel;
+	Oid			pk_index;
+	Oid			constraint;
+	char	   *pk_column = NULL;
+	bool		hit = false;
+	char	   *table;
+
+	if (!(table_rules(relid) & (RULE_OTP | RULE_REVIEW | RULE_APPROVAL | RULE_FIELDS)))
+		return;
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return;
+	pk_index = RelationGetPrimaryKeyIndex(rel);
+	relation_close(rel, AccessShareLock);
+	if (!OidIsValid(pk_index))
+		return;
+	constraint = get_index_constraint(pk_index);
+	if (cmd->subtype == AT_DropConstraint)
+		hit = OidIsValid(constraint) && strcmp(get_constraint_name(constraint), cmd->name) == 0;
+	else
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pk_index));
+
+		if (HeapTupleIsValid(tup))
+		{
+			Form_pg_index index = (Form_pg_index) GETSTRUCT(tup);
+			int			i;
+
+			for (i = 0; i < index->indnkeyatts; i++)
+				if (strcmp(get_attname(relid, index->indkey.values[i], false), cmd->name) == 0)
+					hit = true;
+			ReleaseSysCache(tup);
+		}
+	}
+	if (!hit)
+		return;
+	pk_column = cmd->subtype == AT_DropColumn ? cmd->name : get_rel_name(pk_index);
+	table = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
+	refuse_or_record(superuser(), "primary_key_dropped", table, "problem",
+					 psprintf("primary key \"%s\" dropped", pk_column),
+					 psprintf("the primary key of table %s cannot be dropped: it names the rows crmguard guards",
+							  table),
+					 psprintf("crmguard rules on table %s no longer find their rows by key", table));
+}
+
+/*
  * Before a utility command runs: refuse what would change the meaning of
  * a rule without touching a row (an enum value renamed, a named column's
  * type changed with USING, a type dropped with CASCADE), a write to a
@@ -1195,6 +1265,14 @@ cg_guard_utility(PlannedStmt *pstmt)
 			char	  **row;
 			char	   *table;
 
+			if ((cmd->subtype == AT_DropConstraint || cmd->subtype == AT_DropColumn) && cmd->name != NULL)
+			{
+				if (!OidIsValid(relid))
+					relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+				if (OidIsValid(relid))
+					check_primary_key_kept(relid, cmd);
+				continue;
+			}
 			if (cmd->subtype != AT_AlterColumnType || cmd->name == NULL)
 				continue;
 			if (!OidIsValid(relid))

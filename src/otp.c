@@ -1122,6 +1122,34 @@ guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 	refuse(entry, rule, rel, old, row_key, to_value, principal);
 }
 
+/*
+ * A row's key names it in its challenges (and in the recipient changes the
+ * cooldown reads): a code verified for one row must never set another, so
+ * the key of an OTP-guarded row cannot change.
+ */
+static void
+refuse_key_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple newtuple)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Form_pg_attribute att = TupleDescAttr(desc, entry->pk_attno - 1);
+	bool		old_null;
+	bool		new_null;
+	Datum		old_key = heap_getattr(oldtuple, entry->pk_attno, desc, &old_null);
+	Datum		new_key = heap_getattr(newtuple, entry->pk_attno, desc, &new_null);
+
+	if (old_null == new_null &&
+		(old_null || datumIsEqual(old_key, new_key, att->attbyval, att->attlen)))
+		return;
+	cg_audit_durable("otp_refused", RelationGetRelationName(rel),
+					 old_null ? NULL : OutputFunctionCall(&entry->pk_out, old_key),
+					 "{\"reason\": \"key changed\"}");
+	ereport(ERROR,
+			(errcode(ERRCODE_RESTRICT_VIOLATION),
+			 errmsg("the key of a row of OTP-guarded table %s cannot change", RelationGetRelationName(rel)),
+			 errdetail("Column \"%s\" names the row in its OTP challenges.", NameStr(att->attname)),
+			 errtablecol(rel, entry->pk_attno)));
+}
+
 PG_FUNCTION_INFO_V1(crmguard_otp_guard);
 Datum
 crmguard_otp_guard(PG_FUNCTION_ARGS)
@@ -1150,6 +1178,8 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 	}
 	desc = RelationGetDescr(td->tg_relation);
 	entry = rules_for(RelationGetRelid(td->tg_relation));
+	if (oldtuple)
+		refuse_key_change(entry, td->tg_relation, oldtuple, newtuple);
 
 	for (i = 0; i < entry->nrules; i++)
 	{
@@ -1167,10 +1197,21 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 			continue;
 		if (oldtuple)
 		{
-			/* the same value in the type's eyes: not entering it */
 			old_value = heap_getattr(oldtuple, rule->status_attno, desc, &old_null);
 			if (!old_null && value_index(rule, old_value, &new_value, 1) == 0)
+			{
+				/*
+				 * Already in the value: entering the gated state only if the
+				 * rule's condition held not before and holds now (guard_row
+				 * judges the new row), whatever value it came from.
+				 */
+				if (rule->condition == NULL ||
+					cg_criteria_row_matches(entry->relid, rule->condition,
+											heap_copy_tuple_as_datum(oldtuple, desc)))
+					continue;
+				guard_row(entry, rule, td->tg_relation, newtuple, oldtuple, rule->to_values[to]);
 				continue;
+			}
 		}
 		if (rule->nfrom >= 0 &&
 			(old_null || value_index(rule, old_value, rule->from_datums, rule->nfrom) < 0))
@@ -1725,7 +1766,7 @@ committed_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 	cg_enter_table_owner(&priv, entry->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(row_query(entry, rule), 1, types);
+	plan = cg_prepare_all_rows(entry->relid, row_query(entry, rule), 1, types);
 	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
 	if (SPI_processed > 0)

@@ -209,6 +209,43 @@ install_guards(Oid relid)
 						 i ? " OR " : "", column, eq, column, gated.data);
 	}
 
+	/*
+	 * Also fire when a row's key changes (it names the row in its
+	 * challenges: refused) and, for rules with a condition, when a row
+	 * already in a gated value changes a condition column (it may only now
+	 * enter the gated state).
+	 */
+	if (nstatus > 0)
+	{
+		char	   *pk = cg_primary_key_column(relid);
+		char	   *pk_eq = pk ? cg_otp_equality_operator(get_atttype(relid, get_attnum(relid, pk))) : NULL;
+		StringInfoData old_cols;
+		StringInfoData new_cols;
+
+		if (pk_eq != NULL)
+			appendStringInfo(&on_update, " OR (OLD.%s %s NEW.%s) IS NOT TRUE",
+							 quote_identifier(pk), pk_eq, quote_identifier(pk));
+		if (SPI_execute_with_args("SELECT DISTINCT pg_catalog.jsonb_path_query(condition, 'lax $.**.field') OPERATOR(pg_catalog.#>>) '{}'"
+								  " FROM crmguard.otp_rule"
+								  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND condition IS NOT NULL"
+								  " ORDER BY 1",
+								  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crmguard.otp_rule");
+		initStringInfo(&old_cols);
+		initStringInfo(&new_cols);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			const char *column = quote_identifier(SPI_getvalue(SPI_tuptable->vals[i],
+															   SPI_tuptable->tupdesc, 1));
+
+			appendStringInfo(&old_cols, "%sOLD.%s", i ? ", " : "", column);
+			appendStringInfo(&new_cols, "%sNEW.%s", i ? ", " : "", column);
+		}
+		if (SPI_processed > 0)
+			appendStringInfo(&on_update, " OR ((%s) AND ROW(%s, NULL) IS DISTINCT FROM ROW(%s, NULL))",
+							 on_insert.data, old_cols.data, new_cols.data);
+	}
+
 	if (SPI_execute_with_args("SELECT DISTINCT recipient_column::pg_catalog.text"
 							  " FROM crmguard.otp_rule"
 							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1",

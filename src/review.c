@@ -294,7 +294,7 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 		if (get_attnum(relid, key) == InvalidAttrNumber)
 			continue;			/* a match column dropped since */
 		value = CStringGetTextDatum(eq + 1);
-		plan = cg_prepare_all_rows(psprintf("SELECT t.%s::pg_catalog.text FROM ONLY %s t"
+		plan = cg_prepare_all_rows(relid, psprintf("SELECT t.%s::pg_catalog.text FROM ONLY %s t"
 											" WHERE crmguard.normalize_match(t.%s::pg_catalog.text)"
 											" OPERATOR(pg_catalog.=) $1",
 											quote_identifier(pk),

@@ -1045,29 +1045,33 @@ specialised_qual(Relation rel, TableRules *t, bool edit)
 }
 
 /*
- * Set while crmguard itself reads or writes a guarded row on behalf of a
- * decision already taken (an approval's "set" action, the row check of a
- * pending request): the statement gets an all-rows policy.
+ * The one table whose visibility rules are set aside while crmguard itself
+ * plans a read or write of its rows on behalf of a decision already taken
+ * (an approval's "set" action, the row check of a pending request): that
+ * table gets an all-rows policy; every other table the statement reaches
+ * (through a rule, a view, a function) keeps its rules.
  */
-bool		cg_visibility_suspended = false;
+static Oid	visibility_suspended_for = InvalidOid;
 
 /*
- * Prepare a statement (in SPI) with the visibility rules set aside: for
- * crmguard's own reads and writes of a row whose fate is decided elsewhere.
+ * Prepare a statement (in SPI) with the visibility rules of relid set
+ * aside: for crmguard's own reads and writes of a row whose fate is decided
+ * elsewhere.
  */
 SPIPlanPtr
-cg_prepare_all_rows(const char *sql, int nargs, Oid *types)
+cg_prepare_all_rows(Oid relid, const char *sql, int nargs, Oid *types)
 {
 	SPIPlanPtr	plan;
+	Oid			save = visibility_suspended_for;
 
-	cg_visibility_suspended = true;
+	visibility_suspended_for = relid;
 	PG_TRY();
 	{
 		plan = SPI_prepare(sql, nargs, types);
 	}
 	PG_FINALLY();
 	{
-		cg_visibility_suspended = false;
+		visibility_suspended_for = save;
 	}
 	PG_END_TRY();
 	if (plan == NULL)
@@ -1105,7 +1109,7 @@ visibility_policies(CmdType cmd, Relation rel)
 		cmd == CMD_DELETE ? ACL_DELETE_CHR : '*';
 	policy->roles = construct_array(&public_role, 1, OIDOID, sizeof(Oid), true, TYPALIGN_INT);
 	policy->permissive = true;
-	if (cg_visibility_suspended)
+	if (OidIsValid(visibility_suspended_for) && relid == visibility_suspended_for)
 	{
 		policy->qual = (Expr *) makeBoolConst(true, false);
 		policy->hassublinks = false;
