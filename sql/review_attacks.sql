@@ -132,6 +132,32 @@ RESET ROLE;
 SELECT count(*) AS customers_stashed FROM public.regress_rv_stash;
 
 -- ===========================================================================
+-- Attack: review_rule_copies_drafts
+-- crmguard refuses an owner's trigger that would see rows before the review
+-- guard keeps them as drafts; a rule does the same and is not refused.  The
+-- table owner (no reviewer) adds an ON INSERT ... DO ALSO rule and gets a
+-- copy of every draft a rep submits.
+-- ===========================================================================
+CREATE TABLE public.regress_rv_lead (id int PRIMARY KEY, company text, phone text);
+SELECT crmguard.enable_review('public.regress_rv_lead', 'boss');
+ALTER TABLE public.regress_rv_lead OWNER TO regress_rv_owner;
+GRANT SELECT, INSERT ON public.regress_rv_lead TO regress_rv_luca;
+SET ROLE regress_rv_owner;
+CREATE TABLE public.regress_rv_peek (id int, company text, phone text);
+-- secure: refused, like a trigger ahead of the review guard
+SELECT public.regress_try($$CREATE RULE regress_rv_peek AS ON INSERT TO public.regress_rv_lead
+    DO ALSO INSERT INTO public.regress_rv_peek VALUES (NEW.id, NEW.company, NEW.phone)$$) AS rule_created;
+RESET ROLE;
+SET ROLE regress_rv_luca;
+SET client_min_messages = warning;
+INSERT INTO public.regress_rv_lead VALUES (1, 'Acme', '+39 347 555 0100');
+RESET client_min_messages;
+RESET ROLE;
+SELECT count(*) AS rows_in_lead FROM public.regress_rv_lead;
+-- secure: the owner has no copy of the draft
+SELECT count(*) AS drafts_copied_by_the_owner FROM public.regress_rv_peek;
+
+-- ===========================================================================
 -- Attack: otp_condition_dodged_in_two_statements
 -- A rule with a condition ("deliveries over 1000 need the customer's code")
 -- judges only the row as it enters the gated value.  The rep lowers the
@@ -185,7 +211,9 @@ SELECT state FROM crmguard.approval_request WHERE row_key = '2' ORDER BY id DESC
 -- Cleanup
 -- ===========================================================================
 DROP TABLE public.regress_rv_note, public.regress_rv_big, public.regress_rv_deal, public.regress_rv_stash,
-           public.regress_rv_customer;
+           public.regress_rv_customer, public.regress_rv_peek;
+SELECT crmguard.disable_review('public.regress_rv_lead');
+DROP TABLE public.regress_rv_lead;
 DROP FUNCTION public.regress_rv_code(text);
 DELETE FROM crmguard.principal WHERE name LIKE 'rv\_%';
 REVOKE ALL ON SCHEMA public FROM regress_rv_owner;

@@ -578,8 +578,15 @@ crmguard_approval_lock(PG_FUNCTION_ARGS)
 	AcceptInvalidationMessages();
 	t = table_of(relid);
 	keyatt = key_attno(rel);
-	if (t == NULL || t->pending == NIL || keyatt == InvalidAttrNumber)
+	if (t == NULL || t->pending == NIL)
 		return PointerGetDatum(NULL);
+	/* requests name their rows by the primary key: without one, fail closed */
+	if (keyatt == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_ROW_LOCKED),
+				 errmsg("table %s has pending approval requests and no primary key to find their rows",
+						RelationGetRelationName(rel)),
+				 errhint("Restore the table's primary key; until then no row of it can change.")));
 	keyvalue = heap_getattr(td->tg_trigtuple, keyatt, desc, &isnull);
 	if (isnull)
 		return PointerGetDatum(NULL);
