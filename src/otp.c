@@ -1046,7 +1046,7 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple old,
 		if (!cg_enqueue(CG_JOB_OTP_ISSUE, job.data, job.len))
 		{
 			otp_attempts_forget(challenge);
-			refuse_required(rule, rel, to_value, "No code could be sent: the crmguard queue is full.",
+			refuse_required(rule, rel, to_value, "No code could be sent: this database's share of the crmguard queue is full, or its worker cannot start.",
 							"Call crmguard.request_otp() and try again.");
 		}
 		remember_issued(rule, challenge, principal, row_key, to_value,
