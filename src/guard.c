@@ -21,8 +21,10 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/dependency.h"
+#include "catalog/index.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -805,6 +807,67 @@ refuse_or_record(bool is_super, const char *action, const char *table,
 			 errhint("Change the rule with its crmguard function instead.")));
 }
 
+/* A table (or TOAST table) of crmguard's own */
+static bool
+is_crmguard_relation(Oid relid)
+{
+	Oid			schema = cg_catalog()->schema;
+
+	if (!OidIsValid(relid))
+		return false;
+	if (get_rel_namespace(relid) == PG_TOAST_NAMESPACE)
+	{
+		Oid			owner_rel = InvalidOid;
+		HeapTuple	tup;
+		Relation	pg_class;
+		SysScanDesc scan;
+
+		/* the table whose TOAST table this is */
+		pg_class = table_open(RelationRelationId, AccessShareLock);
+		scan = systable_beginscan(pg_class, InvalidOid, false, NULL, 0, NULL);
+		while ((tup = systable_getnext(scan)) != NULL)
+			if (((Form_pg_class) GETSTRUCT(tup))->reltoastrelid == relid)
+			{
+				owner_rel = ((Form_pg_class) GETSTRUCT(tup))->oid;
+				break;
+			}
+		systable_endscan(scan);
+		table_close(pg_class, AccessShareLock);
+		return OidIsValid(owner_rel) && get_rel_namespace(owner_rel) == schema;
+	}
+	return get_rel_namespace(relid) == schema;
+}
+
+/*
+ * Refuse a non-superuser's maintenance command whose lock on crmguard's
+ * tables (SHARE or ACCESS EXCLUSIVE, queued behind any open audited
+ * transaction) would make every other session's audited action wait; the
+ * attempt is audited durably like the other refusals.  table is NULL for a
+ * command over the whole database or schema.
+ */
+static void
+refuse_maintenance(const char *command, const char *table, const char *what)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"command\": ");
+	escape_json(&buf, what);
+	appendStringInfoString(&buf, ", \"superuser\": false}");
+	cg_audit_durable("maintenance_refused", table, NULL, buf.data);
+	if (table != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only a superuser can run %s on crmguard's table \"%s\"", command, table),
+				 errdetail("Its lock would make every audited commit wait."),
+				 errhint("Run it on your own tables by name, or ask a superuser.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("only a superuser can run %s here: it would lock crmguard's tables", what),
+			 errdetail("Its lock would make every audited commit wait."),
+			 errhint("Run %s on your own tables by name, or ask a superuser.", command)));
+}
+
 /*
  * The columns crmguard's rules name, as (relid, rule, col): visibility
  * criteria and owner columns, OTP status, recipient and condition columns,
@@ -1209,7 +1272,8 @@ cg_guard_utility(PlannedStmt *pstmt)
 
 	if (!IsTransactionState() || creating_extension || cg_guard_internal || guard_loading ||
 		(!IsA(parsetree, TruncateStmt) && !IsA(parsetree, AlterEnumStmt) &&
-		 !IsA(parsetree, AlterTableStmt) && !IsA(parsetree, DropStmt) && !IsA(parsetree, VacuumStmt)))
+		 !IsA(parsetree, AlterTableStmt) && !IsA(parsetree, DropStmt) && !IsA(parsetree, VacuumStmt) &&
+		 !IsA(parsetree, ReindexStmt)))
 		return;
 	if (!OidIsValid(get_extension_oid("crmguard", true)))
 		return;
@@ -1302,18 +1366,48 @@ cg_guard_utility(PlannedStmt *pstmt)
 		foreach(lc, stmt->options)
 			if (strcmp(((DefElem *) lfirst(lc))->defname, "full") == 0 && defGetBoolean((DefElem *) lfirst(lc)))
 				full = true;
+		/* plain VACUUM and ANALYZE take SHARE UPDATE EXCLUSIVE: no writer waits */
 		if (!full)
 			return;
+		/* without a list, the database owner's VACUUM FULL takes every table */
+		if (stmt->rels == NIL)
+			refuse_maintenance("VACUUM FULL", NULL, "VACUUM FULL of the whole database");
 		foreach(lc, stmt->rels)
 		{
 			VacuumRelation *vrel = (VacuumRelation *) lfirst(lc);
 			Oid			relid = vrel->relation ? RangeVarGetRelid(vrel->relation, NoLock, true) : vrel->oid;
 
-			if (OidIsValid(relid) && get_rel_namespace(relid) == cg_catalog()->schema)
-				ereport(ERROR,
-						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("only a superuser can run VACUUM FULL on crmguard's table \"%s\"", get_rel_name(relid)),
-						 errdetail("Its lock would make every audited commit wait.")));
+			if (is_crmguard_relation(relid))
+				refuse_maintenance("VACUUM FULL", get_rel_name(relid), "VACUUM FULL");
+		}
+	}
+	else if (IsA(parsetree, ReindexStmt) && !superuser())
+	{
+		ReindexStmt *stmt = (ReindexStmt *) parsetree;
+		Oid			relid;
+
+		switch (stmt->kind)
+		{
+			case REINDEX_OBJECT_DATABASE:
+				refuse_maintenance("REINDEX", NULL, "REINDEX DATABASE");
+				break;
+			case REINDEX_OBJECT_SYSTEM:
+				refuse_maintenance("REINDEX", NULL, "REINDEX SYSTEM");
+				break;
+			case REINDEX_OBJECT_SCHEMA:
+				if (get_namespace_oid(stmt->name, true) == cg_catalog()->schema)
+					refuse_maintenance("REINDEX", NULL, "REINDEX SCHEMA");
+				break;
+			case REINDEX_OBJECT_TABLE:
+			case REINDEX_OBJECT_INDEX:
+				relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+				if (OidIsValid(relid) && stmt->kind == REINDEX_OBJECT_INDEX &&
+					get_rel_relkind(relid) == RELKIND_INDEX)
+					relid = IndexGetRelation(relid, true);
+				if (is_crmguard_relation(relid))
+					refuse_maintenance("REINDEX", get_rel_name(relid),
+									   stmt->kind == REINDEX_OBJECT_TABLE ? "REINDEX TABLE" : "REINDEX INDEX");
+				break;
 		}
 	}
 }

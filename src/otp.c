@@ -905,7 +905,7 @@ take_rate(const OtpRule *rule, Oid relid, const char *row_key, const char *to_va
 		detail = psprintf("OTP rule \"%s\" allows %d new challenges per principal in %s.", rule->name,
 						  rule->challenges_per_principal, interval_text(&rule->challenge_window));
 	else
-		detail = pstrdup("The table of OTP counters is full.");
+		detail = pstrdup("This principal or this database has used up its share of OTP rate counters for now.");
 	cg_audit_durable("otp_refused", get_rel_name(relid), row_key,
 					 audit_detail(rule->name, 0, to_value,
 								  r == OTP_RATE_ROW ? "row rate limit" :
@@ -1046,7 +1046,7 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple old,
 		if (!cg_enqueue(CG_JOB_OTP_ISSUE, job.data, job.len))
 		{
 			otp_attempts_forget(challenge);
-			refuse_required(rule, rel, to_value, "No code could be sent: the crmguard queue is full.",
+			refuse_required(rule, rel, to_value, "No code could be sent: this database's share of the crmguard queue is full, or its worker cannot start.",
 							"Call crmguard.request_otp() and try again.");
 		}
 		remember_issued(rule, challenge, principal, row_key, to_value,

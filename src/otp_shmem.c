@@ -10,6 +10,13 @@
  * whose issuing transaction rolls back gives its place back at once (its
  * issue still counts against the rate limits, which is what ROLLBACK must
  * not undo).  Nothing here ever grows into the server's spare shared memory.
+ *
+ * Rate counters stay for their rule's window whatever happens to the
+ * challenge, so they have a budget of their own: a principal makes at most
+ * OTP_RATE_PER_PRINCIPAL of them, a database at most OTP_RATE_PER_DATABASE,
+ * and the table keeps room for every live challenge's counters besides, so
+ * a database that filled its share is refused alone (fail closed there)
+ * while every other database counts on.
  */
 #include "postgres.h"
 
@@ -31,7 +38,15 @@
 #define OTP_MAX_CHALLENGES		16384
 #define OTP_MAX_PER_DATABASE	(OTP_MAX_CHALLENGES / 2)
 #define OTP_MAX_PER_PRINCIPAL	256
-#define OTP_MAX_COUNTERS		16384
+#define OTP_MAX_RATE			16384	/* rate counters of all databases */
+#define OTP_RATE_PER_DATABASE	(OTP_MAX_RATE / 4)
+#define OTP_RATE_PER_PRINCIPAL	(OTP_RATE_PER_DATABASE / 4)
+/*
+ * Live counters: at most one per challenge and one per database that has
+ * one; rate counters; and what each principal and database made of them
+ * (at most one each per rate counter).  The table can never be full.
+ */
+#define OTP_MAX_COUNTERS		(2 * OTP_MAX_CHALLENGES + 3 * OTP_MAX_RATE)
 
 /* Failed attempts of one challenge */
 typedef struct OtpAttemptKey
@@ -57,7 +72,9 @@ typedef enum OtpCounterKind
 	CNT_LIVE_DATABASE = 1,
 	CNT_LIVE_PRINCIPAL,
 	CNT_RATE_PRINCIPAL,
-	CNT_RATE_ROW
+	CNT_RATE_ROW,
+	CNT_USE_DATABASE,			/* rate counters a database made */
+	CNT_USE_PRINCIPAL			/* rate counters a principal made */
 } OtpCounterKind;
 
 typedef struct OtpCounterKey
@@ -75,12 +92,14 @@ typedef struct OtpCounter
 	OtpCounterKey key;
 	int			count;
 	TimestampTz window_end;		/* rate counters: the window's end */
+	int64		holder;			/* rate counters: who made it, principal... */
+	Oid			holder_role;	/* ...or 0 and the database role */
 } OtpCounter;
 
 typedef struct OtpShared
 {
 	int			nattempts;
-	int			ncounters;
+	int			nrate;			/* rate counters of all databases */
 } OtpShared;
 
 static OtpShared *otp_shared = NULL;
@@ -165,42 +184,23 @@ acting(int64 principal, int64 *subject, Oid *role)
 	*role = principal != 0 ? InvalidOid : GetUserId();
 }
 
-/* Find or make a counter; NULL when the table is full.  Lock held. */
+/*
+ * Find or make a live or use counter; NULL when the table is full, which
+ * its size rules out (kept as a fail-closed guard).  Lock held.
+ */
 static OtpCounter *
 counter_enter(const OtpCounterKey *key)
 {
 	OtpCounter *c;
 	bool		found;
 
-	c = hash_search(counters_table, key, HASH_FIND, NULL);
-	if (c != NULL)
-		return c;
-	if (otp_shared->ncounters >= OTP_MAX_COUNTERS)
-	{
-		/* make room: rate windows that ended */
-		HASH_SEQ_STATUS seq;
-		OtpCounter *old;
-		TimestampTz now = GetCurrentTimestamp();
-
-		hash_seq_init(&seq, counters_table);
-		while ((old = hash_seq_search(&seq)) != NULL)
-			if ((old->key.kind == CNT_RATE_PRINCIPAL || old->key.kind == CNT_RATE_ROW) &&
-				old->window_end <= now)
-			{
-				hash_search(counters_table, &old->key, HASH_REMOVE, NULL);
-				otp_shared->ncounters--;
-			}
-		if (otp_shared->ncounters >= OTP_MAX_COUNTERS)
-			return NULL;
-	}
 	c = hash_search(counters_table, key, HASH_ENTER_NULL, &found);
-	if (c == NULL)
-		return NULL;
-	if (!found)
+	if (c != NULL && !found)
 	{
 		c->count = 0;
 		c->window_end = 0;
-		otp_shared->ncounters++;
+		c->holder = 0;
+		c->holder_role = InvalidOid;
 	}
 	return c;
 }
@@ -213,10 +213,109 @@ counter_decrement(const OtpCounterKey *key)
 	if (c == NULL)
 		return;
 	if (--c->count <= 0)
-	{
 		hash_search(counters_table, key, HASH_REMOVE, NULL);
-		otp_shared->ncounters--;
+}
+
+/* The use counters of a rate counter's maker: its database's and its own */
+static void
+use_keys(Oid dboid, int64 holder, Oid holder_role, OtpCounterKey *dk, OtpCounterKey *pk)
+{
+	*dk = counter_key(CNT_USE_DATABASE, 0, 0, InvalidOid);
+	*pk = counter_key(CNT_USE_PRINCIPAL, 0, holder, holder_role);
+	dk->dboid = pk->dboid = dboid;
+}
+
+/* Rate counters whose window ended, in every database, give their place back */
+static void
+rate_purge_locked(void)
+{
+	HASH_SEQ_STATUS seq;
+	OtpCounter *old;
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *ended = NIL;
+	ListCell   *lc;
+
+	/* a scan may drop only the entry it returned: the use counters go after */
+	hash_seq_init(&seq, counters_table);
+	while ((old = hash_seq_search(&seq)) != NULL)
+		if ((old->key.kind == CNT_RATE_PRINCIPAL || old->key.kind == CNT_RATE_ROW) &&
+			old->window_end <= now)
+		{
+			OtpCounterKey *uk = palloc(2 * sizeof(OtpCounterKey));
+
+			use_keys(old->key.dboid, old->holder, old->holder_role, &uk[0], &uk[1]);
+			ended = lappend(ended, uk);
+			hash_search(counters_table, &old->key, HASH_REMOVE, NULL);
+			otp_shared->nrate--;
+		}
+	foreach(lc, ended)
+	{
+		OtpCounterKey *uk = (OtpCounterKey *) lfirst(lc);
+
+		counter_decrement(&uk[0]);
+		counter_decrement(&uk[1]);
 	}
+	list_free_deep(ended);
+}
+
+static int
+count_of(const OtpCounterKey *key)
+{
+	OtpCounter *c = hash_search(counters_table, key, HASH_FIND, NULL);
+
+	return c ? c->count : 0;
+}
+
+/* Room for one more rate counter of this maker in this database; lock held */
+static bool
+rate_room_locked(const OtpCounterKey *dk, const OtpCounterKey *pk)
+{
+	return otp_shared->nrate < OTP_MAX_RATE &&
+		count_of(dk) < OTP_RATE_PER_DATABASE &&
+		count_of(pk) < OTP_RATE_PER_PRINCIPAL;
+}
+
+/*
+ * Find or make a rate counter, made by subject/role of this database; NULL
+ * when the maker's, the database's or the server's share is full.  Lock held.
+ */
+static OtpCounter *
+rate_counter_enter(const OtpCounterKey *key, int64 subject, Oid role)
+{
+	OtpCounter *c;
+	OtpCounter *du;
+	OtpCounter *pu;
+	OtpCounterKey dk;
+	OtpCounterKey pk;
+
+	c = hash_search(counters_table, key, HASH_FIND, NULL);
+	if (c != NULL)
+		return c;
+	use_keys(MyDatabaseId, subject, role, &dk, &pk);
+	if (!rate_room_locked(&dk, &pk))
+	{
+		rate_purge_locked();
+		if (!rate_room_locked(&dk, &pk))
+			return NULL;
+	}
+	du = counter_enter(&dk);
+	pu = du ? counter_enter(&pk) : NULL;
+	c = pu ? counter_enter(key) : NULL;
+	if (c == NULL)
+	{
+		/* use counters made for nothing go again */
+		if (du && du->count == 0)
+			hash_search(counters_table, &dk, HASH_REMOVE, NULL);
+		if (pu && pu->count == 0)
+			hash_search(counters_table, &pk, HASH_REMOVE, NULL);
+		return NULL;
+	}
+	c->holder = subject;
+	c->holder_role = role;
+	du->count++;
+	pu->count++;
+	otp_shared->nrate++;
+	return c;
 }
 
 /* Drop one challenge's place and its share of its holder's counts; lock held */
@@ -512,10 +611,10 @@ otp_attempts_get(int64 challenge, int *attempts, bool *locked)
 
 /* Count issues in a window: false (and nothing counted) when over the limit */
 static bool
-rate_take_locked(const OtpCounterKey *key, int limit, TimestampTz now, TimestampTz window_end,
-				 bool *full)
+rate_take_locked(const OtpCounterKey *key, int64 subject, Oid role, int limit,
+				 TimestampTz now, TimestampTz window_end, bool *full)
 {
-	OtpCounter *c = counter_enter(key);
+	OtpCounter *c = rate_counter_enter(key, subject, role);
 
 	if (c == NULL)
 	{
@@ -563,9 +662,9 @@ otp_rate_take(int64 rule, int64 principal, const char *row_key, int per_row,
 					 InvalidOid);
 
 	LWLockAcquire(otp_lock, LW_EXCLUSIVE);
-	if (!rate_take_locked(&pk, per_principal, now, window_end, &full))
+	if (!rate_take_locked(&pk, subject, role, per_principal, now, window_end, &full))
 		result = full ? OTP_RATE_FULL : OTP_RATE_PRINCIPAL;
-	else if (!rate_take_locked(&rk, per_row, now, window_end, &full))
+	else if (!rate_take_locked(&rk, subject, role, per_row, now, window_end, &full))
 	{
 		OtpCounter *c = hash_search(counters_table, &pk, HASH_FIND, NULL);
 

@@ -15,6 +15,11 @@
  * counts further refusals of the same kind instead, and the worker writes
  * them as one summary record ("N refused assume() calls from role X in
  * T s"): bounded, never lost.
+ *
+ * The shared queue has a share for each database a worker can serve,
+ * CG_QUEUE_PER_DATABASE jobs, and a database queues only while it has (or
+ * gets) a worker: a database whose worker is stalled fills its own share
+ * and is refused alone, every other database always has room.
  */
 #include "postgres.h"
 
@@ -37,9 +42,10 @@
 
 #include "crmguard.h"
 
-#define CG_QUEUE_LEN		256
 #define CG_JOB_BYTES		2048
 #define CG_MAX_WORKERS		16
+#define CG_QUEUE_PER_DATABASE	64	/* jobs one database may have waiting */
+#define CG_QUEUE_LEN		(CG_MAX_WORKERS * CG_QUEUE_PER_DATABASE)
 #define CG_IDLE_EXIT_MS		(10 * 60 * 1000)
 #define CG_AUDIT_SLOTS		4		/* audit records waiting per backend */
 #define CG_AUDIT_SUMMARIES	4		/* kinds of refusal counted per backend */
@@ -152,8 +158,11 @@ my_ring(void)
 	return (i >= 0 && i < nrings) ? &rings[i] : NULL;
 }
 
-/* Start this database's worker unless it runs or is starting; lock held */
-static void
+/*
+ * Start this database's worker unless it runs or is starting; lock held.
+ * False when it has none and none can be started.
+ */
+static bool
 ensure_worker_locked(void)
 {
 	BackgroundWorker worker;
@@ -173,7 +182,7 @@ ensure_worker_locked(void)
 			{
 				if (slot->latch)
 					SetLatch(slot->latch);
-				return;
+				return true;
 			}
 			free_slot = slot;
 			break;
@@ -185,7 +194,7 @@ ensure_worker_locked(void)
 	{
 		ereport(WARNING,
 				(errmsg("crmguard has no free worker slot for this database")));
-		return;
+		return false;
 	}
 
 	memset(&worker, 0, sizeof(worker));
@@ -209,21 +218,45 @@ ensure_worker_locked(void)
 		ereport(WARNING,
 				(errmsg("crmguard could not start its background worker"),
 				 errhint("Raise \"max_worker_processes\".")));
+		return false;
 	}
+	return true;
 }
 
-/* Queue a job for this database's worker; false when the queue is full */
+/*
+ * Queue a job for this database's worker; false when this database's share
+ * of the queue is full or it has no worker to drain it (a job no worker
+ * takes would hold a place of the others' shares).
+ */
 bool
 cg_enqueue(CgJobKind kind, const char *data, int len)
 {
 	CgJob	   *job;
+	uint64		i;
+	int			mine = 0;
 
 	cg_require_preload();
 	if (len > CG_JOB_BYTES)
 		elog(ERROR, "crmguard job of %d bytes exceeds %d", len, CG_JOB_BYTES);
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	if (shared->tail - shared->head >= CG_QUEUE_LEN)
+	for (i = shared->head; i < shared->tail; i++)
+	{
+		CgJob	   *other = &shared->jobs[i % CG_QUEUE_LEN];
+
+		if (other->dboid != MyDatabaseId)
+			continue;
+		/* one wake-up waiting is enough */
+		if (kind == CG_JOB_WAKE && other->kind == CG_JOB_WAKE)
+		{
+			(void) ensure_worker_locked();
+			LWLockRelease(shared->lock);
+			return true;
+		}
+		mine++;
+	}
+	if (mine >= CG_QUEUE_PER_DATABASE || shared->tail - shared->head >= CG_QUEUE_LEN ||
+		!ensure_worker_locked())
 	{
 		LWLockRelease(shared->lock);
 		return false;
@@ -234,7 +267,6 @@ cg_enqueue(CgJobKind kind, const char *data, int len)
 	job->len = len;
 	memcpy(job->data, data, len);
 	shared->tail++;
-	ensure_worker_locked();
 	LWLockRelease(shared->lock);
 	return true;
 }
@@ -281,7 +313,7 @@ cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
 	for (waited = 0; ring->used == CG_AUDIT_SLOTS && !flooding && waited < CG_SLOT_WAIT_MS;
 		 waited += 5)
 	{
-		ensure_worker_locked();
+		(void) ensure_worker_locked();
 		LWLockRelease(shared->lock);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5L,
 						 PG_WAIT_EXTENSION);
@@ -327,7 +359,7 @@ cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
 		summary->count++;
 		summary->last_at = at;
 	}
-	ensure_worker_locked();
+	(void) ensure_worker_locked();
 	LWLockRelease(shared->lock);
 }
 
