@@ -63,7 +63,9 @@ typedef enum CgKeyPurpose
 {
 	CG_KEY_TOKEN = 1,
 	CG_KEY_AUDIT = 2,
-	CG_KEY_OTP = 3
+	CG_KEY_OTP = 3,
+	CG_KEY_DEVICE = 10,			/* device challenges' MAC */
+	CG_KEY_ENROLL = 11			/* enrollment codes' keyed hashes */
 } CgKeyPurpose;
 
 extern void cg_subkey(CgKeyPurpose purpose, unsigned char *out);
@@ -96,6 +98,8 @@ extern void cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local,
 								const char *via);
 extern void cg_assume_nobody(void);
 extern void cg_assume_end(void);
+extern const CgPrincipal *cg_principal_by_id(int64 id);
+extern int64 cg_assumed_device(bool *is_local);
 extern void cg_refuse_token(const char *reason) pg_attribute_noreturn();
 
 /* jwt.c: identity from a JWT (HS256, EdDSA) verified with crmguard.jwt_key_file */
@@ -187,6 +191,22 @@ extern void cg_guard_install_statement(Oid relid, const char *trigger_name,
 									   const char *function_name, const char *events);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
 extern char *cg_primary_key_column(Oid relid);
+
+/*
+ * device.c: trusted devices.  cg_require_attested() is the one device gate:
+ * every crmguard gate calls it; it raises CG030 for a require_device
+ * principal that has not attested (or whose device was revoked).
+ */
+extern void cg_device_shmem_request(void);
+extern void cg_device_shmem_startup(void);
+extern void cg_require_attested(void);
+extern bool cg_device_attested(const CgPrincipal *p);
+extern void cg_device_verify(const CgPrincipal *p, int64 device, struct varlena *signature);
+extern void cg_device_forget(void);
+
+/* activity.c: contributions per principal, table and day */
+extern void cg_activity_init(void);
+extern void cg_activity_note(const char *action);
 
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);

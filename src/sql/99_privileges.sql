@@ -32,3 +32,9 @@ GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), cr
 GRANT EXECUTE ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) TO PUBLIC;
 -- a pure function that a table's owner runs when crmguard looks for duplicates as that owner
 GRANT EXECUTE ON FUNCTION crmguard.normalize_match(text) TO PUBLIC;
+-- devices: enrolling needs only a valid code; attesting, only the signature
+GRANT EXECUTE ON FUNCTION crmguard.enroll_device(text, text, bytea), crmguard.device_challenge(),
+      crmguard.attest_device(bigint, bytea), crmguard.device_gate(boolean),
+      crmguard.require_attested() TO PUBLIC;
+-- activity: each caller sees its scope (an admin everyone, a manager its team)
+GRANT EXECUTE ON FUNCTION crmguard.activity(timestamptz, timestamptz), crmguard.inactive(interval) TO PUBLIC;
