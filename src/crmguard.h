@@ -203,6 +203,7 @@ extern void cg_require_attested(void);
 extern bool cg_device_attested(const CgPrincipal *p);
 extern void cg_device_verify(const CgPrincipal *p, int64 device, struct varlena *signature);
 extern void cg_device_forget(void);
+extern int64 cg_current_device(void);
 
 /* activity.c: contributions per principal, table and day */
 extern void cg_activity_init(void);

@@ -279,6 +279,15 @@ device_in_use(const CgPrincipal *p)
 	return 0;
 }
 
+/* The device the acting principal acts through, for the audit log (0: none) */
+int64
+cg_current_device(void)
+{
+	const CgPrincipal *p = cg_current_principal();
+
+	return p ? device_in_use(p) : 0;
+}
+
 /*
  * Whether a principal passes the device gate: it requires no device, or it
  * acts through an attested, unrevoked device of its own.
