@@ -4,7 +4,7 @@
 -- and the rule catalogs, not by name; a guarded table whose guards are gone
 -- refuses its next write.
 --
-CREATE FUNCTION public.regress_try(query text) RETURNS text
+CREATE OR REPLACE FUNCTION public.regress_try(query text) RETURNS text
     LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE query;
