@@ -34,6 +34,7 @@ SELECT pg_catalog.pg_extension_config_dump('crmguard.device_enrollment', '');
 -- any committed change of a device (a revocation) is seen by every session's next statement
 CREATE FUNCTION crmguard.device_changed() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_device_changed';
+COMMENT ON FUNCTION crmguard.device_changed() IS 'internal: a committed change of crmguard.device is seen by every session''s next statement';
 CREATE TRIGGER device_revocation
     AFTER UPDATE OR DELETE OR TRUNCATE ON crmguard.device
     FOR EACH STATEMENT EXECUTE FUNCTION crmguard.device_changed();

@@ -28,6 +28,7 @@ SELECT pg_catalog.pg_extension_config_dump('crmguard.activity_log', '');
 
 CREATE FUNCTION crmguard.track_check(target regclass) RETURNS void
     LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'crmguard_track_check';
+COMMENT ON FUNCTION crmguard.track_check(regclass) IS 'internal: refuse to track what is not a plain table';
 
 CREATE FUNCTION crmguard.track(target regclass) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -76,6 +77,7 @@ BEGIN
     RETURN crmguard.team();
 END
 $$;
+COMMENT ON FUNCTION crmguard.activity_scope() IS 'internal: the principals whose activity the caller may see';
 
 CREATE FUNCTION crmguard.activity(since timestamptz, until timestamptz)
     RETURNS TABLE(principal text, target regclass, action text, n bigint, last_at timestamptz)
