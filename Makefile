@@ -2,7 +2,7 @@
 
 EXTENSION = crmguard
 MODULE_big = crmguard
-OBJS = src/crmguard.o src/crypto.o src/principal.o src/jwt.o src/redact.o src/audit.o src/worker.o src/criteria.o src/outbox.o src/guard.o src/otp.o src/otp_rule.o src/otp_shmem.o src/visibility.o src/review.o src/approval.o src/fields.o src/fields_read.o src/fields_write.o src/fields_sql.o
+OBJS = src/crmguard.o src/crypto.o src/principal.o src/jwt.o src/redact.o src/audit.o src/worker.o src/criteria.o src/outbox.o src/guard.o src/otp.o src/otp_rule.o src/otp_shmem.o src/visibility.o src/review.o src/approval.o src/fields.o src/fields_read.o src/fields_write.o src/fields_sql.o src/device.o src/activity.o
 DATA_built = crmguard--1.1.sql
 # the install script is assembled from one part per feature, in name order
 SQL_PARTS = $(sort $(wildcard src/sql/*.sql))
@@ -11,6 +11,11 @@ PGFILEDESC = "crmguard - CRM data-governance rules enforced in the database"
 SHLIB_LINK += -lsodium
 PG_CPPFLAGS += -Isrc
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter
+
+# Programs shipped with the extension (libpq, libsodium), installed with the
+# server's programs: one name per program, built from src/bin/<name, _ for ->.c
+CG_PROGRAMS = crmguard-device
+EXTRA_CLEAN = $(CG_PROGRAMS) src/bin/*.o
 
 REGRESS = $(shell sed -n "s/^test: //p" test/schedule)
 REGRESS_OPTS = --inputdir=. --load-extension=crmguard
@@ -27,6 +32,23 @@ src/fields.o src/fields_read.o src/fields_write.o src/fields_sql.o: src/fields.h
 
 crmguard--1.1.sql: $(SQL_PARTS)
 	cat $^ > $@
+
+all: $(CG_PROGRAMS)
+install: install-programs
+
+src/bin/%.o: src/bin/%.c
+	$(CC) $(CFLAGS) -Wall -Wextra -I$(includedir) -c $< -o $@
+
+# each program: one line naming its objects
+crmguard-device: src/bin/crmguard_device.o
+
+$(CG_PROGRAMS):
+	$(CC) $(CFLAGS) $^ $(LDFLAGS) -L$(libdir) -lpq -lsodium -o $@
+
+.PHONY: install-programs
+install-programs: $(CG_PROGRAMS)
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(CG_PROGRAMS) '$(DESTDIR)$(bindir)/'
 
 .PHONY: deps demo test bench
 

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export PGDATABASE=crm_demo
+# crmguard-device is installed with the server's programs
+export PATH="$("${PG_CONFIG:-pg_config}" --bindir):$PATH"
 dropdb --if-exists crm_demo >/dev/null 2>&1
 createdb crm_demo
 

@@ -158,3 +158,137 @@ CREATE TABLE crm.lead (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE crm.lead IS 'prospects from web forms, fairs and imports, not yet qualified';
+
+-- ---------------------------------------------------------------------------
+-- The DSA modules: contact history by any function, offers, commitments,
+-- requests, suppliers, and the views a sales organisation reads every day
+-- (the customer card, revenue by month and year, the product sales trend).
+-- The views are security_invoker: each reader's own visibility rules apply
+-- to every table they read, so an area manager's totals cover its team only.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE crm.city (
+    name     text PRIMARY KEY,
+    province text NOT NULL                      -- the two-letter sigla: MI, MB, RM, TO, PV, CN
+);
+COMMENT ON TABLE crm.city IS 'reference data: the province of each billing city';
+
+CREATE TABLE crm.staff (
+    principal_id bigint PRIMARY KEY,            -- the crmguard principal
+    name         text NOT NULL,
+    function     text NOT NULL                  -- sales, management, implementation, delivery, finance...
+);
+COMMENT ON TABLE crm.staff IS 'reference data: the company''s people, by principal, for reports';
+
+CREATE TABLE crm.contact_history (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id      bigint NOT NULL REFERENCES crm.customer (id),
+    account_owner_id bigint NOT NULL,           -- the customer's agent: who may read the history
+    by_principal     bigint NOT NULL,           -- who visited, called or wrote, of any function
+    by_function      text NOT NULL,             -- sales, implementation, delivery, finance...
+    channel          text NOT NULL CHECK (channel IN ('visit', 'call', 'email', 'meeting')),
+    happened_at      timestamptz NOT NULL,
+    notes            text
+);
+CREATE INDEX contact_history_customer_idx ON crm.contact_history (customer_id, happened_at);
+CREATE INDEX contact_history_owner_idx    ON crm.contact_history (account_owner_id);
+COMMENT ON TABLE crm.contact_history IS 'every contact with a customer by anyone in the company, readable by the account''s agent and managers';
+
+CREATE TABLE crm.offer (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id bigint NOT NULL REFERENCES crm.customer (id),
+    owner_id    bigint NOT NULL,                -- the account's agent
+    product_id  bigint NOT NULL REFERENCES crm.product (id),
+    amount      numeric(12,2) NOT NULL CHECK (amount >= 0),
+    probability integer NOT NULL CHECK (probability BETWEEN 0 AND 100),
+    outcome     text NOT NULL DEFAULT 'open' CHECK (outcome IN ('open', 'won', 'lost')),
+    offered_on  date NOT NULL,
+    decided_on  date
+);
+CREATE INDEX offer_customer_idx ON crm.offer (customer_id);
+CREATE INDEX offer_owner_idx    ON crm.offer (owner_id);
+COMMENT ON TABLE crm.offer IS 'offers with their probability and outcome';
+
+CREATE TABLE crm.commitment (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id  bigint NOT NULL REFERENCES crm.customer (id),
+    owner_id     bigint NOT NULL,               -- the account's agent
+    product_id   bigint NOT NULL REFERENCES crm.product (id),
+    offer_id     bigint REFERENCES crm.offer (id),
+    qty          integer NOT NULL CHECK (qty > 0),
+    amount       numeric(12,2) NOT NULL CHECK (amount >= 0),
+    committed_on date NOT NULL
+);
+CREATE INDEX commitment_customer_idx ON crm.commitment (customer_id, committed_on);
+CREATE INDEX commitment_owner_idx    ON crm.commitment (owner_id, committed_on);
+COMMENT ON TABLE crm.commitment IS 'what customers actually bought: the revenue';
+
+CREATE TABLE crm.request (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id bigint NOT NULL REFERENCES crm.customer (id),
+    owner_id    bigint NOT NULL,                -- the account's agent
+    subject     text NOT NULL,
+    received_at timestamptz NOT NULL,
+    status      text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'answered'))
+);
+CREATE INDEX request_customer_idx ON crm.request (customer_id, received_at);
+CREATE INDEX request_owner_idx    ON crm.request (owner_id);
+COMMENT ON TABLE crm.request IS 'what customers asked for: quotes, samples, complaints';
+
+CREATE TABLE crm.supplier (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name          text NOT NULL UNIQUE,
+    category      text NOT NULL,
+    province      text NOT NULL,
+    payment_terms text NOT NULL,
+    buying_price_notes text
+);
+COMMENT ON TABLE crm.supplier IS 'suppliers and buying terms: for managers and purchasing, never for agents';
+
+-- one row per customer: recent history, pending offers, last requests, revenue
+CREATE VIEW crm.customer_card WITH (security_invoker = true) AS
+SELECT c.id, c.name, z.name AS zone, ci.province,
+       (SELECT max(h.happened_at) FROM crm.contact_history h WHERE h.customer_id = c.id) AS last_contact,
+       (SELECT string_agg(h.channel || ' by ' || h.by_function, ', ' ORDER BY h.happened_at DESC)
+          FROM (SELECT * FROM crm.contact_history h2 WHERE h2.customer_id = c.id
+                 ORDER BY h2.happened_at DESC LIMIT 3) h) AS recent_contacts,
+       (SELECT count(*) FROM crm.offer o WHERE o.customer_id = c.id AND o.outcome = 'open') AS open_offers,
+       (SELECT sum(o.amount * o.probability / 100) FROM crm.offer o
+         WHERE o.customer_id = c.id AND o.outcome = 'open')::numeric(12,2) AS weighted_pipeline,
+       (SELECT r.subject FROM crm.request r WHERE r.customer_id = c.id
+         ORDER BY r.received_at DESC LIMIT 1) AS last_request,
+       (SELECT sum(m.amount) FROM crm.commitment m WHERE m.customer_id = c.id
+           AND m.committed_on > current_date - 365) AS revenue_12m
+  FROM crm.customer c
+  JOIN crm.zone z ON z.id = c.zone_id
+  LEFT JOIN crm.city ci ON ci.name = c.billing_city;
+COMMENT ON VIEW crm.customer_card IS 'the customer card: history, pending offers, last request, revenue (each reader sees its own)';
+
+CREATE VIEW crm.revenue_by_month WITH (security_invoker = true) AS
+SELECT date_trunc('month', m.committed_on)::date AS month, sum(m.amount) AS revenue, count(*) AS commitments
+  FROM crm.commitment m GROUP BY 1;
+COMMENT ON VIEW crm.revenue_by_month IS 'revenue per month, of the commitments the reader may see';
+
+CREATE VIEW crm.revenue_by_year WITH (security_invoker = true) AS
+SELECT extract(year FROM m.committed_on)::int AS year, sum(m.amount) AS revenue, count(*) AS commitments
+  FROM crm.commitment m GROUP BY 1;
+COMMENT ON VIEW crm.revenue_by_year IS 'revenue per year, of the commitments the reader may see';
+
+-- the trend by product, category, agent, customer and province: one grouping each
+CREATE VIEW crm.sales_trend WITH (security_invoker = true) AS
+SELECT CASE WHEN GROUPING(p.name) = 0 THEN 'product'
+            WHEN GROUPING(p.category) = 0 THEN 'category'
+            WHEN GROUPING(ag.name) = 0 THEN 'agent'
+            WHEN GROUPING(c.name) = 0 THEN 'customer'
+            ELSE 'province' END AS by,
+       COALESCE(p.name, p.category, ag.name, c.name, ci.province) AS item,
+       sum(m.amount) FILTER (WHERE m.committed_on >= date_trunc('year', current_date)) AS this_year,
+       sum(m.amount) FILTER (WHERE m.committed_on >= date_trunc('year', current_date) - interval '1 year'
+                               AND m.committed_on < date_trunc('year', current_date)) AS last_year
+  FROM crm.commitment m
+  JOIN crm.product p ON p.id = m.product_id
+  JOIN crm.customer c ON c.id = m.customer_id
+  LEFT JOIN crm.city ci ON ci.name = c.billing_city
+  LEFT JOIN crm.staff ag ON ag.principal_id = m.owner_id
+ GROUP BY GROUPING SETS ((p.name), (p.category), (ag.name), (c.name), (ci.province));
+COMMENT ON VIEW crm.sales_trend IS 'sales this year against last year by product, category, agent, customer and province';

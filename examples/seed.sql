@@ -398,3 +398,82 @@ INSERT INTO crm.lead (full_name, company, email, phone, source, created_at) VALU
     ('Giada Fumagalli', 'Birrificio Lariano', 'giada@lariano.example',        '+39 333 555 0003', 'referral',   '2026-11-12 11:05+01'),
     ('Hans Gruber',    'Alpen Kühlung GmbH', 'h.gruber@alpen-kuehlung.example', '+49 89 555 0104', 'web form',   '2026-11-17 08:40+01'),
     ('test test',      NULL,                'asdf@asdf',                     '123',              'web form',   '2026-11-20 23:59+01');
+
+-- ---------------------------------------------------------------------------
+-- The DSA modules: staff, provinces, contact history by every function,
+-- offers, commitments (two years of revenue), requests and suppliers
+-- ---------------------------------------------------------------------------
+
+INSERT INTO crm.staff (principal_id, name, function)
+SELECT p.id, p.name,
+       CASE WHEN p.roles && '{agent}' THEN 'sales'
+            WHEN p.roles && '{director,area_manager}' THEN 'management'
+            WHEN p.roles && '{implementation}' THEN 'implementation'
+            WHEN p.roles && '{delivery_rep}' THEN 'delivery'
+            WHEN p.roles && '{finance}' THEN 'finance'
+            WHEN p.roles && '{marketing_head}' THEN 'marketing'
+            ELSE 'back office' END
+  FROM crmguard.principal p WHERE NOT p.roles && '{portal}';
+
+INSERT INTO crm.city (name, province) VALUES
+    ('Milano', 'MI'), ('Sesto San Giovanni', 'MI'), ('Cinisello Balsamo', 'MI'), ('San Donato Milanese', 'MI'),
+    ('Rozzano', 'MI'), ('Monza', 'MB'), ('Pavia', 'PV'), ('Roma', 'RM'), ('Torino', 'TO'),
+    ('Moncalieri', 'TO'), ('Rivoli', 'TO'), ('Alba', 'CN');
+
+-- the contact history: what crm.activity recorded, plus calls by finance and
+-- delivery visits, each visible to the account's agent whoever made it
+INSERT INTO crm.contact_history (customer_id, account_owner_id, by_principal, by_function, channel, happened_at, notes)
+SELECT a.customer_id, c.owner_id, a.owner_id, s.function, a.kind, a.happened_at, a.notes
+  FROM crm.activity a
+  JOIN crm.customer c ON c.id = a.customer_id
+  JOIN crm.staff s ON s.principal_id = a.owner_id
+ ORDER BY a.id;
+INSERT INTO crm.contact_history (customer_id, account_owner_id, by_principal, by_function, channel, happened_at, notes)
+SELECT c.id, c.owner_id, pg_temp.principal_id(CASE WHEN c.id % 2 = 0 THEN 'fiona' ELSE 'remo' END),
+       CASE WHEN c.id % 2 = 0 THEN 'finance' ELSE 'delivery' END,
+       CASE WHEN c.id % 2 = 0 THEN 'call' ELSE 'visit' END,
+       timestamptz '2026-11-02 10:00+01' + c.id * interval '2 hours',
+       CASE WHEN c.id % 2 = 0 THEN 'Reminder: invoice overdue' ELSE 'Delivery, signed by the customer' END
+  FROM crm.customer c WHERE c.id % 3 = 0
+ ORDER BY c.id;
+
+-- offers: three per named account, one per fifth generated account
+INSERT INTO crm.offer (customer_id, owner_id, product_id, amount, probability, outcome, offered_on, decided_on)
+SELECT c.id, c.owner_id, p.id, p.list_price * (5 + (c.id * k) % 40),
+       (ARRAY[20, 40, 60, 80, 90])[1 + (c.id + k) % 5],
+       CASE WHEN k = 3 THEN 'open' WHEN (c.id + k) % 3 = 0 THEN 'lost' ELSE 'won' END,
+       date '2026-01-15' + ((c.id * 11 + k * 47) % 300)::int,
+       CASE WHEN k = 3 THEN NULL ELSE date '2026-01-15' + ((c.id * 11 + k * 47) % 300)::int + 20 END
+  FROM crm.customer c
+ CROSS JOIN generate_series(1, 3) AS k
+  JOIN crm.product p ON p.id = 1 + (c.id * 3 + k) % 7
+ WHERE c.id <= 13 OR c.id % 5 = 0
+ ORDER BY c.id, k;
+
+-- commitments: two years of purchases, the won offers among them
+INSERT INTO crm.commitment (customer_id, owner_id, product_id, offer_id, qty, amount, committed_on)
+SELECT o.customer_id, o.owner_id, o.product_id, o.id, 5 + o.id % 40, o.amount, o.decided_on
+  FROM crm.offer o WHERE o.outcome = 'won' ORDER BY o.id;
+INSERT INTO crm.commitment (customer_id, owner_id, product_id, qty, amount, committed_on)
+SELECT c.id, c.owner_id, p.id, q.qty, p.list_price * q.qty, date '2025-01-10' + ((g * 13 + c.id * 7) % 690)::int
+  FROM generate_series(1, 900) AS g
+  JOIN crm.customer c ON c.id = 1 + g * 31 % (SELECT count(*) FROM crm.customer)
+  JOIN crm.product p ON p.id = 1 + (g * 5 + c.id) % 9
+ CROSS JOIN LATERAL (SELECT 1 + (g * 17) % 60 AS qty) q
+ ORDER BY g;
+
+INSERT INTO crm.request (customer_id, owner_id, subject, received_at, status)
+SELECT c.id, c.owner_id,
+       (ARRAY['Quote for cold chain sensors', 'Samples of pallet tags', 'Complaint: late delivery',
+              'Earlier delivery slots', 'Invoice copy', 'Demo of the route planner'])[1 + c.id % 6],
+       timestamptz '2026-11-10 09:00+01' + c.id * interval '5 hours',
+       CASE WHEN c.id % 4 = 0 THEN 'open' ELSE 'answered' END
+  FROM crm.customer c WHERE c.id <= 13 OR c.id % 4 = 0
+ ORDER BY c.id;
+
+INSERT INTO crm.supplier (name, category, province, payment_terms, buying_price_notes) VALUES
+    ('Sensori Padani',     'Tracking hardware', 'MI', '60 days', 'Cold chain sensor at 41.00, volume bonus over 2,000'),
+    ('TeleBox Italia',     'Telematics',        'TO', '90 days', 'Telematics box at 198.00'),
+    ('Etichette Brianza',  'Pallet tags',       'MB', '30 days', 'Tags at 4.10 per hundred'),
+    ('Logistica Tevere',   'Subcontracted delivery', 'RM', '30 days', 'Slot at 11.50 in Roma'),
+    ('Dogane Express',     'Customs',           'RM', '45 days', 'Brokerage at 70.00 per file');

@@ -572,6 +572,7 @@ crmguard_approval_lock(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		elog(ERROR, "crmguard_approval_lock: must be fired AFTER UPDATE OR DELETE FOR EACH ROW");
 	cg_require_preload();
+	cg_require_attested();
 	rel = td->tg_relation;
 	relid = RelationGetRelid(rel);
 	desc = RelationGetDescr(rel);
@@ -735,6 +736,7 @@ crmguard_approval_auto_submit(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_DELETE(td->tg_event))
 		elog(ERROR, "crmguard_approval_auto_submit: must be fired AFTER INSERT OR UPDATE FOR EACH ROW");
 	cg_require_preload();
+	cg_require_attested();
 	rel = td->tg_relation;
 	relid = RelationGetRelid(rel);
 	inserting = TRIGGER_FIRED_BY_INSERT(td->tg_event);
@@ -790,6 +792,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 	MemoryContext old;
 
 	cg_require_preload();
+	cg_require_attested();
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("target and row_key must not be NULL")));
 	relid = PG_GETARG_OID(0);

@@ -179,6 +179,10 @@ bytea_datum(const unsigned char *bytes, int len)
 	return PointerGetDatum(b);
 }
 
+static void audit_write_row(int64 principal, int64 device, TimestampTz at,
+							const char *action, const char *target,
+							const char *row_key, const char *detail_json);
+
 /*
  * Append one row to the chain.  principal 0 means nobody; detail_json is a
  * JSON object text or NULL.
@@ -186,6 +190,14 @@ bytea_datum(const unsigned char *bytes, int len)
 void
 cg_audit_write(int64 principal, TimestampTz at, const char *action,
 			   const char *target, const char *row_key, const char *detail_json)
+{
+	audit_write_row(principal, 0, at, action, target, row_key, detail_json);
+}
+
+/* Append one row with the device the principal acted through (0: none) */
+static void
+audit_write_row(int64 principal, int64 device, TimestampTz at, const char *action,
+				const char *target, const char *row_key, const char *detail_json)
 {
 	CgPrivilegedContext priv;
 	AuditRow	row;
@@ -198,6 +210,8 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	row.at = at;
 	row.has_principal = principal != 0;
 	row.principal = principal;
+	row.has_device = device != 0;
+	row.device = device;
 	row.action = action;
 	row.target = target;
 	row.row_key = row_key;
@@ -245,8 +259,8 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	values[1] = TimestampTzGetDatum(row.at);
 	values[2] = Int64GetDatum(row.principal);
 	nulls[2] = row.has_principal ? ' ' : 'n';
-	values[3] = (Datum) 0;
-	nulls[3] = 'n';
+	values[3] = Int64GetDatum(row.device);
+	nulls[3] = row.has_device ? ' ' : 'n';
 	values[4] = CStringGetTextDatum(action);
 	values[5] = target ? CStringGetTextDatum(target) : (Datum) 0;
 	nulls[5] = target ? ' ' : 'n';
@@ -293,6 +307,7 @@ typedef struct PendingEntry
 {
 	SubTransactionId subid;
 	int64		principal;
+	int64		device;
 	TimestampTz at;
 	char	   *action;
 	char	   *target;
@@ -333,7 +348,8 @@ audit_xact_callback(XactEvent event, void *arg)
 			{
 				PendingEntry *e = (PendingEntry *) lfirst(lc);
 
-				cg_audit_write(e->principal, e->at, e->action, e->target, e->row_key, e->detail);
+				audit_write_row(e->principal, e->device, e->at, e->action, e->target,
+								e->row_key, e->detail);
 			}
 			PopActiveSnapshot();
 			break;
@@ -421,6 +437,7 @@ cg_audit(const char *action, const char *target, const char *row_key,
 	e = palloc(sizeof(PendingEntry));
 	e->subid = GetCurrentSubTransactionId();
 	e->principal = p ? p->id : 0;
+	e->device = cg_current_device();
 	e->at = GetCurrentTimestamp();
 	e->action = pstrdup(action);
 	e->target = copy_or_null(target);
@@ -441,6 +458,7 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	const CgPrincipal *p = NULL;
 	StringInfoData buf;
 	int64		principal;
+	int64		device = 0;
 	TimestampTz at = GetCurrentTimestamp();
 	char	   *role;
 
@@ -454,17 +472,19 @@ cg_audit_durable(const char *action, const char *target, const char *row_key,
 	PG_TRY();
 	{
 		p = cg_current_principal();
+		principal = p ? p->id : 0;
+		device = cg_current_device();
 	}
 	PG_CATCH();
 	{
 		FlushErrorState();
-		p = NULL;
+		principal = 0;
 	}
 	PG_END_TRY();
-	principal = p ? p->id : 0;
 
 	initStringInfo(&buf);
 	appendBinaryStringInfo(&buf, (char *) &principal, sizeof(principal));
+	appendBinaryStringInfo(&buf, (char *) &device, sizeof(device));
 	appendBinaryStringInfo(&buf, (char *) &at, sizeof(at));
 	appendStringInfoString(&buf, action);
 	appendStringInfoChar(&buf, '\0');
@@ -515,6 +535,7 @@ void
 cg_audit_run_job(const char *data, int len)
 {
 	int64		principal;
+	int64		device;
 	TimestampTz at;
 	const char *action;
 	const char *target;
@@ -522,13 +543,14 @@ cg_audit_run_job(const char *data, int len)
 	const char *detail;
 
 	memcpy(&principal, data, sizeof(principal));
-	memcpy(&at, data + sizeof(principal), sizeof(at));
-	action = data + sizeof(principal) + sizeof(at);
+	memcpy(&device, data + sizeof(principal), sizeof(device));
+	memcpy(&at, data + sizeof(principal) + sizeof(device), sizeof(at));
+	action = data + sizeof(principal) + sizeof(device) + sizeof(at);
 	target = action + strlen(action) + 1;
 	row_key = target + strlen(target) + 1;
 	detail = row_key + strlen(row_key) + 1;
-	cg_audit_write(principal, at, action, *target ? target : NULL,
-				   *row_key ? row_key : NULL, detail);
+	audit_write_row(principal, device, at, action, *target ? target : NULL,
+					*row_key ? row_key : NULL, detail);
 }
 
 PG_FUNCTION_INFO_V1(crmguard_audit_event);

@@ -46,6 +46,7 @@ crmguard_shmem_request(void)
 		prev_shmem_request_hook();
 	cg_worker_shmem_request();
 	cg_otp_shmem_request();
+	cg_device_shmem_request();
 }
 #endif
 
@@ -56,6 +57,7 @@ crmguard_shmem_startup(void)
 		prev_shmem_startup_hook();
 	cg_worker_shmem_startup();
 	cg_otp_shmem_startup();
+	cg_device_shmem_startup();
 }
 
 /*
@@ -113,12 +115,14 @@ _PG_init(void)
 	cg_approval_init();
 	cg_guard_init();
 	cg_fields_init();
+	cg_activity_init();
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = crmguard_shmem_request;
 #else
 	cg_worker_shmem_request();
 	cg_otp_shmem_request();
+	cg_device_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = crmguard_shmem_startup;

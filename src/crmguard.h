@@ -66,7 +66,9 @@ typedef enum CgKeyPurpose
 	CG_KEY_AUDIT = 2,
 	CG_KEY_OTP = 3,
 	CG_KEY_FIELD_CIPHER = 10,	/* contact fields: AEAD of masked values */
-	CG_KEY_FIELD_BLIND = 11		/* contact fields: blind index */
+	CG_KEY_FIELD_BLIND = 11,	/* contact fields: blind index */
+	CG_KEY_DEVICE = 12,			/* device challenges' MAC */
+	CG_KEY_ENROLL = 13			/* enrollment codes' keyed hashes */
 } CgKeyPurpose;
 
 extern void cg_subkey(CgKeyPurpose purpose, unsigned char *out);
@@ -99,6 +101,8 @@ extern void cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local,
 								const char *via);
 extern void cg_assume_nobody(void);
 extern void cg_assume_end(void);
+extern const CgPrincipal *cg_principal_by_id(int64 id);
+extern int64 cg_assumed_device(bool *is_local);
 extern void cg_refuse_token(const char *reason) pg_attribute_noreturn();
 
 /* jwt.c: identity from a JWT (HS256, EdDSA) verified with crmguard.jwt_key_file */
@@ -208,6 +212,23 @@ extern Oid	cg_review_approving;	/* the table an approved draft is being inserted
 
 /* fields.c: contact fields (planner and utility hooks) */
 extern void cg_fields_init(void);
+
+/*
+ * device.c: trusted devices.  cg_require_attested() is the one device gate:
+ * every crmguard gate calls it; it raises CG030 for a require_device
+ * principal that has not attested (or whose device was revoked).
+ */
+extern void cg_device_shmem_request(void);
+extern void cg_device_shmem_startup(void);
+extern void cg_require_attested(void);
+extern bool cg_device_attested(const CgPrincipal *p);
+extern void cg_device_verify(const CgPrincipal *p, int64 device, struct varlena *signature);
+extern void cg_device_forget(void);
+extern int64 cg_current_device(void);
+
+/* activity.c: contributions per principal, table and day */
+extern void cg_activity_init(void);
+extern void cg_activity_note(const char *action);
 
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);

@@ -503,6 +503,7 @@ audit_unmasked(Oid relid, const char *row_key, const char *field, const char *re
 
 	cg_audit_durable("field_unmasked", get_rel_name(relid), row_key,
 					 JsonbToCString(NULL, &detail->root, VARSIZE(detail)));
+	cg_activity_note("unmask");
 }
 
 PG_FUNCTION_INFO_V1(crmguard_field_values);
@@ -520,6 +521,7 @@ crmguard_field_values(PG_FUNCTION_ARGS)
 	bool		clear;
 
 	cg_require_preload();
+	cg_require_attested();
 	t = fld_table_or_error(relid);
 	stored = read_row(t, relid, row_key);
 	if (stored == NULL)
@@ -549,6 +551,7 @@ crmguard_set_field(PG_FUNCTION_ARGS)
 	uint64		n;
 
 	cg_require_preload();
+	cg_require_attested();
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						errmsg("target, row_key and field_name must not be NULL")));
@@ -628,6 +631,7 @@ crmguard_find_by_field(PG_FUNCTION_ARGS)
 	uint64		i;
 
 	cg_require_preload();
+	cg_require_attested();
 	t = fld_table_or_error(relid);
 	fld_actor_init(&actor);
 	f = visible_def(t, relid, &actor, name);
@@ -703,6 +707,7 @@ crmguard_unmask(PG_FUNCTION_ARGS)
 	const char *r;
 
 	cg_require_preload();
+	cg_require_attested();
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						errmsg("target, row_key and field_name must not be NULL")));

@@ -1165,6 +1165,7 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
 		elog(ERROR, "crmguard_otp_guard: must be an AFTER INSERT or UPDATE row trigger");
+	cg_require_attested();
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
@@ -1489,6 +1490,7 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 	int64		challenge;
 
 	cg_require_preload();
+	cg_require_attested();
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -1620,6 +1622,7 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 	Verified   *v;
 
 	cg_require_preload();
+	cg_require_attested();
 	p = cg_current_principal();
 	principal = p ? p->id : 0;
 

@@ -64,10 +64,11 @@ typedef struct Assumption
 	bool		active;
 	int64		principal_id;
 	TimestampTz expires_at;
+	int64		device_id;		/* the device a token was minted with, or 0 */
 } Assumption;
 
-static Assumption session_assumed = {false, 0, 0};
-static Assumption local_assumed = {false, 0, 0};
+static Assumption session_assumed = {false, 0, 0, 0};
+static Assumption local_assumed = {false, 0, 0, 0};
 
 /* What a transaction (or subtransaction) that rolls back gives back */
 static Assumption session_at_xact_start;
@@ -93,6 +94,9 @@ static int64 evaluating_as = -1;
 #define TOKEN_PREFIX		"cg1."
 #define TOKEN_PAYLOAD_BYTES	(1 + 4 + 8 + 8)
 #define TOKEN_BYTES			(TOKEN_PAYLOAD_BYTES + crypto_auth_BYTES)
+/* version 2: a device follows the expiry */
+#define TOKEN2_PAYLOAD_BYTES (TOKEN_PAYLOAD_BYTES + 8)
+#define TOKEN2_BYTES		(TOKEN2_PAYLOAD_BYTES + crypto_auth_BYTES)
 
 /*
  * The visibility policy of a cached plan is specialised to the roles of the
@@ -239,6 +243,14 @@ lookup_id(int64 id)
 	if (!cache_valid)
 		load_principals();
 	return hash_search(by_id, &id, HASH_FIND, NULL);
+}
+
+const CgPrincipal *
+cg_principal_by_id(int64 id)
+{
+	PrincipalEntry *entry = lookup_id(id);
+
+	return entry ? &entry->p : NULL;
 }
 
 const CgPrincipal *
@@ -509,7 +521,8 @@ same_roles(PrincipalEntry *a, PrincipalEntry *b)
 
 	if (a == NULL || b == NULL)
 		return a == b;
-	if (a->p.nroles != b->p.nroles)
+	/* a require_device principal's policy also holds the device gate */
+	if (a->p.nroles != b->p.nroles || a->p.require_device != b->p.require_device)
 		return false;
 	for (i = 0; i < a->p.nroles; i++)
 		if (strcmp(a->p.roles[i], b->p.roles[i]) != 0)
@@ -679,6 +692,7 @@ end_assumptions(const char *reason)
 	audit_end(&session_assumed, "session", reason);
 	memset(&local_assumed, 0, sizeof(local_assumed));
 	memset(&session_assumed, 0, sizeof(session_assumed));
+	cg_device_forget();
 	if (!same_roles(before, current_entry()))
 		identity_changed();
 }
@@ -689,14 +703,16 @@ cg_principal_forget(void)
 {
 	if (local_assumed.active || session_assumed.active)
 		end_assumptions("DISCARD ALL");
+	cg_device_forget();
 }
 
 /*
  * Act as a principal whose token was verified: for the transaction, or with
  * is_local false for the session (which also ends the transaction's own).
  */
-void
-cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local, const char *via)
+static void
+assume_principal(int64 id, TimestampTz expires_at, bool is_local, const char *via,
+				 int64 device)
 {
 	PrincipalEntry *before = current_entry();
 	Assumption *target = is_local ? &local_assumed : &session_assumed;
@@ -711,11 +727,39 @@ cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local, const char 
 	target->active = true;
 	target->principal_id = id;
 	target->expires_at = expires_at;
+	target->device_id = device;
 	if (!same_roles(before, current_entry()))
 		identity_changed();
 	cg_audit("assume", "crmguard.principal", psprintf(INT64_FORMAT, id),
-			 json_detail(psprintf("{\"scope\": \"%s\", \"via\": \"%s\"}",
+			 json_detail(device ?
+						 psprintf("{\"scope\": \"%s\", \"via\": \"%s\", \"device\": " INT64_FORMAT "}",
+								  is_local ? "transaction" : "session", via, device) :
+						 psprintf("{\"scope\": \"%s\", \"via\": \"%s\"}",
 								  is_local ? "transaction" : "session", via)));
+	cg_activity_note("token");
+}
+
+void
+cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local, const char *via)
+{
+	assume_principal(id, expires_at, is_local, via, 0);
+}
+
+/*
+ * The device of the assumption in force (a token minted with a device
+ * signature), or 0; *is_local tells whether the identity ends with the
+ * transaction.
+ */
+int64
+cg_assumed_device(bool *is_local)
+{
+	const Assumption *a = assumption_in_force();
+
+	if (is_local)
+		*is_local = (a == &local_assumed);
+	if (a == NULL || evaluating_as >= 0)
+		return 0;
+	return a->device_id;
 }
 
 /* Nobody acts until the transaction ends, whatever the role or session says */
@@ -729,6 +773,7 @@ cg_assume_nobody(void)
 	local_assumed.active = true;
 	local_assumed.principal_id = 0;
 	local_assumed.expires_at = DT_NOEND;
+	local_assumed.device_id = 0;
 	if (!same_roles(before, current_entry()))
 		identity_changed();
 }
@@ -768,18 +813,30 @@ PG_FUNCTION_INFO_V1(crmguard_issue_token);
 Datum
 crmguard_issue_token(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Interval   *valid_for = PG_GETARG_INTERVAL_P(1);
+	char	   *name;
+	Interval   *valid_for;
 	const CgPrincipal *p;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz expires_at;
-	unsigned char token[TOKEN_BYTES];
+	unsigned char token[TOKEN2_BYTES];
 	unsigned char key[CG_KEY_BYTES];
-	char		b64[sodium_base64_ENCODED_LEN(TOKEN_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+	char		b64[sodium_base64_ENCODED_LEN(TOKEN2_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
 	int64		id;
+	int64		device = 0;
+	int			payload;
 	StringInfoData detail;
 
 	cg_require_preload();
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("principal and valid_for must not be NULL")));
+	if (PG_ARGISNULL(2) != PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a device token needs both the device and its signature")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	valid_for = PG_GETARG_INTERVAL_P(1);
 	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 														 TimestampTzGetDatum(now),
 														 IntervalPGetDatum(valid_for)));
@@ -799,19 +856,38 @@ crmguard_issue_token(PG_FUNCTION_ARGS)
 				 errmsg("principal \"%s\" is inactive", name)));
 	id = p->id;
 
-	token[0] = 1;
+	/* a require_device principal's token carries the device that signed for it */
+	if (!PG_ARGISNULL(2))
+	{
+		device = PG_GETARG_INT64(2);
+		cg_device_verify(p, device, PG_GETARG_BYTEA_PP(3));
+	}
+	else if (p->require_device)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_DEVICE),
+				 errmsg("principal \"%s\" requires a trusted device", name),
+				 errdetail("A token for this principal must be minted with a device signature."),
+				 errhint("Sign crmguard.device_challenge('%s') with the principal's device and pass the device and signature to crmguard.issue_token.", name)));
+
+	token[0] = device ? 2 : 1;
 	put_uint(token + 1, MyDatabaseId, 4);
 	put_uint(token + 5, (uint64) id, 8);
 	put_uint(token + 13, (uint64) expires_at, 8);
+	if (device)
+		put_uint(token + TOKEN_PAYLOAD_BYTES, (uint64) device, 8);
+	payload = device ? TOKEN2_PAYLOAD_BYTES : TOKEN_PAYLOAD_BYTES;
 	cg_subkey(CG_KEY_TOKEN, key);
-	crypto_auth(token + TOKEN_PAYLOAD_BYTES, token, TOKEN_PAYLOAD_BYTES, key);
+	crypto_auth(token + payload, token, payload, key);
 	sodium_memzero(key, sizeof(key));
-	sodium_bin2base64(b64, sizeof(b64), token, TOKEN_BYTES,
+	sodium_bin2base64(b64, sizeof(b64), token, payload + crypto_auth_BYTES,
 					  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 
 	initStringInfo(&detail);
-	appendStringInfo(&detail, "{\"principal\": " INT64_FORMAT ", \"expires_at\": \"%s\"}",
+	appendStringInfo(&detail, "{\"principal\": " INT64_FORMAT ", \"expires_at\": \"%s\"",
 					 id, timestamptz_to_str(expires_at));
+	if (device)
+		appendStringInfo(&detail, ", \"device\": " INT64_FORMAT, device);
+	appendStringInfoChar(&detail, '}');
 	cg_audit("issue_token", "crmguard.principal", psprintf(INT64_FORMAT, id),
 			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
 
@@ -835,11 +911,13 @@ crmguard_assume(PG_FUNCTION_ARGS)
 {
 	char	   *token_text;
 	size_t		prefix_len = strlen(TOKEN_PREFIX);
-	unsigned char token[TOKEN_BYTES + 1];
+	unsigned char token[TOKEN2_BYTES + 1];
 	size_t		token_len = 0;
 	unsigned char key[CG_KEY_BYTES];
 	int			mac_ok;
 	int64		id;
+	int64		device = 0;
+	int			payload;
 	TimestampTz expires_at;
 	PrincipalEntry *entry;
 
@@ -857,12 +935,13 @@ crmguard_assume(PG_FUNCTION_ARGS)
 		sodium_base642bin(token, sizeof(token), token_text + prefix_len,
 						  strlen(token_text) - prefix_len, NULL, &token_len, NULL,
 						  sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-		token_len != TOKEN_BYTES || token[0] != 1)
+		!((token_len == TOKEN_BYTES && token[0] == 1) ||
+		  (token_len == TOKEN2_BYTES && token[0] == 2)))
 		cg_refuse_token("malformed");
 
+	payload = token[0] == 2 ? TOKEN2_PAYLOAD_BYTES : TOKEN_PAYLOAD_BYTES;
 	cg_subkey(CG_KEY_TOKEN, key);
-	mac_ok = crypto_auth_verify(token + TOKEN_PAYLOAD_BYTES, token,
-								TOKEN_PAYLOAD_BYTES, key);
+	mac_ok = crypto_auth_verify(token + payload, token, payload, key);
 	sodium_memzero(key, sizeof(key));
 	if (mac_ok != 0)
 		cg_refuse_token("bad signature");
@@ -877,9 +956,11 @@ crmguard_assume(PG_FUNCTION_ARGS)
 	entry = lookup_id(id);
 	if (entry == NULL || !entry->p.active)
 		cg_refuse_token("principal inactive or missing");
+	if (token[0] == 2)
+		device = (int64) get_uint(token + TOKEN_PAYLOAD_BYTES, 8);
 
 	/* is_local NULL: the narrower scope */
-	cg_assume_principal(id, expires_at, PG_ARGISNULL(1) || PG_GETARG_BOOL(1), "token");
+	assume_principal(id, expires_at, PG_ARGISNULL(1) || PG_GETARG_BOOL(1), "token", device);
 	PG_RETURN_INT64(id);
 }
 

@@ -514,6 +514,7 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 	c = config_of(relid);
 	if (c == NULL)
 		return PointerGetDatum(td->tg_trigtuple);	/* review was switched off */
+	cg_require_attested();
 	p = cg_current_principal();
 	for (i = 0; i < c->nexempt; i++)
 		if (holds_role(p, c->exempt[i]))
@@ -723,6 +724,7 @@ crmguard_approve_draft(PG_FUNCTION_ARGS)
 	MemoryContext old;
 
 	cg_require_preload();
+	cg_require_attested();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("draft must not be NULL")));
 	draft = PG_GETARG_INT64(0);

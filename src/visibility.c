@@ -957,6 +957,8 @@ held_key(TableRules *t, const CgPrincipal *p, bool edit)
 	appendStringInfoChar(&held, edit ? 'e' : 'r');
 	if (p == NULL)
 		return held.data;
+	if (p->require_device)
+		appendStringInfoChar(&held, 'd');
 	foreach(lc, t->audiences)
 	{
 		char	   *audience = lfirst(lc);
@@ -987,6 +989,9 @@ specialised_sql(TableRules *t, const CgPrincipal *p, bool edit)
 		return pstrdup("false");
 	initStringInfo(&guard);
 	initStringInfo(&arms);
+	/* until it attests, a require_device principal sees nothing and edits nothing */
+	if (p->require_device)
+		appendStringInfo(&guard, "(SELECT crmguard.device_gate(%s))", edit ? "true" : "false");
 
 	/*
 	 * The guard: the principal still holds the roles this policy was made

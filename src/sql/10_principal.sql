@@ -58,9 +58,10 @@ CREATE FUNCTION crmguard.in_team(owner bigint, team bigint[]) RETURNS boolean
     LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE SUPPORT crmguard.in_team_support
     AS 'MODULE_PATHNAME', 'crmguard_in_team';
 COMMENT ON FUNCTION crmguard.in_team(bigint, bigint[]) IS 'owner = ANY (team) with a hashed team; the planner makes it an index condition on owner';
-CREATE FUNCTION crmguard.issue_token(principal text, valid_for interval DEFAULT '1 hour')
+CREATE FUNCTION crmguard.issue_token(principal text, valid_for interval DEFAULT '1 hour',
+                                     device bigint DEFAULT NULL, signature bytea DEFAULT NULL)
     RETURNS text
-    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_issue_token';
 CREATE FUNCTION crmguard.assume(token text, is_local boolean DEFAULT true) RETURNS bigint
     LANGUAGE c VOLATILE PARALLEL UNSAFE
@@ -73,7 +74,7 @@ CREATE FUNCTION crmguard.pre_request() RETURNS void
     AS 'MODULE_PATHNAME', 'crmguard_pre_request';
 
 COMMENT ON FUNCTION crmguard.current_principal() IS 'the acting principal: from an assumed token, else from the current role; NULL when nobody';
-COMMENT ON FUNCTION crmguard.issue_token(text, interval) IS 'a signed, expiring identity token for pooled connections (application login role only)';
+COMMENT ON FUNCTION crmguard.issue_token(text, interval, bigint, bytea) IS 'a signed, expiring identity token for pooled connections (application login role only); a require_device principal''s needs its device''s signature of device_challenge(principal)';
 COMMENT ON FUNCTION crmguard.assume(text, boolean) IS 'act as the principal of a valid token until the transaction ends (is_local => false: for the session); NULL gives up any assumed identity';
 COMMENT ON FUNCTION crmguard.assume_jwt(text, boolean) IS 'act as the principal named by a JWT (HS256 or EdDSA, key in crmguard.jwt_key_file) until the transaction ends (is_local => false: for the session)';
 COMMENT ON FUNCTION crmguard.pre_request() IS 'PostgREST db-pre-request: assume the principal of the request''s "Authorization: Bearer" JWT for the transaction; no header means nobody';

@@ -147,6 +147,7 @@ AS $$
 DECLARE
     d crmguard.draft_state;
 BEGIN
+    PERFORM crmguard.require_attested();
     SELECT * INTO d FROM crmguard.draft_state s WHERE s.id OPERATOR(pg_catalog.=) draft FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'draft % does not exist', draft USING ERRCODE = 'no_data_found';

@@ -618,6 +618,7 @@ CREATE FUNCTION crmguard.approval_for_decision(request bigint, OUT r crmguard.ap
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM crmguard.require_attested();
     SELECT * INTO r FROM crmguard.approval_request_state s WHERE s.id OPERATOR(pg_catalog.=) request FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'approval request % does not exist', request USING ERRCODE = 'no_data_found';
@@ -712,6 +713,7 @@ AS $$
 DECLARE
     r crmguard.approval_request_state;
 BEGIN
+    PERFORM crmguard.require_attested();
     SELECT * INTO r FROM crmguard.approval_request_state s WHERE s.id OPERATOR(pg_catalog.=) request FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'approval request % does not exist', request USING ERRCODE = 'no_data_found';
@@ -738,6 +740,7 @@ DECLARE
     me bigint := crmguard.current_principal();
     them bigint;
 BEGIN
+    PERFORM crmguard.require_attested();
     IF me IS NULL THEN
         RAISE EXCEPTION 'only a principal can delegate its approvals' USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -773,6 +776,7 @@ CREATE FUNCTION crmguard.my_approvals()
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM crmguard.require_attested();
     -- PL/pgSQL, not SQL: its plan is kept for the session
     RETURN QUERY
     WITH me AS (SELECT crmguard.current_principal() AS id),

@@ -40,3 +40,9 @@ GRANT EXECUTE ON FUNCTION crmguard.fields_projection(jsonb, oid), crmguard.field
       crmguard.field_values(regclass, text), crmguard.set_field(regclass, text, text, text),
       crmguard.find_by_field(regclass, text, text), crmguard.unmask(regclass, text, text, text),
       crmguard.map_fields(jsonb, jsonb) TO PUBLIC;
+-- devices: enrolling needs only a valid code; attesting, only the signature
+GRANT EXECUTE ON FUNCTION crmguard.enroll_device(text, text, bytea), crmguard.device_challenge(),
+      crmguard.attest_device(bigint, bytea), crmguard.device_gate(boolean),
+      crmguard.require_attested() TO PUBLIC;
+-- activity: each caller sees its scope (an admin everyone, a manager its team)
+GRANT EXECUTE ON FUNCTION crmguard.activity(timestamptz, timestamptz), crmguard.inactive(interval) TO PUBLIC;

@@ -1,6 +1,6 @@
 -- Schema inventory: privileges, search_path pins, dump registration, SQLSTATEs
 BEGIN;
-SELECT plan(20);
+SELECT plan(22);
 
 -- every SECURITY DEFINER function pins search_path
 SELECT is_empty(
@@ -23,8 +23,17 @@ SELECT set_eq(
           'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer', 'last_drafts',
           'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals', 'approval_row_pending',
           'normalize_match',
-          'fields_projection', 'fields_row', 'fields_get', 'fields_get_text', 'field_values', 'set_field', 'find_by_field', 'unmask', 'map_fields'],
-    'PUBLIC executes identity, policy, OTP, why_visible, draft, approval and contact-field steps only (each checks the caller): nothing that changes rules or issues tokens');
+          'fields_projection', 'fields_row', 'fields_get', 'fields_get_text', 'field_values', 'set_field', 'find_by_field', 'unmask', 'map_fields',
+          'enroll_device', 'device_challenge', 'attest_device', 'device_gate', 'require_attested',
+          'activity', 'inactive'],
+    'PUBLIC executes identity, policy, OTP, why_visible, draft, approval, contact-field, device and activity steps only (each checks the caller): nothing that changes rules or issues tokens');
+SELECT function_privs_are('crmguard', 'device_challenge', ARRAY['text'], 'public', ARRAY[]::text[],
+    'device_challenge(principal), for issue_token, is not executable by PUBLIC');
+SELECT is_empty(
+    $$SELECT p.proname FROM pg_proc p, aclexplode(p.proacl) a
+       WHERE p.pronamespace = 'crmguard'::regnamespace AND a.grantee = 0
+         AND p.proname IN ('register_device', 'enrollment_code', 'revoke_device', 'track', 'untrack', 'compact_activity')$$,
+    'registering, enrollment codes, revoking and tracking are for administrators (no PUBLIC execute)');
 
 -- assume(text) became assume(text, boolean DEFAULT true): transaction-scoped by default
 SELECT hasnt_function('crmguard', 'assume', ARRAY['text'], 'the session-long assume(text) of 1.0 is gone');
@@ -32,7 +41,7 @@ SELECT function_privs_are('crmguard', 'assume', ARRAY['text', 'boolean'], 'publi
     'assume(text, boolean) is executable by PUBLIC');
 SELECT function_privs_are('crmguard', 'pre_request', ARRAY[]::text[], 'public', ARRAY['EXECUTE'],
     'pre_request() is executable by PUBLIC (PostgREST''s authenticator and anonymous roles)');
-SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval'], 'public', ARRAY[]::text[],
+SELECT function_privs_are('crmguard', 'issue_token', ARRAY['text', 'interval', 'bigint', 'bytea'], 'public', ARRAY[]::text[],
     'issue_token is not executable by PUBLIC');
 SELECT function_privs_are('crmguard', 'add_principal',
     ARRAY['text', 'text[]', 'text', 'jsonb', 'name', 'boolean'], 'public', ARRAY[]::text[],

@@ -50,7 +50,7 @@ cur.execute("""
     SELECT crmguard.enable_review('public.lead', 'reviewer');
     GRANT SELECT, INSERT, UPDATE ON public.delivery, public.lead TO regress_py_app;
     GRANT USAGE ON SEQUENCE public.lead_id_seq TO regress_py_app;
-    GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval) TO regress_py_app;
+    GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval, bigint, bytea) TO regress_py_app;
 """)
 
 

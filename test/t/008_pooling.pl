@@ -109,7 +109,7 @@ $node->safe_psql('postgres', q{
       FROM generate_series(1, 30) i;
     SELECT crmguard.expose_by_owner('public.customer', 'owner_id', 'agent');
     GRANT SELECT ON public.customer TO app, web_user;
-    GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval) TO app;
+    GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval, bigint, bytea) TO app;
 });
 my $alice_token = $node->safe_psql('postgres', q{SELECT crmguard.issue_token('alice')});
 my $bob_token = $node->safe_psql('postgres', q{SELECT crmguard.issue_token('bob')});
