@@ -52,7 +52,7 @@ for my $order ('crmguard,pgaudit', 'pgaudit,crmguard')
                                         code_length => 12, max_attempts => 5);
     });
     my $token = $node->safe_psql($db, q{SELECT crmguard.issue_token('alice')});
-    my $jwt = jwt(sprintf('{"sub":"alice","exp":%d}', time() + 600));
+    my $jwt = jwt(sprintf('{"sub":"alice","aud":"%s","exp":%d}', $db, time() + 600));
     my $challenge = $node->safe_psql($db, q{SELECT crmguard.request_otp('public.delivery', '1', 'Delivered')});
     my $code = $node->safe_psql($db, q{SELECT substring(body FROM 'code is ([A-Za-z]+)') FROM crmguard.outbox ORDER BY id DESC LIMIT 1});
     my $challenge2 = $node->safe_psql($db, q{SELECT crmguard.request_otp('public.delivery', '2', 'Delivered')});
