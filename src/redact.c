@@ -4,11 +4,14 @@
  *
  * An emit_log_hook rewrites every server log line before it is written:
  * crmguard tokens ("cg1." and base64url), JWTs (three base64url segments,
- * the first starting "eyJ") and the secret arguments of crmguard's identity
- * and OTP functions (verify_otp's code, assume's and assume_jwt's token,
- * however spelt) and the code in an OTP message's body (pgaudit logs the
- * parameters of crmguard's own outbox insert) become "[redacted]"; the rest
- * of the line stays readable.
+ * the first a JSON object however spaced) and the secret arguments of
+ * crmguard's identity and OTP functions (verify_otp's code, assume's and
+ * assume_jwt's token, however spelt) and the code in an OTP message's body
+ * (pgaudit logs the parameters of crmguard's own outbox insert) become
+ * "[redacted]"; the rest of the line stays readable.  When the secret
+ * argument is not written in the call (a column, a variable, a $n, an
+ * EXECUTE of a prepared secret call), every literal of the statement is
+ * redacted: the secret is one of them.
  * That covers the message (log_statement, log_min_duration_statement,
  * pgaudit's AUDIT lines and their parameter field), detail (bind
  * parameters), hint, context and internal query.  The "STATEMENT:" line is printed from debug_query_string
