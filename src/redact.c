@@ -592,17 +592,20 @@ mentions_secret_call(const char *text)
 	return false;
 }
 
-/* A redacted copy of text, or NULL when it holds no secret */
+/*
+ * A redacted copy of text, or NULL when it holds no secret.  statement: the
+ * text is SQL as sent (not a message quoting it), whose literals are
+ * redacted when they may feed a secret argument indirectly.
+ */
 static char *
-redact(const char *s)
+redact(const char *s, bool statement)
 {
 	StringInfoData out;
-
 	bool		indirect;
 
 	if (s == NULL)
 		return NULL;
-	indirect = feeds_secret_indirectly(s);
+	indirect = statement && feeds_secret_indirectly(s);
 	if (!indirect && !may_hold_secret(s))
 		return NULL;
 	initStringInfo(&out);
@@ -679,10 +682,72 @@ redact_audit_parameters(const char *s)
 	return psprintf("%.*s%s", (int) (p - s), s, REDACTED);
 }
 
-static void
-redact_field(char **field, bool secret_statement)
+/*
+ * pgaudit's statement field (the eighth, CSV-quoted when it holds a comma or
+ * quote) redacted as a statement; NULL when it needs nothing.
+ */
+static char *
+redact_audit_statement(const char *s)
 {
-	char	   *r = redact(*field);
+	const char *p = s + strlen("AUDIT: ");
+	const char *start;
+	StringInfoData field;
+	char	   *r;
+	int			i;
+
+	for (i = 0; i < 7; i++)
+	{
+		if (*p == '"')
+		{
+			for (p++; *p && !(*p == '"' && p[1] != '"'); p += (*p == '"') ? 2 : 1)
+				;
+			if (*p)
+				p++;
+		}
+		else
+			while (*p && *p != ',')
+				p++;
+		if (*p != ',')
+			return NULL;
+		p++;
+	}
+	start = p;
+	initStringInfo(&field);
+	if (*p == '"')
+	{
+		for (p++; *p && !(*p == '"' && p[1] != '"'); p++)
+		{
+			appendStringInfoChar(&field, *p);
+			if (*p == '"')
+				p++;
+		}
+		if (*p)
+			p++;
+	}
+	else
+		while (*p && *p != ',')
+			appendStringInfoChar(&field, *p++);
+	r = redact(field.data, true);
+	if (r == NULL)
+		return NULL;
+	resetStringInfo(&field);
+	appendBinaryStringInfo(&field, s, start - s);
+	appendStringInfoChar(&field, '"');
+	for (; *r; r++)
+	{
+		if (*r == '"')
+			appendStringInfoChar(&field, '"');
+		appendStringInfoChar(&field, *r);
+	}
+	appendStringInfoChar(&field, '"');
+	appendStringInfoString(&field, p);
+	return field.data;
+}
+
+static void
+redact_field(char **field, bool statement, bool secret_statement)
+{
+	char	   *r = redact(*field, statement);
 
 	if (r != NULL)
 		*field = r;
@@ -695,10 +760,11 @@ crmguard_emit_log(ErrorData *edata)
 {
 	const char *query = debug_query_string;
 	bool		secret_statement = false;
+	bool		audit_line;
 
 	if (query != NULL && query != redacted_query)
 	{
-		char	   *r = redact(query);
+		char	   *r = redact(query, true);
 
 		if (r != NULL)
 		{
@@ -713,20 +779,28 @@ crmguard_emit_log(ErrorData *edata)
 	else if (query != NULL)
 		secret_statement = true;
 
-	if (edata->message && strncmp(edata->message, "AUDIT: ", 7) == 0 &&
-		mentions_secret_call(edata->message))
+	audit_line = edata->message && strncmp(edata->message, "AUDIT: ", 7) == 0;
+	if (audit_line)
 	{
-		char	   *r = redact_audit_parameters(edata->message);
+		char	   *r;
 
-		if (r != NULL)
+		if (mentions_secret_call(edata->message) &&
+			(r = redact_audit_parameters(edata->message)) != NULL)
+			edata->message = r;
+		if ((r = redact_audit_statement(edata->message)) != NULL)
 			edata->message = r;
 	}
-	redact_field(&edata->message, secret_statement);
-	redact_field(&edata->detail, secret_statement);
-	redact_field(&edata->detail_log, secret_statement);
-	redact_field(&edata->hint, secret_statement);
-	redact_field(&edata->context, secret_statement);
-	redact_field(&edata->internalquery, false);
+
+	/*
+	 * The message of log_statement and log_min_duration_statement holds the
+	 * statement; pgaudit's holds it in one field, done above.
+	 */
+	redact_field(&edata->message, !audit_line, secret_statement);
+	redact_field(&edata->detail, false, secret_statement);
+	redact_field(&edata->detail_log, false, secret_statement);
+	redact_field(&edata->hint, false, secret_statement);
+	redact_field(&edata->context, false, secret_statement);
+	redact_field(&edata->internalquery, true, false);
 
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
