@@ -187,3 +187,53 @@ $$;
 SELECT action, detail->>'reason' AS reason, count(*)
   FROM crmguard.audit WHERE action LIKE 'assume%' AND action <> 'assume_end'
  GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- ===========================================================================
+-- Attack: held_cursor_outlives_transaction_identity
+-- Behind a transaction pool, client 1 assumes anna for one transaction and
+-- declares a cursor WITH HOLD.  Such a cursor is read to its end at COMMIT,
+-- as anna, and stays in the session for the pooler's next client, who acts
+-- as nobody.  Refused while a transaction-scoped identity is in force.
+-- ===========================================================================
+SELECT crmguard.issue_token('anna', '10 minutes') AS anna_token \gset
+BEGIN;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS client1_is_anna;
+DECLARE held_c CURSOR WITH HOLD FOR SELECT crmguard.current_principal() AS read_as;
+COMMIT;
+-- client 2, on the same server connection
+SELECT crmguard.current_principal() AS client2_is_nobody;
+FETCH ALL FROM held_c;
+-- a cursor without hold ends with the transaction and its identity
+BEGIN;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS client1_is_anna;
+DECLARE plain_c CURSOR FOR SELECT crmguard.current_principal() IS NOT NULL AS read_as_anna;
+FETCH ALL FROM plain_c;
+COMMIT;
+-- declared before the assume in the same transaction, a held cursor would
+-- still be read at COMMIT as anna: the assume is refused while it is open
+BEGIN;
+DECLARE early_c CURSOR WITH HOLD FOR SELECT crmguard.current_principal() AS read_as;
+SELECT crmguard.assume(:'anna_token');
+ROLLBACK;
+BEGIN;
+DECLARE early_c CURSOR WITH HOLD FOR SELECT crmguard.current_principal() AS read_as;
+CLOSE early_c;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed_once_closed;
+COMMIT;
+-- a held cursor from an earlier transaction was read then, not as anna
+BEGIN;
+DECLARE before_c CURSOR WITH HOLD FOR SELECT crmguard.current_principal() AS read_as;
+COMMIT;
+BEGIN;
+SELECT crmguard.assume(:'anna_token') IS NOT NULL AS assumed_with_older_cursor;
+FETCH ALL FROM before_c;
+COMMIT;
+CLOSE before_c;
+-- an identity for the session outlives the transaction like the cursor
+SELECT crmguard.assume(:'anna_token', is_local => false) IS NOT NULL AS session_is_anna;
+BEGIN;
+DECLARE session_c CURSOR WITH HOLD FOR SELECT crmguard.current_principal() IS NOT NULL AS read_as_anna;
+COMMIT;
+FETCH ALL FROM session_c;
+CLOSE session_c;
+SELECT crmguard.assume(NULL);

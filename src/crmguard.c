@@ -62,7 +62,8 @@ crmguard_shmem_startup(void)
 
 /*
  * DISCARD ALL is how a connection pooler hands a clean session to the next
- * client: it must also give up an identity assumed with a token.
+ * client: it must also give up an identity assumed with a token.  A cursor
+ * WITH HOLD must not outlive a transaction-scoped identity.
  */
 static void
 crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -73,6 +74,8 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 	Node	   *parsetree = pstmt->utilityStmt;
 
 	cg_guard_utility(pstmt);
+	if (IsA(parsetree, DeclareCursorStmt))
+		cg_principal_check_declare((DeclareCursorStmt *) parsetree);
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
 							 queryEnv, dest, qc);

@@ -10,6 +10,7 @@
 #define CRMGUARD_H
 
 #include "datatype/timestamp.h"
+#include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
@@ -100,6 +101,7 @@ extern void cg_principal_pre_commit(void);
 extern void cg_assume_principal(int64 id, TimestampTz expires_at, bool is_local,
 								const char *via);
 extern void cg_assume_nobody(void);
+extern void cg_principal_check_declare(DeclareCursorStmt *stmt);
 extern void cg_assume_end(void);
 extern const CgPrincipal *cg_principal_by_id(int64 id);
 extern int64 cg_assumed_device(bool *is_local);

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <sodium.h>
 
+#include "commands/dbcommands.h"
 #include "common/jsonapi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -34,6 +35,7 @@
 
 static char *jwt_key_file = NULL;
 static char *jwt_principal_claim = NULL;
+static char *jwt_audience = NULL;
 
 typedef enum JwtAlg
 {
@@ -72,6 +74,14 @@ cg_jwt_init(void)
 							   &jwt_principal_claim,
 							   "sub",
 							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("crmguard.jwt_audience",
+							   "Audience a JWT must name in its \"aud\" claim to be accepted in this database.",
+							   "Empty means the current database's name.  Principals are per database and the key file serves the whole cluster: the audience keeps a JWT to the database it was issued for.",
+							   &jwt_audience,
+							   "",
+							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);
 }
@@ -298,6 +308,41 @@ numeric_date(JsonbContainer *claims, const char *name, double *seconds, bool *pr
 	return isfinite(*seconds);
 }
 
+/*
+ * Whether the "aud" claim (a string or an array of strings, RFC 7519)
+ * names this database's audience: crmguard.jwt_audience, or the database's
+ * name when that is empty.
+ */
+static bool
+audience_ok(JsonbContainer *claims, bool *present)
+{
+	JsonbValue *aud = cg_jsonb_member(claims, "aud");
+	const char *want = jwt_audience && jwt_audience[0] ? jwt_audience
+		: get_database_name(MyDatabaseId);
+	size_t		want_len = strlen(want);
+	int			count;
+	int			i;
+
+	*present = aud != NULL;
+	if (aud == NULL)
+		return false;
+	if (aud->type == jbvString)
+		return aud->val.string.len == (int) want_len &&
+			memcmp(aud->val.string.val, want, want_len) == 0;
+	if (aud->type != jbvBinary || !JsonContainerIsArray(aud->val.binary.data))
+		return false;
+	count = JsonContainerSize(aud->val.binary.data);
+	for (i = 0; i < count; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(aud->val.binary.data, i);
+
+		if (v->type == jbvString && v->val.string.len == (int) want_len &&
+			memcmp(v->val.string.val, want, want_len) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* A JSON part of the token, decoded; refuses the token when it is not an object */
 static Jsonb *
 token_part(const char *b64, size_t len)
@@ -339,6 +384,7 @@ verify_jwt(const char *jwt, TimestampTz *expires_at)
 	double		nbf_s;
 	bool		has_exp;
 	bool		has_nbf;
+	bool		has_aud;
 	double		now_s;
 	char	   *name;
 	const CgPrincipal *p;
@@ -402,6 +448,8 @@ verify_jwt(const char *jwt, TimestampTz *expires_at)
 		cg_refuse_token("jwt expired");
 	if (has_nbf && now_s < nbf_s)
 		cg_refuse_token("jwt not yet valid");
+	if (!audience_ok(&claims->root, &has_aud))
+		cg_refuse_token(has_aud ? "jwt for another audience" : "jwt without aud");
 
 	name = string_member(&claims->root, jwt_principal_claim);
 	if (name == NULL)

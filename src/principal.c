@@ -27,6 +27,7 @@
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
+#include "utils/portal.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -83,6 +84,9 @@ typedef struct AssumptionUndo
 
 static List *subxact_undo = NIL;	/* innermost first, in TopTransactionContext */
 static bool xact_callback_registered = false;
+
+/* Names of the holdable cursors declared in this transaction (TopTransactionContext) */
+static List *held_cursors = NIL;
 
 /*
  * While crmguard evaluates a rule on behalf of another principal
@@ -563,6 +567,10 @@ assume_xact_callback(XactEvent event, void *arg)
 	bool		known;
 	PrincipalEntry *before;
 
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_PREPARE || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_ABORT)
+		held_cursors = NIL;
 	if (!assumed_changed_in_xact)
 		return;
 	switch (event)
@@ -619,18 +627,24 @@ assume_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
-/* Save what a rollback of this (sub)transaction must give back */
 static void
-remember_for_rollback(void)
+register_xact_callbacks(void)
 {
-	SubTransactionId subid = GetCurrentSubTransactionId();
-
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(assume_xact_callback, NULL);
 		RegisterSubXactCallback(assume_subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
+}
+
+/* Save what a rollback of this (sub)transaction must give back */
+static void
+remember_for_rollback(void)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	register_xact_callbacks();
 	if (!assumed_changed_in_xact)
 	{
 		session_at_xact_start = session_assumed;
@@ -707,6 +721,57 @@ cg_principal_forget(void)
 }
 
 /*
+ * A cursor WITH HOLD is run to its end at COMMIT and outlives the
+ * transaction: under a transaction-scoped identity it would carry rows read
+ * as that principal to whoever uses the connection next (a pooler's next
+ * client).  Refuse it while such an identity is in force, and remember it
+ * otherwise, so that assume() can refuse to start one under it.
+ */
+void
+cg_principal_check_declare(DeclareCursorStmt *stmt)
+{
+	MemoryContext old;
+
+	if (!(stmt->options & CURSOR_OPT_HOLD))
+		return;
+	if (local_assumed.active)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_CURSOR_DEFINITION),
+				 errmsg("cannot declare cursor \"%s\" WITH HOLD under an identity assumed for the transaction",
+						stmt->portalname),
+				 errdetail("A held cursor outlives the transaction, and its rows would outlive the identity they were read as."),
+				 errhint("Declare the cursor WITHOUT HOLD, or assume the identity with is_local => false if the cursor must outlive the transaction.")));
+	register_xact_callbacks();
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	held_cursors = lappend(held_cursors, pstrdup(stmt->portalname));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A held cursor declared earlier in this transaction and still open is
+ * materialised at COMMIT, that is as the identity assumed now: refuse.
+ */
+static void
+refuse_under_held_cursor(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, held_cursors)
+	{
+		Portal		portal = GetPortalByName((const char *) lfirst(lc));
+
+		if (PortalIsValid(portal) && (portal->cursorOptions & CURSOR_OPT_HOLD) &&
+			portal->createSubid != InvalidSubTransactionId)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_CURSOR_STATE),
+					 errmsg("cannot assume an identity for the transaction while cursor \"%s\" WITH HOLD is open",
+							portal->name),
+					 errdetail("The held cursor is read to its end at commit, as the identity assumed for the transaction, and outlives it."),
+					 errhint("Close the cursor first, or assume the identity with is_local => false.")));
+	}
+}
+
+/*
  * Act as a principal whose token was verified: for the transaction, or with
  * is_local false for the session (which also ends the transaction's own).
  */
@@ -717,6 +782,8 @@ assume_principal(int64 id, TimestampTz expires_at, bool is_local, const char *vi
 	PrincipalEntry *before = current_entry();
 	Assumption *target = is_local ? &local_assumed : &session_assumed;
 
+	if (is_local)
+		refuse_under_held_cursor();
 	remember_for_rollback();
 	audit_end(target, is_local ? "transaction" : "session", "replaced");
 	if (!is_local)

@@ -63,29 +63,34 @@ sub jwt
 
 my $now = time();
 my $hs_alice = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}',
-    qq({"sub":"alice","role":"web_user","exp":@{[$now + 600]}}), 'hs');
+    qq({"aud":"postgres","sub":"alice","role":"web_user","exp":@{[$now + 600]}}), 'hs');
 my $ed_bob = jwt('{"alg":"EdDSA","typ":"JWT","kid":"ed"}',
-    qq({"sub":"bob","exp":@{[$now + 600]}}), 'ed');
+    qq({"aud":"postgres","sub":"bob","exp":@{[$now + 600]}}), 'ed');
 my $hs_nokid = jwt('{"alg":"HS256","typ":"JWT"}',
-    qq({"sub":"alice","exp":@{[$now + 600]}}), 'hs');
+    qq({"aud":"postgres","sub":"alice","exp":@{[$now + 600]}}), 'hs');
 my $expired = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}',
-    qq({"sub":"alice","exp":@{[$now - 60]}}), 'hs');
+    qq({"aud":"postgres","sub":"alice","exp":@{[$now - 60]}}), 'hs');
 my $not_yet = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}',
-    qq({"sub":"alice","nbf":@{[$now + 600]},"exp":@{[$now + 1200]}}), 'hs');
-my $no_exp = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}', '{"sub":"alice"}', 'hs');
+    qq({"aud":"postgres","sub":"alice","nbf":@{[$now + 600]},"exp":@{[$now + 1200]}}), 'hs');
+my $no_exp = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}', '{"aud":"postgres","sub":"alice"}', 'hs');
 my $alg_none = jwt('{"alg":"none","typ":"JWT"}',
-    qq({"sub":"alice","exp":@{[$now + 600]}}), 'none');
+    qq({"aud":"postgres","sub":"alice","exp":@{[$now + 600]}}), 'none');
 # the classic confusion: HMAC keyed with the public Ed25519 key, under its kid
 my $confused = jwt('{"alg":"HS256","typ":"JWT","kid":"ed"}',
-    qq({"sub":"alice","exp":@{[$now + 600]}}), 'hs', $ed_public);
+    qq({"aud":"postgres","sub":"alice","exp":@{[$now + 600]}}), 'hs', $ed_public);
 my $unknown_kid = jwt('{"alg":"HS256","typ":"JWT","kid":"other"}',
-    qq({"sub":"alice","exp":@{[$now + 600]}}), 'hs');
+    qq({"aud":"postgres","sub":"alice","exp":@{[$now + 600]}}), 'hs');
 my $nobody_sub = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}',
-    qq({"sub":"mallory","exp":@{[$now + 600]}}), 'hs');
+    qq({"aud":"postgres","sub":"mallory","exp":@{[$now + 600]}}), 'hs');
+# bound to another database's CRM, or to none
+my $other_aud = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}',
+    qq({"aud":["crm_other"],"sub":"alice","exp":@{[$now + 600]}}), 'hs');
+my $no_aud = jwt('{"alg":"HS256","typ":"JWT","kid":"hs"}',
+    qq({"sub":"alice","exp":@{[$now + 600]}}), 'hs');
 # tampered: the claims of another principal under alice's signature
 my @parts = split /\./, $hs_alice;
 my $tampered = join('.', $parts[0],
-    b64json(qq({"sub":"bob","role":"web_user","exp":@{[$now + 600]}})), $parts[2]);
+    b64json(qq({"aud":"postgres","sub":"bob","role":"web_user","exp":@{[$now + 600]}})), $parts[2]);
 
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'crmguard'
@@ -320,6 +325,8 @@ my %refused = (
     'unknown_kid' => [ $unknown_kid, 'jwt key id unknown' ],
     'not_yet_valid' => [ $not_yet, 'jwt not yet valid' ],
     'no_exp' => [ $no_exp, 'jwt without exp' ],
+    'no_aud' => [ $no_aud, 'jwt without aud' ],
+    'other_aud' => [ $other_aud, 'jwt for another audience' ],
     'unknown_principal' => [ $nobody_sub, 'principal inactive or missing' ],
     'tampered' => [ $tampered, 'jwt bad signature' ],
     'expired' => [ $expired, 'jwt expired' ],
@@ -333,7 +340,7 @@ for my $case (sort keys %refused)
         extra_params => [ '-v', 'VERBOSITY=verbose' ]);
     like($e, qr/CG031/, "jwt_$case is refused with CG031");
 }
-$node->poll_query_until('postgres', q{SELECT count(*) >= 12 FROM crmguard.audit
+$node->poll_query_until('postgres', q{SELECT count(*) >= 14 FROM crmguard.audit
     WHERE action = 'assume_refused' AND (detail->>'reason' LIKE 'jwt%' OR detail->>'reason' LIKE 'principal%')})
   or die 'refusals not audited';
 for my $case (sort keys %refused)

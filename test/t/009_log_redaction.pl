@@ -52,7 +52,7 @@ for my $order ('crmguard,pgaudit', 'pgaudit,crmguard')
                                         code_length => 12, max_attempts => 5);
     });
     my $token = $node->safe_psql($db, q{SELECT crmguard.issue_token('alice')});
-    my $jwt = jwt(sprintf('{"sub":"alice","exp":%d}', time() + 600));
+    my $jwt = jwt(sprintf('{"sub":"alice","aud":"%s","exp":%d}', $db, time() + 600));
     my $challenge = $node->safe_psql($db, q{SELECT crmguard.request_otp('public.delivery', '1', 'Delivered')});
     my $code = $node->safe_psql($db, q{SELECT substring(body FROM 'code is ([A-Za-z]+)') FROM crmguard.outbox ORDER BY id DESC LIMIT 1});
     my $challenge2 = $node->safe_psql($db, q{SELECT crmguard.request_otp('public.delivery', '2', 'Delivered')});
@@ -70,6 +70,8 @@ for my $order ('crmguard,pgaudit', 'pgaudit,crmguard')
     $node->psql($db, "SELECT crmguard.verify_otp($challenge2, '$wrong')");
     $node->safe_psql($db, "SELECT crmguard.verify_otp(challenge => $challenge2, code => '$code2')");
     $node->psql($db, "DO \$\$ BEGIN PERFORM crmguard.assume('$token' || 'x'); END \$\$");
+    # the code given through a column: every literal of the statement goes, pgaudit's field too
+    $node->psql($db, "SELECT crmguard.verify_otp(c, code) FROM (VALUES (${challenge2}::bigint, 'WWWWXXXXYYYY')) AS v(c, code)");
     $node->safe_psql($db, "PREPARE p(text) AS SELECT crmguard.assume(\$1); EXECUTE p('$token');");
     $node->psql($db, "SELECT crmguard.assume('$token'");
     $node->psql($db, "SELECT '$token'::int");
@@ -96,6 +98,9 @@ for my $order ('crmguard,pgaudit', 'pgaudit,crmguard')
     like($all, qr/AUDIT: SESSION,.*INSERT INTO crmguard\.outbox.*your code is \[redacted\]\. It is valid/,
         "$tag pgaudit's line of the outbox insert kept, code redacted");
     unlike($log, qr/\Q$wrong\E/, "$tag no wrong OTP guess in the log");
+    unlike($log, qr/WWWWXXXXYYYY/, "$tag no OTP code given through a column, in any line");
+    like($log, qr/AUDIT: SESSION,\d+,\d+,READ,SELECT,,,"SELECT crmguard\.verify_otp\(c, code\) FROM \(VALUES \(\[redacted\]::bigint, '\[redacted\]'\)\) AS v\(c, code\)"/,
+        "$tag pgaudit's statement field keeps its shape, literals redacted");
     unlike($log, qr/\Q$wrong2\E/, "$tag no OTP code sent as a bind parameter in the log");
     like($log, qr/execute <unnamed>: SELECT crmguard\.verify_otp\(\$1, \$2\);?\n.*DETAIL:  parameters: \$1 = '\[redacted\]', \$2 = '\[redacted\]'/,
         "$tag bind parameters of verify_otp redacted");
