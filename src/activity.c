@@ -108,7 +108,7 @@ load_tracked(void)
 
 	if (!callbacks_registered)
 	{
-		CacheRegisterRelcacheCallback(invalidate_tracked, (Datum) 0);
+		cg_register_relcache_callback(invalidate_tracked, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, invalidate_tracked_syscache, (Datum) 0);
 		callbacks_registered = true;
 	}

@@ -173,7 +173,7 @@ load_cache(void)
 	{
 		cache_context = AllocSetContextCreate(CacheMemoryContext, "crmguard approval cache",
 											  ALLOCSET_SMALL_SIZES);
-		CacheRegisterRelcacheCallback(cache_callback, (Datum) 0);
+		cg_register_relcache_callback(cache_callback, (Datum) 0);
 	}
 	MemoryContextReset(cache_context);
 	ctl.keysize = sizeof(Oid);

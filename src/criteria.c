@@ -750,7 +750,7 @@ row_plan(Oid relid, const char *compiled)
 		ctl.hcxt = row_plan_context;
 		row_plans = hash_create("crmguard criteria plans", 16, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		CacheRegisterRelcacheCallback(row_plan_callback, (Datum) 0);
+		cg_register_relcache_callback(row_plan_callback, (Datum) 0);
 	}
 	entry = hash_search(row_plans, &relid, HASH_FIND, NULL);
 	if (entry != NULL && !entry->stale)

@@ -145,6 +145,40 @@ cg_require_preload(void)
 				 errhint("Add crmguard to \"shared_preload_libraries\" in postgresql.conf and restart the server.")));
 }
 
+/*
+ * PostgreSQL allows a backend only ten relcache callbacks in all: crmguard
+ * registers one, and every module's cache hangs off it.
+ */
+#define CG_MAX_RELCACHE_CALLBACKS 16
+
+static struct
+{
+	RelcacheCallbackFunction function;
+	Datum		arg;
+}			relcache_callbacks[CG_MAX_RELCACHE_CALLBACKS];
+static int	relcache_callback_count = 0;
+
+static void
+relcache_dispatch(Datum arg, Oid relid)
+{
+	int			i;
+
+	for (i = 0; i < relcache_callback_count; i++)
+		relcache_callbacks[i].function(relcache_callbacks[i].arg, relid);
+}
+
+void
+cg_register_relcache_callback(RelcacheCallbackFunction function, Datum arg)
+{
+	if (relcache_callback_count == 0)
+		CacheRegisterRelcacheCallback(relcache_dispatch, (Datum) 0);
+	if (relcache_callback_count >= CG_MAX_RELCACHE_CALLBACKS)
+		elog(FATAL, "out of crmguard relcache callback slots");
+	relcache_callbacks[relcache_callback_count].function = function;
+	relcache_callbacks[relcache_callback_count].arg = arg;
+	relcache_callback_count++;
+}
+
 /* Forget cached OIDs and principals when our tables change */
 static void
 relcache_callback(Datum arg, Oid relid)
@@ -180,7 +214,7 @@ cg_catalog(void)
 
 	if (!callbacks_registered)
 	{
-		CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+		cg_register_relcache_callback(relcache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, syscache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(AUTHOID, syscache_callback, (Datum) 0);
 		callbacks_registered = true;

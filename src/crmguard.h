@@ -13,6 +13,7 @@
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "utils/array.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 
 /* SQLSTATEs of the spec */
@@ -47,6 +48,7 @@ typedef struct CgCatalog
 } CgCatalog;
 
 extern const CgCatalog *cg_catalog(void);
+extern void cg_register_relcache_callback(RelcacheCallbackFunction function, Datum arg);
 
 typedef struct CgPrivilegedContext
 {

@@ -214,7 +214,7 @@ fld_load(void)
 
 	if (!callbacks_registered)
 	{
-		CacheRegisterRelcacheCallback(fields_relcache_callback, (Datum) 0);
+		cg_register_relcache_callback(fields_relcache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, fields_syscache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(PROCOID, fields_syscache_callback, (Datum) 0);
 		callbacks_registered = true;

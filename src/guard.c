@@ -349,7 +349,7 @@ load_guarded(void)
 	{
 		guard_context = AllocSetContextCreate(CacheMemoryContext, "crmguard guards",
 											  ALLOCSET_SMALL_SIZES);
-		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
+		cg_register_relcache_callback(guard_relcache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, guard_syscache_callback, (Datum) 0);
 		callbacks_registered = true;
 	}

@@ -159,7 +159,7 @@ otp_init(void)
 											 ALLOCSET_SMALL_SIZES);
 	if (!xact_callback_registered)
 	{
-		CacheRegisterRelcacheCallback(rule_cache_callback, (Datum) 0);
+		cg_register_relcache_callback(rule_cache_callback, (Datum) 0);
 		RegisterXactCallback(otp_xact_callback, NULL);
 		xact_callback_registered = true;
 	}

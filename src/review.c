@@ -106,7 +106,7 @@ load_configs(void)
 	{
 		config_context = AllocSetContextCreate(CacheMemoryContext, "crmguard review config",
 											   ALLOCSET_SMALL_SIZES);
-		CacheRegisterRelcacheCallback(config_callback, (Datum) 0);
+		cg_register_relcache_callback(config_callback, (Datum) 0);
 	}
 	MemoryContextReset(config_context);
 	ctl.keysize = sizeof(Oid);

@@ -860,7 +860,7 @@ load_rules(void)
 	{
 		rules_context = AllocSetContextCreate(CacheMemoryContext, "crmguard visibility rules",
 											  ALLOCSET_SMALL_SIZES);
-		CacheRegisterRelcacheCallback(rules_callback, (Datum) 0);
+		cg_register_relcache_callback(rules_callback, (Datum) 0);
 	}
 	MemoryContextReset(rules_context);
 	ctl.keysize = sizeof(Oid);
