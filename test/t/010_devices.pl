@@ -124,7 +124,7 @@ sub jwt
     my $input = encode_base64url('{"alg":"HS256","typ":"JWT"}') . '.' . encode_base64url($claims);
     return $input . '.' . encode_base64url(hmac_sha256($input, $secret));
 }
-my $jwt = jwt(sprintf('{"sub":"anna","exp":%d}', time + 600));
+my $jwt = jwt(sprintf('{"sub":"anna","aud":"crm","exp":%d}', time + 600));
  is(last_line($node->safe_psql('crm', "SELECT crmguard.assume_jwt('$jwt', false) > 0; SELECT count(*) FROM public.customer",
         extra_params => [ '-U', 'app' ])),
     "0", 'assume_jwt: a require_device principal sees nothing without attesting');

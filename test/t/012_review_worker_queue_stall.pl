@@ -36,7 +36,7 @@ $node->safe_psql('crm_tenant', q{
     GRANT EXECUTE ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text,
         integer, interval, integer, integer, text[], text[], jsonb, interval, integer, integer, interval),
         crmguard.add_principal(text, text[], text, jsonb, name, boolean),
-        crmguard.issue_token(text, interval) TO tenant;
+        crmguard.issue_token(text, interval, bigint, bytea) TO tenant;
 });
 $node->safe_psql('crm_tenant', q{
     SET ROLE tenant;
