@@ -1,8 +1,8 @@
--- Chapter 6: contact fields of two projects on one contacts table
+-- Chapter 7: contact fields of two projects on one contacts table
 \set ON_ERROR_STOP 0
 \set SHOW_CONTEXT never
 \set VERBOSITY default
-\echo '== Chapter 6: contact fields (project-scoped, unique, masked)'
+\echo '== Chapter 7: contact fields (project-scoped, unique, masked)'
 \echo
 \echo 'The contact centre runs two client projects on the same contacts: Energia'
 \echo '(an electricity supplier) and Telefonia (a phone company). Each project has'
