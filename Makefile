@@ -50,7 +50,38 @@ install-programs: $(CG_PROGRAMS)
 	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) $(CG_PROGRAMS) '$(DESTDIR)$(bindir)/'
 
-.PHONY: deps demo test bench
+
+# crmguard-relay, the outbox's sender (libpq, libcurl).  PGXS builds one PROGRAM
+# per Makefile, so each client program has rules of its own, hooked into PGXS's
+# all/install/uninstall/clean.
+RELAY = relay/crmguard-relay
+RELAY_OBJS = relay/crmguard-relay.o relay/config.o relay/template.o relay/smtp.o relay/http.o relay/util.o
+RELAY_CPPFLAGS = -I$(shell $(PG_CONFIG) --includedir)
+RELAY_CFLAGS = -O2 -g -Wall -Wextra -D_GNU_SOURCE
+RELAY_LIBS = -lpq -lcurl
+
+all: $(RELAY)
+
+$(RELAY): $(RELAY_OBJS)
+	$(CC) $(RELAY_CFLAGS) -o $@ $(RELAY_OBJS) $(LDFLAGS_EX) $(RELAY_LIBS)
+
+relay/%.o: relay/%.c relay/relay.h
+	$(CC) $(RELAY_CFLAGS) $(RELAY_CPPFLAGS) -c -o $@ $<
+
+install: install-relay
+install-relay: $(RELAY)
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(RELAY) '$(DESTDIR)$(bindir)/crmguard-relay'
+
+uninstall: uninstall-relay
+uninstall-relay:
+	rm -f '$(DESTDIR)$(bindir)/crmguard-relay'
+
+clean: clean-relay
+clean-relay:
+	rm -f $(RELAY) $(RELAY_OBJS)
+
+.PHONY: deps demo test bench install-relay uninstall-relay clean-relay
 
 # Install what a fresh Debian machine lacks (no-op when everything is there)
 deps:

@@ -110,7 +110,8 @@ CREATE TABLE crm.delivery_note (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     customer_id   bigint NOT NULL REFERENCES crm.customer (id),
     owner_id      bigint NOT NULL,              -- the delivery rep (crmguard principal)
-    contact_phone text,                         -- where the confirmation code is sent by SMS
+    contact_phone text,                         -- where the confirmation code is sent by SMS...
+    contact_email text,                         -- ...or by e-mail
     address       text NOT NULL,
     status        text NOT NULL DEFAULT 'Scheduled'
                   CHECK (status IN ('Scheduled', 'Out for delivery', 'Delivered', 'Failed')),

@@ -66,10 +66,10 @@ BEGIN
     PERFORM crmguard.add_principal('marco',  '{area_manager}', 'dora',
                                    '{"zone": "Roma Centro"}', 'crm_marco');
 
-    PERFORM crmguard.add_principal('luca',   '{agent}', 'anna',  '{"zone": "Milano Nord"}', 'crm_luca');
-    PERFORM crmguard.add_principal('sara',   '{agent}', 'anna',  '{"zone": "Milano Sud"}',  'crm_sara');
-    PERFORM crmguard.add_principal('paolo',  '{agent}', 'marco', '{"zone": "Roma Centro"}', 'crm_paolo');
-    PERFORM crmguard.add_principal('giulia', '{agent}', 'marco', '{"zone": "Torino"}',      'crm_giulia');
+    PERFORM crmguard.add_principal('luca',   '{agent}', 'anna',  '{"zone": "Milano Nord", "email": "luca@crm.example"}', 'crm_luca');
+    PERFORM crmguard.add_principal('sara',   '{agent}', 'anna',  '{"zone": "Milano Sud", "email": "sara@crm.example"}',  'crm_sara');
+    PERFORM crmguard.add_principal('paolo',  '{agent}', 'marco', '{"zone": "Roma Centro", "email": "paolo@crm.example"}', 'crm_paolo');
+    PERFORM crmguard.add_principal('giulia', '{agent}', 'marco', '{"zone": "Torino", "email": "giulia@crm.example"}',      'crm_giulia');
 
     PERFORM crmguard.add_principal('ivan',   '{implementation}', 'marco',
                                    '{"service_area": "Milano"}', 'crm_ivan');
@@ -336,6 +336,8 @@ INSERT INTO crm.delivery_note (customer_id, owner_id, contact_phone, address, st
      'Corso Regina Margherita 250, 10144 Torino', 'Failed', NULL),
     (pg_temp.customer_id('Caffè Mole'),        pg_temp.principal_id('giulia'), '+39 346 555 0155',
      'Via Montebello 20, 10124 Torino',          'Scheduled', NULL);
+-- the customer's e-mail on record receives the confirmation codes
+UPDATE crm.delivery_note d SET contact_email = c.email FROM crm.customer c WHERE c.id = d.customer_id;
 
 -- ---------------------------------------------------------------------------
 -- Contact history: a few remembered visits, then a year of routine

@@ -4,7 +4,8 @@ set -euo pipefail
 
 packages="postgresql-15 postgresql-common postgresql-server-dev-15 libsodium-dev
 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl libipc-run-perl
-build-essential pgbouncer postgresql-15-pgaudit python3-psycopg2 openssl"
+build-essential pgbouncer postgresql-15-pgaudit python3-psycopg2 openssl
+libpq-dev libcurl4-openssl-dev python3-aiosmtpd"
 
 missing=""
 for p in $packages; do

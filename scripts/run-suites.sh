@@ -68,10 +68,11 @@ count_tap "$work/python.log" $status
 echo "== Perl TAP"
 # initdb refuses to run as root: run the clusters as postgres
 cp -r test/t "$work/t"
+src=$(pwd)   # the relay tests start test/relay/http_provider.py from here
 chown -R postgres:postgres "$work" 2>/dev/null || true
 runas=()
 [ "$(id -u)" -eq 0 ] && runas=(runuser -u postgres --)
-(cd "$work" && "${runas[@]}" env PATH="$PATH" TESTDIR="$work" \
+(cd "$work" && "${runas[@]}" env PATH="$PATH" TESTDIR="$work" CRMGUARD_SRC="$src" \
     PG_REGRESS="$PGXS_DIR/test/regress/pg_regress" \
     prove -v -I "$PGXS_DIR/test/perl" t/*.pl) > "$work/tap.log" 2>&1
 status=$?

@@ -1128,6 +1128,58 @@ action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 	}
 }
 
+/*
+ * Zoho's webhook action: a JSON document about the request, its decision and
+ * its row (as the table's owner reads it now), queued for the relay's http
+ * channel of that name; the outbox message's idempotency key identifies it.
+ */
+static void
+action_webhook(RequestInfo *r, Jsonb *body)
+{
+	char	   *channel = scalar_text(cg_jsonb_member(&body->root, "channel"));
+	JsonbValue *extra = cg_jsonb_member(&body->root, "body");
+	const CgPrincipal *actor = cg_current_principal();
+	Jsonb	   *row;
+	StringInfoData doc;
+
+	/* the row as the decision left it: see this transaction's earlier "set" */
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
+	row = current_row(r);
+	PopActiveSnapshot();
+
+	initStringInfo(&doc);
+	appendStringInfo(&doc, "{\"request\": " INT64_FORMAT ", \"process\": ", r->id);
+	escape_json(&doc, r->process);
+	appendStringInfoString(&doc, ", \"state\": ");
+	escape_json(&doc, r->state);
+	appendStringInfoString(&doc, ", \"target\": ");
+	escape_json(&doc, qualified_name(r->relid));
+	appendStringInfoString(&doc, ", \"row_key\": ");
+	escape_json(&doc, r->key);
+	appendStringInfoString(&doc, ", \"acted_by\": ");
+	if (actor != NULL)
+		escape_json(&doc, actor->name);
+	else
+		appendStringInfoString(&doc, "null");
+	appendStringInfoString(&doc, ", \"at\": ");
+	escape_json(&doc, timestamptz_to_str(GetCurrentTransactionStartTimestamp()));
+	appendStringInfo(&doc, ", \"row\": %s, \"body\": ",
+					 row ? JsonbToCString(NULL, &row->root, VARSIZE(row)) : "null");
+	if (extra != NULL)
+	{
+		Jsonb	   *j = JsonbValueToJsonb(extra);
+
+		appendStringInfoString(&doc, JsonbToCString(NULL, &j->root, VARSIZE(j)));
+	}
+	else
+		appendStringInfoString(&doc, "null");
+	appendStringInfoChar(&doc, '}');
+	(void) cg_outbox_put(channel, channel,
+						 psprintf("Approval request " INT64_FORMAT " %s", r->id, r->state), doc.data);
+}
+
 static void
 action_task(RequestInfo *r, Jsonb *body, Jsonb **row)
 {
@@ -1222,6 +1274,8 @@ crmguard_approval_run_actions(PG_FUNCTION_ARGS)
 				action_notify(r, object, &row);
 			else if (strcmp(kind, "task") == 0)
 				action_task(r, object, &row);
+			else if (strcmp(kind, "webhook") == 0)
+				action_webhook(r, object);
 			else
 				elog(ERROR, "unknown approval action \"%s\"", kind);
 		}

@@ -108,6 +108,7 @@ _PG_init(void)
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
 	cg_jwt_init();
+	cg_outbox_init();
 	MarkGUCPrefixReserved("crmguard");
 
 	cg_preloaded = true;

@@ -143,6 +143,7 @@ extern void cg_enqueue_audit(const char *data, int len, const char *action,
 							 int64 principal, const char *role, TimestampTz at);
 
 /* outbox.c: the one outbox */
+extern void cg_outbox_init(void);
 extern int64 cg_outbox_put(const char *channel, const char *recipient,
 						   const char *subject, const char *body);
 extern int64 cg_outbox_put_expiring(const char *channel, const char *recipient,

@@ -10,11 +10,63 @@
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 
 #include "crmguard.h"
 
 static SPIPlanPtr put_plan = NULL;
+
+/* Retry policy read by crmguard.mark_sent (SQL) */
+static int	outbox_max_attempts = 8;
+static int	outbox_retry_delay = 30000;
+
+void
+cg_outbox_init(void)
+{
+	DefineCustomIntVariable("crmguard.outbox_max_attempts",
+							"Delivery attempts of an outbox message before it is dead.",
+							NULL,
+							&outbox_max_attempts,
+							8, 1, 1000,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("crmguard.outbox_retry_delay",
+							"Delay before the second attempt of a failed outbox message.",
+							"Each further attempt waits twice as long (at most an hour), less a random part of up to half.",
+							&outbox_retry_delay,
+							30000, 10, 3600 * 1000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
+
+/*
+ * The lease of this session's claims that name none: random, made on first
+ * use, so that a sender which claims and reports in one session need not
+ * carry a token.  Senders that may reconnect (crmguard-relay) pass their own.
+ */
+PG_FUNCTION_INFO_V1(crmguard_outbox_session_lease);
+Datum
+crmguard_outbox_session_lease(PG_FUNCTION_ARGS)
+{
+	static pg_uuid_t lease;
+	static bool made = false;
+	pg_uuid_t  *result = palloc(sizeof(pg_uuid_t));
+
+	if (!made)
+	{
+		if (!pg_strong_random(lease.data, UUID_LEN))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random lease")));
+		lease.data[6] = (lease.data[6] & 0x0f) | 0x40;	/* version 4 */
+		lease.data[8] = (lease.data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+		made = true;
+	}
+	memcpy(result, &lease, sizeof(pg_uuid_t));
+	PG_RETURN_UUID_P(result);
+}
 
 /* Queue a message in the current transaction and wake the senders */
 int64

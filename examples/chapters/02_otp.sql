@@ -5,11 +5,11 @@
 \echo '== Chapter 2: OTP-gated status changes'
 \echo
 \echo 'Reps have been marking deliveries "Delivered" without being there. The DBA adds'
-\echo 'the rule "Delivery Confirmation OTP": 5-digit numeric code, valid 5 minutes, by SMS,'
-\echo 'whenever a delivery note changes to "Delivered":'
+\echo 'the rule "Delivery Confirmation OTP": 5-digit numeric code, valid 5 minutes, sent'
+\echo 'by e-mail to the customer on record, whenever a delivery note changes to "Delivered":'
 SELECT crmguard.create_otp_rule('Delivery Confirmation OTP', 'crm.delivery_note',
                                 status_column => 'status', to_values => '{Delivered}',
-                                recipient_column => 'contact_phone', channel => 'sms',
+                                recipient_column => 'contact_email', channel => 'email',
                                 code_type => 'numeric', code_length => 5,
                                 valid_for => '5 minutes') AS rule_id;
 
@@ -23,18 +23,22 @@ RESET ROLE;
 
 \echo
 \echo 'The change was refused, yet the customer got the code: the background worker'
-\echo 'queued the SMS in its own transaction. The SMS gateway claims it from the outbox:'
+\echo 'queued the e-mail in its own transaction, and crmguard-relay (LISTEN crmguard_outbox)'
+\echo 'delivered it to the mail server at once. In the customer''s inbox:'
+\! bash mailbox.sh show 'Delivery Confirmation OTP'
+\set code `bash mailbox.sh code 'Delivery Confirmation OTP'`
+\echo
+\echo 'The outbox as the DBA sees it: sent, its body (the code) erased, one idempotency key'
+\echo 'per message (the e-mail''s Message-ID):'
 DO $$
 BEGIN
-    FOR i IN 1..100 LOOP
-        EXIT WHEN EXISTS (SELECT 1 FROM crmguard.outbox WHERE subject = 'Delivery Confirmation OTP');
+    FOR i IN 1..100 LOOP   -- the relay reports right after the mail server's answer
+        EXIT WHEN EXISTS (SELECT 1 FROM crmguard.outbox WHERE subject = 'Delivery Confirmation OTP' AND state = 'sent');
         PERFORM pg_sleep(0.05);
     END LOOP;
 END $$;
-SELECT id, channel, recipient, body FROM crmguard.claim_outbox('sms', 10) \gset sms_
-\echo '   to' :'sms_recipient' '->' :'sms_body'
-SELECT substring(:'sms_body' FROM 'code is ([0-9]+)') AS code \gset
-SELECT crmguard.mark_sent(:sms_id);
+SELECT id, channel, recipient, state, attempts, body IS NULL AS body_erased, idempotency_key
+  FROM crmguard.outbox WHERE subject = 'Delivery Confirmation OTP';
 SELECT max(id) AS challenge FROM crmguard.otp_challenge_state \gset
 
 \echo
@@ -87,7 +91,8 @@ BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '11111'); ROLLBACK;
 BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '22222'); ROLLBACK;
 BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '33333'); ROLLBACK;
 RESET ROLE;
-SELECT substring(body FROM 'code is ([0-9]+)') AS right_code FROM crmguard.outbox ORDER BY id DESC LIMIT 1 \gset
+\echo 'The customer''s second e-mail holds the right code:'
+\set right_code `bash mailbox.sh code 'Delivery Confirmation OTP' 2`
 SET ROLE crm_remo;
 SELECT crmguard.verify_otp(:locked_challenge, :'right_code');
 RESET ROLE;

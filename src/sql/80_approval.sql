@@ -230,7 +230,7 @@ BEGIN
     FOR a IN SELECT pg_catalog.jsonb_array_elements(actions) LOOP
         IF pg_catalog.jsonb_typeof(a) IS DISTINCT FROM 'object'
            OR (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(a)) OPERATOR(pg_catalog.<>) 1 THEN
-            PERFORM crmguard.approval_invalid(what || ': each action is an object with one key (set, notify, task or call)');
+            PERFORM crmguard.approval_invalid(what || ': each action is an object with one key (set, notify, task, call or webhook)');
         END IF;
         kind := (SELECT pg_catalog.jsonb_object_keys(a));
         body := a OPERATOR(pg_catalog.->) kind;
@@ -271,6 +271,13 @@ BEGIN
             END IF;
             IF COALESCE(body OPERATOR(pg_catalog.->>) 'assign_to', 'submitter') NOT IN ('submitter', 'approvers') THEN
                 PERFORM crmguard.approval_principal_column(target, body OPERATOR(pg_catalog.->) 'assign_to', what || ' task assign_to');
+            END IF;
+        WHEN 'webhook' THEN
+            IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'object'
+               OR pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'channel') IS DISTINCT FROM 'string'
+               OR body OPERATOR(pg_catalog.->>) 'channel' OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_.-]+$'
+               OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(body) x WHERE x NOT IN ('channel', 'body')) THEN
+                PERFORM crmguard.approval_invalid(what || ': "webhook" takes a channel (the name of a relay http channel: letters, digits, _ . -) and a body');
             END IF;
         WHEN 'call' THEN
             IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'string' THEN

@@ -46,3 +46,6 @@ GRANT EXECUTE ON FUNCTION crmguard.enroll_device(text, text, bytea), crmguard.de
       crmguard.require_attested() TO PUBLIC;
 -- activity: each caller sees its scope (an admin everyone, a manager its team)
 GRANT EXECUTE ON FUNCTION crmguard.activity(timestamptz, timestamptz), crmguard.inactive(interval) TO PUBLIC;
+-- a sender (crmguard-relay) claims and reports outbox messages, nothing else
+GRANT EXECUTE ON FUNCTION crmguard.claim_outbox(text, integer, uuid, interval),
+      crmguard.mark_sent(bigint, text, uuid), crmguard.release_outbox(bigint, uuid) TO crmguard_relay;
