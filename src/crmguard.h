@@ -76,6 +76,8 @@ typedef enum CgKeyPurpose
 
 extern void cg_subkey(CgKeyPurpose purpose, unsigned char *out);
 extern void cg_crypto_init(void);
+extern void cg_put_uint(unsigned char *p, uint64 v, int bytes);
+extern uint64 cg_get_uint(const unsigned char *p, int bytes);
 
 /* principal.c: who is acting */
 typedef struct CgPrincipal

@@ -150,3 +150,27 @@ cg_subkey(CgKeyPurpose purpose, unsigned char *out)
 	crypto_kdf_derive_from_key(out, CG_KEY_BYTES, (uint64_t) purpose,
 							   "crmguard", server_key_bytes());
 }
+
+/* Big-endian integers in signed and MAC'd byte strings (tokens, device challenges) */
+void
+cg_put_uint(unsigned char *p, uint64 v, int bytes)
+{
+	int			i;
+
+	for (i = bytes - 1; i >= 0; i--)
+	{
+		p[i] = (unsigned char) (v & 0xff);
+		v >>= 8;
+	}
+}
+
+uint64
+cg_get_uint(const unsigned char *p, int bytes)
+{
+	uint64		v = 0;
+	int			i;
+
+	for (i = 0; i < bytes; i++)
+		v = (v << 8) | p[i];
+	return v;
+}

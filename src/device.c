@@ -125,29 +125,6 @@ cg_device_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-static void
-put_uint(unsigned char *p, uint64 v, int bytes)
-{
-	int			i;
-
-	for (i = bytes - 1; i >= 0; i--)
-	{
-		p[i] = (unsigned char) (v & 0xff);
-		v >>= 8;
-	}
-}
-
-static uint64
-get_uint(const unsigned char *p, int bytes)
-{
-	uint64		v = 0;
-	int			i;
-
-	for (i = 0; i < bytes; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
 static bytea *
 make_bytea(const unsigned char *bytes, int len)
 {
@@ -372,10 +349,10 @@ new_challenge(int64 principal)
 
 	memcpy(bytes, CHALLENGE_MAGIC, 4);
 	bytes[4] = 1;
-	put_uint(bytes + 5, GetSystemIdentifier(), 8);
-	put_uint(bytes + 13, MyDatabaseId, 4);
-	put_uint(bytes + 17, (uint64) principal, 8);
-	put_uint(bytes + 25, (uint64) expires_at, 8);
+	cg_put_uint(bytes + 5, GetSystemIdentifier(), 8);
+	cg_put_uint(bytes + 13, MyDatabaseId, 4);
+	cg_put_uint(bytes + 17, (uint64) principal, 8);
+	cg_put_uint(bytes + 25, (uint64) expires_at, 8);
 	randombytes_buf(bytes + CHALLENGE_HEADER_BYTES, CHALLENGE_NONCE_BYTES);
 	cg_subkey(CG_KEY_DEVICE, key);
 	crypto_auth(bytes + CHALLENGE_SIGNED_BYTES, bytes, CHALLENGE_SIGNED_BYTES, key);
@@ -440,10 +417,10 @@ challenge_sound(const unsigned char *bytes, int64 principal)
 								CHALLENGE_SIGNED_BYTES, key);
 	sodium_memzero(key, sizeof(key));
 	return mac_ok == 0 && memcmp(bytes, CHALLENGE_MAGIC, 4) == 0 && bytes[4] == 1 &&
-		get_uint(bytes + 5, 8) == GetSystemIdentifier() &&
-		get_uint(bytes + 13, 4) == MyDatabaseId &&
-		(int64) get_uint(bytes + 17, 8) == principal &&
-		(TimestampTz) get_uint(bytes + 25, 8) > GetCurrentTimestamp();
+		cg_get_uint(bytes + 5, 8) == GetSystemIdentifier() &&
+		cg_get_uint(bytes + 13, 4) == MyDatabaseId &&
+		(int64) cg_get_uint(bytes + 17, 8) == principal &&
+		(TimestampTz) cg_get_uint(bytes + 25, 8) > GetCurrentTimestamp();
 }
 
 /*

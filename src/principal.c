@@ -853,29 +853,6 @@ cg_assume_end(void)
 	end_assumptions("assume(NULL)");
 }
 
-static void
-put_uint(unsigned char *p, uint64 v, int bytes)
-{
-	int			i;
-
-	for (i = bytes - 1; i >= 0; i--)
-	{
-		p[i] = (unsigned char) (v & 0xff);
-		v >>= 8;
-	}
-}
-
-static uint64
-get_uint(const unsigned char *p, int bytes)
-{
-	uint64		v = 0;
-	int			i;
-
-	for (i = 0; i < bytes; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
-
 PG_FUNCTION_INFO_V1(crmguard_issue_token);
 Datum
 crmguard_issue_token(PG_FUNCTION_ARGS)
@@ -937,11 +914,11 @@ crmguard_issue_token(PG_FUNCTION_ARGS)
 				 errhint("Sign crmguard.device_challenge('%s') with the principal's device and pass the device and signature to crmguard.issue_token.", name)));
 
 	token[0] = device ? 2 : 1;
-	put_uint(token + 1, MyDatabaseId, 4);
-	put_uint(token + 5, (uint64) id, 8);
-	put_uint(token + 13, (uint64) expires_at, 8);
+	cg_put_uint(token + 1, MyDatabaseId, 4);
+	cg_put_uint(token + 5, (uint64) id, 8);
+	cg_put_uint(token + 13, (uint64) expires_at, 8);
 	if (device)
-		put_uint(token + TOKEN_PAYLOAD_BYTES, (uint64) device, 8);
+		cg_put_uint(token + TOKEN_PAYLOAD_BYTES, (uint64) device, 8);
 	payload = device ? TOKEN2_PAYLOAD_BYTES : TOKEN_PAYLOAD_BYTES;
 	cg_subkey(CG_KEY_TOKEN, key);
 	crypto_auth(token + payload, token, payload, key);
@@ -1012,11 +989,11 @@ crmguard_assume(PG_FUNCTION_ARGS)
 	sodium_memzero(key, sizeof(key));
 	if (mac_ok != 0)
 		cg_refuse_token("bad signature");
-	if (get_uint(token + 1, 4) != MyDatabaseId)
+	if (cg_get_uint(token + 1, 4) != MyDatabaseId)
 		cg_refuse_token("other database");
 
-	id = (int64) get_uint(token + 5, 8);
-	expires_at = (TimestampTz) get_uint(token + 13, 8);
+	id = (int64) cg_get_uint(token + 5, 8);
+	expires_at = (TimestampTz) cg_get_uint(token + 13, 8);
 	if (GetCurrentTimestamp() >= expires_at)
 		cg_refuse_token("expired");
 
@@ -1024,7 +1001,7 @@ crmguard_assume(PG_FUNCTION_ARGS)
 	if (entry == NULL || !entry->p.active)
 		cg_refuse_token("principal inactive or missing");
 	if (token[0] == 2)
-		device = (int64) get_uint(token + TOKEN_PAYLOAD_BYTES, 8);
+		device = (int64) cg_get_uint(token + TOKEN_PAYLOAD_BYTES, 8);
 
 	/* is_local NULL: the narrower scope */
 	assume_principal(id, expires_at, PG_ARGISNULL(1) || PG_GETARG_BOOL(1), "token", device);
