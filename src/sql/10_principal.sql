@@ -126,3 +126,9 @@ END
 $$;
 COMMENT ON FUNCTION crmguard.add_principal(text, text[], text, jsonb, name, boolean) IS 'create a principal; the manager is named and must exist';
 
+COMMENT ON FUNCTION crmguard.has_role(text) IS 'does the acting principal hold this CRM role? (false for nobody)';
+COMMENT ON FUNCTION crmguard.attr(text) IS 'an attribute of the acting principal as text, or NULL';
+COMMENT ON FUNCTION crmguard.team() IS 'the acting principal and everyone below it in the manager tree (NULL for nobody)';
+COMMENT ON FUNCTION crmguard.in_team_support(internal) IS 'internal: planner support for in_team (an index condition owner = ANY(team))';
+COMMENT ON FUNCTION crmguard.principal_changed() IS 'internal: trigger on crmguard.principal; refuses manager cycles and tells every backend to reload principals';
+COMMENT ON FUNCTION crmguard.rules_changed() IS 'internal: statement trigger on each rule table; tells every backend to reload its cached rules at commit';

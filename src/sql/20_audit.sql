@@ -41,3 +41,4 @@ CREATE FUNCTION crmguard.verify_audit(OUT ok boolean, OUT first_bad bigint)
     AS 'MODULE_PATHNAME', 'crmguard_verify_audit';
 COMMENT ON FUNCTION crmguard.verify_audit() IS 'recompute the audit chain; first_bad is the first altered, inserted or deleted-after row';
 
+COMMENT ON FUNCTION crmguard.audit_append_only() IS 'internal: trigger keeping crmguard.audit append-only for everyone but a superuser';

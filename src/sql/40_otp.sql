@@ -133,3 +133,7 @@ CREATE FUNCTION crmguard.verify_otp(challenge bigint, code text) RETURNS boolean
     AS 'MODULE_PATHNAME', 'crmguard_verify_otp';
 COMMENT ON FUNCTION crmguard.verify_otp(bigint, text) IS 'verify a code; the change it allows must follow in the same transaction';
 
+COMMENT ON FUNCTION crmguard.drop_otp_rule(text) IS 'drop an OTP rule and, with the last rule of its table, its guards';
+COMMENT ON FUNCTION crmguard.otp_attempts(bigint) IS 'internal: failed attempts and lock state of a challenge, from shared memory';
+COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table';
+COMMENT ON FUNCTION crmguard.otp_recipient_watch() IS 'internal: notes when an OTP-guarded row''s recipient is set or changed (recipient_cooldown)';

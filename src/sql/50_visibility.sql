@@ -57,3 +57,4 @@ CREATE FUNCTION crmguard.why_visible(target regclass, row_key text, principal te
     AS 'MODULE_PATHNAME', 'crmguard_why_visible';
 COMMENT ON FUNCTION crmguard.why_visible(regclass, text, text) IS 'for a row you can see: which rules grant it to the principal, and why';
 
+COMMENT ON FUNCTION crmguard.unexpose(text) IS 'drop a visibility rule; a table with no rule left is no longer guarded';

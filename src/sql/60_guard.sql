@@ -17,3 +17,5 @@ CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
 -- a guard switched off there is still refused or audited
 ALTER EVENT TRIGGER crmguard_guard_alter ENABLE ALWAYS;
 ALTER EVENT TRIGGER crmguard_guard_drop ENABLE ALWAYS;
+
+COMMENT ON FUNCTION crmguard.guard_ddl() IS 'internal: event trigger refusing (or, for a superuser, auditing) DDL that would remove or sidestep a guard';

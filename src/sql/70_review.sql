@@ -254,3 +254,13 @@ COMMENT ON FUNCTION crmguard.resubmit_draft(bigint, jsonb) IS 'send a rejected d
 CREATE FUNCTION crmguard.draft_match_keys(target regclass, row_data jsonb) RETURNS text[]
     LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_draft_match_keys';
+
+COMMENT ON FUNCTION crmguard.disable_review(regclass) IS 'switch draft review off for a table; pending drafts stay in crmguard.draft';
+COMMENT ON FUNCTION crmguard.draft_duplicates(bigint) IS 'for a reviewer: pending drafts and table rows that share a match key with the draft';
+COMMENT ON FUNCTION crmguard.draft_for_step(bigint, boolean, text) IS 'internal: a pending draft, locked, for a step by a reviewer (or its submitter)';
+COMMENT ON FUNCTION crmguard.check_draft_fields(regclass, jsonb, text) IS 'internal: the keys of a jsonb object must be columns of the table';
+COMMENT ON FUNCTION crmguard.draft_match_keys(regclass, jsonb) IS 'internal: the normalised match keys of a draft''s row';
+COMMENT ON FUNCTION crmguard.is_reviewer(regclass) IS 'does the acting principal review this table''s drafts?';
+COMMENT ON FUNCTION crmguard.normalize_match(text) IS 'a value as duplicate detection compares it: case, spaces and phone punctuation folded';
+COMMENT ON FUNCTION crmguard.review_guard() IS 'internal: the review guard, a BEFORE INSERT row trigger keeping inserts as drafts';
+COMMENT ON TABLE crmguard.draft_history IS 'every step of every draft: submitted, commented, corrected, rejected, approved';
