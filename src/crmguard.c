@@ -10,6 +10,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_namespace.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -326,4 +327,25 @@ crmguard_rules_changed(PG_FUNCTION_ARGS)
 		elog(ERROR, "crmguard_rules_changed: must be fired as a statement trigger");
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * Does a query on crmguard's own catalogs (never a user table) return a
+ * row?  Run as the extension's owner, seeing this transaction's changes.
+ */
+bool
+cg_catalog_has_row(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	CgPrivilegedContext priv;
+	bool		found;
+
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard's catalogs");
+	found = SPI_processed > 0;
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return found;
 }

@@ -48,6 +48,7 @@ typedef struct CgCatalog
 } CgCatalog;
 
 extern const CgCatalog *cg_catalog(void);
+extern bool cg_catalog_has_row(const char *sql, int nargs, Oid *types, Datum *values);
 extern void cg_register_relcache_callback(RelcacheCallbackFunction function, Datum arg);
 
 typedef struct CgPrivilegedContext

@@ -739,22 +739,12 @@ remember_issued(const OtpRule *rule, int64 id, int64 principal, const char *row_
 static bool
 challenge_exists(int64 id)
 {
-	CgPrivilegedContext priv;
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
-	bool		exists;
 
 	values[0] = Int64GetDatum(id);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_challenge_state WHERE id OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read OTP challenges");
-	exists = SPI_processed > 0;
-	SPI_finish();
-	cg_leave_owner(&priv);
-	return exists;
+	return cg_catalog_has_row("SELECT 1 FROM crmguard.otp_challenge_state WHERE id OPERATOR(pg_catalog.=) $1",
+							  1, types, values);
 }
 
 /*
@@ -853,10 +843,8 @@ consume(Verified *v, const OtpRule *rule, Relation rel)
 static bool
 recipient_changed_recently(Oid relid, const OtpRule *rule, const char *row_key)
 {
-	CgPrivilegedContext priv;
 	Oid			types[3] = {OIDOID, TEXTOID, INTERVALOID};
 	Datum		values[3];
-	bool		changed;
 
 	if (rule->recipient_cooldown.time == 0 && rule->recipient_cooldown.day == 0 &&
 		rule->recipient_cooldown.month == 0)
@@ -864,20 +852,12 @@ recipient_changed_recently(Oid relid, const OtpRule *rule, const char *row_key)
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(row_key);
 	values[2] = IntervalPGetDatum(&rule->recipient_cooldown);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT 1 FROM crmguard.otp_recipient_change"
+	return cg_catalog_has_row("SELECT 1 FROM crmguard.otp_recipient_change"
 							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
 							  " AND row_key OPERATOR(pg_catalog.=) $2"
 							  " AND changed_at OPERATOR(pg_catalog.>)"
 							  " (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $3)",
-							  3, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.otp_recipient_change");
-	changed = SPI_processed > 0;
-	SPI_finish();
-	cg_leave_owner(&priv);
-	return changed;
+							  3, types, values);
 }
 
 static char *
