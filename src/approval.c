@@ -1,20 +1,21 @@
 /*
  * approval.c
  *		Approval workflows: the lock on a row while its request is pending,
- *		automatic submission of rows that enter a process's criteria, and the
- *		actions after a decision.
+ *		automatic submission of rows that enter a process's criteria, the
+ *		actions after a decision, and process definitions.
  *
- * The steps of a request (approve, reject, recall, delegate, timeouts) are
- * SQL in 80_approval.sql; this file holds what runs on every row of a table
- * with processes, and what must run as somebody else: the submission that
- * reads the row as the caller, and "set" and "call" actions, which run as
- * the role that defined the process, never as the extension's owner.
+ * Submission and decisions (approve, reject, recall, the steps) are in
+ * approval_engine.c; delegation and timeouts are SQL in 80_approval.sql.
+ * This file holds what runs on every row of a table with processes, and
+ * what must run as somebody else: the submission that reads the row as the
+ * caller, and "set" and "call" actions, which run as the role that defined
+ * the process, never as the extension's owner.
  *
  * Every backend caches, for each table with processes, its current
- * processes in order and the keys of its rows with a pending request.  Any
- * change of crmguard.approval_process or crmguard.approval_request_state
- * invalidates the cache at commit.  The lock trigger processes invalidations
- * before it looks: a transaction that waited for the submitter's row lock
+ * processes in order and what it knows of its rows' pending requests (see
+ * "Cache" below: a request that starts or ends moves a clock in shared
+ * memory for its key only).  The lock reads the clock of the row's key
+ * before it answers: a transaction that waited for the submitter's row lock
  * sees the request the submitter committed.
  */
 #include "postgres.h"
@@ -24,6 +25,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -31,7 +33,11 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "parser/parsetree.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -47,6 +53,7 @@
 #include "utils/snapmgr.h"
 
 #include "crmguard.h"
+#include "approval.h"
 
 #define LOCK_GUARD		CG_APPROVAL_LOCK_GUARD
 #define TRUNCATE_GUARD	CG_APPROVAL_TRUNCATE_GUARD
@@ -55,6 +62,15 @@
 
 /* ---------------------------------------------------------------------------
  * Cache
+ *
+ * Processes: per table, loaded again when crmguard.approval_process or the
+ * table changes.  Pending rows: per table, the keys read once (a scan of the
+ * pending requests' index, whatever the history), then kept current key by
+ * key.  Shared memory holds a clock per bucket of keys: a transaction that
+ * starts or ends requests moves the clocks of their keys' buckets when it
+ * commits (after its commit is visible, before its locks go), and a backend
+ * asks the request table again only for a key whose bucket moved since it
+ * last looked.  Nothing else is read again, and no other backend is told.
  * ---------------------------------------------------------------------------
  */
 typedef struct Process
@@ -73,37 +89,212 @@ typedef struct PendingRow
 	char	  **editable;
 } PendingRow;
 
+/* What this backend knows of one key: its pending row (or none) as of a clock */
+typedef struct KeyState
+{
+	PendingRow *row;			/* NULL: no pending request */
+	uint64		checked;		/* bucket clock read before the request table was */
+} KeyState;
+
+typedef struct TextKeyEntry
+{
+	char		key[NAMEDATALEN * 2];	/* truncated key; the states have the full one */
+	List	   *states;			/* of KeyState, with row or full key */
+} TextKeyEntry;
+
+typedef struct TextKeyState
+{
+	KeyState	s;
+	char	   *key;
+} TextKeyState;
+
+typedef struct IntKeyEntry
+{
+	int64		key;
+	KeyState	s;
+} IntKeyEntry;
+
 typedef struct ApprovalTable
 {
 	Oid			relid;			/* hash key */
 	int			nprocesses;
 	Process    *processes;		/* current ones, in their order */
-	List	   *pending;		/* of PendingRow */
-	HTAB	   *pending_keys;	/* text key -> PendingRows, when any */
-	HTAB	   *pending_ints;	/* integer key -> PendingRow, for integer keys */
+	bool		loaded;			/* pending keys read */
+	uint64		loaded_at;		/* the clock when they were read */
+	int			rechecked;		/* keys asked for since */
+	MemoryContext keys_context;
+	HTAB	   *text_keys;		/* text key -> TextKeyEntry */
+	HTAB	   *int_keys;		/* integer key -> IntKeyEntry */
 } ApprovalTable;
 
-typedef struct PendingInt
-{
-	int64		key;
-	PendingRow *row;
-} PendingInt;
+#define PENDING_BUCKETS		16384
+#define MAX_RECHECKED		1024	/* then read the table's pending keys again */
+#define MAX_TOUCHED			256		/* then a commit moves every clock */
 
-typedef struct PendingKey
+typedef struct PendingClocks
 {
-	char		key[NAMEDATALEN * 2];	/* truncated key; the entry has the full one */
-	List	   *rows;
-} PendingKey;
+	pg_atomic_uint64 clock;
+	pg_atomic_uint64 bucket[PENDING_BUCKETS];
+} PendingClocks;
+
+static PendingClocks *clocks = NULL;
+
+/* buckets whose requests this transaction started or ended */
+static uint32 touched[MAX_TOUCHED];
+static int	ntouched = 0;
+static bool touched_all = false;
 
 static HTAB *tables = NULL;
 static MemoryContext cache_context = NULL;
 static bool cache_valid = false;
+static bool loaded_in_recovery = false;
 static Oid	process_rel = InvalidOid;
 static Oid	signal_rel = InvalidOid;
 
 /* the one row a "set" action may change while its request is pending */
 static Oid	bypass_relid = InvalidOid;
 static char *bypass_key = NULL;
+
+void
+cg_approval_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(PendingClocks)));
+}
+
+void
+cg_approval_shmem_startup(void)
+{
+	bool		found;
+	int			i;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	clocks = ShmemInitStruct("crmguard approval clocks", sizeof(PendingClocks), &found);
+	if (!found)
+	{
+		pg_atomic_init_u64(&clocks->clock, 0);
+		for (i = 0; i < PENDING_BUCKETS; i++)
+			pg_atomic_init_u64(&clocks->bucket[i], 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* The bucket of a row's key: an integer key by its value, any other by its text */
+static uint32
+int_bucket(Oid relid, int64 key)
+{
+	uint32		h = hash_bytes_uint32((uint32) key) ^ hash_bytes_uint32((uint32) (key >> 32));
+
+	h = hash_combine(h, hash_bytes_uint32(relid));
+	return hash_combine(h, hash_bytes_uint32(MyDatabaseId)) % PENDING_BUCKETS;
+}
+
+static bool
+key_as_int(const char *key, int64 *value)
+{
+	char	   *end;
+	char		again[32];
+
+	errno = 0;
+	*value = strtoi64(key, &end, 10);
+	if (errno != 0 || end == key || *end != '\0')
+		return false;
+	snprintf(again, sizeof(again), INT64_FORMAT, *value);
+	return strcmp(again, key) == 0;
+}
+
+static uint32
+text_bucket(Oid relid, const char *key)
+{
+	int64		v;
+	uint32		h;
+
+	if (key_as_int(key, &v))
+		return int_bucket(relid, v);
+	h = hash_bytes((const unsigned char *) key, strlen(key));
+	h = hash_combine(h, hash_bytes_uint32(relid));
+	return hash_combine(h, hash_bytes_uint32(MyDatabaseId)) % PENDING_BUCKETS;
+}
+
+static bool
+touched_here(uint32 bucket)
+{
+	int			i;
+
+	if (touched_all)
+		return true;
+	for (i = 0; i < ntouched; i++)
+		if (touched[i] == bucket)
+			return true;
+	return false;
+}
+
+/* Move a bucket's clock forward, never back */
+static void
+advance(uint32 bucket, uint64 now)
+{
+	uint64		seen = pg_atomic_read_u64(&clocks->bucket[bucket]);
+
+	while (seen < now && !pg_atomic_compare_exchange_u64(&clocks->bucket[bucket], &seen, now))
+		;
+}
+
+/*
+ * At commit (visible to new snapshots already, row locks still held), the
+ * clocks of the keys this transaction changed move: a backend that waited
+ * for one of these rows sees it moved and reads the key again.
+ */
+static void
+pending_xact_callback(XactEvent event, void *arg)
+{
+	int			i;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (ntouched > 0 || touched_all)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that started or ended approval requests")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (clocks != NULL && (ntouched > 0 || touched_all))
+			{
+				uint64		now = pg_atomic_add_fetch_u64(&clocks->clock, 1);
+
+				if (touched_all)
+					for (i = 0; i < PENDING_BUCKETS; i++)
+						advance(i, now);
+				else
+					for (i = 0; i < ntouched; i++)
+						advance(touched[i], now);
+			}
+			ntouched = 0;
+			touched_all = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			ntouched = 0;
+			touched_all = false;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+touch(Oid relid, const char *key)
+{
+	uint32		b = text_bucket(relid, key);
+
+	if (touched_here(b))
+		return;
+	if (ntouched < MAX_TOUCHED)
+		touched[ntouched++] = b;
+	else
+		touched_all = true;
+}
 
 static void
 cache_callback(Datum arg, Oid relid)
@@ -123,9 +314,10 @@ table_entry(Oid relid)
 	{
 		t->nprocesses = 0;
 		t->processes = NULL;
-		t->pending = NIL;
-		t->pending_keys = NULL;
-		t->pending_ints = NULL;
+		t->loaded = false;
+		t->keys_context = NULL;
+		t->text_keys = NULL;
+		t->int_keys = NULL;
 	}
 	return t;
 }
@@ -158,23 +350,68 @@ contains(char **list, int n, const char *s)
 	return false;
 }
 
-/* Read processes and pending rows with the latest snapshot, whatever the isolation */
-static void
-load_cache(void)
+/*
+ * crmguard's queries on its own catalogs run with fixed planner settings,
+ * not the session's: index look-ups whatever the statistics say (a request
+ * table just grown by thousands of rows, not yet analysed, must not be read
+ * whole), and no JIT.  Undone by cg_leave_owner.
+ */
+void
+cg_approval_planner_settings(void)
 {
-	CgPrivilegedContext priv;
-	HASHCTL		ctl;
-	MemoryContext old;
-	uint64		i;
-	SPITupleTable *procs;
-	uint64		nprocs;
+	static const char *const off[] = {"enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit"};
+	size_t		i;
 
+	for (i = 0; i < lengthof(off); i++)
+		(void) set_config_option(off[i], "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * A plan on crmguard's own catalogs, prepared once per backend; the caller
+ * acts as the extension's owner (with the settings above) and is connected
+ * to SPI.
+ */
+SPIPlanPtr
+cg_approval_plan(int slot, const char *sql, int nargs, Oid *types)
+{
+	static SPIPlanPtr plans[NUM_APPROVAL_PLANS];
+
+	if (plans[slot] == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the plan of \"%s\"", sql);
+		plans[slot] = plan;
+	}
+	return plans[slot];
+}
+
+static void
+ensure_cache_context(void)
+{
 	if (cache_context == NULL)
 	{
 		cache_context = AllocSetContextCreate(CacheMemoryContext, "crmguard approval cache",
 											  ALLOCSET_SMALL_SIZES);
 		CacheRegisterRelcacheCallback(cache_callback, (Datum) 0);
+		RegisterXactCallback(pending_xact_callback, NULL);
 	}
+}
+
+/* The current processes of every table, with the latest snapshot */
+static void
+load_processes(void)
+{
+	CgPrivilegedContext priv;
+	HASHCTL		ctl;
+	MemoryContext old;
+	uint64		i;
+
+	ensure_cache_context();
 	MemoryContextReset(cache_context);
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(ApprovalTable);
@@ -183,20 +420,22 @@ load_cache(void)
 	process_rel = get_relname_relid("approval_process", cg_catalog()->schema);
 	signal_rel = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
 	cache_valid = true;
+	loaded_in_recovery = RecoveryInProgress();
 
 	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute("SELECT target::pg_catalog.oid, id, entry_criteria, auto_submit FROM crmguard.approval_process"
-					" WHERE current ORDER BY target, position", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PROCESSES,
+										  "SELECT target::pg_catalog.oid, id, entry_criteria, auto_submit"
+										  " FROM crmguard.approval_process WHERE current ORDER BY target, position",
+										  0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard.approval_process");
-	procs = SPI_tuptable;
-	nprocs = SPI_processed;
-	for (i = 0; i < nprocs; i++)
+	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = procs->vals[i];
-		TupleDesc	desc = procs->tupdesc;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
 		Datum		criteria = SPI_getbinval(tup, desc, 3, &isnull);
@@ -217,74 +456,12 @@ load_cache(void)
 		p->on_update = contains(autos, nauto, "update");
 		MemoryContextSwitchTo(old);
 	}
-	if (SPI_execute("SELECT r.target::pg_catalog.oid, r.row_key, r.id, p.editable_columns::pg_catalog.text[]"
-					" FROM crmguard.approval_request_state r"
-					" JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-					" WHERE r.state OPERATOR(pg_catalog.=) 'pending'", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_request_state");
-	old = MemoryContextSwitchTo(cache_context);
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		ApprovalTable *t = table_entry(relid);
-		PendingRow *row = palloc(sizeof(PendingRow));
-		PendingKey *k;
-		char		truncated[NAMEDATALEN * 2];
-		bool		found;
-
-		row->key = SPI_getvalue(tup, desc, 2);
-		row->request = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		row->editable = text_array(SPI_getbinval(tup, desc, 4, &isnull), &row->nedit);
-		if (t->pending_keys == NULL)
-		{
-			HASHCTL		kctl;
-
-			kctl.keysize = sizeof(truncated);
-			kctl.entrysize = sizeof(PendingKey);
-			kctl.hcxt = cache_context;
-			t->pending_keys = hash_create("crmguard pending rows", 64, &kctl,
-										  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-		}
-		strlcpy(truncated, row->key, sizeof(truncated));
-		k = hash_search(t->pending_keys, truncated, HASH_ENTER, &found);
-		if (!found)
-			k->rows = NIL;
-		k->rows = lappend(k->rows, row);
-		t->pending = lappend(t->pending, row);
-		/* an integer key is also found by value, with no output function per row */
-		{
-			char	   *end;
-			int64		v;
-
-			errno = 0;
-			v = strtoi64(row->key, &end, 10);
-			if (errno == 0 && end != row->key && *end == '\0')
-			{
-				PendingInt *pi;
-
-				if (t->pending_ints == NULL)
-				{
-					HASHCTL		ictl;
-
-					ictl.keysize = sizeof(int64);
-					ictl.entrysize = sizeof(PendingInt);
-					ictl.hcxt = cache_context;
-					t->pending_ints = hash_create("crmguard pending integer keys", 64, &ictl,
-												  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-				}
-				pi = hash_search(t->pending_ints, &v, HASH_ENTER, NULL);
-				pi->row = row;
-			}
-		}
-	}
-	MemoryContextSwitchTo(old);
 	/* after a restart or a restore, the worker must watch the clocks again */
-	if (SPI_execute("SELECT 1 FROM crmguard.approval_request_state WHERE state OPERATOR(pg_catalog.=) 'pending'"
-					" AND step_timeout IS NOT NULL LIMIT 1", true, 1) == SPI_OK_SELECT && SPI_processed > 0 &&
-		!RecoveryInProgress())
+	if (SPI_execute_plan(cg_approval_plan(PLAN_ANY_PENDING,
+										  "SELECT 1 FROM crmguard.approval_request_state"
+										  " WHERE state OPERATOR(pg_catalog.=) 'pending' AND step_timeout IS NOT NULL LIMIT 1",
+										  0, NULL), NULL, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed > 0 && !RecoveryInProgress())
 		(void) cg_enqueue(CG_JOB_WAKE, "", 0);
 	PopActiveSnapshot();
 	SPI_finish();
@@ -294,32 +471,279 @@ load_cache(void)
 static ApprovalTable *
 table_of(Oid relid)
 {
+	bool		found;
+	ApprovalTable *t;
+
+	/* promoted: what was loaded while replaying saw no clock move */
+	if (loaded_in_recovery && !RecoveryInProgress())
+		cache_valid = false;
 	if (!cache_valid)
-		load_cache();
-	return hash_search(tables, &relid, HASH_FIND, NULL);
+		load_processes();
+	t = hash_search(tables, &relid, HASH_FIND, &found);
+	return t;
+}
+
+/* The table's entry for its pending rows, whether or not a process is current */
+static ApprovalTable *
+pending_table(Oid relid)
+{
+	ApprovalTable *t = table_of(relid);
+
+	if (t == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cache_context);
+
+		t = table_entry(relid);
+		MemoryContextSwitchTo(old);
+	}
+	return t;
 }
 
 static PendingRow *
-pending_row(ApprovalTable *t, const char *key)
+pending_row_from(HeapTuple tup, TupleDesc desc, const char *key)
 {
-	char		truncated[NAMEDATALEN * 2];
-	PendingKey *k;
-	ListCell   *lc;
+	bool		isnull;
+	PendingRow *row = palloc(sizeof(PendingRow));
 
-	if (t->pending_keys == NULL)
-		return NULL;
-	strlcpy(truncated, key, sizeof(truncated));
-	k = hash_search(t->pending_keys, truncated, HASH_FIND, NULL);
-	if (k == NULL)
-		return NULL;
-	foreach(lc, k->rows)
+	row->key = pstrdup(key);
+	row->request = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	row->editable = text_array(SPI_getbinval(tup, desc, 2, &isnull), &row->nedit);
+	return row;
+}
+
+/* Remember what a key is, as of a clock */
+static void
+remember(ApprovalTable *t, const char *key, bool is_int, int64 ikey, PendingRow *row, uint64 checked)
+{
+	MemoryContext old = MemoryContextSwitchTo(t->keys_context);
+
+	if (is_int)
 	{
-		PendingRow *row = (PendingRow *) lfirst(lc);
+		IntKeyEntry *e = hash_search(t->int_keys, &ikey, HASH_ENTER, NULL);
 
-		if (strcmp(row->key, key) == 0)
-			return row;
+		e->s.row = row;
+		e->s.checked = checked;
 	}
-	return NULL;
+	else
+	{
+		char		truncated[NAMEDATALEN * 2];
+		TextKeyEntry *e;
+		bool		found;
+		ListCell   *lc;
+		TextKeyState *s = NULL;
+
+		strlcpy(truncated, key, sizeof(truncated));
+		e = hash_search(t->text_keys, truncated, HASH_ENTER, &found);
+		if (!found)
+			e->states = NIL;
+		foreach(lc, e->states)
+			if (strcmp(((TextKeyState *) lfirst(lc))->key, key) == 0)
+				s = lfirst(lc);
+		if (s == NULL)
+		{
+			s = palloc(sizeof(TextKeyState));
+			s->key = pstrdup(key);
+			e->states = lappend(e->states, s);
+		}
+		s->s.row = row;
+		s->s.checked = checked;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Read a table's pending keys (the partial index of pending requests) */
+static void
+load_pending(ApprovalTable *t)
+{
+	CgPrivilegedContext priv;
+	HASHCTL		ctl;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	uint64		i;
+	MemoryContext old;
+
+	if (t->keys_context == NULL)
+		t->keys_context = AllocSetContextCreate(cache_context, "crmguard pending rows", ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(t->keys_context);
+	ctl.keysize = NAMEDATALEN * 2;
+	ctl.entrysize = sizeof(TextKeyEntry);
+	ctl.hcxt = t->keys_context;
+	t->text_keys = hash_create("crmguard pending keys", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(IntKeyEntry);
+	t->int_keys = hash_create("crmguard pending integer keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	t->rechecked = 0;
+	/* read before the table: a change committed meanwhile moves a clock past it */
+	t->loaded_at = pg_atomic_read_u64(&clocks->clock);
+	pg_memory_barrier();
+
+	values[0] = ObjectIdGetDatum(t->relid);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_OF_TABLE,
+										  "SELECT r.id, p.editable_columns::pg_catalog.text[], r.row_key"
+										  " FROM crmguard.approval_request_state r"
+										  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
+										  " WHERE r.target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+										  " AND r.state OPERATOR(pg_catalog.=) 'pending'",
+										  1, types), values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		int64		ikey;
+		bool		is_int = key_as_int(key, &ikey);
+		PendingRow *row;
+
+		old = MemoryContextSwitchTo(t->keys_context);
+		row = pending_row_from(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, key);
+		MemoryContextSwitchTo(old);
+		remember(t, key, is_int, ikey, row, t->loaded_at);
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+	t->loaded = true;
+}
+
+/* The pending request of one key, from the request table (latest snapshot) */
+static PendingRow *
+read_key(ApprovalTable *t, const char *key)
+{
+	CgPrivilegedContext priv;
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	PendingRow *row = NULL;
+
+	values[0] = ObjectIdGetDatum(t->relid);
+	values[1] = CStringGetTextDatum(key);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_KEY,
+										  "SELECT r.id, p.editable_columns::pg_catalog.text[]"
+										  " FROM crmguard.approval_request_state r"
+										  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
+										  " WHERE r.target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+										  " AND r.row_key OPERATOR(pg_catalog.=) $2"
+										  " AND r.state OPERATOR(pg_catalog.=) 'pending'",
+										  2, types), values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	if (SPI_processed == 1)
+	{
+		MemoryContext old = MemoryContextSwitchTo(t->keys_context);
+
+		row = pending_row_from(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, key);
+		MemoryContextSwitchTo(old);
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return row;
+}
+
+/*
+ * The pending request of the row with this key, if any: from what this
+ * backend knows, unless the key's bucket moved since (or this transaction
+ * changed requests there), then from the request table.
+ */
+static PendingRow *
+find_pending(ApprovalTable *t, Oid keytype, Datum value)
+{
+	bool		is_int = keytype == INT8OID || keytype == INT4OID || keytype == INT2OID;
+	int64		ikey = 0;
+	char	   *key = NULL;
+	uint32		bucket;
+	uint64		now;
+	KeyState   *known = NULL;
+	PendingRow *row;
+
+	if (!t->loaded || t->rechecked > MAX_RECHECKED)
+		load_pending(t);
+	if (is_int)
+	{
+		IntKeyEntry *e;
+
+		ikey = keytype == INT8OID ? DatumGetInt64(value) :
+			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
+		bucket = int_bucket(t->relid, ikey);
+		e = hash_search(t->int_keys, &ikey, HASH_FIND, NULL);
+		if (e != NULL)
+			known = &e->s;
+	}
+	else
+	{
+		Oid			out;
+		bool		varlena;
+		char		truncated[NAMEDATALEN * 2];
+		TextKeyEntry *e;
+		ListCell   *lc;
+
+		getTypeOutputInfo(keytype, &out, &varlena);
+		key = OidOutputFunctionCall(out, value);
+		bucket = text_bucket(t->relid, key);
+		strlcpy(truncated, key, sizeof(truncated));
+		e = hash_search(t->text_keys, truncated, HASH_FIND, NULL);
+		if (e != NULL)
+			foreach(lc, e->states)
+				if (strcmp(((TextKeyState *) lfirst(lc))->key, key) == 0)
+					known = &((TextKeyState *) lfirst(lc))->s;
+	}
+	now = pg_atomic_read_u64(&clocks->bucket[bucket]);
+	if (!touched_here(bucket))
+	{
+		if (known != NULL && now <= known->checked)
+			return known->row;
+		if (known == NULL && now <= t->loaded_at)
+			return NULL;
+	}
+	/* read before the request table, like the table's load */
+	pg_memory_barrier();
+	if (key == NULL)
+		key = psprintf(INT64_FORMAT, ikey);
+	row = read_key(t, key);
+	/* what this transaction changed is not known to others yet: ask again next time */
+	if (!touched_here(bucket))
+	{
+		remember(t, key, is_int, ikey, row, now);
+		t->rechecked++;
+	}
+	return row;
+}
+
+/* Any pending request on the table, from the request table */
+static int64
+any_pending(Oid relid)
+{
+	CgPrivilegedContext priv;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	int64		request = 0;
+	bool		isnull;
+
+	values[0] = ObjectIdGetDatum(relid);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_ROW,
+										  "SELECT id FROM crmguard.approval_request_state"
+										  " WHERE target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+										  " AND state OPERATOR(pg_catalog.=) 'pending' ORDER BY id LIMIT 1",
+										  1, types), values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	if (SPI_processed == 1)
+		request = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return request;
 }
 
 /* The text of a row's key column (the single-column primary key) */
@@ -354,33 +778,11 @@ key_attno(Relation rel)
  *
  * The lock is an AFTER row trigger whose WHEN clause asks
  * approval_row_pending(table, OLD.key): a row with no request costs one
- * function call and a hash probe, and no trigger event (a BEFORE trigger
- * would lock every row it is called for).  The error at the end of the
- * statement undoes the whole statement, as a BEFORE trigger's would.
+ * function call, a clock read and a hash probe, and no trigger event (a
+ * BEFORE trigger would lock every row it is called for).  The error at the
+ * end of the statement undoes the whole statement, as a BEFORE trigger's would.
  * ---------------------------------------------------------------------------
  */
-
-/* The pending request of a row, by the value of its key column */
-static PendingRow *
-find_pending(ApprovalTable *t, Oid keytype, Datum value)
-{
-	if (keytype == INT8OID || keytype == INT4OID || keytype == INT2OID)
-	{
-		int64		v = keytype == INT8OID ? DatumGetInt64(value) :
-			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
-		PendingInt *pi = t->pending_ints ? hash_search(t->pending_ints, &v, HASH_FIND, NULL) : NULL;
-
-		return pi ? pi->row : NULL;
-	}
-	else
-	{
-		Oid			out;
-		bool		varlena;
-
-		getTypeOutputInfo(keytype, &out, &varlena);
-		return pending_row(t, OidOutputFunctionCall(out, value));
-	}
-}
 
 typedef struct PendingCheck
 {
@@ -547,9 +949,7 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	/* a request committed while this statement waited for the row counts now */
 	AcceptInvalidationMessages();
-	t = table_of(relid);
-	if (t == NULL || t->pending == NIL)
-		PG_RETURN_BOOL(false);
+	t = pending_table(relid);
 	PG_RETURN_BOOL(find_pending(t, check->keytype, PG_GETARG_DATUM(1)) != NULL);
 }
 
@@ -576,9 +976,9 @@ crmguard_approval_lock(PG_FUNCTION_ARGS)
 	relid = RelationGetRelid(rel);
 	desc = RelationGetDescr(rel);
 	AcceptInvalidationMessages();
-	t = table_of(relid);
+	t = pending_table(relid);
 	keyatt = key_attno(rel);
-	if (t == NULL || t->pending == NIL || keyatt == InvalidAttrNumber)
+	if (keyatt == InvalidAttrNumber)
 		return PointerGetDatum(NULL);
 	keyvalue = heap_getattr(td->tg_trigtuple, keyatt, desc, &isnull);
 	if (isnull)
@@ -627,33 +1027,64 @@ Datum
 crmguard_approval_truncate(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
-	ApprovalTable *t;
+	int64		request;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 		elog(ERROR, "crmguard_approval_truncate: must be fired BEFORE TRUNCATE");
 	cg_require_preload();
-	AcceptInvalidationMessages();
-	t = table_of(RelationGetRelid(td->tg_relation));
-	if (t != NULL && t->pending != NIL)
+	request = any_pending(RelationGetRelid(td->tg_relation));
+	if (request != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CG_ROW_LOCKED),
 				 errmsg("table %s has rows locked by pending approval requests",
 						RelationGetRelationName(td->tg_relation)),
-				 errdetail("Request " INT64_FORMAT " is one of them.", ((PendingRow *) linitial(t->pending))->request)));
+				 errdetail("Request " INT64_FORMAT " is one of them.", request)));
 	return PointerGetDatum(NULL);
 }
 
-/* Statement trigger on the request table: at commit, every backend reloads its locks */
+/*
+ * Triggers on the request table.  A row trigger notes the keys whose
+ * requests start or end, so that this transaction's commit moves their
+ * clocks; TRUNCATE (a restore, a DBA) makes every backend read all again.
+ */
 PG_FUNCTION_INFO_V1(crmguard_approval_requests_changed);
 Datum
 crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 {
-	Oid			signal = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "crmguard_approval_requests_changed: not called as a trigger");
-	if (OidIsValid(signal))
-		CacheInvalidateRelcacheByRelid(signal);
+	cg_require_preload();
+	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+	{
+		Oid			signal = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+
+		if (OidIsValid(signal))
+			CacheInvalidateRelcacheByRelid(signal);
+		touched_all = true;
+		return PointerGetDatum(NULL);
+	}
+	ensure_cache_context();		/* registers the commit callback */
+	desc = RelationGetDescr(td->tg_relation);
+	for (i = 0; i < 2; i++)
+	{
+		HeapTuple	tup = i == 0 ? td->tg_trigtuple : td->tg_newtuple;
+		bool		isnull;
+		Datum		target;
+		Datum		key;
+
+		if (tup == NULL)
+			continue;
+		target = heap_getattr(tup, SPI_fnumber(desc, "target"), desc, &isnull);
+		if (isnull)
+			continue;
+		key = heap_getattr(tup, SPI_fnumber(desc, "row_key"), desc, &isnull);
+		if (!isnull)
+			touch(DatumGetObjectId(target), TextDatumGetCString(key));
+	}
 	return PointerGetDatum(NULL);
 }
 
@@ -680,34 +1111,6 @@ process_for(Oid relid, ApprovalTable *t, Datum row)
 		if (cg_criteria_row_matches(relid, t->processes[i].compiled, row))
 			return &t->processes[i];
 	return NULL;
-}
-
-static int64
-submit(int64 process, const char *key, Jsonb *data, const char *comment, bool automatic)
-{
-	CgPrivilegedContext priv;
-	Oid			types[5] = {INT8OID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
-	Datum		values[5];
-	char		nulls[5] = "     ";
-	bool		isnull;
-	Datum		id;
-
-	values[0] = Int64GetDatum(process);
-	values[1] = CStringGetTextDatum(key);
-	values[2] = JsonbPGetDatum(data);
-	values[3] = comment ? CStringGetTextDatum(comment) : (Datum) 0;
-	nulls[3] = comment ? ' ' : 'n';
-	values[4] = BoolGetDatum(automatic);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT crmguard.approval_submit($1, $2, $3, $4, $5)",
-							  5, types, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not submit the row");
-	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	SPI_finish();
-	cg_leave_owner(&priv);
-	return DatumGetInt64(id);
 }
 
 /* Rows that enter a process's criteria on INSERT or UPDATE are submitted */
@@ -743,7 +1146,7 @@ crmguard_approval_auto_submit(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	key = key_of(rel, tuple, key_attno(rel));
 	if (key != NULL)
-		(void) submit(p->id, key, row_jsonb(row), NULL, true);
+		(void) cg_approval_submit(p->id, key, row_jsonb(row), NULL, true);
 	return PointerGetDatum(NULL);
 }
 
@@ -821,92 +1224,96 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("row %s of table %s matches no approval process", key, get_rel_name(relid))));
-	PG_RETURN_INT64(submit(p->id, key, data, comment, false));
+	PG_RETURN_INT64(cg_approval_submit(p->id, key, data, comment, false));
 }
 
 /* ---------------------------------------------------------------------------
  * The row of a request, and the actions after a decision
  * ---------------------------------------------------------------------------
  */
-typedef struct RequestInfo
+/*
+ * Statements on requests' rows, prepared once per backend and statement
+ * text (the text names the table, its key and the key's type).
+ */
+typedef struct RowPlan
 {
-	int64		id;
-	Oid			relid;
-	char	   *key;
-	char	   *pk;
-	int64		submitted_by;	/* 0: nobody */
-	ArrayType  *approvers;
-	Oid			run_as;
-	char	   *process;
-	char	   *state;
-} RequestInfo;
+	char	   *sql;
+	SPIPlanPtr	plan;
+} RowPlan;
 
-static RequestInfo *
-request_info(int64 request)
-{
-	CgPrivilegedContext priv;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	RequestInfo *r = palloc0(sizeof(RequestInfo));
-	MemoryContext caller = CurrentMemoryContext;
-	MemoryContext old;
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
+#define MAX_ROW_PLANS 64
 
-	values[0] = Int64GetDatum(request);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT r.target::pg_catalog.oid, r.row_key, r.submitted_by, r.approvers,"
-							  " p.run_as::pg_catalog.oid, p.process_name, r.state"
-							  " FROM crmguard.approval_request_state r"
-							  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-							  " WHERE r.id OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the approval request");
-	if (SPI_processed == 0)
-		ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-						errmsg("approval request " INT64_FORMAT " does not exist", request)));
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	old = MemoryContextSwitchTo(caller);
-	r->id = request;
-	r->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-	r->key = SPI_getvalue(tup, desc, 2);
-	d = SPI_getbinval(tup, desc, 3, &isnull);
-	r->submitted_by = isnull ? 0 : DatumGetInt64(d);
-	r->approvers = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 4, &isnull));
-	r->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
-	r->process = SPI_getvalue(tup, desc, 6);
-	r->state = SPI_getvalue(tup, desc, 7);
-	r->pk = cg_primary_key_column(r->relid);
-	MemoryContextSwitchTo(old);
-	SPI_finish();
-	cg_leave_owner(&priv);
-	if (r->pk == NULL)
-		elog(ERROR, "table %s has no single-column primary key", get_rel_name(r->relid));
-	return r;
-}
+static List *row_plans = NIL;	/* in TopMemoryContext, most recent first */
 
 /*
  * Run a statement on the request's row as the table's owner, the visibility
- * rules set aside (the decision is taken; the row is the one submitted).
+ * rules set aside (the decision is taken; the row is the one submitted).  The
+ * plan is checked (and rewritten when stale) with the rules set aside before
+ * it runs; the statement itself, and what its triggers run, sees them.
  */
+static int
+execute_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values,
+			   const char *nulls, bool read_only)
+{
+	RowPlan    *rp = NULL;
+	ListCell   *lc;
+	CachedPlan *cplan;
+	MemoryContext old;
+
+	foreach(lc, row_plans)
+		if (strcmp(((RowPlan *) lfirst(lc))->sql, sql) == 0)
+			rp = lfirst(lc);
+	if (rp == NULL)
+	{
+		SPIPlanPtr	plan = cg_prepare_all_rows(sql, nargs, types);
+
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the plan of \"%s\"", sql);
+		if (list_length(row_plans) >= MAX_ROW_PLANS)
+		{
+			RowPlan    *oldest = llast(row_plans);
+
+			row_plans = list_delete_last(row_plans);
+			SPI_freeplan(oldest->plan);
+			pfree(oldest->sql);
+			pfree(oldest);
+		}
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		rp = palloc(sizeof(RowPlan));
+		rp->sql = pstrdup(sql);
+		rp->plan = plan;
+		row_plans = lcons(rp, row_plans);
+		MemoryContextSwitchTo(old);
+	}
+	else
+	{
+		cg_visibility_suspended = true;
+		PG_TRY();
+		{
+			cplan = SPI_plan_get_cached_plan(rp->plan);
+		}
+		PG_FINALLY();
+		{
+			cg_visibility_suspended = false;
+		}
+		PG_END_TRY();
+		if (cplan != NULL)
+			ReleaseCachedPlan(cplan, CurrentResourceOwner);
+	}
+	return SPI_execute_plan(rp->plan, values, nulls, read_only, 1);
+}
+
 static void
 run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values, char *nulls,
 		   int expect)
 {
 	CgPrivilegedContext priv;
-	SPIPlanPtr	plan;
 	int			rc;
 
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(sql, nargs, types);
-	rc = SPI_execute_plan(plan, values, nulls, expect == SPI_OK_SELECT, 1);
+	rc = execute_on_row(r, sql, nargs, types, values, nulls, expect == SPI_OK_SELECT);
 	if (rc != expect)
 		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -919,24 +1326,22 @@ run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values
 }
 
 /* The request's row as jsonb, read as the table's owner; NULL when gone */
-static Jsonb *
-current_row(RequestInfo *r)
+Jsonb *
+cg_approval_current_row(RequestInfo *r)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	Jsonb	   *result = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	CgPrivilegedContext priv;
-	SPIPlanPtr	plan;
 
 	values[0] = CStringGetTextDatum(r->key);
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
-										qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
-							   1, types);
-	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (execute_on_row(r, psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
+								   qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
+					   1, types, values, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row of approval request " INT64_FORMAT, r->id);
 	if (SPI_processed == 1)
 	{
@@ -949,17 +1354,6 @@ current_row(RequestInfo *r)
 	SPI_finish();
 	cg_leave_owner(&priv);
 	return result;
-}
-
-PG_FUNCTION_INFO_V1(crmguard_approval_current_row);
-Datum
-crmguard_approval_current_row(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *row = current_row(request_info(PG_GETARG_INT64(0)));
-
-	if (row == NULL)
-		PG_RETURN_NULL();
-	PG_RETURN_JSONB_P(row);
 }
 
 static char *
@@ -1003,7 +1397,7 @@ principals_named(RequestInfo *r, const char *who, Jsonb **row)
 		char	   *id;
 
 		if (*row == NULL)
-			*row = current_row(r);
+			*row = cg_approval_current_row(r);
 		id = *row ? scalar_text(cg_jsonb_member(&(*row)->root, who)) : NULL;
 		if (id != NULL)
 			ids = lappend(ids, id);
@@ -1169,21 +1563,19 @@ action_call(RequestInfo *r, const char *function)
 	cg_leave_owner(&priv);
 }
 
-PG_FUNCTION_INFO_V1(crmguard_approval_run_actions);
-Datum
-crmguard_approval_run_actions(PG_FUNCTION_ARGS)
+/* Run a process's actions for a request, in their order */
+void
+cg_approval_run_actions(RequestInfo *r, Jsonb *actions)
 {
-	RequestInfo *r;
-	Jsonb	   *actions;
 	Jsonb	   *row = NULL;
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_VOID();
-	r = request_info(PG_GETARG_INT64(0));
-	actions = PG_GETARG_JSONB_P(1);
+	if (actions == NULL)
+		return;
+	if (r->pk == NULL)
+		elog(ERROR, "table %s has no single-column primary key", get_rel_name(r->relid));
 	it = JsonbIteratorInit(&actions->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -1216,7 +1608,6 @@ crmguard_approval_run_actions(PG_FUNCTION_ARGS)
 				elog(ERROR, "unknown approval action \"%s\"", kind);
 		}
 	}
-	PG_RETURN_VOID();
 }
 
 /* ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ crmguard_shmem_request(void)
 		prev_shmem_request_hook();
 	cg_worker_shmem_request();
 	cg_otp_shmem_request();
+	cg_approval_shmem_request();
 }
 #endif
 
@@ -56,6 +57,7 @@ crmguard_shmem_startup(void)
 		prev_shmem_startup_hook();
 	cg_worker_shmem_startup();
 	cg_otp_shmem_startup();
+	cg_approval_shmem_startup();
 }
 
 /*
@@ -118,6 +120,7 @@ _PG_init(void)
 #else
 	cg_worker_shmem_request();
 	cg_otp_shmem_request();
+	cg_approval_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = crmguard_shmem_startup;

@@ -201,5 +201,7 @@ extern char *cg_primary_key_column(Oid relid);
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);
 extern void cg_approval_init(void);
+extern void cg_approval_shmem_request(void);
+extern void cg_approval_shmem_startup(void);
 
 #endif							/* CRMGUARD_H */

@@ -17,6 +17,7 @@
 #include "access/genam.h"
 #include "access/parallel.h"
 #include "access/relation.h"
+#include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -71,25 +72,23 @@ cg_require_table_owner(Oid relid)
 				 errmsg("must be owner of table %s to guard it", get_rel_name(relid))));
 }
 
-/* The single-column primary key of a table, or NULL; caller is in SPI */
+/* The single-column primary key of a table, or NULL: from the relcache, no query */
 char *
 cg_primary_key_column(Oid relid)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
+	Relation	rel = try_relation_open(relid, AccessShareLock);
+	Bitmapset  *pk;
+	int			member;
 	char	   *column = NULL;
-	MemoryContext caller = CurrentMemoryContext;	/* SPI calls return in its own context */
 
-	values[0] = ObjectIdGetDatum(relid);
-	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_index i"
-							  " JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
-							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
-							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
-							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_index");
-	if (SPI_processed > 0)
-		column = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	if (rel == NULL)
+		return NULL;
+	pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	member = bms_next_member(pk, -1);
+	if (member >= 0 && bms_next_member(pk, member) < 0 &&
+		member + FirstLowInvalidHeapAttributeNumber > 0)
+		column = get_attname(relid, member + FirstLowInvalidHeapAttributeNumber, false);
+	relation_close(rel, AccessShareLock);
 	return column;
 }
 
