@@ -122,13 +122,14 @@ typedef struct ApprovalTable
 	bool		loaded;			/* pending keys read */
 	uint64		loaded_at;		/* the clock when they were read */
 	int			rechecked;		/* keys asked for since */
+	int			npending;		/* pending keys read then */
 	MemoryContext keys_context;
 	HTAB	   *text_keys;		/* text key -> TextKeyEntry */
 	HTAB	   *int_keys;		/* integer key -> IntKeyEntry */
 } ApprovalTable;
 
 #define PENDING_BUCKETS		16384
-#define MAX_RECHECKED		1024	/* then read the table's pending keys again */
+#define MIN_RECHECKED		64		/* keys asked for one by one before the table's pending keys are read again */
 #define MAX_TOUCHED			256		/* then a commit moves every clock */
 
 typedef struct PendingClocks
@@ -603,6 +604,7 @@ load_pending(ApprovalTable *t)
 		MemoryContextSwitchTo(old);
 		remember(t, key, is_int, ikey, row, t->loaded_at);
 	}
+	t->npending = (int) SPI_processed;
 	PopActiveSnapshot();
 	SPI_finish();
 	cg_leave_owner(&priv);
@@ -663,7 +665,8 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 	KeyState   *known = NULL;
 	PendingRow *row;
 
-	if (!t->loaded || t->rechecked > MAX_RECHECKED)
+	/* asking key by key costs more than reading them all again: read them all */
+	if (!t->loaded || t->rechecked > MIN_RECHECKED + t->npending)
 		load_pending(t);
 	if (is_int)
 	{
@@ -1042,17 +1045,109 @@ crmguard_approval_truncate(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/* A column of a request row, by name */
+static Datum
+request_column(TriggerData *td, HeapTuple tup, const char *name, bool *isnull)
+{
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+
+	return heap_getattr(tup, SPI_fnumber(desc, name), desc, isnull);
+}
+
+static bool
+request_pending(TriggerData *td, HeapTuple tup)
+{
+	bool		isnull;
+	Datum		state;
+
+	if (tup == NULL)
+		return false;
+	state = request_column(td, tup, "state", &isnull);
+	return !isnull && strcmp(TextDatumGetCString(state), "pending") == 0;
+}
+
+/* Do two versions of a request row differ in a column? */
+static bool
+request_differs(TriggerData *td, HeapTuple a, HeapTuple b, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	int			attno = SPI_fnumber(desc, name);
+	Form_pg_attribute att = TupleDescAttr(desc, attno - 1);
+	bool		anull;
+	bool		bnull;
+	Datum		av = heap_getattr(a, attno, desc, &anull);
+	Datum		bv = heap_getattr(b, attno, desc, &bnull);
+
+	if (anull || bnull)
+		return anull != bnull;
+	return !datum_image_eq(av, bv, att->attbyval, att->attlen);
+}
+
 /*
- * Triggers on the request table.  A row trigger notes the keys whose
- * requests start or end, so that this transaction's commit moves their
- * clocks; TRUNCATE (a restore, a DBA) makes every backend read all again.
+ * crmguard.approval_waiting: one row per pending request and approver of
+ * its current step who has not approved it yet (my_approvals() reads it
+ * by approver).  Rebuilt for a request whose step, approvers or state change.
+ */
+static void
+rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
+{
+	bool		old_pending = request_pending(td, old);
+	bool		new_pending = request_pending(td, new);
+	bool		changed = old == NULL || new == NULL || request_differs(td, old, new, "id") ||
+		request_differs(td, old, new, "approvers") || request_differs(td, old, new, "current_step");
+	CgPrivilegedContext priv;
+	bool		isnull;
+
+	if (!(old_pending && (changed || !new_pending)) && !(new_pending && (changed || !old_pending)))
+		return;
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (old_pending && (changed || !new_pending))
+	{
+		Oid			types[1] = {INT8OID};
+		Datum		values[1];
+
+		values[0] = request_column(td, old, "id", &isnull);
+		if (cg_execute_kept("DELETE FROM crmguard.approval_waiting WHERE request OPERATOR(pg_catalog.=) $1",
+							1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+	}
+	if (new_pending && (changed || !old_pending))
+	{
+		Oid			types[3] = {INT8OID, INT8ARRAYOID, INT4OID};
+		Datum		values[3];
+
+		values[0] = request_column(td, new, "id", &isnull);
+		values[1] = request_column(td, new, "approvers", &isnull);
+		values[2] = request_column(td, new, "current_step", &isnull);
+		if (cg_execute_kept("INSERT INTO crmguard.approval_waiting (approver, request)"
+							" SELECT DISTINCT a, $1 FROM pg_catalog.unnest($2) a WHERE a IS NOT NULL"
+							" AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h"
+							"  WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $3"
+							"  AND h.event OPERATOR(pg_catalog.=) 'approved'"
+							"  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) a)",
+							3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+}
+
+/*
+ * Triggers on the request table.  A row trigger keeps the waiting list,
+ * and notes the keys whose requests start or end, so that this
+ * transaction's commit moves their clocks; TRUNCATE (a restore, a DBA)
+ * makes every backend read all again.
  */
 PG_FUNCTION_INFO_V1(crmguard_approval_requests_changed);
 Datum
 crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
-	TupleDesc	desc;
+	HeapTuple	old;
+	HeapTuple	new;
 	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
@@ -1068,20 +1163,28 @@ crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 	ensure_cache_context();		/* registers the commit callback */
-	desc = RelationGetDescr(td->tg_relation);
+	old = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? NULL : td->tg_trigtuple;
+	new = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? td->tg_trigtuple :
+		TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : NULL;
+	rebuild_waiting(td, old, new);
+	/* a request started or ended, or moved: its keys' clocks move at commit */
+	if (old != NULL && new != NULL &&
+		!request_differs(td, old, new, "state") && !request_differs(td, old, new, "target") &&
+		!request_differs(td, old, new, "row_key") && !request_differs(td, old, new, "process"))
+		return PointerGetDatum(NULL);
 	for (i = 0; i < 2; i++)
 	{
-		HeapTuple	tup = i == 0 ? td->tg_trigtuple : td->tg_newtuple;
+		HeapTuple	tup = i == 0 ? old : new;
 		bool		isnull;
 		Datum		target;
 		Datum		key;
 
 		if (tup == NULL)
 			continue;
-		target = heap_getattr(tup, SPI_fnumber(desc, "target"), desc, &isnull);
+		target = request_column(td, tup, "target", &isnull);
 		if (isnull)
 			continue;
-		key = heap_getattr(tup, SPI_fnumber(desc, "row_key"), desc, &isnull);
+		key = request_column(td, tup, "row_key", &isnull);
 		if (!isnull)
 			touch(DatumGetObjectId(target), TextDatumGetCString(key));
 	}

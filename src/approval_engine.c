@@ -819,6 +819,19 @@ crmguard_approve(PG_FUNCTION_ARGS)
 	add_history(id, q->current_step, acting, approver != acting ? approver : 0, "approved", comment);
 	if (napproved + 1 >= q->required)
 		step_done(q);
+	else
+	{
+		/* the step waits for the others only */
+		Oid			types[2] = {INT8OID, INT8OID};
+		Datum		values[2];
+
+		values[0] = Int64GetDatum(id);
+		values[1] = Int64GetDatum(approver);
+		if (run(PLAN_NOT_WAITING,
+				"DELETE FROM crmguard.approval_waiting WHERE request OPERATOR(pg_catalog.=) $1"
+				" AND approver OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+	}
 	SPI_finish();
 	cg_leave_owner(&priv);
 	PG_RETURN_VOID();

@@ -52,9 +52,6 @@ CREATE TABLE crmguard.approval_request_state (
 ALTER SEQUENCE crmguard.approval_request_id_seq OWNED BY crmguard.approval_request_state.id;
 CREATE UNIQUE INDEX approval_request_pending_idx ON crmguard.approval_request_state (target, row_key)
     WHERE state OPERATOR(pg_catalog.=) 'pending';
--- no pending list: my_approvals() would read every entry added since the last vacuum
-CREATE INDEX approval_request_approvers_idx ON crmguard.approval_request_state USING gin (approvers)
-    WITH (fastupdate = off) WHERE state OPERATOR(pg_catalog.=) 'pending';
 COMMENT ON TABLE crmguard.approval_request_state IS 'approval requests; read crmguard.approval_request instead';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_state', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_id_seq', '');
@@ -67,11 +64,25 @@ COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when the reques
 CREATE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_requests_changed';
 CREATE TRIGGER approval_request_cache_invalidate
-    AFTER INSERT OR UPDATE OF state, row_key, target, process OR DELETE ON crmguard.approval_request_state
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step OR DELETE
+    ON crmguard.approval_request_state
     FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
 CREATE TRIGGER approval_request_cache_truncate
     AFTER TRUNCATE ON crmguard.approval_request_state
     FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_requests_changed();
+
+-- Who a pending request waits for: one row per approver of its current step
+-- who has not approved it yet, kept by the trigger above (and by approve()).
+-- Small (pending requests only), read by approver: my_approvals() costs what
+-- waits for the caller, whatever the history.
+CREATE TABLE crmguard.approval_waiting (
+    approver bigint NOT NULL,
+    request  bigint NOT NULL
+);
+CREATE INDEX approval_waiting_approver_idx ON crmguard.approval_waiting (approver, request);
+CREATE INDEX approval_waiting_request_idx ON crmguard.approval_waiting (request);
+COMMENT ON TABLE crmguard.approval_waiting IS 'pending approval requests by the approvers they still wait for; kept by a trigger on crmguard.approval_request_state';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_waiting', '');
 
 CREATE SEQUENCE crmguard.approval_history_id_seq;
 CREATE TABLE crmguard.approval_history (
@@ -502,7 +513,7 @@ CREATE FUNCTION crmguard.my_approvals()
                    submitted_by text, submitted_at timestamptz, on_behalf_of text)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    -- index look-ups whatever the statistics say (the history grows fast), no JIT
+    -- index look-ups whatever the statistics say (requests come and go fast), no JIT
     SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 BEGIN
@@ -517,13 +528,16 @@ BEGIN
            AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until)
     SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
            sp.name, r.submitted_at, CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id THEN ap.name END
-      FROM crmguard.approval_request_state r
-      JOIN capacity c ON r.approvers OPERATOR(pg_catalog.@>) ARRAY[c.approver]   -- the GIN index
+      FROM capacity c
+     CROSS JOIN LATERAL (SELECT DISTINCT w.request FROM crmguard.approval_waiting w
+                          WHERE w.approver OPERATOR(pg_catalog.=) c.approver) w
+      JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) w.request
       CROSS JOIN me
       JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
       LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
       LEFT JOIN crmguard.principal ap ON ap.id OPERATOR(pg_catalog.=) c.approver
      WHERE r.state OPERATOR(pg_catalog.=) 'pending'
+       AND c.approver OPERATOR(pg_catalog.=) ANY (r.approvers)
        AND r.submitted_by IS DISTINCT FROM me.id
        AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h
                         WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
