@@ -43,6 +43,7 @@
 #include "nodes/supportnodes.h"
 #include "nodes/pathnodes.h"
 #include "optimizer/optimizer.h"
+#include "optimizer/planner.h"
 #include "parser/parse_clause.h"
 #include "parser/parse_collate.h"
 #include "parser/parse_node.h"
@@ -1126,11 +1127,115 @@ visibility_policies(CmdType cmd, Relation rel)
 	return lappend(policies, policy);
 }
 
+/*
+ * An exact index condition needs no recheck.  in_team(owner, team) on a
+ * btree index of owner becomes the index condition "owner = ANY (team)"
+ * (in_team_support, below), which decides it exactly: a plain index scan
+ * drops the call, but a bitmap heap scan keeps it as a filter on every row
+ * (PostgreSQL cannot prove the two equal).  After planning, such a filter is
+ * dropped when the bitmap is exactly that index condition (or an AND with
+ * it).  Lossy bitmap pages are still rechecked with the original condition.
+ */
+static planner_hook_type prev_planner_hook = NULL;
+
+static bool
+is_in_team(Node *node)
+{
+	FuncExpr   *f = (FuncExpr *) node;
+	char	   *name;
+
+	if (!IsA(node, FuncExpr) || list_length(f->args) != 2)
+		return false;
+	name = get_func_name(f->funcid);
+	return name != NULL && strcmp(name, "in_team") == 0 &&
+		get_func_namespace(f->funcid) == get_namespace_oid("crmguard", true);
+}
+
+/* Does the bitmap (an index scan, or an AND of them) hold "owner = ANY (team)" exactly? */
+static bool
+bitmap_decides(Plan *bitmap, FuncExpr *in_team)
+{
+	ListCell   *lc;
+
+	if (IsA(bitmap, BitmapAnd))
+	{
+		foreach(lc, ((BitmapAnd *) bitmap)->bitmapplans)
+			if (bitmap_decides((Plan *) lfirst(lc), in_team))
+				return true;
+		return false;
+	}
+	if (!IsA(bitmap, BitmapIndexScan))
+		return false;
+	foreach(lc, ((BitmapIndexScan *) bitmap)->indexqualorig)
+	{
+		ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) lfirst(lc);
+
+		if (IsA(saop, ScalarArrayOpExpr) && saop->useOr &&
+			equal(linitial(saop->args), linitial(in_team->args)) &&
+			equal(lsecond(saop->args), lsecond(in_team->args)))
+			return true;
+	}
+	return false;
+}
+
+static void
+drop_decided_filters(Plan *plan)
+{
+	ListCell   *lc;
+
+	if (plan == NULL)
+		return;
+	if (IsA(plan, BitmapHeapScan))
+	{
+		Plan	   *bitmap = outerPlan(plan);
+
+		foreach(lc, plan->qual)
+		{
+			Node	   *qual = (Node *) lfirst(lc);
+
+			if (is_in_team(qual) && bitmap_decides(bitmap, (FuncExpr *) qual))
+				plan->qual = foreach_delete_current(plan->qual, lc);
+		}
+	}
+	drop_decided_filters(outerPlan(plan));
+	drop_decided_filters(innerPlan(plan));
+	if (IsA(plan, Append))
+		foreach(lc, ((Append *) plan)->appendplans)
+			drop_decided_filters((Plan *) lfirst(lc));
+	else if (IsA(plan, MergeAppend))
+		foreach(lc, ((MergeAppend *) plan)->mergeplans)
+			drop_decided_filters((Plan *) lfirst(lc));
+	else if (IsA(plan, SubqueryScan))
+		drop_decided_filters(((SubqueryScan *) plan)->subplan);
+	else if (IsA(plan, BitmapAnd) || IsA(plan, BitmapOr))
+		return;
+}
+
+static PlannedStmt *
+visibility_planner(Query *parse, const char *query_string, int cursorOptions,
+				   ParamListInfo boundParams)
+{
+	PlannedStmt *stmt = prev_planner_hook ?
+		prev_planner_hook(parse, query_string, cursorOptions, boundParams) :
+		standard_planner(parse, query_string, cursorOptions, boundParams);
+	ListCell   *lc;
+
+	if (stmt->commandType != CMD_UTILITY)
+	{
+		drop_decided_filters(stmt->planTree);
+		foreach(lc, stmt->subplans)
+			drop_decided_filters((Plan *) lfirst(lc));
+	}
+	return stmt;
+}
+
 void
 cg_visibility_init(void)
 {
 	prev_permissive_hook = row_security_policy_hook_permissive;
 	row_security_policy_hook_permissive = visibility_policies;
+	prev_planner_hook = planner_hook;
+	planner_hook = visibility_planner;
 }
 
 /*
