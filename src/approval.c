@@ -950,6 +950,16 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 	}
 	if (!check->may_know && !table_is_changing(relid))
 		PG_RETURN_BOOL(false);
+	/* the row a "set" action is changing: the lock lets it pass, no need to look */
+	if (bypass_relid == relid && bypass_key != NULL)
+	{
+		Oid			out;
+		bool		varlena;
+
+		getTypeOutputInfo(check->keytype, &out, &varlena);
+		if (strcmp(OidOutputFunctionCall(out, PG_GETARG_DATUM(1)), bypass_key) == 0)
+			PG_RETURN_BOOL(false);
+	}
 	/* a request committed while this statement waited for the row counts now */
 	AcceptInvalidationMessages();
 	t = pending_table(relid);
