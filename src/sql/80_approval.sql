@@ -525,13 +525,18 @@ BEGIN
         UNION
         SELECT d.principal FROM crmguard.delegation d, me
          WHERE d.to_principal OPERATOR(pg_catalog.=) me.id
-           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until)
+           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until),
+    -- what waits for them, read first by approver, one array per approver (a fence:
+    -- the requests are then fetched by id, never found by scanning the pending ones)
+    waiting AS MATERIALIZED (
+        SELECT c.approver, x.requests FROM capacity c
+         CROSS JOIN LATERAL (SELECT pg_catalog.array_agg(DISTINCT w.request) AS requests
+                               FROM crmguard.approval_waiting w
+                              WHERE w.approver OPERATOR(pg_catalog.=) c.approver) x)
     SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
            sp.name, r.submitted_at, CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id THEN ap.name END
-      FROM capacity c
-     CROSS JOIN LATERAL (SELECT DISTINCT w.request FROM crmguard.approval_waiting w
-                          WHERE w.approver OPERATOR(pg_catalog.=) c.approver) w
-      JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) w.request
+      FROM waiting c
+      JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) ANY (c.requests)
       CROSS JOIN me
       JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
       LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
