@@ -115,6 +115,7 @@ static bool touched_all = false;
 static HTAB *tables = NULL;
 static MemoryContext cache_context = NULL;
 static bool cache_valid = false;
+static uint64 cache_generation = 0;	/* bumped by every load */
 static bool loaded_in_recovery = false;
 static Oid	process_rel = InvalidOid;
 static Oid	signal_rel = InvalidOid;
@@ -389,6 +390,7 @@ load_processes(void)
 
 	ensure_cache_context();
 	MemoryContextReset(cache_context);
+	cache_generation++;
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(ApprovalTable);
 	ctl.hcxt = cache_context;
@@ -768,6 +770,8 @@ typedef struct PendingCheck
 	Oid			relid;
 	Oid			userid;
 	bool		may_know;		/* the caller may change the table */
+	ApprovalTable *table;		/* the cache's entry, while the cache is this one */
+	uint64		generation;
 } PendingCheck;
 
 /*
@@ -921,6 +925,7 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 		/* UPDATE of a single column is enough to fire the lock */
 		check->may_know = pg_class_aclcheck(relid, check->userid, ACL_UPDATE | ACL_DELETE) == ACLCHECK_OK ||
 			pg_attribute_aclcheck_all(relid, check->userid, ACL_UPDATE, ACLMASK_ANY) == ACLCHECK_OK;
+		check->table = NULL;
 		fcinfo->flinfo->fn_extra = check;
 	}
 	if (!check->may_know && !table_is_changing(relid))
@@ -935,9 +940,18 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 		if (strcmp(OidOutputFunctionCall(out, PG_GETARG_DATUM(1)), bypass_key) == 0)
 			PG_RETURN_BOOL(false);
 	}
-	/* a request committed while this statement waited for the row counts now */
-	AcceptInvalidationMessages();
-	t = pending_table(relid);
+	/*
+	 * A request committed while this statement waited for the row moved its
+	 * key's clock: find_pending reads that key again.  The table's entry is
+	 * kept per call site while the cache stays the same.
+	 */
+	if (check->table == NULL || !cache_valid || check->generation != cache_generation ||
+		(loaded_in_recovery && !RecoveryInProgress()))
+	{
+		check->table = pending_table(relid);
+		check->generation = cache_generation;
+	}
+	t = check->table;
 	PG_RETURN_BOOL(find_pending(t, check->keytype, PG_GETARG_DATUM(1)) != NULL);
 }
 
