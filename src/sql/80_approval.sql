@@ -534,13 +534,14 @@ BEGIN
                                FROM crmguard.approval_waiting w
                               WHERE w.approver OPERATOR(pg_catalog.=) c.approver) x)
     SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
-           sp.name, r.submitted_at, CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id THEN ap.name END
+           sp.name, r.submitted_at,
+           CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id
+                THEN (SELECT ap.name FROM crmguard.principal ap WHERE ap.id OPERATOR(pg_catalog.=) c.approver) END
       FROM waiting c
       JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) ANY (c.requests)
       CROSS JOIN me
       JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
       LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
-      LEFT JOIN crmguard.principal ap ON ap.id OPERATOR(pg_catalog.=) c.approver
      WHERE r.state OPERATOR(pg_catalog.=) 'pending'
        AND c.approver OPERATOR(pg_catalog.=) ANY (r.approvers)
        AND r.submitted_by IS DISTINCT FROM me.id
