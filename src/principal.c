@@ -589,7 +589,11 @@ crmguard_attr(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(value));
 }
 
-/* The principal and everyone below it, breadth first; cached per principal */
+/*
+ * The principal and everyone below it, breadth first; cached per principal.
+ * Each principal has one manager, so the walk meets a principal twice only
+ * if the root is its own descendant: the root is never taken again.
+ */
 static ArrayType *
 compute_team(PrincipalEntry *root)
 {
@@ -598,8 +602,6 @@ compute_team(PrincipalEntry *root)
 	int			n = 0;
 	int			cap = 64;
 	int			next = 0;
-	HTAB	   *seen;
-	HASHCTL		ctl;
 	Datum	   *datums;
 	int			i;
 
@@ -608,25 +610,15 @@ compute_team(PrincipalEntry *root)
 	if (!tree_valid)
 		load_tree();
 
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(int64);
-	ctl.hcxt = CurrentMemoryContext;
-	seen = hash_create("crmguard team", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-
 	ids = palloc(sizeof(int64) * cap);
 	ids[n++] = root->p.id;
-	hash_search(seen, &root->p.id, HASH_ENTER, NULL);
 	while (next < n)
 	{
 		int64		manager = ids[next++];
 
 		for (i = first_child(manager); i < tree_size && tree[i].manager == manager; i++)
 		{
-			bool		found;
-
-			hash_search(seen, &tree[i].id, HASH_ENTER, &found);
-			if (found)
+			if (tree[i].id == root->p.id)
 				continue;
 			if (n == cap)
 			{
@@ -644,7 +636,6 @@ compute_team(PrincipalEntry *root)
 	root->team = construct_array(datums, n, INT8OID, sizeof(int64),
 								 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 	MemoryContextSwitchTo(old);
-	hash_destroy(seen);
 	return root->team;
 }
 

@@ -1241,15 +1241,20 @@ cg_visibility_init(void)
 /*
  * in_team(owner, team): is owner one of the ids of team?  The policy passes
  * the acting principal's team, read once per statement by an InitPlan; the
- * ids are hashed on the first row, so each row costs one look-up where
- * "owner = ANY (team)" would search the whole team.
+ * ids are hashed once a few rows were tested (a point query tests one), so
+ * each row costs one look-up where "owner = ANY (team)" would search the
+ * whole team.
  */
 typedef struct TeamSet
 {
 	Datum		array;			/* the array the set was built from */
 	int			nitems;
-	HTAB	   *ids;
+	int			calls;			/* looked through so far */
+	HTAB	   *ids;			/* NULL until it pays */
 } TeamSet;
+
+/* a point query tests a row or two: the team is looked through until then */
+#define TEAM_HASH_AFTER 8
 
 PG_FUNCTION_INFO_V1(crmguard_in_team);
 Datum
@@ -1263,6 +1268,27 @@ crmguard_in_team(PG_FUNCTION_ARGS)
 
 	if (set == NULL || set->array != array || set->nitems != nitems)
 	{
+		if (set == NULL)
+			set = fcinfo->flinfo->fn_extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(TeamSet));
+		else if (set->ids != NULL)
+			hash_destroy(set->ids);
+		set->ids = NULL;
+		set->calls = 0;
+		set->array = array;
+		set->nitems = nitems;
+	}
+	if (set->ids == NULL && set->calls++ < TEAM_HASH_AFTER && !ARR_HASNULL(team))
+	{
+		int64	   *ids = (int64 *) ((char *) team + ARR_OVERHEAD_NONULLS(ARR_NDIM(team)));
+		int			i;
+
+		for (i = 0; i < nitems; i++)
+			if (ids[i] == owner)
+				PG_RETURN_BOOL(true);
+		PG_RETURN_BOOL(false);
+	}
+	if (set->ids == NULL)
+	{
 		MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
 		Datum	   *ids;
 		bool	   *nulls;
@@ -1270,10 +1296,6 @@ crmguard_in_team(PG_FUNCTION_ARGS)
 		int			i;
 		HASHCTL		ctl;
 
-		if (set == NULL)
-			set = fcinfo->flinfo->fn_extra = MemoryContextAllocZero(cxt, sizeof(TeamSet));
-		else
-			hash_destroy(set->ids);
 		deconstruct_array(team, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 						  &ids, &nulls, &n);
 		ctl.keysize = sizeof(int64);
@@ -1287,8 +1309,6 @@ crmguard_in_team(PG_FUNCTION_ARGS)
 			if (!nulls[i])
 				hash_search(set->ids, &id, HASH_ENTER, NULL);
 		}
-		set->array = array;
-		set->nitems = nitems;
 	}
 	PG_RETURN_BOOL(hash_search(set->ids, &owner, HASH_FIND, NULL) != NULL);
 }
