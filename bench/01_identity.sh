@@ -4,6 +4,7 @@
 # transaction; audit append rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
 CREATE EXTENSION crmguard;
 \i bench/lib.sql
@@ -53,6 +54,7 @@ echo "SELECT 1;" > /tmp/crmguard_noaudit_bench.sql
 audited=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_audit_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 plain=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_noaudit_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 awk -v a="$audited" -v p="$plain" 'BEGIN { printf "audited transactions/s at 2 clients: %.0f (SELECT 1: %.0f, ratio %.3f)\n", a, p, a / p }'
+metric "Audited transactions, 2 clients" "$audited" "" "" "/s"
 psql -X -At -c "SELECT 'chain after the run verifies: ' || ok FROM crmguard.verify_audit()"
 
 # assume() per transaction at two clients, as a pooled application does (each
@@ -73,5 +75,6 @@ SQL
 assumed=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_assume_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 plain=$(pgbench -n -c 2 -j 2 -T 10 -f /tmp/crmguard_noassume_bench.sql 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 awk -v a="$assumed" -v p="$plain" 'BEGIN { printf "assume() per transaction at 2 clients: %.0f tps (without: %.0f tps, ratio %.3f, %.3f ms added per transaction)\n", a, p, a / p, 2000 / a - 2000 / p }'
+metric "assume() per pooled transaction, rate / without" "$(awk -v a="$assumed" -v p="$plain" 'BEGIN { print a / p }')" "" "" x
 rm -f /tmp/crmguard_assume_bench.sql /tmp/crmguard_noassume_bench.sql
 psql -X -At -c "SELECT 'chain after the run verifies: ' || ok FROM crmguard.verify_audit()"

@@ -3,6 +3,7 @@
 # and an empty PL/pgSQL trigger, and full request/verify/update cycles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 ROWS=${ROWS:-100000}
 psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" <<'SQL'
 CREATE EXTENSION crmguard;
@@ -45,9 +46,12 @@ report() {
                what, p, g, g / p, l, l / p, g / l
     }'
 }
-echo "UPDATE of $ROWS rows entering no gated value, 11 interleaved runs each (targets: crmguard <= x1.10 of plain, < x1 of PL/pgSQL):"
+echo "UPDATE of $ROWS rows entering no gated value, 11 interleaved runs each (targets: crmguard <= x1.05 of plain, < x1 of PL/pgSQL):"
 report median
 report fastest
+p=$(median < /tmp/crmguard_bench_plain); g=$(median < /tmp/crmguard_bench_guarded); l=$(median < /tmp/crmguard_bench_plpgsql)
+metric "OTP rule: 100k-row UPDATE entering no gated value / plain (median)" "$(awk -v g="$g" -v p="$p" 'BEGIN { print g / p }')" "<=" 1.05 x
+metric "OTP rule: the same / an empty PL/pgSQL trigger (median)" "$(awk -v g="$g" -v l="$l" 'BEGIN { print g / l }')" "<" 1 x
 
 psql -X -q -c 'VACUUM ANALYZE' -c 'CHECKPOINT'
 
@@ -79,4 +83,6 @@ awk -v o="$otp" -v p="$plain" 'BEGIN {
     printf "  the same two updates, no OTP %9.0f\n", p
     printf "  OTP cycle / plain cycle rate          %.3f\n", o / p
 }'
+metric "OTP request + verify + guarded update cycles, 2 clients" "$otp" ">=" 4000 "/s"
+metric "OTP cycle rate / the same two plain updates" "$(awk -v o="$otp" -v p="$plain" 'BEGIN { print o / p }')" "" "" x
 psql -X -At -c "SELECT 'audit chain after the run verifies: ' || ok FROM crmguard.verify_audit()"

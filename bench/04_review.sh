@@ -4,6 +4,7 @@
 # per second (a lead arrives as a draft, a reviewer approves it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 SECS=${SECS:-10}
 ROUNDS=${ROUNDS:-3}
 psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
@@ -57,6 +58,7 @@ p=$(median < /tmp/crmguard_review_p); d=$(median < /tmp/crmguard_review_d)
 echo "Single-row inserts, 1 client, $ROUNDS interleaved rounds of ${SECS}s (median; target: drafts within 3x):"
 awk -v p="$p" -v d="$d" 'BEGIN {
     printf "  plain insert %8.0f/s | insert kept as a draft %8.0f/s | draft cost x%.2f of a plain insert\n", p, d, p / d }'
+metric "Review: insert kept as a draft, cost / a plain insert" "$(awk -v p="$p" -v d="$d" 'BEGIN { print p / d }')" "<=" 3 x
 
 psql -X -q -c 'VACUUM ANALYZE'
 echo "Approve cycles (a draft arrives, a reviewer approves it into the table), $ROUNDS rounds of ${SECS}s (median):"
@@ -67,6 +69,7 @@ for r in $(seq "$ROUNDS"); do
 done
 awk -v a="$(median < /tmp/crmguard_review_c1)" -v b="$(median < /tmp/crmguard_review_c2)" 'BEGIN {
     printf "  1 client: %8.0f approve cycles/s | 2 clients: %8.0f approve cycles/s\n", a, b }'
+metric "Review: draft approve cycles, 2 clients" "$(median < /tmp/crmguard_review_c2)" ">=" 1000 "/s"
 psql -X -At -c "SELECT format('  drafts approved: %s, still pending: %s, rows in the reviewed table: %s',
                   count(*) FILTER (WHERE state = 'approved'), count(*) FILTER (WHERE state = 'pending'),
                   (SELECT count(*) FROM public.lead_reviewed)) FROM crmguard.draft_state"

@@ -5,6 +5,7 @@
 # 2 clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 ROWS=${ROWS:-100000}
 ROUNDS=${ROUNDS:-11}
 SECS=${SECS:-15}
@@ -59,6 +60,8 @@ for what in median fastest; do
         printf "  %-7s plain %8.1f ms | with processes %8.1f ms | x%.3f\n", what, p, g, g / p }'
 done
 
+metric "Approvals: 100k-row UPDATE of rows under no process / plain (median)" "$(awk -v g="$(median < /tmp/crmguard_apv_guarded)" -v p="$(median < /tmp/crmguard_apv_plain)" 'BEGIN { print g / p }')" "<=" 1.10 x
+
 psql -X -q -c 'VACUUM ANALYZE' -c 'CHECKPOINT'
 # a cycle: the rep raises a discount (submitted by the update), the manager
 # approves (the status is set); each client works on rows of its own
@@ -89,5 +92,7 @@ echo "Submit + approve cycles, pgbench, 2 clients, ${SECS}s:"
 awk -v c="$cycles" -v p="$plain" 'BEGIN {
     printf "  submit + approve cycles per second  %8.0f\n", c
     printf "  the same three updates, no crmguard %8.0f   (cycle rate x%.3f of plain)\n", p, c / p }'
+metric "Approval submit + approve cycles, 2 clients" "$cycles" ">=" 2000 "/s"
+metric "Approval cycle rate / the same three plain updates" "$(awk -v c="$cycles" -v p="$plain" 'BEGIN { print c / p }')" "" "" x
 psql -X -At -c "SELECT format('  requests: %s approved, %s pending', count(*) FILTER (WHERE state = 'approved'),
                  count(*) FILTER (WHERE state = 'pending')) FROM crmguard.approval_request_state"

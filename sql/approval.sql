@@ -420,6 +420,49 @@ DROP TABLE public.regress_apv_tagged, public.regress_apv_seen;
 DROP DOMAIN public.regress_apv_label;
 DROP FUNCTION public.regress_apv_spy(text);
 
+-- ---------------------------------------------------------------------------
+-- A step whose only approver is the submitter: the submitter is left out of
+-- the step's approvers (and of the "approvers" notifications), and the step
+-- goes to the submitter's nearest active manager, who can approve it
+-- ---------------------------------------------------------------------------
+CREATE TABLE public.regress_apv_budget (id int PRIMARY KEY, amount int NOT NULL, status text NOT NULL DEFAULT 'Draft');
+INSERT INTO public.regress_apv_budget VALUES (1, 0);
+ALTER TABLE public.regress_apv_budget OWNER TO regress_apv_owner;
+GRANT SELECT, UPDATE ON public.regress_apv_budget TO regress_apv_marco, regress_apv_anna, regress_apv_dora;
+SET ROLE regress_apv_owner;
+SELECT crmguard.create_approval_process('Marco''s budget', 'public.regress_apv_budget',
+    '{"field": "amount", "op": ">", "value": 1000}',
+    '[{"name": "Budget holder", "approvers": {"principal": "apv_marco"}}]',
+    on_approve => '[{"set": {"status": "Approved"}}]',
+    on_submit => '[{"notify": {"channel": "email", "to": "approvers", "subject": "A budget waits for you"}}]',
+    auto_submit => '{update}') > 0 AS created;
+RESET ROLE;
+-- Marco submits while Anna, his manager, is away (inactive): Dora, above her, decides
+BEGIN;
+UPDATE crmguard.principal SET active = false WHERE name = 'apv_anna';
+SET ROLE regress_apv_marco;
+UPDATE public.regress_apv_budget SET amount = 5000 WHERE id = 1;
+RESET ROLE;
+UPDATE crmguard.principal SET active = true WHERE name = 'apv_anna';
+COMMIT;
+SELECT id AS budget FROM crmguard.approval_request_state WHERE target = 'public.regress_apv_budget'::regclass \gset
+SELECT approvers = ARRAY[:dora_id]::bigint[] AS active_manager_decides, NOT :marco_id = ANY (approvers) AS submitter_left_out
+  FROM crmguard.approval_request_state WHERE id = :budget;
+SELECT recipient FROM crmguard.outbox WHERE subject = 'A budget waits for you' ORDER BY id;
+SET ROLE regress_apv_marco;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :budget)) AS submitter_approves;
+RESET ROLE;
+SET ROLE regress_apv_anna;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :budget)) AS not_an_approver;
+RESET ROLE;
+SET ROLE regress_apv_dora;
+SELECT crmguard.approve(:budget, 'fine');
+RESET ROLE;
+SELECT status FROM public.regress_apv_budget WHERE id = 1;
+SELECT state FROM crmguard.approval_request_state WHERE id = :budget;
+DELETE FROM crmguard.outbox WHERE subject = 'A budget waits for you';
+DROP TABLE public.regress_apv_budget;
+
 -- a column a process names cannot be renamed away
 SET ROLE regress_apv_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal RENAME COLUMN discount TO rebate$$) AS rename_criteria_column;

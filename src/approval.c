@@ -1,21 +1,15 @@
 /*
  * approval.c
- *		Approval workflows: the lock on a row while its request is pending,
- *		automatic submission of rows that enter a process's criteria, and the
- *		actions after a decision.
+ *		Approval workflows: automatic submission of rows that enter a
+ *		process's criteria, submit_for_approval, the actions after a
+ *		decision, process definitions, and the worker's tick.
  *
- * The steps of a request (approve, reject, recall, delegate, timeouts) are
- * SQL in 80_approval.sql; this file holds what runs on every row of a table
- * with processes, and what must run as somebody else: the submission that
- * reads the row as the caller, and "set" and "call" actions, which run as
- * the role that defined the process, never as the extension's owner.
- *
- * Every backend caches, for each table with processes, its current
- * processes in order and the keys of its rows with a pending request.  Any
- * change of crmguard.approval_process or crmguard.approval_request_state
- * invalidates the cache at commit.  The lock trigger processes invalidations
- * before it looks: a transaction that waited for the submitter's row lock
- * sees the request the submitter committed.
+ * The lock on a pending row and its caches are in approval_lock.c;
+ * submission and decisions (approve, reject, recall, the steps) in
+ * approval_engine.c; delegation and timeouts are SQL in 80_approval.sql.
+ * What must run as somebody else runs here: the submission that reads the
+ * row as the caller, and "set" and "call" actions, which run as the role
+ * that defined the process, never as the extension's owner.
  */
 #include "postgres.h"
 
@@ -24,6 +18,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -31,7 +26,11 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "parser/parsetree.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -47,623 +46,12 @@
 #include "utils/snapmgr.h"
 
 #include "crmguard.h"
+#include "approval.h"
 
 #define LOCK_GUARD		CG_APPROVAL_LOCK_GUARD
 #define TRUNCATE_GUARD	CG_APPROVAL_TRUNCATE_GUARD
 #define SUBMIT_INSERT	CG_APPROVAL_SUBMIT_INSERT
 #define SUBMIT_UPDATE	CG_APPROVAL_SUBMIT_UPDATE
-
-/* ---------------------------------------------------------------------------
- * Cache
- * ---------------------------------------------------------------------------
- */
-typedef struct Process
-{
-	int64		id;
-	char	   *compiled;		/* entry criteria over the row */
-	bool		on_insert;
-	bool		on_update;
-} Process;
-
-typedef struct PendingRow
-{
-	char	   *key;
-	int64		request;
-	int			nedit;
-	char	  **editable;
-} PendingRow;
-
-typedef struct ApprovalTable
-{
-	Oid			relid;			/* hash key */
-	int			nprocesses;
-	Process    *processes;		/* current ones, in their order */
-	List	   *pending;		/* of PendingRow */
-	HTAB	   *pending_keys;	/* text key -> PendingRows, when any */
-	HTAB	   *pending_ints;	/* integer key -> PendingRow, for integer keys */
-} ApprovalTable;
-
-typedef struct PendingInt
-{
-	int64		key;
-	PendingRow *row;
-} PendingInt;
-
-typedef struct PendingKey
-{
-	char		key[NAMEDATALEN * 2];	/* truncated key; the entry has the full one */
-	List	   *rows;
-} PendingKey;
-
-static HTAB *tables = NULL;
-static MemoryContext cache_context = NULL;
-static bool cache_valid = false;
-static Oid	process_rel = InvalidOid;
-static Oid	signal_rel = InvalidOid;
-
-/* the one row a "set" action may change while its request is pending */
-static Oid	bypass_relid = InvalidOid;
-static char *bypass_key = NULL;
-
-static void
-cache_callback(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == process_rel || relid == signal_rel ||
-		(tables != NULL && hash_search(tables, &relid, HASH_FIND, NULL) != NULL))
-		cache_valid = false;
-}
-
-static ApprovalTable *
-table_entry(Oid relid)
-{
-	bool		found;
-	ApprovalTable *t = hash_search(tables, &relid, HASH_ENTER, &found);
-
-	if (!found)
-	{
-		t->nprocesses = 0;
-		t->processes = NULL;
-		t->pending = NIL;
-		t->pending_keys = NULL;
-		t->pending_ints = NULL;
-	}
-	return t;
-}
-
-static char **
-text_array(Datum d, int *n)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int			count;
-	int			i;
-	char	  **out;
-
-	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &count);
-	out = palloc(sizeof(char *) * Max(count, 1));
-	for (i = 0; i < count; i++)
-		out[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
-	*n = count;
-	return out;
-}
-
-static bool
-contains(char **list, int n, const char *s)
-{
-	int			i;
-
-	for (i = 0; i < n; i++)
-		if (strcmp(list[i], s) == 0)
-			return true;
-	return false;
-}
-
-/* Read processes and pending rows with the latest snapshot, whatever the isolation */
-static void
-load_cache(void)
-{
-	CgPrivilegedContext priv;
-	HASHCTL		ctl;
-	MemoryContext old;
-	uint64		i;
-	SPITupleTable *procs;
-	uint64		nprocs;
-
-	if (cache_context == NULL)
-	{
-		cache_context = AllocSetContextCreate(CacheMemoryContext, "crmguard approval cache",
-											  ALLOCSET_SMALL_SIZES);
-		cg_register_relcache_callback(cache_callback, (Datum) 0);
-	}
-	MemoryContextReset(cache_context);
-	ctl.keysize = sizeof(Oid);
-	ctl.entrysize = sizeof(ApprovalTable);
-	ctl.hcxt = cache_context;
-	tables = hash_create("crmguard approval tables", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	process_rel = get_relname_relid("approval_process", cg_catalog()->schema);
-	signal_rel = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
-	cache_valid = true;
-
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute("SELECT target::pg_catalog.oid, id, entry_criteria, auto_submit FROM crmguard.approval_process"
-					" WHERE current ORDER BY target, position", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_process");
-	procs = SPI_tuptable;
-	nprocs = SPI_processed;
-	for (i = 0; i < nprocs; i++)
-	{
-		HeapTuple	tup = procs->vals[i];
-		TupleDesc	desc = procs->tupdesc;
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		Datum		criteria = SPI_getbinval(tup, desc, 3, &isnull);
-		char	   *compiled = cg_criteria_compile(relid, isnull ? NULL : DatumGetJsonbP(criteria));
-		int			nauto;
-		char	  **autos = text_array(SPI_getbinval(tup, desc, 4, &isnull), &nauto);
-		ApprovalTable *t;
-		Process    *p;
-
-		old = MemoryContextSwitchTo(cache_context);
-		t = table_entry(relid);
-		t->processes = t->processes ? repalloc(t->processes, sizeof(Process) * (t->nprocesses + 1))
-			: palloc(sizeof(Process));
-		p = &t->processes[t->nprocesses++];
-		p->id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		p->compiled = pstrdup(compiled);
-		p->on_insert = contains(autos, nauto, "insert");
-		p->on_update = contains(autos, nauto, "update");
-		MemoryContextSwitchTo(old);
-	}
-	if (SPI_execute("SELECT r.target::pg_catalog.oid, r.row_key, r.id, p.editable_columns::pg_catalog.text[]"
-					" FROM crmguard.approval_request_state r"
-					" JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-					" WHERE r.state OPERATOR(pg_catalog.=) 'pending'", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_request_state");
-	old = MemoryContextSwitchTo(cache_context);
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		ApprovalTable *t = table_entry(relid);
-		PendingRow *row = palloc(sizeof(PendingRow));
-		PendingKey *k;
-		char		truncated[NAMEDATALEN * 2];
-		bool		found;
-
-		row->key = SPI_getvalue(tup, desc, 2);
-		row->request = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		row->editable = text_array(SPI_getbinval(tup, desc, 4, &isnull), &row->nedit);
-		if (t->pending_keys == NULL)
-		{
-			HASHCTL		kctl;
-
-			kctl.keysize = sizeof(truncated);
-			kctl.entrysize = sizeof(PendingKey);
-			kctl.hcxt = cache_context;
-			t->pending_keys = hash_create("crmguard pending rows", 64, &kctl,
-										  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-		}
-		strlcpy(truncated, row->key, sizeof(truncated));
-		k = hash_search(t->pending_keys, truncated, HASH_ENTER, &found);
-		if (!found)
-			k->rows = NIL;
-		k->rows = lappend(k->rows, row);
-		t->pending = lappend(t->pending, row);
-		/* an integer key is also found by value, with no output function per row */
-		{
-			char	   *end;
-			int64		v;
-
-			errno = 0;
-			v = strtoi64(row->key, &end, 10);
-			if (errno == 0 && end != row->key && *end == '\0')
-			{
-				PendingInt *pi;
-
-				if (t->pending_ints == NULL)
-				{
-					HASHCTL		ictl;
-
-					ictl.keysize = sizeof(int64);
-					ictl.entrysize = sizeof(PendingInt);
-					ictl.hcxt = cache_context;
-					t->pending_ints = hash_create("crmguard pending integer keys", 64, &ictl,
-												  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-				}
-				pi = hash_search(t->pending_ints, &v, HASH_ENTER, NULL);
-				pi->row = row;
-			}
-		}
-	}
-	MemoryContextSwitchTo(old);
-	/* after a restart or a restore, the worker must watch the clocks again */
-	if (SPI_execute("SELECT 1 FROM crmguard.approval_request_state WHERE state OPERATOR(pg_catalog.=) 'pending'"
-					" AND step_timeout IS NOT NULL LIMIT 1", true, 1) == SPI_OK_SELECT && SPI_processed > 0 &&
-		!RecoveryInProgress())
-		(void) cg_enqueue(CG_JOB_WAKE, "", 0);
-	PopActiveSnapshot();
-	SPI_finish();
-	cg_leave_owner(&priv);
-}
-
-static ApprovalTable *
-table_of(Oid relid)
-{
-	if (!cache_valid)
-		load_cache();
-	return hash_search(tables, &relid, HASH_FIND, NULL);
-}
-
-static PendingRow *
-pending_row(ApprovalTable *t, const char *key)
-{
-	char		truncated[NAMEDATALEN * 2];
-	PendingKey *k;
-	ListCell   *lc;
-
-	if (t->pending_keys == NULL)
-		return NULL;
-	strlcpy(truncated, key, sizeof(truncated));
-	k = hash_search(t->pending_keys, truncated, HASH_FIND, NULL);
-	if (k == NULL)
-		return NULL;
-	foreach(lc, k->rows)
-	{
-		PendingRow *row = (PendingRow *) lfirst(lc);
-
-		if (strcmp(row->key, key) == 0)
-			return row;
-	}
-	return NULL;
-}
-
-/* The text of a row's key column (the single-column primary key) */
-static char *
-key_of(Relation rel, HeapTuple tuple, AttrNumber keyatt)
-{
-	bool		isnull;
-	Datum		value = heap_getattr(tuple, keyatt, RelationGetDescr(rel), &isnull);
-	Oid			out;
-	bool		varlena;
-
-	if (isnull)
-		return NULL;
-	getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), keyatt - 1)->atttypid, &out, &varlena);
-	return OidOutputFunctionCall(out, value);
-}
-
-/* The primary key's attribute number, per table, from the index cache */
-static AttrNumber
-key_attno(Relation rel)
-{
-	Bitmapset  *pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
-	int			member = bms_next_member(pk, -1);
-
-	if (member < 0 || bms_next_member(pk, member) >= 0)
-		return InvalidAttrNumber;
-	return member + FirstLowInvalidHeapAttributeNumber;
-}
-
-/* ---------------------------------------------------------------------------
- * The lock: no change to a pending row but its editable columns (CG010)
- *
- * The lock is an AFTER row trigger whose WHEN clause asks
- * approval_row_pending(table, OLD.key): a row with no request costs one
- * function call and a hash probe, and no trigger event (a BEFORE trigger
- * would lock every row it is called for).  The error at the end of the
- * statement undoes the whole statement, as a BEFORE trigger's would.
- * ---------------------------------------------------------------------------
- */
-
-/* The pending request of a row, by the value of its key column */
-static PendingRow *
-find_pending(ApprovalTable *t, Oid keytype, Datum value)
-{
-	if (keytype == INT8OID || keytype == INT4OID || keytype == INT2OID)
-	{
-		int64		v = keytype == INT8OID ? DatumGetInt64(value) :
-			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
-		PendingInt *pi = t->pending_ints ? hash_search(t->pending_ints, &v, HASH_FIND, NULL) : NULL;
-
-		return pi ? pi->row : NULL;
-	}
-	else
-	{
-		Oid			out;
-		bool		varlena;
-
-		getTypeOutputInfo(keytype, &out, &varlena);
-		return pending_row(t, OidOutputFunctionCall(out, value));
-	}
-}
-
-typedef struct PendingCheck
-{
-	Oid			keytype;
-	Oid			relid;
-	Oid			userid;
-	bool		may_know;		/* the caller may change the table */
-} PendingCheck;
-
-/*
- * Tables that a statement running now (at any nesting level) changes: the
- * lock's probe answers for them whatever path reached the table (a view, a
- * rule, a SECURITY DEFINER function), since the role invoking the trigger is
- * then not the one whose rights on the table were checked.
- */
-typedef struct ChangingTable
-{
-	Oid			relid;
-	QueryDesc  *query;			/* the statement changing it */
-	int			nestlevel;		/* subtransaction that started the statement */
-} ChangingTable;
-
-static List *changing_tables = NIL;		/* in TopMemoryContext */
-static ExecutorStart_hook_type prev_executor_start = NULL;
-static ExecutorEnd_hook_type prev_executor_end = NULL;
-
-static void
-track_changing_start(QueryDesc *queryDesc, int eflags)
-{
-	PlannedStmt *stmt = queryDesc->plannedstmt;
-
-	if (prev_executor_start)
-		prev_executor_start(queryDesc, eflags);
-	else
-		standard_ExecutorStart(queryDesc, eflags);
-
-	/* INSERT too: ON CONFLICT DO UPDATE fires the lock */
-	if (stmt->resultRelations != NIL && !(eflags & EXEC_FLAG_EXPLAIN_ONLY))
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		ListCell   *lc;
-
-		foreach(lc, stmt->resultRelations)
-		{
-			ChangingTable *c = palloc(sizeof(ChangingTable));
-
-			c->relid = rt_fetch(lfirst_int(lc), stmt->rtable)->relid;
-			c->query = queryDesc;
-			c->nestlevel = GetCurrentTransactionNestLevel();
-			changing_tables = lcons(c, changing_tables);
-		}
-		MemoryContextSwitchTo(old);
-	}
-}
-
-static void
-track_changing_end(QueryDesc *queryDesc)
-{
-	ListCell   *lc;
-
-	foreach(lc, changing_tables)
-	{
-		ChangingTable *c = (ChangingTable *) lfirst(lc);
-
-		if (c->query == queryDesc)
-		{
-			changing_tables = foreach_delete_current(changing_tables, lc);
-			pfree(c);
-		}
-	}
-	if (prev_executor_end)
-		prev_executor_end(queryDesc);
-	else
-		standard_ExecutorEnd(queryDesc);
-}
-
-/* statements that failed never reach ExecutorEnd: forget what their level pushed */
-static void
-track_changing_abort(int nestlevel)
-{
-	ListCell   *lc;
-
-	foreach(lc, changing_tables)
-	{
-		ChangingTable *c = (ChangingTable *) lfirst(lc);
-
-		if (c->nestlevel >= nestlevel)
-		{
-			changing_tables = foreach_delete_current(changing_tables, lc);
-			pfree(c);
-		}
-	}
-}
-
-static void
-track_changing_xact(XactEvent event, void *arg)
-{
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_PREPARE)
-		track_changing_abort(0);
-}
-
-static void
-track_changing_subxact(SubXactEvent event, SubTransactionId mySubid,
-					   SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		track_changing_abort(GetCurrentTransactionNestLevel());
-}
-
-static bool
-table_is_changing(Oid relid)
-{
-	ListCell   *lc;
-
-	foreach(lc, changing_tables)
-		if (((ChangingTable *) lfirst(lc))->relid == relid)
-			return true;
-	return false;
-}
-
-/* From _PG_init: watch which tables the running statements change */
-void
-cg_approval_init(void)
-{
-	prev_executor_start = ExecutorStart_hook;
-	ExecutorStart_hook = track_changing_start;
-	prev_executor_end = ExecutorEnd_hook;
-	ExecutorEnd_hook = track_changing_end;
-	RegisterXactCallback(track_changing_xact, NULL);
-	RegisterSubXactCallback(track_changing_subxact, NULL);
-}
-
-/*
- * WHEN clause of the lock: has the row with this key a pending request?
- * Answered to a role that may update (any column) or delete rows of the
- * table, and inside any statement now changing the table, however it got
- * there (a view, a rule, a function): anyone else learns nothing.
- */
-PG_FUNCTION_INFO_V1(crmguard_approval_row_pending);
-Datum
-crmguard_approval_row_pending(PG_FUNCTION_ARGS)
-{
-	PendingCheck *check = (PendingCheck *) fcinfo->flinfo->fn_extra;
-	Oid			relid;
-	ApprovalTable *t;
-
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_BOOL(false);
-	relid = PG_GETARG_OID(0);
-	if (check == NULL || check->relid != relid || check->userid != GetUserId())
-	{
-		check = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(PendingCheck));
-		check->keytype = get_fn_expr_argtype(fcinfo->flinfo, 1);
-		check->relid = relid;
-		check->userid = GetUserId();
-		/* UPDATE of a single column is enough to fire the lock */
-		check->may_know = pg_class_aclcheck(relid, check->userid, ACL_UPDATE | ACL_DELETE) == ACLCHECK_OK ||
-			pg_attribute_aclcheck_all(relid, check->userid, ACL_UPDATE, ACLMASK_ANY) == ACLCHECK_OK;
-		fcinfo->flinfo->fn_extra = check;
-	}
-	if (!check->may_know && !table_is_changing(relid))
-		PG_RETURN_BOOL(false);
-	/* a request committed while this statement waited for the row counts now */
-	AcceptInvalidationMessages();
-	t = table_of(relid);
-	if (t == NULL || t->pending == NIL)
-		PG_RETURN_BOOL(false);
-	PG_RETURN_BOOL(find_pending(t, check->keytype, PG_GETARG_DATUM(1)) != NULL);
-}
-
-PG_FUNCTION_INFO_V1(crmguard_approval_lock);
-Datum
-crmguard_approval_lock(PG_FUNCTION_ARGS)
-{
-	TriggerData *td = (TriggerData *) fcinfo->context;
-	Relation	rel;
-	Oid			relid;
-	ApprovalTable *t;
-	PendingRow *row;
-	TupleDesc	desc;
-	AttrNumber	keyatt;
-	Datum		keyvalue;
-	bool		isnull;
-	int			i;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_INSERT(td->tg_event))
-		elog(ERROR, "crmguard_approval_lock: must be fired AFTER UPDATE OR DELETE FOR EACH ROW");
-	cg_require_preload();
-	cg_require_attested();
-	rel = td->tg_relation;
-	relid = RelationGetRelid(rel);
-	desc = RelationGetDescr(rel);
-	AcceptInvalidationMessages();
-	t = table_of(relid);
-	keyatt = key_attno(rel);
-	if (t == NULL || t->pending == NIL)
-		return PointerGetDatum(NULL);
-	/* requests name their rows by the primary key: without one, fail closed */
-	if (keyatt == InvalidAttrNumber)
-		ereport(ERROR,
-				(errcode(ERRCODE_CG_ROW_LOCKED),
-				 errmsg("table %s has pending approval requests and no primary key to find their rows",
-						RelationGetRelationName(rel)),
-				 errhint("Restore the table's primary key; until then no row of it can change.")));
-	keyvalue = heap_getattr(td->tg_trigtuple, keyatt, desc, &isnull);
-	if (isnull)
-		return PointerGetDatum(NULL);
-	row = find_pending(t, TupleDescAttr(desc, keyatt - 1)->atttypid, keyvalue);
-	if (row == NULL)
-		return PointerGetDatum(NULL);
-	if (bypass_relid == relid && bypass_key != NULL && strcmp(bypass_key, row->key) == 0)
-		return PointerGetDatum(NULL);
-
-	if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_CG_ROW_LOCKED),
-				 errmsg("row %s of table %s is locked by pending approval request " INT64_FORMAT,
-						row->key, RelationGetRelationName(rel), row->request),
-				 errhint("The submitter can recall the request; after the decision the row can be deleted.")));
-	for (i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute a = TupleDescAttr(desc, i);
-		bool		oldnull;
-		bool		newnull;
-		Datum		oldv;
-		Datum		newv;
-
-		if (a->attisdropped || contains(row->editable, row->nedit, NameStr(a->attname)))
-			continue;
-		oldv = heap_getattr(td->tg_trigtuple, i + 1, desc, &oldnull);
-		newv = heap_getattr(td->tg_newtuple, i + 1, desc, &newnull);
-		if (oldnull == newnull && (oldnull || datum_image_eq(oldv, newv, a->attbyval, a->attlen)))
-			continue;
-		ereport(ERROR,
-				(errcode(ERRCODE_CG_ROW_LOCKED),
-				 errmsg("row %s of table %s is locked by pending approval request " INT64_FORMAT,
-						row->key, RelationGetRelationName(rel), row->request),
-				 errdetail("Column \"%s\" cannot change while the request is pending.", NameStr(a->attname)),
-				 row->nedit > 0 ?
-				 errhint("Only the editable columns of the process can change; the submitter can recall the request.") :
-				 errhint("The submitter can recall the request.")));
-	}
-	return PointerGetDatum(NULL);
-}
-
-/* TRUNCATE would empty pending rows with the rest: refused while any is pending */
-PG_FUNCTION_INFO_V1(crmguard_approval_truncate);
-Datum
-crmguard_approval_truncate(PG_FUNCTION_ARGS)
-{
-	TriggerData *td = (TriggerData *) fcinfo->context;
-	ApprovalTable *t;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
-		elog(ERROR, "crmguard_approval_truncate: must be fired BEFORE TRUNCATE");
-	cg_require_preload();
-	AcceptInvalidationMessages();
-	t = table_of(RelationGetRelid(td->tg_relation));
-	if (t != NULL && t->pending != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CG_ROW_LOCKED),
-				 errmsg("table %s has rows locked by pending approval requests",
-						RelationGetRelationName(td->tg_relation)),
-				 errdetail("Request " INT64_FORMAT " is one of them.", ((PendingRow *) linitial(t->pending))->request)));
-	return PointerGetDatum(NULL);
-}
-
-/* Statement trigger on the request table: at commit, every backend reloads its locks */
-PG_FUNCTION_INFO_V1(crmguard_approval_requests_changed);
-Datum
-crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
-{
-	Oid			signal = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "crmguard_approval_requests_changed: not called as a trigger");
-	if (OidIsValid(signal))
-		CacheInvalidateRelcacheByRelid(signal);
-	return PointerGetDatum(NULL);
-}
 
 /* ---------------------------------------------------------------------------
  * Submission
@@ -690,34 +78,6 @@ process_for(Oid relid, ApprovalTable *t, Datum row)
 	return NULL;
 }
 
-static int64
-submit(int64 process, const char *key, Jsonb *data, const char *comment, bool automatic)
-{
-	CgPrivilegedContext priv;
-	Oid			types[5] = {INT8OID, TEXTOID, JSONBOID, TEXTOID, BOOLOID};
-	Datum		values[5];
-	char		nulls[5] = "     ";
-	bool		isnull;
-	Datum		id;
-
-	values[0] = Int64GetDatum(process);
-	values[1] = CStringGetTextDatum(key);
-	values[2] = JsonbPGetDatum(data);
-	values[3] = comment ? CStringGetTextDatum(comment) : (Datum) 0;
-	nulls[3] = comment ? ' ' : 'n';
-	values[4] = BoolGetDatum(automatic);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT crmguard.approval_submit($1, $2, $3, $4, $5)",
-							  5, types, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not submit the row");
-	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	SPI_finish();
-	cg_leave_owner(&priv);
-	return DatumGetInt64(id);
-}
-
 /* Rows that enter a process's criteria on INSERT or UPDATE are submitted */
 PG_FUNCTION_INFO_V1(crmguard_approval_auto_submit);
 Datum
@@ -742,7 +102,7 @@ crmguard_approval_auto_submit(PG_FUNCTION_ARGS)
 	inserting = TRIGGER_FIRED_BY_INSERT(td->tg_event);
 	tuple = inserting ? td->tg_trigtuple : td->tg_newtuple;
 	row = heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel));
-	p = process_for(relid, table_of(relid), row);
+	p = process_for(relid, cg_approval_table(relid), row);
 	if (p == NULL || !(inserting ? p->on_insert : p->on_update))
 		return PointerGetDatum(NULL);
 	/* an update submits a row that enters the criteria, not one already in them */
@@ -750,9 +110,9 @@ crmguard_approval_auto_submit(PG_FUNCTION_ARGS)
 		cg_criteria_row_matches(relid, p->compiled,
 								heap_copy_tuple_as_datum(td->tg_trigtuple, RelationGetDescr(rel))))
 		return PointerGetDatum(NULL);
-	key = key_of(rel, tuple, key_attno(rel));
+	key = cg_approval_key_text(rel, tuple, cg_approval_key_attno(rel));
 	if (key != NULL)
-		(void) submit(p->id, key, row_jsonb(row), NULL, true);
+		(void) cg_approval_submit(p->id, key, row_jsonb(row), NULL, true);
 	return PointerGetDatum(NULL);
 }
 
@@ -797,7 +157,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("target and row_key must not be NULL")));
 	relid = PG_GETARG_OID(0);
 	key = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	t = table_of(relid);
+	t = cg_approval_table(relid);
 	if (t == NULL || t->nprocesses == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -831,92 +191,82 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("row %s of table %s matches no approval process", key, get_rel_name(relid))));
-	PG_RETURN_INT64(submit(p->id, key, data, comment, false));
+	PG_RETURN_INT64(cg_approval_submit(p->id, key, data, comment, false));
 }
 
 /* ---------------------------------------------------------------------------
  * The row of a request, and the actions after a decision
  * ---------------------------------------------------------------------------
  */
-typedef struct RequestInfo
+/*
+ * Statements on requests' rows, prepared once per backend and statement
+ * text (the text names the table, its key and the key's type).
+ */
+typedef struct RowPlan
 {
-	int64		id;
-	Oid			relid;
-	char	   *key;
-	char	   *pk;
-	int64		submitted_by;	/* 0: nobody */
-	ArrayType  *approvers;
-	Oid			run_as;
-	char	   *process;
-	char	   *state;
-} RequestInfo;
+	char	   *sql;
+	SPIPlanPtr	plan;
+} RowPlan;
 
-static RequestInfo *
-request_info(int64 request)
-{
-	CgPrivilegedContext priv;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	RequestInfo *r = palloc0(sizeof(RequestInfo));
-	MemoryContext caller = CurrentMemoryContext;
-	MemoryContext old;
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
+#define MAX_ROW_PLANS 64
 
-	values[0] = Int64GetDatum(request);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT r.target::pg_catalog.oid, r.row_key, r.submitted_by, r.approvers,"
-							  " p.run_as::pg_catalog.oid, p.process_name, r.state"
-							  " FROM crmguard.approval_request_state r"
-							  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-							  " WHERE r.id OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the approval request");
-	if (SPI_processed == 0)
-		ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-						errmsg("approval request " INT64_FORMAT " does not exist", request)));
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	old = MemoryContextSwitchTo(caller);
-	r->id = request;
-	r->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-	r->key = SPI_getvalue(tup, desc, 2);
-	d = SPI_getbinval(tup, desc, 3, &isnull);
-	r->submitted_by = isnull ? 0 : DatumGetInt64(d);
-	r->approvers = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 4, &isnull));
-	r->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
-	r->process = SPI_getvalue(tup, desc, 6);
-	r->state = SPI_getvalue(tup, desc, 7);
-	r->pk = cg_primary_key_column(r->relid);
-	MemoryContextSwitchTo(old);
-	SPI_finish();
-	cg_leave_owner(&priv);
-	if (r->pk == NULL)
-		elog(ERROR, "table %s has no single-column primary key", get_rel_name(r->relid));
-	return r;
-}
+static List *row_plans = NIL;	/* in TopMemoryContext, most recent first */
 
 /*
  * Run a statement on the request's row as the table's owner, the visibility
- * rules set aside (the decision is taken; the row is the one submitted).
+ * rules set aside (the decision is taken; the row is the one submitted).  The
+ * plan is checked (and rewritten when stale) with the rules set aside before
+ * it runs; the statement itself, and what its triggers run, sees them.
  */
+static int
+execute_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values,
+			   const char *nulls, bool read_only)
+{
+	RowPlan    *rp = NULL;
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, row_plans)
+		if (strcmp(((RowPlan *) lfirst(lc))->sql, sql) == 0)
+			rp = lfirst(lc);
+	if (rp == NULL)
+	{
+		SPIPlanPtr	plan = cg_prepare_all_rows(r->relid, sql, nargs, types);
+
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the plan of \"%s\"", sql);
+		if (list_length(row_plans) >= MAX_ROW_PLANS)
+		{
+			RowPlan    *oldest = llast(row_plans);
+
+			row_plans = list_delete_last(row_plans);
+			SPI_freeplan(oldest->plan);
+			pfree(oldest->sql);
+			pfree(oldest);
+		}
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		rp = palloc(sizeof(RowPlan));
+		rp->sql = pstrdup(sql);
+		rp->plan = plan;
+		row_plans = lcons(rp, row_plans);
+		MemoryContextSwitchTo(old);
+	}
+	else
+		cg_revalidate_all_rows(r->relid, rp->plan);
+	return SPI_execute_plan(rp->plan, values, nulls, read_only, 1);
+}
+
 static void
 run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values, char *nulls,
 		   int expect)
 {
 	CgPrivilegedContext priv;
-	SPIPlanPtr	plan;
 	int			rc;
 
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(r->relid, sql, nargs, types);
-	rc = SPI_execute_plan(plan, values, nulls, expect == SPI_OK_SELECT, 1);
+	rc = execute_on_row(r, sql, nargs, types, values, nulls, expect == SPI_OK_SELECT);
 	if (rc != expect)
 		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
 	if (SPI_processed != 1)
@@ -929,24 +279,22 @@ run_on_row(RequestInfo *r, const char *sql, int nargs, Oid *types, Datum *values
 }
 
 /* The request's row as jsonb, read as the table's owner; NULL when gone */
-static Jsonb *
-current_row(RequestInfo *r)
+Jsonb *
+cg_approval_current_row(RequestInfo *r)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	Jsonb	   *result = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	CgPrivilegedContext priv;
-	SPIPlanPtr	plan;
 
 	values[0] = CStringGetTextDatum(r->key);
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = cg_prepare_all_rows(r->relid, psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
-										qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
-							   1, types);
-	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (execute_on_row(r, psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
+								   qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
+					   1, types, values, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row of approval request " INT64_FORMAT, r->id);
 	if (SPI_processed == 1)
 	{
@@ -959,17 +307,6 @@ current_row(RequestInfo *r)
 	SPI_finish();
 	cg_leave_owner(&priv);
 	return result;
-}
-
-PG_FUNCTION_INFO_V1(crmguard_approval_current_row);
-Datum
-crmguard_approval_current_row(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *row = current_row(request_info(PG_GETARG_INT64(0)));
-
-	if (row == NULL)
-		PG_RETURN_NULL();
-	PG_RETURN_JSONB_P(row);
 }
 
 static char *
@@ -1013,7 +350,7 @@ principals_named(RequestInfo *r, const char *who, Jsonb **row)
 		char	   *id;
 
 		if (*row == NULL)
-			*row = current_row(r);
+			*row = cg_approval_current_row(r);
 		id = *row ? scalar_text(cg_jsonb_member(&(*row)->root, who)) : NULL;
 		if (id != NULL)
 			ids = lappend(ids, id);
@@ -1090,8 +427,7 @@ action_set(RequestInfo *r, Jsonb *body)
 	}
 	if (sets.len == 0)
 		return;
-	bypass_relid = r->relid;
-	bypass_key = r->key;
+	cg_approval_bypass(r->relid, r->key);
 	PG_TRY();
 	{
 		run_on_row(r, psprintf("UPDATE ONLY %s SET %s WHERE %s", qualified_name(r->relid), sets.data,
@@ -1100,8 +436,7 @@ action_set(RequestInfo *r, Jsonb *body)
 	}
 	PG_FINALLY();
 	{
-		bypass_relid = InvalidOid;
-		bypass_key = NULL;
+		cg_approval_bypass(InvalidOid, NULL);
 	}
 	PG_END_TRY();
 }
@@ -1146,7 +481,7 @@ action_webhook(RequestInfo *r, Jsonb *body)
 	CommandCounterIncrement();
 	PushCopiedSnapshot(GetActiveSnapshot());
 	UpdateActiveSnapshotCommandId();
-	row = current_row(r);
+	row = cg_approval_current_row(r);
 	PopActiveSnapshot();
 
 	initStringInfo(&doc);
@@ -1231,21 +566,19 @@ action_call(RequestInfo *r, const char *function)
 	cg_leave_owner(&priv);
 }
 
-PG_FUNCTION_INFO_V1(crmguard_approval_run_actions);
-Datum
-crmguard_approval_run_actions(PG_FUNCTION_ARGS)
+/* Run a process's actions for a request, in their order */
+void
+cg_approval_run_actions(RequestInfo *r, Jsonb *actions)
 {
-	RequestInfo *r;
-	Jsonb	   *actions;
 	Jsonb	   *row = NULL;
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_VOID();
-	r = request_info(PG_GETARG_INT64(0));
-	actions = PG_GETARG_JSONB_P(1);
+	if (actions == NULL)
+		return;
+	if (r->pk == NULL)
+		elog(ERROR, "table %s has no single-column primary key", get_rel_name(r->relid));
 	it = JsonbIteratorInit(&actions->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -1280,7 +613,6 @@ crmguard_approval_run_actions(PG_FUNCTION_ARGS)
 				elog(ERROR, "unknown approval action \"%s\"", kind);
 		}
 	}
-	PG_RETURN_VOID();
 }
 
 /* ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 
 #include "crmguard.h"
@@ -48,6 +49,7 @@ crmguard_shmem_request(void)
 	cg_worker_shmem_request();
 	cg_otp_shmem_request();
 	cg_device_shmem_request();
+	cg_approval_shmem_request();
 }
 #endif
 
@@ -59,6 +61,7 @@ crmguard_shmem_startup(void)
 	cg_worker_shmem_startup();
 	cg_otp_shmem_startup();
 	cg_device_shmem_startup();
+	cg_approval_shmem_startup();
 }
 
 /*
@@ -128,6 +131,7 @@ _PG_init(void)
 	cg_worker_shmem_request();
 	cg_otp_shmem_request();
 	cg_device_shmem_request();
+	cg_approval_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = crmguard_shmem_startup;
@@ -314,6 +318,53 @@ cg_leave_owner(CgPrivilegedContext *ctx)
 }
 
 /*
+ * A statement with a plan prepared once per backend and statement text,
+ * for crmguard's own catalogs (as the extension's owner) or a query crmguard
+ * builds for a table (as the role it runs as): the plan is made and run
+ * with the pinned search_path of those contexts, and re-planned as any
+ * cached plan is (a table changed, another role, another principal).  The
+ * caller is connected to SPI.  Same arguments as SPI_execute_with_args.
+ * Planned and run with fixed planner settings, not the session's.
+ */
+#define MAX_KEPT_PLANS 128
+
+int
+cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+				bool read_only, long count)
+{
+	static char *texts[MAX_KEPT_PLANS];
+	static SPIPlanPtr plans[MAX_KEPT_PLANS];
+	static int	nplans = 0;
+	SPIPlanPtr	plan = NULL;
+	int			i;
+	int			nestlevel = NewGUCNestLevel();
+	int			rc;
+
+	/* index look-ups whatever the statistics say, no JIT: these are point queries */
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	for (i = 0; i < nplans && plan == NULL; i++)
+		if (strcmp(texts[i], sql) == 0)
+			plan = plans[i];
+	if (plan == NULL)
+	{
+		plan = SPI_prepare(sql, nargs, types);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (nplans < MAX_KEPT_PLANS && SPI_keepplan(plan) == 0)
+		{
+			texts[nplans] = MemoryContextStrdup(TopMemoryContext, sql);
+			plans[nplans++] = plan;
+		}
+	}
+	rc = SPI_execute_plan(plan, values, nulls, read_only, count);
+	AtEOXact_GUC(true, nestlevel);
+	return rc;
+}
+
+/*
  * Statement trigger on each rule table: at commit, every backend drops what
  * it cached from that table (the relcache callbacks of each module).
  */
@@ -342,7 +393,7 @@ cg_catalog_has_row(const char *sql, int nargs, Oid *types, Datum *values)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 1) != SPI_OK_SELECT)
+	if (cg_execute_kept(sql, nargs, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard's catalogs");
 	found = SPI_processed > 0;
 	SPI_finish();

@@ -62,6 +62,8 @@ extern void cg_enter_owner(CgPrivilegedContext *ctx);
 extern void cg_leave_owner(CgPrivilegedContext *ctx);
 extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role);
 extern void cg_enter_table_owner(CgPrivilegedContext *ctx, Oid relid);
+extern int	cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values,
+							const char *nulls, bool read_only, long count);
 
 /* crypto.c: the server key and the primitives built on it */
 typedef enum CgKeyPurpose
@@ -175,6 +177,7 @@ extern char *cg_otp_equality_operator(Oid type);
 /* visibility.c: row visibility through the row-level security hook */
 extern void cg_visibility_init(void);
 extern struct _SPI_plan *cg_prepare_all_rows(Oid relid, const char *sql, int nargs, Oid *types);
+extern void cg_revalidate_all_rows(Oid relid, struct _SPI_plan *plan);
 
 /*
  * guard.c: the triggers crmguard installs on user tables.  A guard is known
@@ -241,5 +244,7 @@ extern void cg_activity_note(const char *action);
 /* approval.c: approval workflows */
 extern bool cg_approval_tick(void);
 extern void cg_approval_init(void);
+extern void cg_approval_shmem_request(void);
+extern void cg_approval_shmem_startup(void);
 
 #endif							/* CRMGUARD_H */

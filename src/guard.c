@@ -17,6 +17,7 @@
 #include "access/genam.h"
 #include "access/parallel.h"
 #include "access/relation.h"
+#include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -75,39 +76,46 @@ cg_require_table_owner(Oid relid)
 				 errmsg("must be owner of table %s to guard it", get_rel_name(relid))));
 }
 
-/* The single-column primary key of a table, or NULL; caller is in SPI */
+/* The single-column primary key of a table, or NULL: from the relcache, no query */
 char *
 cg_primary_key_column(Oid relid)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
+	Relation	rel = try_relation_open(relid, AccessShareLock);
+	Bitmapset  *pk;
+	int			member;
 	char	   *column = NULL;
-	MemoryContext caller = CurrentMemoryContext;	/* SPI calls return in its own context */
 
-	values[0] = ObjectIdGetDatum(relid);
-	if (SPI_execute_with_args("SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_index i"
-							  " JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
-							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
-							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
-							  " AND i.indnkeyatts OPERATOR(pg_catalog.=) 1",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_index");
-	if (SPI_processed > 0)
-		column = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	if (rel == NULL)
+		return NULL;
+	pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	member = bms_next_member(pk, -1);
+	if (member >= 0 && bms_next_member(pk, member) < 0 &&
+		member + FirstLowInvalidHeapAttributeNumber > 0)
+		column = get_attname(relid, member + FirstLowInvalidHeapAttributeNumber, false);
+	relation_close(rel, AccessShareLock);
 	return column;
 }
 
 /*
  * Catalog queries run inside someone else's statement, as the extension
- * owner: the session's JIT setting is not theirs (the estimates of the
- * set-returning functions over rule criteria would set JIT compiling for
- * seconds).  Undone by cg_leave_owner.
+ * owner: the session's JIT and planner settings are not theirs (the
+ * estimates of the set-returning functions over rule criteria would set JIT
+ * compiling for seconds).  Undone by cg_leave_owner.
  */
 static void
 owner_query_settings(void)
 {
+	static const char *const on[] = {"enable_seqscan", "enable_indexscan", "enable_indexonlyscan",
+		"enable_bitmapscan", "enable_nestloop", "enable_hashjoin", "enable_mergejoin", "enable_hashagg",
+	"enable_sort", "enable_material", "enable_memoize"};
+	size_t		i;
+
 	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	/* nor its planner settings: a session that switched a plan type off gets no odd plan here */
+	for (i = 0; i < lengthof(on); i++)
+		(void) set_config_option(on[i], "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 }
 
 /* crmguard changing its own guards: the event trigger lets it pass */
@@ -997,18 +1005,58 @@ static const char *const dropped_touched_sql =
 "   AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.'"
 "                              || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL";
 
-/* Rules of dropped tables, so that an OID reused later is not guarded by mistake */
-static const char *const forget_dropped_sql =
-"WITH dropped AS ("
-"  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table'),"
-" v AS (DELETE FROM crmguard.visibility_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" r AS (DELETE FROM crmguard.review_config WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" d AS (DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" fd AS (DELETE FROM crmguard.field_def WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped)),"
-" ft AS (DELETE FROM crmguard.field_table WHERE target::pg_catalog.oid IN (SELECT objid FROM dropped))"
+/* The tables a drop removed */
+static const char *const dropped_tables_sql =
+"SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table'";
+
+/* Drafts of dropped tables: they may outlive their table's review */
+static const char *const forget_drafts_sql =
+"DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)";
+
+/*
+ * Rules of dropped guarded tables, so that an OID reused later is not
+ * guarded by mistake.  Only when a guarded table went: each rule table's
+ * statement trigger tells every backend to reload its rules.
+ */
+static const char *const forget_rules_sql =
+"WITH v AS (DELETE FROM crmguard.visibility_rule WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)),"
+" o AS (DELETE FROM crmguard.otp_rule WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)),"
+" r AS (DELETE FROM crmguard.review_config WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)),"
+" a AS (DELETE FROM crmguard.approval_process WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)),"
+" fd AS (DELETE FROM crmguard.field_def WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)),"
+" ft AS (DELETE FROM crmguard.field_table WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1))"
 " SELECT 1";
+
+static SPIPlanPtr touched_plan = NULL;
+static SPIPlanPtr dropped_touched_plan = NULL;
+static SPIPlanPtr dropped_tables_plan = NULL;
+static SPIPlanPtr forget_drafts_plan = NULL;
+static SPIPlanPtr forget_rules_plan = NULL;
+
+/* A query of the event trigger, prepared once per backend; caller is in SPI */
+static SPIPlanPtr
+kept_plan(SPIPlanPtr *plan, const char *sql)
+{
+	static Oid	oid_array[1] = {OIDARRAYOID};
+
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, strstr(sql, "$1") ? 1 : 0, oid_array);
+
+		if (p == NULL || SPI_keepplan(p) != 0)
+			elog(ERROR, "could not prepare \"%s\"", sql);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* Has any table of this database a crmguard rule? (the cache, no query when known) */
+static bool
+any_guarded_table(void)
+{
+	(void) table_rules(InvalidOid);
+	return guarded != NULL && hash_get_num_entries(guarded) > 0;
+}
 
 /* The guard triggers of one touched table, as they are after the command */
 static List *
@@ -1049,6 +1097,8 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 	List	   *problems = NIL;
 	ListCell   *lc;
 	uint64		i;
+	bool		any_rules;
+	bool		touched_guarded = false;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "crmguard_guard_ddl: not called by the event trigger manager");
@@ -1059,15 +1109,46 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 	if (creating_extension && CurrentExtensionObject == get_extension_oid("crmguard", true))
 		PG_RETURN_VOID();
 	dropping = strcmp(trigdata->event, "sql_drop") == 0;
+	/* from the cache: are there rules in this database at all? */
+	any_rules = any_guarded_table();
 
 	cg_enter_owner(&priv);
 	owner_query_settings();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (dropping && SPI_execute(forget_dropped_sql, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not forget the rules of dropped tables");
+	if (dropping)
+	{
+		Datum		values[1];
+		Datum	   *elems;
+		int			n = 0;
+		bool		guarded_gone = false;
+
+		if (SPI_execute_plan(kept_plan(&dropped_tables_plan, dropped_tables_sql), NULL, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not inspect the DDL command");
+		elems = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (isnull)
+				continue;
+			elems[n++] = d;
+			if (any_rules && table_rules(DatumGetObjectId(d)) != 0)
+				guarded_gone = true;
+		}
+		values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+		/* drafts may outlive their table's review: a dropped table's go with it */
+		if (n > 0 &&
+			SPI_execute_plan(kept_plan(&forget_drafts_plan, forget_drafts_sql), values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not forget the drafts of dropped tables");
+		if (guarded_gone &&
+			SPI_execute_plan(kept_plan(&forget_rules_plan, forget_rules_sql), values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not forget the rules of dropped tables");
+	}
 	/* not read-only: the command's own catalog changes must be visible */
-	if (SPI_execute(dropping ? dropped_touched_sql : touched_sql, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(dropping ? kept_plan(&dropped_touched_plan, dropped_touched_sql) :
+						 kept_plan(&touched_plan, touched_sql), NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not inspect the DDL command");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -1076,10 +1157,15 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 		MemoryContext old = MemoryContextSwitchTo(caller);
 
 		if (!isnull)
+		{
 			touched = lappend_oid(touched, DatumGetObjectId(d));
+			if (table_rules(DatumGetObjectId(d)) != 0)
+				touched_guarded = true;
+		}
 		MemoryContextSwitchTo(old);
 	}
-	if (touched != NIL)
+	/* every problem the large query finds is on a table with rules: none touched, nothing to ask */
+	if (touched_guarded)
 	{
 		Oid			types[1] = {OIDARRAYOID};
 		Datum		values[1];

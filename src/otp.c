@@ -226,7 +226,7 @@ primary_key(Oid relid, AttrNumber *attno, Oid *type)
 	bool		isnull;
 
 	values[0] = ObjectIdGetDatum(relid);
-	if (SPI_execute_with_args("SELECT a.attnum, a.atttypid FROM pg_catalog.pg_index i"
+	if (cg_execute_kept("SELECT a.attnum, a.atttypid FROM pg_catalog.pg_index i"
 							  " JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid"
 							  " AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]"
 							  " WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary"
@@ -252,7 +252,7 @@ load_rules(OtpTable *entry)
 	bool		varlena;
 
 	values[0] = ObjectIdGetDatum(entry->relid);
-	if (SPI_execute_with_args("SELECT id, rule_name, status_column, to_values, recipient_column,"
+	if (cg_execute_kept("SELECT id, rule_name, status_column, to_values, recipient_column,"
 							  " channel, delivery, code_type, code_length, valid_for, max_resends,"
 							  " max_attempts, from_values, applies_to, compiled_condition,"
 							  " recipient_cooldown, challenges_per_row, challenges_per_principal,"
@@ -559,7 +559,7 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		values[5] = CStringGetTextDatum(mask_recipient(recipient));
 		values[6] = PointerGetDatum(hash_datum);
 		values[7] = TimestampTzGetDatum(expires_at);
-		rc = SPI_execute_with_args("INSERT INTO crmguard.otp_challenge_state"
+		rc = cg_execute_kept("INSERT INTO crmguard.otp_challenge_state"
 								   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
 								   "  code_hash, expires_at)"
 								   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -570,7 +570,7 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		values[0] = Int64GetDatum(challenge);
 		values[1] = PointerGetDatum(hash_datum);
 		values[2] = TimestampTzGetDatum(expires_at);
-		rc = SPI_execute_with_args("UPDATE crmguard.otp_challenge_state c"
+		rc = cg_execute_kept("UPDATE crmguard.otp_challenge_state c"
 								   " SET code_hash = $2, expires_at = $3,"
 								   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
 								   " WHERE c.id OPERATOR(pg_catalog.=) $1",
@@ -619,7 +619,7 @@ find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_val
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT id, recipient_masked, resends FROM crmguard.otp_challenge_state"
+	if (cg_execute_kept("SELECT id, recipient_masked, resends FROM crmguard.otp_challenge_state"
 							  " WHERE rule_id OPERATOR(pg_catalog.=) $1"
 							  " AND row_key OPERATOR(pg_catalog.=) $2"
 							  " AND to_value OPERATOR(pg_catalog.=) $3"
@@ -657,7 +657,7 @@ next_challenge_id(void)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT pg_catalog.nextval('crmguard.otp_challenge_id_seq')", false, 1) != SPI_OK_SELECT)
+	if (cg_execute_kept("SELECT pg_catalog.nextval('crmguard.otp_challenge_id_seq')", 0, NULL, NULL, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not allocate an OTP challenge id");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
@@ -814,7 +814,7 @@ consume(Verified *v, const OtpRule *rule, Relation rel)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("UPDATE crmguard.otp_challenge_state SET consumed_at = pg_catalog.clock_timestamp()"
+	if (cg_execute_kept("UPDATE crmguard.otp_challenge_state SET consumed_at = pg_catalog.clock_timestamp()"
 							  " WHERE id OPERATOR(pg_catalog.=) $1 AND consumed_at IS NULL",
 							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not consume the OTP challenge");
@@ -1418,7 +1418,7 @@ row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 	cg_enter_role(&priv, GetUserId());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(row_query(entry, rule), 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (cg_execute_kept(row_query(entry, rule), 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
 	found = SPI_processed > 0;
 	if (found)
@@ -1610,7 +1610,7 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT rule_id, row_key, to_value, COALESCE(principal, 0), code_hash,"
+	if (cg_execute_kept("SELECT rule_id, row_key, to_value, COALESCE(principal, 0), code_hash,"
 							  " consumed_at IS NOT NULL,"
 							  " expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
 							  " FROM crmguard.otp_challenge_state WHERE id OPERATOR(pg_catalog.=) $1",

@@ -4,14 +4,20 @@
  *		for this transaction or session, else the principal mapped to the
  *		current (outer) role.
  *
- * The principal table is cached per backend and dropped on relcache
- * invalidation of crmguard.principal (sent by its statement trigger), so a
- * policy that calls these functions per row does no SPI or catalog work.
+ * What crmguard.principal says is cached per backend as it is asked for
+ * (one index look-up per principal, one heap scan of ids and managers for
+ * team()) and dropped on relcache invalidation of crmguard.principal (sent
+ * by its statement trigger), so a policy that calls these functions per row
+ * does no SPI or catalog work.
  */
 #include "postgres.h"
 
 #include <sodium.h>
 
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -19,12 +25,15 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "parser/parse_relation.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/portal.h"
@@ -40,7 +49,18 @@ typedef struct PrincipalEntry
 	int			nchildren;
 	int64	   *children;
 	ArrayType  *team;			/* computed on first use */
+	bool		present;		/* false: no principal has this id */
 } PrincipalEntry;
+
+/* columns of crmguard.principal the cache reads */
+enum
+{
+	PA_ID, PA_NAME, PA_DB_ROLE, PA_MANAGER, PA_ROLES, PA_ATTRIBUTES, PA_ACTIVE, PA_DEVICE, PA_COUNT
+};
+static AttrNumber principal_attno[PA_COUNT];
+static Oid	principal_pkey = InvalidOid;
+static Oid	principal_name_key = InvalidOid;
+static Oid	principal_role_key = InvalidOid;
 
 typedef struct RoleEntry
 {
@@ -140,113 +160,225 @@ text_array_to_cstrings(Datum array, int *count)
 	return result;
 }
 
-/* Read the whole principal table into the backend cache */
-static void
-load_principals(void)
+/*
+ * The cache holds what was asked for, read with one index look-up each: a
+ * principal by id (with its roles and attributes), a role's or a name's
+ * principal (0: none).  team() needs the whole tree: only ids and managers
+ * are read for it, with one scan of the table's heap.  A fresh connection
+ * thus pays for its own principal, not for the thousands of others.
+ */
+typedef struct TreeEdge
 {
-	CgPrivilegedContext priv;
+	int64		manager;
+	int64		id;
+} TreeEdge;
+
+static TreeEdge *tree = NULL;	/* every principal with a manager, by manager */
+static int	tree_size = 0;
+static bool tree_valid = false;
+
+static Snapshot
+principal_snapshot(void)
+{
+	return RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot());
+}
+
+static void
+reset_cache(void)
+{
 	HASHCTL		ctl;
-	MemoryContext old;
-	HASH_SEQ_STATUS seq;
-	PrincipalEntry *entry;
-	uint64		i;
+	static const char *const names[PA_COUNT] = {"id", "name", "db_role", "manager_id", "roles",
+	"attributes", "active", "require_device"};
+	Relation	rel;
+	int			i;
 
 	(void) cg_catalog();
-
 	if (cache_context == NULL)
 		cache_context = AllocSetContextCreate(CacheMemoryContext,
 											  "crmguard principal cache",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextReset(cache_context);
-	by_id = NULL;
-	by_role = NULL;
-
+	tree = NULL;
+	tree_size = 0;
+	tree_valid = false;
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(PrincipalEntry);
 	ctl.hcxt = cache_context;
-	by_id = hash_create("crmguard principals", 256, &ctl,
-						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	by_id = hash_create("crmguard principals", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(RoleEntry);
-	by_role = hash_create("crmguard principal roles", 256, &ctl,
-						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	by_role = hash_create("crmguard principal roles", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT id, name, db_role, manager_id, roles, attributes, active, require_device"
-					" FROM crmguard.principal", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.principal");
-
-	old = MemoryContextSwitchTo(cache_context);
-	for (i = 0; i < SPI_processed; i++)
+	rel = table_open(cg_catalog()->principal_rel, AccessShareLock);
+	for (i = 0; i < PA_COUNT; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		Datum		d;
-		bool		found;
-
-		entry = hash_search(by_id, &id, HASH_ENTER, &found);
-		memset(&entry->p, 0, sizeof(CgPrincipal));
-		entry->nchildren = 0;
-		entry->children = NULL;
-		entry->team = NULL;
-		entry->p.id = id;
-		entry->p.name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		d = SPI_getbinval(tup, desc, 3, &isnull);
-		entry->p.db_role = isnull ? InvalidOid :
-			get_role_oid(NameStr(*DatumGetName(d)), true);
-		d = SPI_getbinval(tup, desc, 4, &isnull);
-		entry->p.manager_id = isnull ? 0 : DatumGetInt64(d);
-		entry->p.roles = text_array_to_cstrings(SPI_getbinval(tup, desc, 5, &isnull),
-												&entry->p.nroles);
-		entry->p.attributes = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
-		entry->p.active = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-		entry->p.require_device = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-
-		if (OidIsValid(entry->p.db_role))
-		{
-			RoleEntry  *re = hash_search(by_role, &entry->p.db_role, HASH_ENTER, &found);
-
-			re->principal_id = id;
-		}
+		principal_attno[i] = attnameAttNum(rel, names[i], false);
+		if (principal_attno[i] <= 0)
+			elog(ERROR, "crmguard.principal has no column \"%s\"", names[i]);
 	}
-
-	/* children lists, for team() */
-	hash_seq_init(&seq, by_id);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-	{
-		PrincipalEntry *manager;
-
-		if (entry->p.manager_id == 0)
-			continue;
-		manager = hash_search(by_id, &entry->p.manager_id, HASH_FIND, NULL);
-		if (manager == NULL)
-			continue;
-		if (manager->children == NULL)
-			manager->children = palloc(sizeof(int64) * 4);
-		else if ((manager->nchildren & (manager->nchildren - 1)) == 0 &&
-				 manager->nchildren >= 4)
-			manager->children = repalloc(manager->children,
-										 sizeof(int64) * manager->nchildren * 2);
-		manager->children[manager->nchildren++] = entry->p.id;
-	}
-	MemoryContextSwitchTo(old);
-
-	SPI_finish();
-	cg_leave_owner(&priv);
+	table_close(rel, AccessShareLock);
+	principal_pkey = get_relname_relid("principal_pkey", cg_catalog()->schema);
+	principal_name_key = get_relname_relid("principal_name_key", cg_catalog()->schema);
+	principal_role_key = get_relname_relid("principal_db_role_key", cg_catalog()->schema);
+	if (!OidIsValid(principal_pkey) || !OidIsValid(principal_name_key) || !OidIsValid(principal_role_key))
+		elog(ERROR, "the indexes of crmguard.principal are missing");
 	cache_valid = true;
+}
+
+/* The principal row an index gives for a key (id, name or role), or NULL */
+static HeapTuple
+principal_row(Oid index, int column, Datum key, RegProcedure eqproc, TupleDesc *desc)
+{
+	Relation	rel = table_open(cg_catalog()->principal_rel, AccessShareLock);
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	HeapTuple	copy = NULL;
+	Snapshot	snapshot = principal_snapshot();
+
+	/* the heap's attribute number: systable_beginscan maps it to the index's */
+	ScanKeyInit(&skey, principal_attno[column], BTEqualStrategyNumber, eqproc, key);
+	scan = systable_beginscan(rel, index, true, snapshot, 1, &skey);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		MemoryContext old = MemoryContextSwitchTo(cache_context);
+
+		copy = heap_copytuple(tup);
+		*desc = CreateTupleDescCopy(RelationGetDescr(rel));
+		MemoryContextSwitchTo(old);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return copy;
+}
+
+/* Cache the principal of a row (its id entry), or a known absence */
+static PrincipalEntry *
+remember_row(int64 id, HeapTuple tup, TupleDesc desc)
+{
+	bool		found;
+	PrincipalEntry *entry;
+	MemoryContext old;
+	bool		isnull;
+	Datum		d;
+
+	if (tup != NULL)
+		id = DatumGetInt64(heap_getattr(tup, principal_attno[PA_ID], desc, &isnull));
+	entry = hash_search(by_id, &id, HASH_ENTER, &found);
+	if (found)
+		return entry->present ? entry : NULL;
+	memset(&entry->p, 0, sizeof(CgPrincipal));
+	entry->nchildren = 0;
+	entry->children = NULL;
+	entry->team = NULL;
+	entry->present = tup != NULL;
+	if (tup == NULL)
+		return NULL;
+	old = MemoryContextSwitchTo(cache_context);
+	entry->p.id = id;
+	entry->p.name = TextDatumGetCString(heap_getattr(tup, principal_attno[PA_NAME], desc, &isnull));
+	d = heap_getattr(tup, principal_attno[PA_DB_ROLE], desc, &isnull);
+	entry->p.db_role = isnull ? InvalidOid : get_role_oid(NameStr(*DatumGetName(d)), true);
+	d = heap_getattr(tup, principal_attno[PA_MANAGER], desc, &isnull);
+	entry->p.manager_id = isnull ? 0 : DatumGetInt64(d);
+	d = heap_getattr(tup, principal_attno[PA_ROLES], desc, &isnull);
+	if (isnull)
+	{
+		entry->p.nroles = 0;
+		entry->p.roles = palloc(sizeof(char *));
+	}
+	else
+		entry->p.roles = text_array_to_cstrings(d, &entry->p.nroles);
+	entry->p.attributes = DatumGetJsonbPCopy(heap_getattr(tup, principal_attno[PA_ATTRIBUTES], desc, &isnull));
+	entry->p.active = DatumGetBool(heap_getattr(tup, principal_attno[PA_ACTIVE], desc, &isnull));
+	entry->p.require_device = DatumGetBool(heap_getattr(tup, principal_attno[PA_DEVICE], desc, &isnull));
+	MemoryContextSwitchTo(old);
+	return entry;
+}
+
+/* A principal by id, from the cache or read once; may_read false: cache only */
+static PrincipalEntry *
+entry_by_id(int64 id, bool may_read, bool *complete)
+{
+	PrincipalEntry *entry;
+	TupleDesc	desc = NULL;
+	HeapTuple	tup;
+
+	if (!cache_valid)
+	{
+		if (!may_read)
+		{
+			*complete = false;
+			return NULL;
+		}
+		reset_cache();
+	}
+	entry = hash_search(by_id, &id, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->present ? entry : NULL;
+	if (!may_read)
+	{
+		*complete = false;
+		return NULL;
+	}
+	tup = principal_row(principal_pkey, PA_ID, Int64GetDatum(id), F_INT8EQ, &desc);
+	return remember_row(id, tup, desc);
+}
+
+/* The principal mapped to a role, from the cache or read once */
+static PrincipalEntry *
+entry_by_role(Oid role, bool may_read, bool *complete)
+{
+	RoleEntry  *re;
+	bool		found;
+	char	   *rolname;
+	TupleDesc	desc = NULL;
+	HeapTuple	tup = NULL;
+	PrincipalEntry *entry;
+
+	if (!cache_valid)
+	{
+		if (!may_read)
+		{
+			*complete = false;
+			return NULL;
+		}
+		reset_cache();
+	}
+	re = hash_search(by_role, &role, HASH_FIND, NULL);
+	if (re != NULL)
+		return re->principal_id ? entry_by_id(re->principal_id, may_read, complete) : NULL;
+	if (!may_read)
+	{
+		*complete = false;
+		return NULL;
+	}
+	rolname = GetUserNameFromId(role, true);
+	if (rolname != NULL)
+	{
+		NameData	n;
+
+		namestrcpy(&n, rolname);
+		tup = principal_row(principal_role_key, PA_DB_ROLE, NameGetDatum(&n), F_NAMEEQ, &desc);
+	}
+	entry = tup ? remember_row(0, tup, desc) : NULL;
+	/* the role must still be the one the row names (a role renamed since maps to nobody) */
+	if (entry != NULL && entry->p.db_role != role)
+		entry = NULL;
+	re = hash_search(by_role, &role, HASH_ENTER, &found);
+	re->principal_id = entry ? entry->p.id : 0;
+	return entry;
 }
 
 static PrincipalEntry *
 lookup_id(int64 id)
 {
-	if (!cache_valid)
-		load_principals();
-	return hash_search(by_id, &id, HASH_FIND, NULL);
+	bool		complete = true;
+
+	return entry_by_id(id, true, &complete);
 }
 
 const CgPrincipal *
@@ -260,21 +392,88 @@ cg_principal_by_id(int64 id)
 const CgPrincipal *
 cg_principal_by_name(const char *name)
 {
-	HASH_SEQ_STATUS seq;
+	TupleDesc	desc = NULL;
+	HeapTuple	tup;
 	PrincipalEntry *entry;
 
 	if (!cache_valid)
-		load_principals();
-	hash_seq_init(&seq, by_id);
-	while ((entry = hash_seq_search(&seq)) != NULL)
+		reset_cache();
+	tup = principal_row(principal_name_key, PA_NAME, CStringGetTextDatum(name), F_TEXTEQ, &desc);
+	entry = tup ? remember_row(0, tup, desc) : NULL;
+	return entry ? &entry->p : NULL;
+}
+
+static int
+compare_edges(const void *a, const void *b)
+{
+	const TreeEdge *x = a;
+	const TreeEdge *y = b;
+
+	if (x->manager != y->manager)
+		return x->manager < y->manager ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id ? 1 : 0;
+}
+
+/* Every principal's manager, read with one heap scan, sorted by manager */
+static void
+load_tree(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Snapshot	snapshot;
+	int			cap = 256;
+	MemoryContext old;
+
+	if (!cache_valid)
+		reset_cache();
+	rel = table_open(cg_catalog()->principal_rel, AccessShareLock);
+	snapshot = principal_snapshot();
+	old = MemoryContextSwitchTo(cache_context);
+	tree = palloc(sizeof(TreeEdge) * cap);
+	tree_size = 0;
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		if (strcmp(entry->p.name, name) == 0)
+		bool		isnull;
+		Datum		manager = heap_getattr(tup, principal_attno[PA_MANAGER], RelationGetDescr(rel), &isnull);
+
+		if (isnull)
+			continue;
+		if (tree_size == cap)
 		{
-			hash_seq_term(&seq);
-			return &entry->p;
+			cap *= 2;
+			tree = repalloc(tree, sizeof(TreeEdge) * cap);
 		}
+		tree[tree_size].manager = DatumGetInt64(manager);
+		tree[tree_size].id = DatumGetInt64(heap_getattr(tup, principal_attno[PA_ID], RelationGetDescr(rel), &isnull));
+		tree_size++;
 	}
-	return NULL;
+	table_endscan(scan);
+	MemoryContextSwitchTo(old);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	qsort(tree, tree_size, sizeof(TreeEdge), compare_edges);
+	tree_valid = true;
+}
+
+/* The first edge of a manager's children in the sorted tree */
+static int
+first_child(int64 manager)
+{
+	int			lo = 0;
+	int			hi = tree_size;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (tree[mid].manager < manager)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
 /* The assumption in force: the transaction's, else the session's, else none */
@@ -290,11 +489,11 @@ assumption_in_force(void)
 
 /*
  * The principal an assumption (with none: the current role) resolves to.
- * Reads the cache only, so it is safe at transaction end; the cache must be
- * valid.
+ * With may_read false it reads the cache only, so it is safe at transaction
+ * end, and *complete is set false when the cache cannot tell.
  */
 static PrincipalEntry *
-resolve_entry(const Assumption *a)
+resolve_entry(const Assumption *a, bool may_read, bool *complete)
 {
 	PrincipalEntry *entry;
 
@@ -303,17 +502,10 @@ resolve_entry(const Assumption *a)
 		/* an expired token leaves nobody, never the login role's principal */
 		if (a->principal_id == 0 || GetCurrentTimestamp() >= a->expires_at)
 			return NULL;
-		entry = hash_search(by_id, &a->principal_id, HASH_FIND, NULL);
+		entry = entry_by_id(a->principal_id, may_read, complete);
 	}
 	else
-	{
-		Oid			role = GetOuterUserId();
-		RoleEntry  *re = hash_search(by_role, &role, HASH_FIND, NULL);
-
-		if (re == NULL)
-			return NULL;
-		entry = hash_search(by_id, &re->principal_id, HASH_FIND, NULL);
-	}
+		entry = entry_by_role(GetOuterUserId(), may_read, complete);
 	if (entry == NULL || !entry->p.active)
 		return NULL;
 	return entry;
@@ -322,14 +514,12 @@ resolve_entry(const Assumption *a)
 static PrincipalEntry *
 current_entry(void)
 {
-	cg_require_preload();
-	if (!cache_valid)
-		load_principals();
+	bool		complete = true;
 
+	cg_require_preload();
 	if (evaluating_as >= 0)
-		return evaluating_as == 0 ? NULL :
-			hash_search(by_id, &evaluating_as, HASH_FIND, NULL);
-	return resolve_entry(assumption_in_force());
+		return evaluating_as == 0 ? NULL : entry_by_id(evaluating_as, true, &complete);
+	return resolve_entry(assumption_in_force(), true, &complete);
 }
 
 /*
@@ -415,7 +605,11 @@ crmguard_attr(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(value));
 }
 
-/* The principal and everyone below it, breadth first; cached per principal */
+/*
+ * The principal and everyone below it, breadth first; cached per principal.
+ * Each principal has one manager, so the walk meets a principal twice only
+ * if the root is its own descendant: the root is never taken again.
+ */
 static ArrayType *
 compute_team(PrincipalEntry *root)
 {
@@ -424,40 +618,30 @@ compute_team(PrincipalEntry *root)
 	int			n = 0;
 	int			cap = 64;
 	int			next = 0;
-	HTAB	   *seen;
-	HASHCTL		ctl;
 	Datum	   *datums;
 	int			i;
 
 	ereport(DEBUG1, (errmsg_internal("crmguard: computing team of principal " INT64_FORMAT,
-									 root->id)));
-
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(int64);
-	ctl.hcxt = CurrentMemoryContext;
-	seen = hash_create("crmguard team", 256, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+									 root->p.id)));
+	if (!tree_valid)
+		load_tree();
 
 	ids = palloc(sizeof(int64) * cap);
-	ids[n++] = root->id;
-	hash_search(seen, &root->id, HASH_ENTER, NULL);
+	ids[n++] = root->p.id;
 	while (next < n)
 	{
-		PrincipalEntry *e = hash_search(by_id, &ids[next++], HASH_FIND, NULL);
+		int64		manager = ids[next++];
 
-		for (i = 0; e && i < e->nchildren; i++)
+		for (i = first_child(manager); i < tree_size && tree[i].manager == manager; i++)
 		{
-			bool		found;
-
-			hash_search(seen, &e->children[i], HASH_ENTER, &found);
-			if (found)
+			if (tree[i].id == root->p.id)
 				continue;
 			if (n == cap)
 			{
 				cap *= 2;
 				ids = repalloc(ids, sizeof(int64) * cap);
 			}
-			ids[n++] = e->children[i];
+			ids[n++] = tree[i].id;
 		}
 	}
 
@@ -468,7 +652,6 @@ compute_team(PrincipalEntry *root)
 	root->team = construct_array(datums, n, INT8OID, sizeof(int64),
 								 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 	MemoryContextSwitchTo(old);
-	hash_destroy(seen);
 	return root->team;
 }
 
@@ -541,8 +724,13 @@ same_roles(PrincipalEntry *a, PrincipalEntry *b)
 static PrincipalEntry *
 entry_at_xact_end(bool *known)
 {
+	PrincipalEntry *entry;
+
 	*known = cache_valid && evaluating_as < 0;
-	return *known ? resolve_entry(assumption_in_force()) : NULL;
+	if (!*known)
+		return NULL;
+	entry = resolve_entry(assumption_in_force(), false, known);
+	return *known ? entry : NULL;
 }
 
 /*
@@ -553,7 +741,9 @@ entry_at_xact_end(bool *known)
 static void
 replan_after_end(bool known, PrincipalEntry *before)
 {
-	if (!known || !same_roles(before, resolve_entry(assumption_in_force())))
+	bool		complete = true;
+
+	if (!known || !same_roles(before, resolve_entry(assumption_in_force(), false, &complete)) || !complete)
 		identity_changed();
 }
 

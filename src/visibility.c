@@ -43,6 +43,7 @@
 #include "nodes/supportnodes.h"
 #include "nodes/pathnodes.h"
 #include "optimizer/optimizer.h"
+#include "optimizer/planner.h"
 #include "parser/parse_clause.h"
 #include "parser/parse_collate.h"
 #include "parser/parse_node.h"
@@ -1084,6 +1085,30 @@ cg_prepare_all_rows(Oid relid, const char *sql, int nargs, Oid *types)
 	return plan;
 }
 
+/*
+ * A kept plan prepared by cg_prepare_all_rows, checked (and replanned when
+ * stale) with the same one table's rules set aside, before it runs again.
+ */
+void
+cg_revalidate_all_rows(Oid relid, struct _SPI_plan *plan)
+{
+	CachedPlan *cplan;
+	Oid			save = visibility_suspended_for;
+
+	visibility_suspended_for = relid;
+	PG_TRY();
+	{
+		cplan = SPI_plan_get_cached_plan(plan);
+	}
+	PG_FINALLY();
+	{
+		visibility_suspended_for = save;
+	}
+	PG_END_TRY();
+	if (cplan != NULL)
+		ReleaseCachedPlan(cplan, CurrentResourceOwner);
+}
+
 static List *
 visibility_policies(CmdType cmd, Relation rel)
 {
@@ -1135,25 +1160,134 @@ visibility_policies(CmdType cmd, Relation rel)
 	return lappend(policies, policy);
 }
 
+/*
+ * An exact index condition needs no recheck.  in_team(owner, team) on a
+ * btree index of owner becomes the index condition "owner = ANY (team)"
+ * (in_team_support, below), which decides it exactly: a plain index scan
+ * drops the call, but a bitmap heap scan keeps it as a filter on every row
+ * (PostgreSQL cannot prove the two equal).  After planning, such a filter is
+ * dropped when the bitmap is exactly that index condition (or an AND with
+ * it).  Lossy bitmap pages are still rechecked with the original condition.
+ */
+static planner_hook_type prev_planner_hook = NULL;
+
+static bool
+is_in_team(Node *node)
+{
+	FuncExpr   *f = (FuncExpr *) node;
+	char	   *name;
+
+	if (!IsA(node, FuncExpr) || list_length(f->args) != 2)
+		return false;
+	name = get_func_name(f->funcid);
+	return name != NULL && strcmp(name, "in_team") == 0 &&
+		get_func_namespace(f->funcid) == get_namespace_oid("crmguard", true);
+}
+
+/* Does the bitmap (an index scan, or an AND of them) hold "owner = ANY (team)" exactly? */
+static bool
+bitmap_decides(Plan *bitmap, FuncExpr *in_team)
+{
+	ListCell   *lc;
+
+	if (IsA(bitmap, BitmapAnd))
+	{
+		foreach(lc, ((BitmapAnd *) bitmap)->bitmapplans)
+			if (bitmap_decides((Plan *) lfirst(lc), in_team))
+				return true;
+		return false;
+	}
+	if (!IsA(bitmap, BitmapIndexScan))
+		return false;
+	foreach(lc, ((BitmapIndexScan *) bitmap)->indexqualorig)
+	{
+		ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) lfirst(lc);
+
+		if (IsA(saop, ScalarArrayOpExpr) && saop->useOr &&
+			equal(linitial(saop->args), linitial(in_team->args)) &&
+			equal(lsecond(saop->args), lsecond(in_team->args)))
+			return true;
+	}
+	return false;
+}
+
+static void
+drop_decided_filters(Plan *plan)
+{
+	ListCell   *lc;
+
+	if (plan == NULL)
+		return;
+	if (IsA(plan, BitmapHeapScan))
+	{
+		Plan	   *bitmap = outerPlan(plan);
+
+		foreach(lc, plan->qual)
+		{
+			Node	   *qual = (Node *) lfirst(lc);
+
+			if (is_in_team(qual) && bitmap_decides(bitmap, (FuncExpr *) qual))
+				plan->qual = foreach_delete_current(plan->qual, lc);
+		}
+	}
+	drop_decided_filters(outerPlan(plan));
+	drop_decided_filters(innerPlan(plan));
+	if (IsA(plan, Append))
+		foreach(lc, ((Append *) plan)->appendplans)
+			drop_decided_filters((Plan *) lfirst(lc));
+	else if (IsA(plan, MergeAppend))
+		foreach(lc, ((MergeAppend *) plan)->mergeplans)
+			drop_decided_filters((Plan *) lfirst(lc));
+	else if (IsA(plan, SubqueryScan))
+		drop_decided_filters(((SubqueryScan *) plan)->subplan);
+	else if (IsA(plan, BitmapAnd) || IsA(plan, BitmapOr))
+		return;
+}
+
+static PlannedStmt *
+visibility_planner(Query *parse, const char *query_string, int cursorOptions,
+				   ParamListInfo boundParams)
+{
+	PlannedStmt *stmt = prev_planner_hook ?
+		prev_planner_hook(parse, query_string, cursorOptions, boundParams) :
+		standard_planner(parse, query_string, cursorOptions, boundParams);
+	ListCell   *lc;
+
+	if (stmt->commandType != CMD_UTILITY)
+	{
+		drop_decided_filters(stmt->planTree);
+		foreach(lc, stmt->subplans)
+			drop_decided_filters((Plan *) lfirst(lc));
+	}
+	return stmt;
+}
+
 void
 cg_visibility_init(void)
 {
 	prev_permissive_hook = row_security_policy_hook_permissive;
 	row_security_policy_hook_permissive = visibility_policies;
+	prev_planner_hook = planner_hook;
+	planner_hook = visibility_planner;
 }
 
 /*
  * in_team(owner, team): is owner one of the ids of team?  The policy passes
  * the acting principal's team, read once per statement by an InitPlan; the
- * ids are hashed on the first row, so each row costs one look-up where
- * "owner = ANY (team)" would search the whole team.
+ * ids are hashed once a few rows were tested (a point query tests one), so
+ * each row costs one look-up where "owner = ANY (team)" would search the
+ * whole team.
  */
 typedef struct TeamSet
 {
 	Datum		array;			/* the array the set was built from */
 	int			nitems;
-	HTAB	   *ids;
+	int			calls;			/* looked through so far */
+	HTAB	   *ids;			/* NULL until it pays */
 } TeamSet;
+
+/* a point query tests a row or two: the team is looked through until then */
+#define TEAM_HASH_AFTER 8
 
 PG_FUNCTION_INFO_V1(crmguard_in_team);
 Datum
@@ -1167,6 +1301,27 @@ crmguard_in_team(PG_FUNCTION_ARGS)
 
 	if (set == NULL || set->array != array || set->nitems != nitems)
 	{
+		if (set == NULL)
+			set = fcinfo->flinfo->fn_extra = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(TeamSet));
+		else if (set->ids != NULL)
+			hash_destroy(set->ids);
+		set->ids = NULL;
+		set->calls = 0;
+		set->array = array;
+		set->nitems = nitems;
+	}
+	if (set->ids == NULL && set->calls++ < TEAM_HASH_AFTER && !ARR_HASNULL(team))
+	{
+		int64	   *ids = (int64 *) ((char *) team + ARR_OVERHEAD_NONULLS(ARR_NDIM(team)));
+		int			i;
+
+		for (i = 0; i < nitems; i++)
+			if (ids[i] == owner)
+				PG_RETURN_BOOL(true);
+		PG_RETURN_BOOL(false);
+	}
+	if (set->ids == NULL)
+	{
 		MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
 		Datum	   *ids;
 		bool	   *nulls;
@@ -1174,10 +1329,6 @@ crmguard_in_team(PG_FUNCTION_ARGS)
 		int			i;
 		HASHCTL		ctl;
 
-		if (set == NULL)
-			set = fcinfo->flinfo->fn_extra = MemoryContextAllocZero(cxt, sizeof(TeamSet));
-		else
-			hash_destroy(set->ids);
 		deconstruct_array(team, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 						  &ids, &nulls, &n);
 		ctl.keysize = sizeof(int64);
@@ -1191,8 +1342,6 @@ crmguard_in_team(PG_FUNCTION_ARGS)
 			if (!nulls[i])
 				hash_search(set->ids, &id, HASH_ENTER, NULL);
 		}
-		set->array = array;
-		set->nitems = nitems;
 	}
 	PG_RETURN_BOOL(hash_search(set->ids, &owner, HASH_FIND, NULL) != NULL);
 }

@@ -52,21 +52,37 @@ CREATE TABLE crmguard.approval_request_state (
 ALTER SEQUENCE crmguard.approval_request_id_seq OWNED BY crmguard.approval_request_state.id;
 CREATE UNIQUE INDEX approval_request_pending_idx ON crmguard.approval_request_state (target, row_key)
     WHERE state OPERATOR(pg_catalog.=) 'pending';
-CREATE INDEX approval_request_approvers_idx ON crmguard.approval_request_state USING gin (approvers)
-    WHERE state OPERATOR(pg_catalog.=) 'pending';
 COMMENT ON TABLE crmguard.approval_request_state IS 'approval requests; read crmguard.approval_request instead';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_state', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_id_seq', '');
--- A pending row's lock lives in each backend's cache. When requests start or
--- end, an invalidation of this view (which no query reads, so no plan is
--- lost) tells every backend to reload it at commit.
+-- A pending row's lock lives in each backend's cache, kept key by key: when
+-- a request starts or ends, its commit moves the clock (in shared memory) of
+-- its key only, and backends read that key again. TRUNCATE invalidates this
+-- view (which no query reads, so no plan is lost): every backend reads all again.
 CREATE VIEW crmguard.approval_pending_signal AS SELECT 1 AS signal;
-COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when pending approval requests change: backends reload their row locks';
+COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when the request table is emptied: backends read their row locks again';
 CREATE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_requests_changed';
 CREATE TRIGGER approval_request_cache_invalidate
-    AFTER INSERT OR UPDATE OF state, row_key, process OR DELETE OR TRUNCATE ON crmguard.approval_request_state
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step OR DELETE
+    ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
+CREATE TRIGGER approval_request_cache_truncate
+    AFTER TRUNCATE ON crmguard.approval_request_state
     FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_requests_changed();
+
+-- Who a pending request waits for: one row per approver of its current step
+-- who has not approved it yet, kept by the trigger above (and by approve()).
+-- Small (pending requests only), read by approver: my_approvals() costs what
+-- waits for the caller, whatever the history.
+CREATE TABLE crmguard.approval_waiting (
+    approver bigint NOT NULL,
+    request  bigint NOT NULL
+);
+CREATE INDEX approval_waiting_approver_idx ON crmguard.approval_waiting (approver, request);
+CREATE INDEX approval_waiting_request_idx ON crmguard.approval_waiting (request);
+COMMENT ON TABLE crmguard.approval_waiting IS 'pending approval requests by the approvers they still wait for; kept by a trigger on crmguard.approval_request_state';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_waiting', '');
 
 CREATE SEQUENCE crmguard.approval_history_id_seq;
 CREATE TABLE crmguard.approval_history (
@@ -143,10 +159,6 @@ CREATE FUNCTION crmguard.approval_wake_worker() RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_approval_wake_worker';
 REVOKE ALL ON FUNCTION crmguard.approval_wake_worker() FROM PUBLIC;
-CREATE FUNCTION crmguard.approval_run_actions(request bigint, actions jsonb) RETURNS void
-    LANGUAGE c VOLATILE PARALLEL UNSAFE
-    AS 'MODULE_PATHNAME', 'crmguard_approval_run_actions';
-REVOKE ALL ON FUNCTION crmguard.approval_run_actions(bigint, jsonb) FROM PUBLIC;
 -- ---------------------------------------------------------------------------
 -- Definitions: everything checked before anything is stored (CG020)
 -- ---------------------------------------------------------------------------
@@ -439,305 +451,33 @@ END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_manager_of(bigint) FROM PUBLIC;
 
--- The approvers of a step for a row: inactive ones escalate to their nearest
--- active manager, the submitter never approves its own request (its manager
--- does, when nobody else is left).
-CREATE FUNCTION crmguard.approval_resolve(step jsonb, row_data jsonb, submitter bigint) RETURNS bigint[]
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    a jsonb := step OPERATOR(pg_catalog.->) 'approvers';
-    ids bigint[] := '{}';
-    cur bigint;
-BEGIN
-    -- one approver kind, or a list of them (the head of marketing and finance)
-    FOR a IN SELECT pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(a) OPERATOR(pg_catalog.=) 'array'
-                                                         THEN a ELSE pg_catalog.jsonb_build_array(a) END) LOOP
-        IF a OPERATOR(pg_catalog.?) 'role' THEN
-            ids := ids OPERATOR(pg_catalog.||) ARRAY(SELECT id FROM crmguard.principal
-                          WHERE (a OPERATOR(pg_catalog.->>) 'role') OPERATOR(pg_catalog.=) ANY (roles) ORDER BY id);
-        ELSIF a OPERATOR(pg_catalog.?) 'principal' THEN
-            ids := ids OPERATOR(pg_catalog.||) ARRAY(SELECT id FROM crmguard.principal
-                          WHERE name OPERATOR(pg_catalog.=) (a OPERATOR(pg_catalog.->>) 'principal'));
-        ELSE
-            cur := (row_data OPERATOR(pg_catalog.->>) COALESCE(a OPERATOR(pg_catalog.->>) 'manager_of',
-                                                              a OPERATOR(pg_catalog.->>) 'of'))::bigint;
-            FOR i IN 1..COALESCE((a OPERATOR(pg_catalog.->>) 'levels_above')::int, 1) LOOP
-                cur := crmguard.approval_manager_of(cur);
-            END LOOP;
-            ids := ids OPERATOR(pg_catalog.||) cur;
-        END IF;
-    END LOOP;
-    -- inactive approvers escalate to their nearest active manager; never the submitter
-    ids := ARRAY(SELECT DISTINCT x FROM (SELECT crmguard.approval_active_above(i) AS x FROM pg_catalog.unnest(ids) i) s
-                  WHERE x IS NOT NULL AND x IS DISTINCT FROM submitter ORDER BY x);
-    IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 AND submitter IS NOT NULL THEN
-        cur := crmguard.approval_active_above(crmguard.approval_manager_of(submitter));
-        IF cur IS NOT NULL THEN
-            ids := ARRAY[cur];
-        END IF;
-    END IF;
-    RETURN ids;
-END
-$$;
-REVOKE ALL ON FUNCTION crmguard.approval_resolve(jsonb, jsonb, bigint) FROM PUBLIC;
-
--- Put a request on step n: its approvers, how many must approve, its clock
-CREATE FUNCTION crmguard.approval_start_step(request bigint, n integer) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    r crmguard.approval_request_state;
-    step jsonb;
-    ids bigint[];
-    need integer;
-BEGIN
-    SELECT * INTO r FROM crmguard.approval_request_state WHERE id OPERATOR(pg_catalog.=) request;
-    SELECT p.steps OPERATOR(pg_catalog.->) n INTO step FROM crmguard.approval_process p
-     WHERE p.id OPERATOR(pg_catalog.=) r.process;
-    ids := crmguard.approval_resolve(step, r.row_data, r.submitted_by);
-    need := CASE WHEN step OPERATOR(pg_catalog.->>) 'mode' OPERATOR(pg_catalog.=) 'all' THEN pg_catalog.cardinality(ids)
-                 WHEN step OPERATOR(pg_catalog.->) 'mode' OPERATOR(pg_catalog.?) 'quorum'
-                 THEN (step OPERATOR(pg_catalog.#>>) '{mode,quorum}')::int
-                 ELSE 1 END;
-    IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 OR pg_catalog.cardinality(ids) OPERATOR(pg_catalog.<) need THEN
-        RAISE EXCEPTION 'step "%" of approval request % has % active approver(s), it needs %',
-                        step OPERATOR(pg_catalog.->>) 'name', request, pg_catalog.cardinality(ids), GREATEST(need, 1)
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Give the approver role to an active principal, or fix the managers of the row''s owner.';
-    END IF;
-    UPDATE crmguard.approval_request_state
-       SET current_step = n, approvers = ids, required = need, step_started_at = pg_catalog.now(),
-           step_timeout = (step OPERATOR(pg_catalog.->>) 'timeout')::interval
-     WHERE id OPERATOR(pg_catalog.=) request;
-    IF step OPERATOR(pg_catalog.?) 'timeout' THEN
-        PERFORM crmguard.approval_wake_worker();     -- the worker watches the clock
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION crmguard.approval_start_step(bigint, integer) FROM PUBLIC;
-
 -- ---------------------------------------------------------------------------
--- Submission, decisions, the end of a request
+-- Submission and decisions: C (approval_engine.c), a handful of statements each
 -- ---------------------------------------------------------------------------
-
--- Called (as the extension owner) by submit_for_approval and the auto-submit
--- trigger, with the row as the caller sees it. auto: an existing pending
--- request is no error.
-CREATE FUNCTION crmguard.approval_submit(process bigint, row_key text, row_data jsonb, comment text, auto boolean)
-    RETURNS bigint
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p crmguard.approval_process;
-    pending bigint;
-    request bigint;
-BEGIN
-    SELECT * INTO STRICT p FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) process;
-    SELECT id INTO pending FROM crmguard.approval_request_state s
-     WHERE s.target OPERATOR(pg_catalog.=) p.target AND s.row_key OPERATOR(pg_catalog.=) approval_submit.row_key
-       AND s.state OPERATOR(pg_catalog.=) 'pending';
-    IF FOUND THEN
-        IF auto THEN
-            RETURN pending;
-        END IF;
-        RAISE EXCEPTION 'row % of table % already has pending approval request %', row_key, p.target, pending
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    INSERT INTO crmguard.approval_request_state (process, target, row_key, row_data, submitted_by)
-    VALUES (p.id, p.target, row_key, row_data OPERATOR(pg_catalog.-) p.editable_columns::text[], crmguard.current_principal())
-    RETURNING id INTO request;
-    INSERT INTO crmguard.approval_history (request, step, principal, event, comment)
-    VALUES (request, 0, crmguard.current_principal(), 'submitted', comment);
-    PERFORM crmguard.approval_start_step(request, 0);
-    PERFORM crmguard.audit_event('approval_submitted', p.target::text, row_key,
-        pg_catalog.jsonb_build_object('request', request, 'process', p.process_name, 'version', p.version,
-                                      'auto', auto));
-    PERFORM crmguard.approval_run_actions(request, p.on_submit);
-    -- the row as it stands once submitted (an on_submit action may have set a field)
-    UPDATE crmguard.approval_request_state s
-       SET row_data = crmguard.approval_current_row(request) OPERATOR(pg_catalog.-) p.editable_columns::text[]
-     WHERE s.id OPERATOR(pg_catalog.=) request;
-    RETURN request;
-END
-$$;
-REVOKE ALL ON FUNCTION crmguard.approval_submit(bigint, text, jsonb, text, boolean) FROM PUBLIC;
-
--- The row, as it is now, without its editable columns (NULL when gone)
-CREATE FUNCTION crmguard.approval_current_row(request bigint) RETURNS jsonb
-    LANGUAGE c VOLATILE PARALLEL UNSAFE
-    AS 'MODULE_PATHNAME', 'crmguard_approval_current_row';
-REVOKE ALL ON FUNCTION crmguard.approval_current_row(bigint) FROM PUBLIC;
-
--- End a request: approved or rejected (running the process's actions), or recalled
-CREATE FUNCTION crmguard.approval_finish(request bigint, outcome text) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    r crmguard.approval_request_state;
-    p crmguard.approval_process;
-BEGIN
-    UPDATE crmguard.approval_request_state SET state = outcome, decided_at = pg_catalog.now()
-     WHERE id OPERATOR(pg_catalog.=) request RETURNING * INTO r;
-    SELECT * INTO p FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) r.process;
-    PERFORM crmguard.audit_event('approval_' || outcome, r.target::text, r.row_key,
-        pg_catalog.jsonb_build_object('request', request, 'process', p.process_name, 'version', p.version));
-    IF outcome OPERATOR(pg_catalog.=) 'approved' THEN
-        PERFORM crmguard.approval_run_actions(request, p.on_approve);
-    ELSIF outcome OPERATOR(pg_catalog.=) 'rejected' THEN
-        PERFORM crmguard.approval_run_actions(request, p.on_reject);
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION crmguard.approval_finish(bigint, text) FROM PUBLIC;
-
--- The step is done: on to the next one, or the request is approved
-CREATE FUNCTION crmguard.approval_step_done(request bigint) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    r crmguard.approval_request_state;
-    nsteps integer;
-BEGIN
-    SELECT * INTO r FROM crmguard.approval_request_state WHERE id OPERATOR(pg_catalog.=) request;
-    SELECT pg_catalog.jsonb_array_length(p.steps) INTO nsteps FROM crmguard.approval_process p
-     WHERE p.id OPERATOR(pg_catalog.=) r.process;
-    INSERT INTO crmguard.approval_history (request, step, event) VALUES (request, r.current_step, 'step approved');
-    IF r.current_step OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.<) nsteps THEN
-        PERFORM crmguard.approval_start_step(request, r.current_step OPERATOR(pg_catalog.+) 1);
-    ELSE
-        PERFORM crmguard.approval_finish(request, 'approved');
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION crmguard.approval_step_done(bigint) FROM PUBLIC;
-
--- A pending request, locked, and the capacity in which the acting principal
--- decides it: as an approver of the current step, or as the delegate of one.
-CREATE FUNCTION crmguard.approval_for_decision(request bigint, OUT r crmguard.approval_request_state,
-                                               OUT acting bigint, OUT approver bigint)
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM crmguard.require_attested();
-    SELECT * INTO r FROM crmguard.approval_request_state s WHERE s.id OPERATOR(pg_catalog.=) request FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'approval request % does not exist', request USING ERRCODE = 'no_data_found';
-    END IF;
-    IF r.state OPERATOR(pg_catalog.<>) 'pending' THEN
-        RAISE EXCEPTION 'approval request % is %, not pending', request, r.state
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    acting := crmguard.current_principal();
-    -- itself first, then those it stands in for; one that has not yet approved this step
-    SELECT c.who INTO approver
-      FROM (SELECT acting AS who, 0 AS rank WHERE acting OPERATOR(pg_catalog.=) ANY (r.approvers)
-            UNION ALL
-            SELECT d.principal, 1 FROM crmguard.delegation d
-             WHERE d.to_principal OPERATOR(pg_catalog.=) acting AND d.principal OPERATOR(pg_catalog.=) ANY (r.approvers)
-               AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until) c
-     ORDER BY EXISTS (SELECT 1 FROM crmguard.approval_history h
-                       WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
-                         AND h.event OPERATOR(pg_catalog.=) 'approved'
-                         AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) c.who),
-              c.rank, c.who
-     LIMIT 1;
-    IF approver IS NULL THEN
-        RAISE EXCEPTION 'not an approver of approval request %', request
-            USING ERRCODE = 'CG011',
-                  DETAIL = 'Step ' || (r.current_step OPERATOR(pg_catalog.+) 1) || ' waits for other approvers.';
-    END IF;
-    IF acting OPERATOR(pg_catalog.=) r.submitted_by OR approver OPERATOR(pg_catalog.=) r.submitted_by THEN
-        RAISE EXCEPTION 'a submitter cannot decide its own approval request %', request USING ERRCODE = 'CG011';
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION crmguard.approval_for_decision(bigint) FROM PUBLIC;
-
 CREATE FUNCTION crmguard.approve(request bigint, comment text DEFAULT NULL) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    d record := crmguard.approval_for_decision(request);
-    done integer;
-BEGIN
-    IF EXISTS (SELECT 1 FROM crmguard.approval_history h
-                WHERE h.request OPERATOR(pg_catalog.=) approve.request AND h.step OPERATOR(pg_catalog.=) (d.r).current_step
-                  AND h.event OPERATOR(pg_catalog.=) 'approved'
-                  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) d.approver) THEN
-        RAISE EXCEPTION 'approval request % already has this approver''s approval for step %', request,
-                        (d.r).current_step OPERATOR(pg_catalog.+) 1
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    IF (SELECT crmguard.approval_current_row(request) OPERATOR(pg_catalog.-) p.editable_columns::text[]
-          FROM crmguard.approval_process p WHERE p.id OPERATOR(pg_catalog.=) (d.r).process)
-       IS DISTINCT FROM (d.r).row_data THEN
-        RAISE EXCEPTION 'the row of approval request % changed since it was submitted', request
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Reject the request; the row can be submitted again.';
-    END IF;
-    INSERT INTO crmguard.approval_history (request, step, principal, on_behalf_of, event, comment)
-    VALUES (request, (d.r).current_step, d.acting, NULLIF(d.approver, d.acting), 'approved', comment);
-    SELECT pg_catalog.count(DISTINCT COALESCE(h.on_behalf_of, h.principal)) INTO done
-      FROM crmguard.approval_history h
-     WHERE h.request OPERATOR(pg_catalog.=) approve.request AND h.step OPERATOR(pg_catalog.=) (d.r).current_step
-       AND h.event OPERATOR(pg_catalog.=) 'approved';
-    IF done OPERATOR(pg_catalog.>=) (d.r).required THEN
-        PERFORM crmguard.approval_step_done(request);
-    END IF;
-END
-$$;
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approve';
 COMMENT ON FUNCTION crmguard.approve(bigint, text) IS 'approve the current step of a request (as its approver, or as an approver''s delegate)';
 
 CREATE FUNCTION crmguard.reject(request bigint, comment text) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    d record := crmguard.approval_for_decision(request);
-BEGIN
-    IF comment IS NULL OR comment OPERATOR(pg_catalog.=) '' THEN
-        RAISE EXCEPTION 'a rejection needs a comment' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    INSERT INTO crmguard.approval_history (request, step, principal, on_behalf_of, event, comment)
-    VALUES (request, (d.r).current_step, d.acting, NULLIF(d.approver, d.acting), 'rejected', comment);
-    PERFORM crmguard.approval_finish(request, 'rejected');
-END
-$$;
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_reject';
 COMMENT ON FUNCTION crmguard.reject(bigint, text) IS 'reject a request (any approver of its current step); the on_reject actions run';
 
 CREATE FUNCTION crmguard.recall(request bigint, comment text DEFAULT NULL) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    r crmguard.approval_request_state;
-BEGIN
-    PERFORM crmguard.require_attested();
-    SELECT * INTO r FROM crmguard.approval_request_state s WHERE s.id OPERATOR(pg_catalog.=) request FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'approval request % does not exist', request USING ERRCODE = 'no_data_found';
-    END IF;
-    IF r.submitted_by IS DISTINCT FROM crmguard.current_principal() THEN
-        RAISE EXCEPTION 'only the submitter can recall approval request %', request USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF r.state OPERATOR(pg_catalog.<>) 'pending' THEN
-        RAISE EXCEPTION 'approval request % is %, not pending', request, r.state
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    INSERT INTO crmguard.approval_history (request, step, principal, event, comment)
-    VALUES (request, r.current_step, r.submitted_by, 'recalled', comment);
-    PERFORM crmguard.approval_finish(request, 'recalled');
-END
-$$;
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_recall';
 COMMENT ON FUNCTION crmguard.recall(bigint, text) IS 'the submitter withdraws its pending request; the row is unlocked';
+
+-- the end of a step, the end of a request: for run_due()
+CREATE FUNCTION crmguard.approval_step_done(request bigint) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approval_step_done';
+REVOKE ALL ON FUNCTION crmguard.approval_step_done(bigint) FROM PUBLIC;
+CREATE FUNCTION crmguard.approval_finish(request bigint, outcome text) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approval_finish';
+REVOKE ALL ON FUNCTION crmguard.approval_finish(bigint, text) FROM PUBLIC;
 
 CREATE FUNCTION crmguard.delegate(to_principal text, until timestamptz) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -781,6 +521,8 @@ CREATE FUNCTION crmguard.my_approvals()
                    submitted_by text, submitted_at timestamptz, on_behalf_of text)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    -- index look-ups whatever the statistics say (requests come and go fast), no JIT
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 BEGIN
     PERFORM crmguard.require_attested();
@@ -792,16 +534,25 @@ BEGIN
         UNION
         SELECT d.principal FROM crmguard.delegation d, me
          WHERE d.to_principal OPERATOR(pg_catalog.=) me.id
-           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until)
+           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until),
+    -- what waits for them, read first by approver, one array per approver (a fence:
+    -- the requests are then fetched by id, never found by scanning the pending ones)
+    waiting AS MATERIALIZED (
+        SELECT c.approver, x.requests FROM capacity c
+         CROSS JOIN LATERAL (SELECT pg_catalog.array_agg(DISTINCT w.request) AS requests
+                               FROM crmguard.approval_waiting w
+                              WHERE w.approver OPERATOR(pg_catalog.=) c.approver) x)
     SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
-           sp.name, r.submitted_at, CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id THEN ap.name END
-      FROM crmguard.approval_request_state r
-      JOIN capacity c ON r.approvers OPERATOR(pg_catalog.@>) ARRAY[c.approver]   -- the GIN index
+           sp.name, r.submitted_at,
+           CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id
+                THEN (SELECT ap.name FROM crmguard.principal ap WHERE ap.id OPERATOR(pg_catalog.=) c.approver) END
+      FROM waiting c
+      JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) ANY (c.requests)
       CROSS JOIN me
       JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
       LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
-      LEFT JOIN crmguard.principal ap ON ap.id OPERATOR(pg_catalog.=) c.approver
      WHERE r.state OPERATOR(pg_catalog.=) 'pending'
+       AND c.approver OPERATOR(pg_catalog.=) ANY (r.approvers)
        AND r.submitted_by IS DISTINCT FROM me.id
        AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h
                         WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step

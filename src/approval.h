@@ -1,0 +1,96 @@
+/*
+ * approval.h
+ *		What approval.c (submission triggers, actions, definitions),
+ *		approval_lock.c (the lock and its caches) and approval_engine.c
+ *		(submission and decisions) share.
+ */
+#ifndef CRMGUARD_APPROVAL_H
+#define CRMGUARD_APPROVAL_H
+
+#include "access/htup.h"
+#include "executor/spi.h"
+#include "utils/hsearch.h"
+#include "utils/relcache.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+
+/* A request as the actions see it (its state once decided) */
+typedef struct RequestInfo
+{
+	int64		id;
+	Oid			relid;
+	char	   *key;
+	char	   *pk;
+	int64		submitted_by;	/* 0: nobody */
+	ArrayType  *approvers;
+	Oid			run_as;
+	char	   *process;
+	char	   *state;
+} RequestInfo;
+
+/* A current process of a table, as the cache holds it */
+typedef struct Process
+{
+	int64		id;
+	char	   *compiled;		/* entry criteria over the row */
+	bool		on_insert;
+	bool		on_update;
+} Process;
+
+/* What a backend knows of a table with processes (approval_lock.c's cache) */
+typedef struct ApprovalTable
+{
+	Oid			relid;			/* hash key */
+	int			nprocesses;
+	Process    *processes;		/* current ones, in their order */
+	bool		loaded;			/* pending keys read */
+	uint64		loaded_at;		/* the clock when they were read */
+	int			rechecked;		/* keys asked for since */
+	int			npending;		/* pending keys read then */
+	MemoryContext keys_context;
+	HTAB	   *text_keys;		/* text key -> TextKeyEntry */
+	HTAB	   *int_keys;		/* integer key -> IntKeyEntry */
+} ApprovalTable;
+
+/* approval_lock.c */
+extern ApprovalTable *cg_approval_table(Oid relid);
+extern char *cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt);
+extern AttrNumber cg_approval_key_attno(Relation rel);
+extern void cg_approval_bypass(Oid relid, char *key);
+extern void cg_approval_planner_settings(void);
+extern SPIPlanPtr cg_approval_plan(int slot, const char *sql, int nargs, Oid *types);
+
+/* approval.c */
+extern void cg_approval_run_actions(RequestInfo *r, Jsonb *actions);
+extern Jsonb *cg_approval_current_row(RequestInfo *r);
+
+/* approval_engine.c */
+extern int64 cg_approval_submit(int64 process, const char *key, Jsonb *data,
+								const char *comment, bool automatic);
+
+/* slots of the kept plans on crmguard's own catalogs */
+enum
+{
+	PLAN_PENDING_OF_TABLE,
+	PLAN_PENDING_KEY,
+	PLAN_ANY_PENDING,
+	PLAN_PROCESSES,
+	PLAN_REQUEST,
+	PLAN_DELEGATES,
+	PLAN_APPROVED,
+	PLAN_HISTORY,
+	PLAN_FINISH,
+	PLAN_STEP,
+	PLAN_PENDING_ROW,
+	PLAN_OPEN_REQUEST,
+	PLAN_INSERT_REQUEST,
+	PLAN_ROW_DATA,
+	PLAN_PROCESS,
+	PLAN_ROLE,
+	PLAN_NAMED,
+	PLAN_PRINCIPAL,
+	PLAN_NOT_WAITING,
+	NUM_APPROVAL_PLANS
+};
+
+#endif							/* CRMGUARD_APPROVAL_H */

@@ -1,0 +1,947 @@
+/*
+ * approval_engine.c
+ *		Approval requests: submission, the steps and who approves them,
+ *		approve, reject, recall, and the end of a request.
+ *
+ * Everything here reads and writes crmguard's own catalogs as the
+ * extension's owner, through plans prepared once per backend; the request's
+ * row is read and changed only through approval.c, as the table's owner.
+ * A decision is a handful of statements: the request locked and read with
+ * its process, the step's approvals so far, the history row, the request's
+ * new state, and the actions.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+
+#include "crmguard.h"
+#include "approval.h"
+
+/* A request, locked, with what its process says */
+typedef struct Request
+{
+	RequestInfo info;			/* what the actions see */
+	int64		process;
+	int32		version;
+	Jsonb	   *row_data;
+	int			current_step;
+	int			required;
+	Jsonb	   *steps;
+	Jsonb	   *on_approve;
+	Jsonb	   *on_reject;
+	Datum		editable;		/* text[] */
+} Request;
+
+/* Run a kept plan on crmguard's catalogs; the caller is the owner, in SPI */
+static int
+run(int slot, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+	bool read_only, long count)
+{
+	/* each statement sees what the ones before wrote, as in a volatile function */
+	return SPI_execute_plan(cg_approval_plan(slot, sql, nargs, types), values, nulls, false, count);
+}
+
+static Datum
+column(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+static int64
+int64_column(int row, int col)
+{
+	bool		isnull;
+	Datum		d = column(row, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+static Jsonb *
+jsonb_column(int row, int col)
+{
+	bool		isnull;
+	Datum		d = column(row, col, &isnull);
+
+	return isnull ? NULL : DatumGetJsonbPCopy(d);
+}
+
+static ArrayType *
+id_array(int64 *ids, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = Int64GetDatum(ids[i]);
+	return construct_array(d, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+}
+
+static int64 *
+array_ids(ArrayType *a, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int64	   *ids;
+	int			count;
+	int			i;
+	int			kept = 0;
+
+	deconstruct_array(a, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls, &count);
+	ids = palloc(sizeof(int64) * Max(count, 1));
+	for (i = 0; i < count; i++)
+		if (!nulls[i])
+			ids[kept++] = DatumGetInt64(elems[i]);
+	*n = kept;
+	return ids;
+}
+
+static bool
+has_id(int64 *ids, int n, int64 id)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] == id)
+			return true;
+	return false;
+}
+
+static int
+compare_ids(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* The text of a member of a jsonb object (->>), or NULL */
+static char *
+member_text(Jsonb *object, const char *key)
+{
+	JsonbValue *v;
+
+	if (object == NULL || !JB_ROOT_IS_OBJECT(object))
+		return NULL;
+	v = cg_jsonb_member(&object->root, key);
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return pstrdup(v->val.boolean ? "true" : "false");
+	return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+}
+
+static Jsonb *
+member_jsonb(Jsonb *object, const char *key)
+{
+	JsonbValue *v;
+
+	if (object == NULL || !JB_ROOT_IS_OBJECT(object))
+		return NULL;
+	v = cg_jsonb_member(&object->root, key);
+	return v ? JsonbValueToJsonb(v) : NULL;
+}
+
+static char *
+regclass_text(Oid relid)
+{
+	return DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
+}
+
+/* The acting principal's id, 0 for nobody */
+static int64
+acting_principal(void)
+{
+	const CgPrincipal *p = cg_current_principal();
+
+	return p ? p->id : 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Requests and history
+ * ---------------------------------------------------------------------------
+ */
+
+/* The request, locked for this transaction; NULL when there is none */
+static Request *
+load_request(int64 id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	Request    *q;
+	bool		isnull;
+	Datum		d;
+
+	values[0] = Int64GetDatum(id);
+	if (run(PLAN_REQUEST,
+			"SELECT r.process, r.target::pg_catalog.oid, r.row_key, r.row_data, r.state, r.current_step,"
+			" r.approvers, r.required, r.submitted_by, p.steps, p.on_approve, p.on_reject,"
+			" p.editable_columns::pg_catalog.text[], p.process_name, p.version, p.run_as::pg_catalog.oid"
+			" FROM crmguard.approval_request_state r"
+			" JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
+			" WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF r",
+			1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the approval request");
+	if (SPI_processed == 0)
+		return NULL;
+	q = palloc0(sizeof(Request));
+	q->info.id = id;
+	q->process = int64_column(0, 1);
+	q->info.relid = DatumGetObjectId(column(0, 2, &isnull));
+	q->info.key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	q->row_data = jsonb_column(0, 4);
+	q->info.state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+	q->current_step = DatumGetInt32(column(0, 6, &isnull));
+	q->info.approvers = DatumGetArrayTypePCopy(column(0, 7, &isnull));
+	q->required = DatumGetInt32(column(0, 8, &isnull));
+	q->info.submitted_by = int64_column(0, 9);
+	q->steps = jsonb_column(0, 10);
+	q->on_approve = jsonb_column(0, 11);
+	q->on_reject = jsonb_column(0, 12);
+	d = column(0, 13, &isnull);
+	q->editable = PointerGetDatum(DatumGetArrayTypePCopy(d));
+	q->info.process = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14);
+	q->version = DatumGetInt32(column(0, 15, &isnull));
+	q->info.run_as = DatumGetObjectId(column(0, 16, &isnull));
+	q->info.pk = cg_primary_key_column(q->info.relid);
+	return q;
+}
+
+static Request *
+request_or_error(int64 id)
+{
+	Request    *q = load_request(id);
+
+	if (q == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("approval request " INT64_FORMAT " does not exist", id)));
+	return q;
+}
+
+static void
+require_pending(Request *q)
+{
+	if (strcmp(q->info.state, "pending") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("approval request " INT64_FORMAT " is %s, not pending", q->info.id, q->info.state)));
+}
+
+static void
+add_history(int64 request, int step, int64 principal, int64 on_behalf_of, const char *event,
+			const char *comment)
+{
+	Oid			types[6] = {INT8OID, INT4OID, INT8OID, INT8OID, TEXTOID, TEXTOID};
+	Datum		values[6];
+	char		nulls[6] = "      ";
+
+	values[0] = Int64GetDatum(request);
+	values[1] = Int32GetDatum(step);
+	values[2] = Int64GetDatum(principal);
+	nulls[2] = principal ? ' ' : 'n';
+	values[3] = Int64GetDatum(on_behalf_of);
+	nulls[3] = on_behalf_of ? ' ' : 'n';
+	values[4] = CStringGetTextDatum(event);
+	values[5] = comment ? CStringGetTextDatum(comment) : (Datum) 0;
+	nulls[5] = comment ? ' ' : 'n';
+	if (run(PLAN_HISTORY,
+			"INSERT INTO crmguard.approval_history (request, step, principal, on_behalf_of, event, comment)"
+			" VALUES ($1, $2, $3, $4, $5, $6)", 6, types, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write the approval history");
+}
+
+/* Who already approved the request's current step (themselves or through a delegate) */
+static int64 *
+approved_by(Request *q, int *n)
+{
+	Oid			types[2] = {INT8OID, INT4OID};
+	Datum		values[2];
+	int64	   *ids;
+	uint64		i;
+
+	values[0] = Int64GetDatum(q->info.id);
+	values[1] = Int32GetDatum(q->current_step);
+	if (run(PLAN_APPROVED,
+			"SELECT DISTINCT COALESCE(h.on_behalf_of, h.principal) FROM crmguard.approval_history h"
+			" WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $2"
+			" AND h.event OPERATOR(pg_catalog.=) 'approved'",
+			2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the approval history");
+	ids = palloc(sizeof(int64) * Max(SPI_processed, 1));
+	*n = 0;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = column(i, 1, &isnull);
+
+		if (!isnull)
+			ids[(*n)++] = DatumGetInt64(d);
+	}
+	return ids;
+}
+
+static void
+audit_request(Request *q, const char *action, int automatic)
+{
+	StringInfoData detail;
+
+	initStringInfo(&detail);
+	appendStringInfo(&detail, "{\"request\": " INT64_FORMAT ", \"process\": ", q->info.id);
+	escape_json(&detail, q->info.process);
+	appendStringInfo(&detail, ", \"version\": %d", q->version);
+	if (automatic >= 0)
+		appendStringInfo(&detail, ", \"auto\": %s", automatic ? "true" : "false");
+	appendStringInfoChar(&detail, '}');
+	cg_audit(action, regclass_text(q->info.relid), q->info.key,
+			 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail.data))));
+}
+
+/* ---------------------------------------------------------------------------
+ * Who approves a step
+ * ---------------------------------------------------------------------------
+ */
+
+/* A principal's manager and whether it is active; false when there is none */
+static bool
+principal_row(int64 id, bool *active, int64 *manager)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		isnull;
+
+	values[0] = Int64GetDatum(id);
+	if (run(PLAN_PRINCIPAL,
+			"SELECT active, manager_id FROM crmguard.principal WHERE id OPERATOR(pg_catalog.=) $1",
+			1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.principal");
+	if (SPI_processed == 0)
+		return false;
+	*active = DatumGetBool(column(0, 1, &isnull));
+	*manager = int64_column(0, 2);
+	return true;
+}
+
+static int64
+manager_of(int64 id)
+{
+	bool		active;
+	int64		manager;
+
+	if (id == 0 || !principal_row(id, &active, &manager))
+		return 0;
+	return manager;
+}
+
+/* The principal itself when active, else its nearest active manager; 0 for none */
+static int64
+active_above(int64 id)
+{
+	int			i;
+
+	for (i = 0; i < 1000 && id != 0; i++)
+	{
+		bool		active;
+		int64		manager;
+
+		if (!principal_row(id, &active, &manager))
+			return 0;
+		if (active)
+			return id;
+		id = manager;
+	}
+	return 0;
+}
+
+/* Add the ids a query returned (first column) */
+static void
+add_ids(int64 **ids, int *n, int *max)
+{
+	uint64		i;
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		if (*n >= *max)
+		{
+			*max *= 2;
+			*ids = repalloc(*ids, sizeof(int64) * *max);
+		}
+		(*ids)[(*n)++] = int64_column(i, 1);
+	}
+}
+
+/*
+ * The approvers of a step for a row: inactive ones escalate to their nearest
+ * active manager, the submitter never approves its own request (its manager
+ * does, when nobody else is left).  Sorted, each once.
+ */
+static int64 *
+resolve(Jsonb *step, Jsonb *row_data, int64 submitter, int *count)
+{
+	Jsonb	   *spec = member_jsonb(step, "approvers");
+	int			max = 16;
+	int			n = 0;
+	int64	   *ids = palloc(sizeof(int64) * max);
+	int64	   *out;
+	int			nout = 0;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	List	   *kinds = NIL;
+	ListCell   *lc;
+	int			i;
+
+	/* one approver kind, or a list of them (the head of marketing and finance) */
+	if (spec != NULL && JB_ROOT_IS_ARRAY(spec) && !JB_ROOT_IS_SCALAR(spec))
+	{
+		it = JsonbIteratorInit(&spec->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+			if (tok == WJB_ELEM)
+				kinds = lappend(kinds, JsonbValueToJsonb(&v));
+	}
+	else if (spec != NULL)
+		kinds = list_make1(spec);
+	foreach(lc, kinds)
+	{
+		Jsonb	   *a = (Jsonb *) lfirst(lc);
+		char	   *role = member_text(a, "role");
+		char	   *name = member_text(a, "principal");
+
+		if (JB_ROOT_IS_OBJECT(a) && cg_jsonb_member(&a->root, "role") != NULL)
+		{
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1];
+			char		nulls[1];
+
+			values[0] = role ? CStringGetTextDatum(role) : (Datum) 0;
+			nulls[0] = role ? ' ' : 'n';
+			if (run(PLAN_ROLE,
+					"SELECT id FROM crmguard.principal WHERE $1 OPERATOR(pg_catalog.=) ANY (roles) ORDER BY id",
+					1, types, values, nulls, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not read crmguard.principal");
+			add_ids(&ids, &n, &max);
+		}
+		else if (JB_ROOT_IS_OBJECT(a) && cg_jsonb_member(&a->root, "principal") != NULL)
+		{
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1];
+			char		nulls[1];
+
+			values[0] = name ? CStringGetTextDatum(name) : (Datum) 0;
+			nulls[0] = name ? ' ' : 'n';
+			if (run(PLAN_NAMED, "SELECT id FROM crmguard.principal WHERE name OPERATOR(pg_catalog.=) $1",
+					1, types, values, nulls, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not read crmguard.principal");
+			add_ids(&ids, &n, &max);
+		}
+		else
+		{
+			char	   *col = member_text(a, "manager_of");
+			char	   *levels = member_text(a, "levels_above");
+			char	   *value;
+			int64		cur = 0;
+			int			l;
+
+			if (col == NULL)
+				col = member_text(a, "of");
+			value = col ? member_text(row_data, col) : NULL;
+			if (value != NULL)
+				cur = DatumGetInt64(DirectFunctionCall1(int8in, CStringGetDatum(value)));
+			for (l = 0; l < (levels ? pg_strtoint32(levels) : 1); l++)
+				cur = manager_of(cur);
+			if (n >= max)
+			{
+				max *= 2;
+				ids = repalloc(ids, sizeof(int64) * max);
+			}
+			ids[n++] = cur;
+		}
+	}
+	/* inactive approvers escalate to their nearest active manager; never the submitter */
+	out = palloc(sizeof(int64) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		int64		x = ids[i] ? active_above(ids[i]) : 0;
+
+		if (x != 0 && x != submitter && !has_id(out, nout, x))
+			out[nout++] = x;
+	}
+	if (nout == 0 && submitter != 0)
+	{
+		int64		x = active_above(manager_of(submitter));
+
+		if (x != 0)
+			out[nout++] = x;
+	}
+	qsort(out, nout, sizeof(int64), compare_ids);
+	*count = nout;
+	return out;
+}
+
+/* A step's approvers, how many must approve, and its timeout (NULL: none) */
+static Jsonb *
+plan_step(Request *q, int n, int64 **ids, int *nids, int *need, char **timeout)
+{
+	JsonbValue *sv = getIthJsonbValueFromContainer(&q->steps->root, n);
+	Jsonb	   *step = sv ? JsonbValueToJsonb(sv) : NULL;
+	char	   *mode = member_text(step, "mode");
+	Jsonb	   *mode_object = member_jsonb(step, "mode");
+
+	*ids = resolve(step, q->row_data, q->info.submitted_by, nids);
+	*timeout = member_text(step, "timeout");
+	*need = 1;
+	if (mode_object != NULL && JB_ROOT_IS_SCALAR(mode_object) && mode != NULL && strcmp(mode, "all") == 0)
+		*need = *nids;
+	else if (mode_object != NULL && JB_ROOT_IS_OBJECT(mode_object) &&
+			 cg_jsonb_member(&mode_object->root, "quorum") != NULL)
+		*need = pg_strtoint32(member_text(mode_object, "quorum"));
+	return step;
+}
+
+/* The request is on the step: refused when too few approvers are left; the worker watches its clock */
+static void
+check_step(Request *q, Jsonb *step, int nids, int need, const char *timeout)
+{
+	if (nids == 0 || nids < need)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("step \"%s\" of approval request " INT64_FORMAT " has %d active approver(s), it needs %d",
+						member_text(step, "name") ? member_text(step, "name") : "", q->info.id, nids, Max(need, 1)),
+				 errhint("Give the approver role to an active principal, or fix the managers of the row's owner.")));
+	if (timeout != NULL && !cg_enqueue(CG_JOB_WAKE, "", 0))
+		ereport(WARNING,
+				(errmsg("crmguard could not wake its background worker"),
+				 errhint("Call crmguard.run_due() to process approval timeouts.")));
+}
+
+/* Put a request on step n: its approvers, how many must approve, its clock */
+static void
+start_step(Request *q, int n)
+{
+	int64	   *ids;
+	int			nids;
+	int			need;
+	char	   *timeout;
+	Jsonb	   *step = plan_step(q, n, &ids, &nids, &need, &timeout);
+	Oid			types[5] = {INT8OID, INT4OID, INT8ARRAYOID, INT4OID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = "     ";
+
+	check_step(q, step, nids, need, NULL);
+	q->current_step = n;
+	q->info.approvers = id_array(ids, nids);
+	q->required = need;
+	values[0] = Int64GetDatum(q->info.id);
+	values[1] = Int32GetDatum(n);
+	values[2] = PointerGetDatum(q->info.approvers);
+	values[3] = Int32GetDatum(need);
+	values[4] = timeout ? CStringGetTextDatum(timeout) : (Datum) 0;
+	nulls[4] = timeout ? ' ' : 'n';
+	if (run(PLAN_STEP,
+			"UPDATE crmguard.approval_request_state SET current_step = $2, approvers = $3, required = $4,"
+			" step_started_at = pg_catalog.now(), step_timeout = $5::pg_catalog.interval"
+			" WHERE id OPERATOR(pg_catalog.=) $1", 5, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update the approval request");
+	check_step(q, step, nids, need, timeout);
+}
+
+/* ---------------------------------------------------------------------------
+ * The end of a step, the end of a request
+ * ---------------------------------------------------------------------------
+ */
+
+/* End a request: approved or rejected (running the process's actions), or recalled */
+static void
+finish(Request *q, const char *outcome)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = Int64GetDatum(q->info.id);
+	values[1] = CStringGetTextDatum(outcome);
+	if (run(PLAN_FINISH,
+			"UPDATE crmguard.approval_request_state SET state = $2, decided_at = pg_catalog.now()"
+			" WHERE id OPERATOR(pg_catalog.=) $1", 2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update the approval request");
+	q->info.state = pstrdup(outcome);
+	audit_request(q, psprintf("approval_%s", outcome), -1);
+	if (strcmp(outcome, "approved") == 0)
+		cg_approval_run_actions(&q->info, q->on_approve);
+	else if (strcmp(outcome, "rejected") == 0)
+		cg_approval_run_actions(&q->info, q->on_reject);
+}
+
+/* The step is done: on to the next one, or the request is approved */
+static void
+step_done(Request *q)
+{
+	add_history(q->info.id, q->current_step, 0, 0, "step approved", NULL);
+	if (q->current_step + 1 < (int) JB_ROOT_COUNT(q->steps))
+		start_step(q, q->current_step + 1);
+	else
+		finish(q, "approved");
+}
+
+/*
+ * The capacity in which the acting principal decides a pending request: as
+ * an approver of the current step, or as the delegate of one; itself first,
+ * and one that has not yet approved this step.
+ */
+static int64
+decider(Request *q, int64 acting, int64 **approved, int *napproved)
+{
+	int			n;
+	int64	   *approvers = array_ids(q->info.approvers, &n);
+	int64		best = 0;
+	int			best_rank = 0;
+	uint64		i;
+
+	*approved = approved_by(q, napproved);
+	if (acting != 0 && has_id(approvers, n, acting))
+	{
+		best = acting;
+		best_rank = has_id(*approved, *napproved, acting) ? 2 : 0;
+	}
+	if (acting != 0)
+	{
+		Oid			types[2] = {INT8OID, INT8ARRAYOID};
+		Datum		values[2];
+
+		values[0] = Int64GetDatum(acting);
+		values[1] = PointerGetDatum(q->info.approvers);
+		if (run(PLAN_DELEGATES,
+				"SELECT d.principal FROM crmguard.delegation d"
+				" WHERE d.to_principal OPERATOR(pg_catalog.=) $1 AND d.principal OPERATOR(pg_catalog.=) ANY ($2)"
+				" AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until"
+				" ORDER BY d.principal",
+				2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crmguard.delegation");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			int64		who = int64_column(i, 1);
+			int			rank = has_id(*approved, *napproved, who) ? 3 : 1;
+
+			if (best == 0 || rank < best_rank)
+			{
+				best = who;
+				best_rank = rank;
+			}
+		}
+	}
+	if (best == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_NOT_APPROVER),
+				 errmsg("not an approver of approval request " INT64_FORMAT, q->info.id),
+				 errdetail("Step %d waits for other approvers.", q->current_step + 1)));
+	if (q->info.submitted_by != 0 && (acting == q->info.submitted_by || best == q->info.submitted_by))
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_NOT_APPROVER),
+				 errmsg("a submitter cannot decide its own approval request " INT64_FORMAT, q->info.id)));
+	return best;
+}
+
+/* The request's row now, without its editable columns */
+static Jsonb *
+row_now(Request *q)
+{
+	Jsonb	   *row = cg_approval_current_row(&q->info);
+
+	if (row == NULL)
+		return NULL;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(row), q->editable));
+}
+
+/* ---------------------------------------------------------------------------
+ * Entry points
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * Submit a row (as the caller saw it) to a process: called by
+ * submit_for_approval and the auto-submit trigger.  automatic: an existing
+ * pending request is no error.
+ */
+int64
+cg_approval_submit(int64 process, const char *key, Jsonb *data, const char *comment, bool automatic)
+{
+	CgPrivilegedContext priv;
+	Oid			types[8] = {INT8OID, OIDOID, TEXTOID, JSONBOID, INT8OID, INT8ARRAYOID, INT4OID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8] = "        ";
+	Request    *q;
+	Jsonb	   *step;
+	int64	   *ids;
+	int			nids;
+	int			need;
+	char	   *timeout;
+	int64		acting = acting_principal();
+	Jsonb	   *on_submit;
+	Jsonb	   *row;
+	bool		isnull;
+
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	values[0] = Int64GetDatum(process);
+	if (run(PLAN_PROCESS,
+			"SELECT target::pg_catalog.oid, editable_columns::pg_catalog.text[], process_name, version,"
+			" on_submit, steps, run_as::pg_catalog.oid FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) $1",
+			1, types, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "approval process " INT64_FORMAT " does not exist", process);
+	q = palloc0(sizeof(Request));
+	q->process = process;
+	q->info.relid = DatumGetObjectId(column(0, 1, &isnull));
+	q->editable = PointerGetDatum(DatumGetArrayTypePCopy(column(0, 2, &isnull)));
+	q->info.process = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	q->version = DatumGetInt32(column(0, 4, &isnull));
+	on_submit = jsonb_column(0, 5);
+	q->steps = jsonb_column(0, 6);
+	q->info.run_as = DatumGetObjectId(column(0, 7, &isnull));
+	q->info.key = pstrdup(key);
+	q->info.pk = cg_primary_key_column(q->info.relid);
+	q->info.submitted_by = acting;
+	q->info.state = "pending";
+
+	values[0] = ObjectIdGetDatum(q->info.relid);
+	values[1] = CStringGetTextDatum(key);
+	if (run(PLAN_OPEN_REQUEST,
+			"SELECT id FROM crmguard.approval_request_state"
+			" WHERE target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND row_key OPERATOR(pg_catalog.=) $2"
+			" AND state OPERATOR(pg_catalog.=) 'pending'",
+			2, (Oid[]) {OIDOID, TEXTOID}, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	if (SPI_processed == 1)
+	{
+		int64		pending = int64_column(0, 1);
+
+		if (!automatic)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("row %s of table %s already has pending approval request " INT64_FORMAT,
+							key, regclass_text(q->info.relid), pending)));
+		SPI_finish();
+		cg_leave_owner(&priv);
+		return pending;
+	}
+
+	q->row_data = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete_array, JsonbPGetDatum(data), q->editable));
+	/* stored on its first step at once: one row version, one entry in the approvers' index */
+	step = plan_step(q, 0, &ids, &nids, &need, &timeout);
+	q->info.approvers = id_array(ids, nids);
+	q->required = need;
+	values[0] = Int64GetDatum(process);
+	values[1] = ObjectIdGetDatum(q->info.relid);
+	values[2] = CStringGetTextDatum(key);
+	values[3] = JsonbPGetDatum(q->row_data);
+	values[4] = Int64GetDatum(acting);
+	nulls[4] = acting ? ' ' : 'n';
+	values[5] = PointerGetDatum(q->info.approvers);
+	values[6] = Int32GetDatum(need);
+	values[7] = timeout ? CStringGetTextDatum(timeout) : (Datum) 0;
+	nulls[7] = timeout ? ' ' : 'n';
+	if (run(PLAN_INSERT_REQUEST,
+			"INSERT INTO crmguard.approval_request_state (process, target, row_key, row_data, submitted_by,"
+			" current_step, approvers, required, step_timeout)"
+			" VALUES ($1, $2::pg_catalog.regclass, $3, $4, $5, 0, $6, $7, $8::pg_catalog.interval) RETURNING id",
+			8, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not store the approval request");
+	q->info.id = int64_column(0, 1);
+	check_step(q, step, nids, need, timeout);
+	add_history(q->info.id, 0, acting, 0, "submitted", comment);
+	audit_request(q, "approval_submitted", automatic);
+	cg_approval_run_actions(&q->info, on_submit);
+
+	/* the row as it stands once submitted (an on_submit action may have set a field) */
+	row = row_now(q);
+	values[0] = Int64GetDatum(q->info.id);
+	values[1] = row ? JsonbPGetDatum(row) : (Datum) 0;
+	nulls[1] = row ? ' ' : 'n';
+	if (run(PLAN_ROW_DATA,
+			"UPDATE crmguard.approval_request_state SET row_data = $2 WHERE id OPERATOR(pg_catalog.=) $1",
+			2, (Oid[]) {INT8OID, JSONBOID}, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update the approval request");
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return q->info.id;
+}
+
+PG_FUNCTION_INFO_V1(crmguard_approve);
+Datum
+crmguard_approve(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	char	   *comment = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	int64		acting;
+	int64		approver;
+	int64	   *approved;
+	int			napproved;
+	CgPrivilegedContext priv;
+	Request    *q;
+	Jsonb	   *row;
+
+	cg_require_preload();
+	cg_require_attested();
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	acting = acting_principal();
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	q = request_or_error(id);
+	require_pending(q);
+	approver = decider(q, acting, &approved, &napproved);
+	if (has_id(approved, napproved, approver))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("approval request " INT64_FORMAT " already has this approver's approval for step %d",
+						id, q->current_step + 1)));
+	row = row_now(q);
+	if (row == NULL || q->row_data == NULL ||
+		!DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(row), JsonbPGetDatum(q->row_data))))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the row of approval request " INT64_FORMAT " changed since it was submitted", id),
+				 errhint("Reject the request; the row can be submitted again.")));
+	add_history(id, q->current_step, acting, approver != acting ? approver : 0, "approved", comment);
+	if (napproved + 1 >= q->required)
+		step_done(q);
+	else
+	{
+		/* the step waits for the others only */
+		Oid			types[2] = {INT8OID, INT8OID};
+		Datum		values[2];
+
+		values[0] = Int64GetDatum(id);
+		values[1] = Int64GetDatum(approver);
+		if (run(PLAN_NOT_WAITING,
+				"DELETE FROM crmguard.approval_waiting WHERE request OPERATOR(pg_catalog.=) $1"
+				" AND approver OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(crmguard_reject);
+Datum
+crmguard_reject(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	char	   *comment = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	int64		acting;
+	int64		approver;
+	int64	   *approved;
+	int			napproved;
+	CgPrivilegedContext priv;
+	Request    *q;
+
+	cg_require_preload();
+	cg_require_attested();
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	acting = acting_principal();
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	q = request_or_error(id);
+	require_pending(q);
+	approver = decider(q, acting, &approved, &napproved);
+	if (comment == NULL || comment[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a rejection needs a comment")));
+	add_history(id, q->current_step, acting, approver != acting ? approver : 0, "rejected", comment);
+	finish(q, "rejected");
+	SPI_finish();
+	cg_leave_owner(&priv);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(crmguard_recall);
+Datum
+crmguard_recall(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	char	   *comment = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	int64		acting;
+	CgPrivilegedContext priv;
+	Request    *q;
+
+	cg_require_preload();
+	cg_require_attested();
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	acting = acting_principal();
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	q = request_or_error(id);
+	if (q->info.submitted_by == 0 || q->info.submitted_by != acting)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only the submitter can recall approval request " INT64_FORMAT, id)));
+	require_pending(q);
+	add_history(id, q->current_step, q->info.submitted_by, 0, "recalled", comment);
+	finish(q, "recalled");
+	SPI_finish();
+	cg_leave_owner(&priv);
+	PG_RETURN_VOID();
+}
+
+/* run_due(): a step that timed out with on_timeout "approve" */
+PG_FUNCTION_INFO_V1(crmguard_approval_step_done);
+Datum
+crmguard_approval_step_done(PG_FUNCTION_ARGS)
+{
+	CgPrivilegedContext priv;
+
+	cg_require_preload();
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	step_done(request_or_error(PG_GETARG_INT64(0)));
+	SPI_finish();
+	cg_leave_owner(&priv);
+	PG_RETURN_VOID();
+}
+
+/* run_due(): a step that timed out with on_timeout "reject" */
+PG_FUNCTION_INFO_V1(crmguard_approval_finish);
+Datum
+crmguard_approval_finish(PG_FUNCTION_ARGS)
+{
+	CgPrivilegedContext priv;
+	char	   *outcome = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	cg_require_preload();
+	if (strcmp(outcome, "approved") != 0 && strcmp(outcome, "rejected") != 0 &&
+		strcmp(outcome, "recalled") != 0)
+		elog(ERROR, "unknown outcome \"%s\"", outcome);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	finish(request_or_error(PG_GETARG_INT64(0)), outcome);
+	SPI_finish();
+	cg_leave_owner(&priv);
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,1202 @@
+/*
+ * approval_lock.c
+ *		The lock on a row while its approval request is pending (CG010), and
+ *		what it needs: per-backend caches of each table's processes and of
+ *		its rows' pending requests, kept key by key through clocks in shared
+ *		memory; the tracker of the tables running statements change (the
+ *		lock holds through views, rules and definer functions); the request
+ *		table's trigger (the waiting list, the clocks of changed keys).
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "parser/parsetree.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lmgr.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "crmguard.h"
+#include "approval.h"
+
+#define LOCK_GUARD		CG_APPROVAL_LOCK_GUARD
+#define TRUNCATE_GUARD	CG_APPROVAL_TRUNCATE_GUARD
+#define SUBMIT_INSERT	CG_APPROVAL_SUBMIT_INSERT
+#define SUBMIT_UPDATE	CG_APPROVAL_SUBMIT_UPDATE
+
+/* ---------------------------------------------------------------------------
+ * Cache
+ *
+ * Processes: per table, loaded again when crmguard.approval_process or the
+ * table changes.  Pending rows: per table, the keys read once (a scan of the
+ * pending requests' index, whatever the history), then kept current key by
+ * key.  Shared memory holds a clock per bucket of keys: a transaction that
+ * starts or ends requests moves the clocks of their keys' buckets when it
+ * commits (after its commit is visible, before its locks go), and a backend
+ * asks the request table again only for a key whose bucket moved since it
+ * last looked.  Nothing else is read again, and no other backend is told.
+ * ---------------------------------------------------------------------------
+ */
+typedef struct PendingRow
+{
+	char	   *key;
+	int64		request;
+	int			nedit;
+	char	  **editable;
+} PendingRow;
+
+/* What this backend knows of one key: its pending row (or none) as of a clock */
+typedef struct KeyState
+{
+	PendingRow *row;			/* NULL: no pending request */
+	uint64		checked;		/* bucket clock read before the request table was */
+} KeyState;
+
+typedef struct TextKeyEntry
+{
+	char		key[NAMEDATALEN * 2];	/* truncated key; the states have the full one */
+	List	   *states;			/* of KeyState, with row or full key */
+} TextKeyEntry;
+
+typedef struct TextKeyState
+{
+	KeyState	s;
+	char	   *key;
+} TextKeyState;
+
+typedef struct IntKeyEntry
+{
+	int64		key;
+	KeyState	s;
+} IntKeyEntry;
+
+#define PENDING_BUCKETS		16384
+#define MIN_RECHECKED		64		/* keys asked for one by one before the table's pending keys are read again */
+#define MAX_TOUCHED			256		/* then a commit moves every clock */
+
+typedef struct PendingClocks
+{
+	pg_atomic_uint64 clock;
+	pg_atomic_uint64 bucket[PENDING_BUCKETS];
+} PendingClocks;
+
+static PendingClocks *clocks = NULL;
+
+/* buckets whose requests this transaction started or ended */
+static uint32 touched[MAX_TOUCHED];
+static int	ntouched = 0;
+static bool touched_all = false;
+
+static HTAB *tables = NULL;
+static MemoryContext cache_context = NULL;
+static bool cache_valid = false;
+static uint64 cache_generation = 0;	/* bumped by every load */
+static bool loaded_in_recovery = false;
+static Oid	process_rel = InvalidOid;
+static Oid	signal_rel = InvalidOid;
+
+/* the one row a "set" action may change while its request is pending */
+static Oid	bypass_relid = InvalidOid;
+static char *bypass_key = NULL;
+
+/* A "set" action is changing this row (InvalidOid: it is done): the lock lets it pass */
+void
+cg_approval_bypass(Oid relid, char *key)
+{
+	bypass_relid = relid;
+	bypass_key = key;
+}
+
+void
+cg_approval_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(PendingClocks)));
+}
+
+void
+cg_approval_shmem_startup(void)
+{
+	bool		found;
+	int			i;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	clocks = ShmemInitStruct("crmguard approval clocks", sizeof(PendingClocks), &found);
+	if (!found)
+	{
+		pg_atomic_init_u64(&clocks->clock, 0);
+		for (i = 0; i < PENDING_BUCKETS; i++)
+			pg_atomic_init_u64(&clocks->bucket[i], 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* The bucket of a row's key: an integer key by its value, any other by its text */
+static uint32
+int_bucket(Oid relid, int64 key)
+{
+	uint32		h = hash_bytes_uint32((uint32) key) ^ hash_bytes_uint32((uint32) (key >> 32));
+
+	h = hash_combine(h, hash_bytes_uint32(relid));
+	return hash_combine(h, hash_bytes_uint32(MyDatabaseId)) % PENDING_BUCKETS;
+}
+
+static bool
+key_as_int(const char *key, int64 *value)
+{
+	char	   *end;
+	char		again[32];
+
+	errno = 0;
+	*value = strtoi64(key, &end, 10);
+	if (errno != 0 || end == key || *end != '\0')
+		return false;
+	snprintf(again, sizeof(again), INT64_FORMAT, *value);
+	return strcmp(again, key) == 0;
+}
+
+static uint32
+text_bucket(Oid relid, const char *key)
+{
+	int64		v;
+	uint32		h;
+
+	if (key_as_int(key, &v))
+		return int_bucket(relid, v);
+	h = hash_bytes((const unsigned char *) key, strlen(key));
+	h = hash_combine(h, hash_bytes_uint32(relid));
+	return hash_combine(h, hash_bytes_uint32(MyDatabaseId)) % PENDING_BUCKETS;
+}
+
+static bool
+touched_here(uint32 bucket)
+{
+	int			i;
+
+	if (touched_all)
+		return true;
+	for (i = 0; i < ntouched; i++)
+		if (touched[i] == bucket)
+			return true;
+	return false;
+}
+
+/* Move a bucket's clock forward, never back */
+static void
+advance(uint32 bucket, uint64 now)
+{
+	uint64		seen = pg_atomic_read_u64(&clocks->bucket[bucket]);
+
+	while (seen < now && !pg_atomic_compare_exchange_u64(&clocks->bucket[bucket], &seen, now))
+		;
+}
+
+/*
+ * At commit (visible to new snapshots already, row locks still held), the
+ * clocks of the keys this transaction changed move: a backend that waited
+ * for one of these rows sees it moved and reads the key again.
+ */
+static void
+pending_xact_callback(XactEvent event, void *arg)
+{
+	int			i;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (ntouched > 0 || touched_all)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that started or ended approval requests")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (clocks != NULL && (ntouched > 0 || touched_all))
+			{
+				uint64		now = pg_atomic_add_fetch_u64(&clocks->clock, 1);
+
+				if (touched_all)
+					for (i = 0; i < PENDING_BUCKETS; i++)
+						advance(i, now);
+				else
+					for (i = 0; i < ntouched; i++)
+						advance(touched[i], now);
+			}
+			ntouched = 0;
+			touched_all = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			ntouched = 0;
+			touched_all = false;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+touch(Oid relid, const char *key)
+{
+	uint32		b = text_bucket(relid, key);
+
+	if (touched_here(b))
+		return;
+	if (ntouched < MAX_TOUCHED)
+		touched[ntouched++] = b;
+	else
+		touched_all = true;
+}
+
+static void
+cache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == process_rel || relid == signal_rel ||
+		(tables != NULL && hash_search(tables, &relid, HASH_FIND, NULL) != NULL))
+		cache_valid = false;
+}
+
+static ApprovalTable *
+table_entry(Oid relid)
+{
+	bool		found;
+	ApprovalTable *t = hash_search(tables, &relid, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		t->nprocesses = 0;
+		t->processes = NULL;
+		t->loaded = false;
+		t->keys_context = NULL;
+		t->text_keys = NULL;
+		t->int_keys = NULL;
+	}
+	return t;
+}
+
+static char **
+text_array(Datum d, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+	int			i;
+	char	  **out;
+
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &count);
+	out = palloc(sizeof(char *) * Max(count, 1));
+	for (i = 0; i < count; i++)
+		out[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
+	*n = count;
+	return out;
+}
+
+static bool
+contains(char **list, int n, const char *s)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(list[i], s) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * crmguard's queries on its own catalogs run with fixed planner settings,
+ * not the session's: index look-ups whatever the statistics say (a request
+ * table just grown by thousands of rows, not yet analysed, must not be read
+ * whole), and no JIT.  Undone by cg_leave_owner.
+ */
+void
+cg_approval_planner_settings(void)
+{
+	static const char *const off[] = {"enable_seqscan", "enable_hashjoin", "enable_mergejoin", "jit"};
+	size_t		i;
+
+	for (i = 0; i < lengthof(off); i++)
+		(void) set_config_option(off[i], "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * A plan on crmguard's own catalogs, prepared once per backend; the caller
+ * acts as the extension's owner (with the settings above) and is connected
+ * to SPI.
+ */
+SPIPlanPtr
+cg_approval_plan(int slot, const char *sql, int nargs, Oid *types)
+{
+	static SPIPlanPtr plans[NUM_APPROVAL_PLANS];
+
+	if (plans[slot] == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the plan of \"%s\"", sql);
+		plans[slot] = plan;
+	}
+	return plans[slot];
+}
+
+static void
+ensure_cache_context(void)
+{
+	if (cache_context == NULL)
+	{
+		cache_context = AllocSetContextCreate(CacheMemoryContext, "crmguard approval cache",
+											  ALLOCSET_SMALL_SIZES);
+		cg_register_relcache_callback(cache_callback, (Datum) 0);
+		RegisterXactCallback(pending_xact_callback, NULL);
+	}
+}
+
+/* The current processes of every table, with the latest snapshot */
+static void
+load_processes(void)
+{
+	CgPrivilegedContext priv;
+	HASHCTL		ctl;
+	MemoryContext old;
+	uint64		i;
+
+	ensure_cache_context();
+	MemoryContextReset(cache_context);
+	cache_generation++;
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(ApprovalTable);
+	ctl.hcxt = cache_context;
+	tables = hash_create("crmguard approval tables", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	process_rel = get_relname_relid("approval_process", cg_catalog()->schema);
+	signal_rel = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+	cache_valid = true;
+	loaded_in_recovery = RecoveryInProgress();
+
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PROCESSES,
+										  "SELECT target::pg_catalog.oid, id, entry_criteria, auto_submit"
+										  " FROM crmguard.approval_process WHERE current ORDER BY target, position",
+										  0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_process");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		Datum		criteria = SPI_getbinval(tup, desc, 3, &isnull);
+		char	   *compiled = cg_criteria_compile(relid, isnull ? NULL : DatumGetJsonbP(criteria));
+		int			nauto;
+		char	  **autos = text_array(SPI_getbinval(tup, desc, 4, &isnull), &nauto);
+		ApprovalTable *t;
+		Process    *p;
+
+		old = MemoryContextSwitchTo(cache_context);
+		t = table_entry(relid);
+		t->processes = t->processes ? repalloc(t->processes, sizeof(Process) * (t->nprocesses + 1))
+			: palloc(sizeof(Process));
+		p = &t->processes[t->nprocesses++];
+		p->id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		p->compiled = pstrdup(compiled);
+		p->on_insert = contains(autos, nauto, "insert");
+		p->on_update = contains(autos, nauto, "update");
+		MemoryContextSwitchTo(old);
+	}
+	/* after a restart or a restore, the worker must watch the clocks again */
+	if (SPI_execute_plan(cg_approval_plan(PLAN_ANY_PENDING,
+										  "SELECT 1 FROM crmguard.approval_request_state"
+										  " WHERE state OPERATOR(pg_catalog.=) 'pending' AND step_timeout IS NOT NULL LIMIT 1",
+										  0, NULL), NULL, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed > 0 && !RecoveryInProgress())
+		(void) cg_enqueue(CG_JOB_WAKE, "", 0);
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+}
+
+ApprovalTable *
+cg_approval_table(Oid relid)
+{
+	bool		found;
+	ApprovalTable *t;
+
+	/* promoted: what was loaded while replaying saw no clock move */
+	if (loaded_in_recovery && !RecoveryInProgress())
+		cache_valid = false;
+	if (!cache_valid)
+		load_processes();
+	t = hash_search(tables, &relid, HASH_FIND, &found);
+	return t;
+}
+
+/* The table's entry for its pending rows, whether or not a process is current */
+static ApprovalTable *
+pending_table(Oid relid)
+{
+	ApprovalTable *t = cg_approval_table(relid);
+
+	if (t == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cache_context);
+
+		t = table_entry(relid);
+		MemoryContextSwitchTo(old);
+	}
+	return t;
+}
+
+static PendingRow *
+pending_row_from(HeapTuple tup, TupleDesc desc, const char *key)
+{
+	bool		isnull;
+	PendingRow *row = palloc(sizeof(PendingRow));
+
+	row->key = pstrdup(key);
+	row->request = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	row->editable = text_array(SPI_getbinval(tup, desc, 2, &isnull), &row->nedit);
+	return row;
+}
+
+/* Remember what a key is, as of a clock */
+static void
+remember(ApprovalTable *t, const char *key, bool is_int, int64 ikey, PendingRow *row, uint64 checked)
+{
+	MemoryContext old = MemoryContextSwitchTo(t->keys_context);
+
+	if (is_int)
+	{
+		IntKeyEntry *e = hash_search(t->int_keys, &ikey, HASH_ENTER, NULL);
+
+		e->s.row = row;
+		e->s.checked = checked;
+	}
+	else
+	{
+		char		truncated[NAMEDATALEN * 2];
+		TextKeyEntry *e;
+		bool		found;
+		ListCell   *lc;
+		TextKeyState *s = NULL;
+
+		strlcpy(truncated, key, sizeof(truncated));
+		e = hash_search(t->text_keys, truncated, HASH_ENTER, &found);
+		if (!found)
+			e->states = NIL;
+		foreach(lc, e->states)
+			if (strcmp(((TextKeyState *) lfirst(lc))->key, key) == 0)
+				s = lfirst(lc);
+		if (s == NULL)
+		{
+			s = palloc(sizeof(TextKeyState));
+			s->key = pstrdup(key);
+			e->states = lappend(e->states, s);
+		}
+		s->s.row = row;
+		s->s.checked = checked;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Read a table's pending keys (the partial index of pending requests) */
+static void
+load_pending(ApprovalTable *t)
+{
+	CgPrivilegedContext priv;
+	HASHCTL		ctl;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	uint64		i;
+	MemoryContext old;
+
+	if (t->keys_context == NULL)
+		t->keys_context = AllocSetContextCreate(cache_context, "crmguard pending rows", ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(t->keys_context);
+	ctl.keysize = NAMEDATALEN * 2;
+	ctl.entrysize = sizeof(TextKeyEntry);
+	ctl.hcxt = t->keys_context;
+	t->text_keys = hash_create("crmguard pending keys", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(IntKeyEntry);
+	t->int_keys = hash_create("crmguard pending integer keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	t->rechecked = 0;
+	/* read before the table: a change committed meanwhile moves a clock past it */
+	t->loaded_at = pg_atomic_read_u64(&clocks->clock);
+	pg_memory_barrier();
+
+	values[0] = ObjectIdGetDatum(t->relid);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_OF_TABLE,
+										  "SELECT r.id, p.editable_columns::pg_catalog.text[], r.row_key"
+										  " FROM crmguard.approval_request_state r"
+										  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
+										  " WHERE r.target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+										  " AND r.state OPERATOR(pg_catalog.=) 'pending'",
+										  1, types), values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		int64		ikey;
+		bool		is_int = key_as_int(key, &ikey);
+		PendingRow *row;
+
+		old = MemoryContextSwitchTo(t->keys_context);
+		row = pending_row_from(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, key);
+		MemoryContextSwitchTo(old);
+		remember(t, key, is_int, ikey, row, t->loaded_at);
+	}
+	t->npending = (int) SPI_processed;
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+	t->loaded = true;
+}
+
+/* The pending request of one key, from the request table (latest snapshot) */
+static PendingRow *
+read_key(ApprovalTable *t, const char *key)
+{
+	CgPrivilegedContext priv;
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	PendingRow *row = NULL;
+
+	values[0] = ObjectIdGetDatum(t->relid);
+	values[1] = CStringGetTextDatum(key);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_KEY,
+										  "SELECT r.id, p.editable_columns::pg_catalog.text[]"
+										  " FROM crmguard.approval_request_state r"
+										  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
+										  " WHERE r.target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+										  " AND r.row_key OPERATOR(pg_catalog.=) $2"
+										  " AND r.state OPERATOR(pg_catalog.=) 'pending'",
+										  2, types), values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	if (SPI_processed == 1)
+	{
+		MemoryContext old = MemoryContextSwitchTo(t->keys_context);
+
+		row = pending_row_from(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, key);
+		MemoryContextSwitchTo(old);
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return row;
+}
+
+/*
+ * The pending request of the row with this key, if any: from what this
+ * backend knows, unless the key's bucket moved since (or this transaction
+ * changed requests there), then from the request table.
+ */
+static PendingRow *
+find_pending(ApprovalTable *t, Oid keytype, Datum value)
+{
+	bool		is_int = keytype == INT8OID || keytype == INT4OID || keytype == INT2OID;
+	int64		ikey = 0;
+	char	   *key = NULL;
+	uint32		bucket;
+	uint64		now;
+	KeyState   *known = NULL;
+	PendingRow *row;
+
+	/* asking key by key costs more than reading them all again: read them all */
+	if (!t->loaded || t->rechecked > MIN_RECHECKED + t->npending)
+		load_pending(t);
+	if (is_int)
+	{
+		IntKeyEntry *e;
+
+		ikey = keytype == INT8OID ? DatumGetInt64(value) :
+			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
+		bucket = int_bucket(t->relid, ikey);
+		e = hash_search(t->int_keys, &ikey, HASH_FIND, NULL);
+		if (e != NULL)
+			known = &e->s;
+	}
+	else
+	{
+		Oid			out;
+		bool		varlena;
+		char		truncated[NAMEDATALEN * 2];
+		TextKeyEntry *e;
+		ListCell   *lc;
+
+		getTypeOutputInfo(keytype, &out, &varlena);
+		key = OidOutputFunctionCall(out, value);
+		bucket = text_bucket(t->relid, key);
+		strlcpy(truncated, key, sizeof(truncated));
+		e = hash_search(t->text_keys, truncated, HASH_FIND, NULL);
+		if (e != NULL)
+			foreach(lc, e->states)
+				if (strcmp(((TextKeyState *) lfirst(lc))->key, key) == 0)
+					known = &((TextKeyState *) lfirst(lc))->s;
+	}
+	now = pg_atomic_read_u64(&clocks->bucket[bucket]);
+	if (!touched_here(bucket))
+	{
+		if (known != NULL && now <= known->checked)
+			return known->row;
+		if (known == NULL && now <= t->loaded_at)
+			return NULL;
+	}
+	/* read before the request table, like the table's load */
+	pg_memory_barrier();
+	if (key == NULL)
+		key = psprintf(INT64_FORMAT, ikey);
+	row = read_key(t, key);
+	/* what this transaction changed is not known to others yet: ask again next time */
+	if (!touched_here(bucket))
+	{
+		remember(t, key, is_int, ikey, row, now);
+		t->rechecked++;
+	}
+	return row;
+}
+
+/* Any pending request on the table, from the request table */
+static int64
+any_pending(Oid relid)
+{
+	CgPrivilegedContext priv;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	int64		request = 0;
+	bool		isnull;
+
+	values[0] = ObjectIdGetDatum(relid);
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_ROW,
+										  "SELECT id FROM crmguard.approval_request_state"
+										  " WHERE target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+										  " AND state OPERATOR(pg_catalog.=) 'pending' ORDER BY id LIMIT 1",
+										  1, types), values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_request_state");
+	if (SPI_processed == 1)
+		request = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	PopActiveSnapshot();
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return request;
+}
+
+/* The text of a row's key column (the single-column primary key) */
+char *
+cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt)
+{
+	bool		isnull;
+	Datum		value = heap_getattr(tuple, keyatt, RelationGetDescr(rel), &isnull);
+	Oid			out;
+	bool		varlena;
+
+	if (isnull)
+		return NULL;
+	getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), keyatt - 1)->atttypid, &out, &varlena);
+	return OidOutputFunctionCall(out, value);
+}
+
+/* The primary key's attribute number, per table, from the index cache */
+AttrNumber
+cg_approval_key_attno(Relation rel)
+{
+	Bitmapset  *pk = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	int			member = bms_next_member(pk, -1);
+
+	if (member < 0 || bms_next_member(pk, member) >= 0)
+		return InvalidAttrNumber;
+	return member + FirstLowInvalidHeapAttributeNumber;
+}
+
+/* ---------------------------------------------------------------------------
+ * The lock: no change to a pending row but its editable columns (CG010)
+ *
+ * The lock is an AFTER row trigger whose WHEN clause asks
+ * approval_row_pending(table, OLD.key): a row with no request costs one
+ * function call, a clock read and a hash probe, and no trigger event (a
+ * BEFORE trigger would lock every row it is called for).  The error at the
+ * end of the statement undoes the whole statement, as a BEFORE trigger's would.
+ * ---------------------------------------------------------------------------
+ */
+
+typedef struct PendingCheck
+{
+	Oid			keytype;
+	Oid			relid;
+	Oid			userid;
+	bool		may_know;		/* the caller may change the table */
+	ApprovalTable *table;		/* the cache's entry, while the cache is this one */
+	uint64		generation;
+} PendingCheck;
+
+/*
+ * Tables that a statement running now (at any nesting level) changes: the
+ * lock's probe answers for them whatever path reached the table (a view, a
+ * rule, a SECURITY DEFINER function), since the role invoking the trigger is
+ * then not the one whose rights on the table were checked.
+ */
+typedef struct ChangingTable
+{
+	Oid			relid;
+	QueryDesc  *query;			/* the statement changing it */
+	int			nestlevel;		/* subtransaction that started the statement */
+} ChangingTable;
+
+static List *changing_tables = NIL;		/* in TopMemoryContext */
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
+
+static void
+track_changing_start(QueryDesc *queryDesc, int eflags)
+{
+	PlannedStmt *stmt = queryDesc->plannedstmt;
+
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+
+	/* INSERT too: ON CONFLICT DO UPDATE fires the lock */
+	if (stmt->resultRelations != NIL && !(eflags & EXEC_FLAG_EXPLAIN_ONLY))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		ListCell   *lc;
+
+		foreach(lc, stmt->resultRelations)
+		{
+			ChangingTable *c = palloc(sizeof(ChangingTable));
+
+			c->relid = rt_fetch(lfirst_int(lc), stmt->rtable)->relid;
+			c->query = queryDesc;
+			c->nestlevel = GetCurrentTransactionNestLevel();
+			changing_tables = lcons(c, changing_tables);
+		}
+		MemoryContextSwitchTo(old);
+	}
+}
+
+static void
+track_changing_end(QueryDesc *queryDesc)
+{
+	ListCell   *lc;
+
+	foreach(lc, changing_tables)
+	{
+		ChangingTable *c = (ChangingTable *) lfirst(lc);
+
+		if (c->query == queryDesc)
+		{
+			changing_tables = foreach_delete_current(changing_tables, lc);
+			pfree(c);
+		}
+	}
+	if (prev_executor_end)
+		prev_executor_end(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+}
+
+/* statements that failed never reach ExecutorEnd: forget what their level pushed */
+static void
+track_changing_abort(int nestlevel)
+{
+	ListCell   *lc;
+
+	foreach(lc, changing_tables)
+	{
+		ChangingTable *c = (ChangingTable *) lfirst(lc);
+
+		if (c->nestlevel >= nestlevel)
+		{
+			changing_tables = foreach_delete_current(changing_tables, lc);
+			pfree(c);
+		}
+	}
+}
+
+static void
+track_changing_xact(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+		track_changing_abort(0);
+}
+
+static void
+track_changing_subxact(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		track_changing_abort(GetCurrentTransactionNestLevel());
+}
+
+static bool
+table_is_changing(Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, changing_tables)
+		if (((ChangingTable *) lfirst(lc))->relid == relid)
+			return true;
+	return false;
+}
+
+/* From _PG_init: watch which tables the running statements change */
+void
+cg_approval_init(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = track_changing_start;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = track_changing_end;
+	RegisterXactCallback(track_changing_xact, NULL);
+	RegisterSubXactCallback(track_changing_subxact, NULL);
+}
+
+/*
+ * WHEN clause of the lock: has the row with this key a pending request?
+ * Answered to a role that may update (any column) or delete rows of the
+ * table, and inside any statement now changing the table, however it got
+ * there (a view, a rule, a function): anyone else learns nothing.
+ */
+PG_FUNCTION_INFO_V1(crmguard_approval_row_pending);
+Datum
+crmguard_approval_row_pending(PG_FUNCTION_ARGS)
+{
+	PendingCheck *check = (PendingCheck *) fcinfo->flinfo->fn_extra;
+	Oid			relid;
+	ApprovalTable *t;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_BOOL(false);
+	relid = PG_GETARG_OID(0);
+	if (check == NULL || check->relid != relid || check->userid != GetUserId())
+	{
+		check = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(PendingCheck));
+		check->keytype = get_fn_expr_argtype(fcinfo->flinfo, 1);
+		check->relid = relid;
+		check->userid = GetUserId();
+		/* UPDATE of a single column is enough to fire the lock */
+		check->may_know = pg_class_aclcheck(relid, check->userid, ACL_UPDATE | ACL_DELETE) == ACLCHECK_OK ||
+			pg_attribute_aclcheck_all(relid, check->userid, ACL_UPDATE, ACLMASK_ANY) == ACLCHECK_OK;
+		check->table = NULL;
+		fcinfo->flinfo->fn_extra = check;
+	}
+	if (!check->may_know && !table_is_changing(relid))
+		PG_RETURN_BOOL(false);
+	/* the row a "set" action is changing: the lock lets it pass, no need to look */
+	if (bypass_relid == relid && bypass_key != NULL)
+	{
+		Oid			out;
+		bool		varlena;
+
+		getTypeOutputInfo(check->keytype, &out, &varlena);
+		if (strcmp(OidOutputFunctionCall(out, PG_GETARG_DATUM(1)), bypass_key) == 0)
+			PG_RETURN_BOOL(false);
+	}
+	/*
+	 * A request committed while this statement waited for the row moved its
+	 * key's clock: find_pending reads that key again.  The table's entry is
+	 * kept per call site while the cache stays the same.
+	 */
+	if (check->table == NULL || !cache_valid || check->generation != cache_generation ||
+		(loaded_in_recovery && !RecoveryInProgress()))
+	{
+		check->table = pending_table(relid);
+		check->generation = cache_generation;
+	}
+	t = check->table;
+	PG_RETURN_BOOL(find_pending(t, check->keytype, PG_GETARG_DATUM(1)) != NULL);
+}
+
+PG_FUNCTION_INFO_V1(crmguard_approval_lock);
+Datum
+crmguard_approval_lock(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	Oid			relid;
+	ApprovalTable *t;
+	PendingRow *row;
+	TupleDesc	desc;
+	AttrNumber	keyatt;
+	Datum		keyvalue;
+	bool		isnull;
+	int			i;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		elog(ERROR, "crmguard_approval_lock: must be fired AFTER UPDATE OR DELETE FOR EACH ROW");
+	cg_require_preload();
+	cg_require_attested();
+	rel = td->tg_relation;
+	relid = RelationGetRelid(rel);
+	desc = RelationGetDescr(rel);
+	AcceptInvalidationMessages();
+	t = pending_table(relid);
+	keyatt = cg_approval_key_attno(rel);
+	/* requests name their rows by the primary key: without one, fail closed */
+	if (keyatt == InvalidAttrNumber)
+	{
+		if (!any_pending(relid))
+			return PointerGetDatum(NULL);
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_ROW_LOCKED),
+				 errmsg("table %s has pending approval requests and no primary key to find their rows",
+						RelationGetRelationName(rel)),
+				 errhint("Restore the table's primary key; until then no row of it can change.")));
+	}
+	keyvalue = heap_getattr(td->tg_trigtuple, keyatt, desc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	row = find_pending(t, TupleDescAttr(desc, keyatt - 1)->atttypid, keyvalue);
+	if (row == NULL)
+		return PointerGetDatum(NULL);
+	if (bypass_relid == relid && bypass_key != NULL && strcmp(bypass_key, row->key) == 0)
+		return PointerGetDatum(NULL);
+
+	if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_ROW_LOCKED),
+				 errmsg("row %s of table %s is locked by pending approval request " INT64_FORMAT,
+						row->key, RelationGetRelationName(rel), row->request),
+				 errhint("The submitter can recall the request; after the decision the row can be deleted.")));
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+		bool		oldnull;
+		bool		newnull;
+		Datum		oldv;
+		Datum		newv;
+
+		if (a->attisdropped || contains(row->editable, row->nedit, NameStr(a->attname)))
+			continue;
+		oldv = heap_getattr(td->tg_trigtuple, i + 1, desc, &oldnull);
+		newv = heap_getattr(td->tg_newtuple, i + 1, desc, &newnull);
+		if (oldnull == newnull && (oldnull || datum_image_eq(oldv, newv, a->attbyval, a->attlen)))
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_ROW_LOCKED),
+				 errmsg("row %s of table %s is locked by pending approval request " INT64_FORMAT,
+						row->key, RelationGetRelationName(rel), row->request),
+				 errdetail("Column \"%s\" cannot change while the request is pending.", NameStr(a->attname)),
+				 row->nedit > 0 ?
+				 errhint("Only the editable columns of the process can change; the submitter can recall the request.") :
+				 errhint("The submitter can recall the request.")));
+	}
+	return PointerGetDatum(NULL);
+}
+
+/* TRUNCATE would empty pending rows with the rest: refused while any is pending */
+PG_FUNCTION_INFO_V1(crmguard_approval_truncate);
+Datum
+crmguard_approval_truncate(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	int64		request;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		elog(ERROR, "crmguard_approval_truncate: must be fired BEFORE TRUNCATE");
+	cg_require_preload();
+	request = any_pending(RelationGetRelid(td->tg_relation));
+	if (request != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_ROW_LOCKED),
+				 errmsg("table %s has rows locked by pending approval requests",
+						RelationGetRelationName(td->tg_relation)),
+				 errdetail("Request " INT64_FORMAT " is one of them.", request)));
+	return PointerGetDatum(NULL);
+}
+
+/* A column of a request row, by name */
+static Datum
+request_column(TriggerData *td, HeapTuple tup, const char *name, bool *isnull)
+{
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+
+	return heap_getattr(tup, SPI_fnumber(desc, name), desc, isnull);
+}
+
+static bool
+request_pending(TriggerData *td, HeapTuple tup)
+{
+	bool		isnull;
+	Datum		state;
+
+	if (tup == NULL)
+		return false;
+	state = request_column(td, tup, "state", &isnull);
+	return !isnull && strcmp(TextDatumGetCString(state), "pending") == 0;
+}
+
+/* Do two versions of a request row differ in a column? */
+static bool
+request_differs(TriggerData *td, HeapTuple a, HeapTuple b, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	int			attno = SPI_fnumber(desc, name);
+	Form_pg_attribute att = TupleDescAttr(desc, attno - 1);
+	bool		anull;
+	bool		bnull;
+	Datum		av = heap_getattr(a, attno, desc, &anull);
+	Datum		bv = heap_getattr(b, attno, desc, &bnull);
+
+	if (anull || bnull)
+		return anull != bnull;
+	return !datum_image_eq(av, bv, att->attbyval, att->attlen);
+}
+
+/*
+ * crmguard.approval_waiting: one row per pending request and approver of
+ * its current step who has not approved it yet (my_approvals() reads it
+ * by approver).  Rebuilt for a request whose step, approvers or state change.
+ */
+static void
+rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
+{
+	bool		old_pending = request_pending(td, old);
+	bool		new_pending = request_pending(td, new);
+	bool		changed = old == NULL || new == NULL || request_differs(td, old, new, "id") ||
+		request_differs(td, old, new, "approvers") || request_differs(td, old, new, "current_step");
+	CgPrivilegedContext priv;
+	bool		isnull;
+
+	if (!(old_pending && (changed || !new_pending)) && !(new_pending && (changed || !old_pending)))
+		return;
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (old_pending && (changed || !new_pending))
+	{
+		Oid			types[1] = {INT8OID};
+		Datum		values[1];
+
+		values[0] = request_column(td, old, "id", &isnull);
+		if (cg_execute_kept("DELETE FROM crmguard.approval_waiting WHERE request OPERATOR(pg_catalog.=) $1",
+							1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+	}
+	if (new_pending && (changed || !old_pending))
+	{
+		Oid			types[3] = {INT8OID, INT8ARRAYOID, INT4OID};
+		Datum		values[3];
+
+		values[0] = request_column(td, new, "id", &isnull);
+		values[1] = request_column(td, new, "approvers", &isnull);
+		values[2] = request_column(td, new, "current_step", &isnull);
+		if (cg_execute_kept("INSERT INTO crmguard.approval_waiting (approver, request)"
+							" SELECT DISTINCT a, $1 FROM pg_catalog.unnest($2) a WHERE a IS NOT NULL"
+							" AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h"
+							"  WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $3"
+							"  AND h.event OPERATOR(pg_catalog.=) 'approved'"
+							"  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) a)",
+							3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+}
+
+/*
+ * Triggers on the request table.  A row trigger keeps the waiting list,
+ * and notes the keys whose requests start or end, so that this
+ * transaction's commit moves their clocks; TRUNCATE (a restore, a DBA)
+ * makes every backend read all again.
+ */
+PG_FUNCTION_INFO_V1(crmguard_approval_requests_changed);
+Datum
+crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	HeapTuple	old;
+	HeapTuple	new;
+	int			i;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "crmguard_approval_requests_changed: not called as a trigger");
+	cg_require_preload();
+	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+	{
+		Oid			signal = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+
+		if (OidIsValid(signal))
+			CacheInvalidateRelcacheByRelid(signal);
+		touched_all = true;
+		return PointerGetDatum(NULL);
+	}
+	ensure_cache_context();		/* registers the commit callback */
+	old = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? NULL : td->tg_trigtuple;
+	new = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? td->tg_trigtuple :
+		TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : NULL;
+	rebuild_waiting(td, old, new);
+	/* a request started or ended, or moved: its keys' clocks move at commit */
+	if (old != NULL && new != NULL &&
+		!request_differs(td, old, new, "state") && !request_differs(td, old, new, "target") &&
+		!request_differs(td, old, new, "row_key") && !request_differs(td, old, new, "process"))
+		return PointerGetDatum(NULL);
+	for (i = 0; i < 2; i++)
+	{
+		HeapTuple	tup = i == 0 ? old : new;
+		bool		isnull;
+		Datum		target;
+		Datum		key;
+
+		if (tup == NULL)
+			continue;
+		target = request_column(td, tup, "target", &isnull);
+		if (isnull)
+			continue;
+		key = request_column(td, tup, "row_key", &isnull);
+		if (!isnull)
+			touch(DatumGetObjectId(target), TextDatumGetCString(key));
+	}
+	return PointerGetDatum(NULL);
+}
+
