@@ -15,6 +15,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -944,4 +945,158 @@ crmguard_approval_finish(PG_FUNCTION_ARGS)
 	SPI_finish();
 	cg_leave_owner(&priv);
 	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------------
+ * my_approvals(): what waits for the acting principal
+ * ---------------------------------------------------------------------------
+ */
+
+/* A process's name and steps, fetched once per call */
+typedef struct ProcessSeen
+{
+	int64		id;
+	char	   *name;
+	Jsonb	   *steps;
+} ProcessSeen;
+
+static ProcessSeen *
+process_seen(List **seen, int64 id)
+{
+	ListCell   *lc;
+	ProcessSeen *ps;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	SPITupleTable *save = SPI_tuptable;
+	uint64		nsave = SPI_processed;
+	bool		isnull;
+
+	foreach(lc, *seen)
+		if (((ProcessSeen *) lfirst(lc))->id == id)
+			return lfirst(lc);
+	values[0] = Int64GetDatum(id);
+	if (run(PLAN_PROCESS_NAME,
+			"SELECT process_name, steps FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) $1",
+			1, types, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "approval process " INT64_FORMAT " does not exist", id);
+	ps = palloc(sizeof(ProcessSeen));
+	ps->id = id;
+	ps->name = TextDatumGetCString(column(0, 1, &isnull));
+	ps->steps = jsonb_column(0, 2);
+	*seen = lappend(*seen, ps);
+	SPI_tuptable = save;
+	SPI_processed = nsave;
+	return ps;
+}
+
+/* The name of step n of a process, or NULL */
+static char *
+step_name(Jsonb *steps, int n)
+{
+	JsonbValue *step;
+
+	if (steps == NULL || !JB_ROOT_IS_ARRAY(steps) || n < 0)
+		return NULL;
+	step = getIthJsonbValueFromContainer(&steps->root, n);
+	if (step == NULL || step->type != jbvBinary)
+		return NULL;
+	return member_text(JsonbValueToJsonb(step), "name");
+}
+
+/*
+ * The pending requests waiting for the acting principal, or for a principal
+ * whose approvals it holds by delegation (on_behalf_of names that one),
+ * oldest first.  Read from approval_waiting by approver: the cost follows
+ * what waits for this principal, not the history.
+ */
+PG_FUNCTION_INFO_V1(crmguard_my_approvals);
+Datum
+crmguard_my_approvals(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		me;
+	int64	   *capacity;
+	int			ncapacity = 1;
+	List	   *processes = NIL;
+	CgPrivilegedContext priv;
+	Oid			types[2] = {INT8OID, INT8ARRAYOID};
+	Datum		values[2];
+	uint64		i;
+
+	cg_require_preload();
+	cg_require_attested();
+	InitMaterializedSRF(fcinfo, 0);
+	me = acting_principal();
+	if (me == 0)
+		return (Datum) 0;
+
+	cg_enter_owner(&priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* me, and whoever delegated their approvals to me for now */
+	values[0] = Int64GetDatum(me);
+	if (run(PLAN_DELEGATORS,
+			"SELECT DISTINCT d.principal FROM crmguard.delegation d"
+			" WHERE d.to_principal OPERATOR(pg_catalog.=) $1 AND d.principal OPERATOR(pg_catalog.<>) $1"
+			" AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until",
+			1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.delegation");
+	capacity = palloc(sizeof(int64) * (SPI_processed + 1));
+	capacity[0] = me;
+	for (i = 0; i < SPI_processed; i++)
+		capacity[ncapacity++] = int64_column(i, 1);
+
+	values[1] = PointerGetDatum(id_array(capacity, ncapacity));
+	if (run(PLAN_MY_APPROVALS,
+			"SELECT r.id, r.process, r.target::pg_catalog.oid, r.row_key, r.current_step, r.submitted_by,"
+			"       r.submitted_at, w.approver"
+			"  FROM crmguard.approval_waiting w"
+			"  JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) w.request"
+			" WHERE w.approver OPERATOR(pg_catalog.=) ANY ($2)"
+			"   AND r.state OPERATOR(pg_catalog.=) 'pending'"
+			"   AND r.submitted_by IS DISTINCT FROM $1"
+			" ORDER BY r.submitted_at, r.id, w.approver",
+			2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crmguard.approval_waiting");
+	{
+		SPITupleTable *rows = SPI_tuptable;
+		uint64		nrows = SPI_processed;
+
+		for (i = 0; i < nrows; i++)
+		{
+			Datum		out[8];
+			bool		nulls[8] = {false};
+			bool		isnull;
+			ProcessSeen *ps;
+			const CgPrincipal *who;
+			char	   *step;
+			int64		submitter;
+			int64		approver;
+
+			SPI_tuptable = rows;
+			out[0] = column(i, 1, &isnull);
+			ps = process_seen(&processes, int64_column(i, 2));
+			out[1] = CStringGetTextDatum(ps->name);
+			SPI_tuptable = rows;
+			out[2] = column(i, 3, &isnull);
+			out[3] = column(i, 4, &isnull);
+			step = step_name(ps->steps, DatumGetInt32(column(i, 5, &isnull)));
+			nulls[4] = step == NULL;
+			out[4] = step ? CStringGetTextDatum(step) : (Datum) 0;
+			submitter = int64_column(i, 6);
+			who = submitter ? cg_principal_by_id(submitter) : NULL;
+			nulls[5] = who == NULL;
+			out[5] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
+			out[6] = column(i, 7, &nulls[6]);
+			approver = int64_column(i, 8);
+			who = approver != me ? cg_principal_by_id(approver) : NULL;
+			nulls[7] = who == NULL;
+			out[7] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+		}
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+	return (Datum) 0;
 }

@@ -519,48 +519,8 @@ COMMENT ON FUNCTION crmguard.delegate(text, timestamptz) IS 'let another princip
 CREATE FUNCTION crmguard.my_approvals()
     RETURNS TABLE (request bigint, process text, target regclass, row_key text, step text,
                    submitted_by text, submitted_at timestamptz, on_behalf_of text)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    -- index look-ups whatever the statistics say (requests come and go fast), no JIT
-    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
-AS $$
-BEGIN
-    PERFORM crmguard.require_attested();
-    -- PL/pgSQL, not SQL: its plan is kept for the session
-    RETURN QUERY
-    WITH me AS (SELECT crmguard.current_principal() AS id),
-    capacity AS (
-        SELECT me.id AS approver FROM me WHERE me.id IS NOT NULL
-        UNION
-        SELECT d.principal FROM crmguard.delegation d, me
-         WHERE d.to_principal OPERATOR(pg_catalog.=) me.id
-           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until),
-    -- what waits for them, read first by approver, one array per approver (a fence:
-    -- the requests are then fetched by id, never found by scanning the pending ones)
-    waiting AS MATERIALIZED (
-        SELECT c.approver, x.requests FROM capacity c
-         CROSS JOIN LATERAL (SELECT pg_catalog.array_agg(DISTINCT w.request) AS requests
-                               FROM crmguard.approval_waiting w
-                              WHERE w.approver OPERATOR(pg_catalog.=) c.approver) x)
-    SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
-           sp.name, r.submitted_at,
-           CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id
-                THEN (SELECT ap.name FROM crmguard.principal ap WHERE ap.id OPERATOR(pg_catalog.=) c.approver) END
-      FROM waiting c
-      JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) ANY (c.requests)
-      CROSS JOIN me
-      JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
-      LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
-     WHERE r.state OPERATOR(pg_catalog.=) 'pending'
-       AND c.approver OPERATOR(pg_catalog.=) ANY (r.approvers)
-       AND r.submitted_by IS DISTINCT FROM me.id
-       AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h
-                        WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
-                          AND h.event OPERATOR(pg_catalog.=) 'approved'
-                          AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) c.approver)
-     ORDER BY r.submitted_at, r.id;
-END
-$$;
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_my_approvals';
 COMMENT ON FUNCTION crmguard.my_approvals() IS 'pending requests waiting for the acting principal (or for someone it stands in for)';
 
 -- Timeouts and inactive approvers; run by the background worker too
