@@ -85,7 +85,9 @@ SET LOCAL ROLE bench_mgr;
 UPDATE public.plain SET status = 'Approved' WHERE id = :id;
 COMMIT;
 CYCLE
-tps() { pgbench -n -c 2 -j 2 -T "$SECS" -f "$1" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
+# a run that aborts (any error) reports no rate: a partial run is no figure
+tps() { pgbench -n -c 2 -j 2 -T "$SECS" -f "$1" > /tmp/crmguard_pgbench.out 2>&1 || { cat /tmp/crmguard_pgbench.out >&2; echo 0; return; }
+        sed -n 's/^tps = \([0-9.]*\).*/\1/p' /tmp/crmguard_pgbench.out; }
 plain=$(tps /tmp/crmguard_apv_plain_cycle.sql)
 cycles=$(tps /tmp/crmguard_apv_cycle.sql)
 echo "Submit + approve cycles, pgbench, 2 clients, ${SECS}s:"
