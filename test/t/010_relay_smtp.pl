@@ -13,7 +13,7 @@ use Test::More;
 use IPC::Run;
 use RelayTest;
 
-my $smtp_port = 6601;
+my $smtp_port = PostgreSQL::Test::Cluster::get_free_port();   # free across concurrent runs
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $maildir = "$tmp/maildir";
 my $relay_log = "$tmp/relay.log";

@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use RelayTest;
 
-my $port = 6611;
+my $port = PostgreSQL::Test::Cluster::get_free_port();   # free across concurrent runs
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $requests = "$tmp/requests.jsonl";
 my $relay_log = "$tmp/relay.log";

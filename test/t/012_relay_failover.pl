@@ -12,8 +12,8 @@ use Test::More;
 use Time::HiRes qw(time);
 use RelayTest;
 
-my $smtp_port = 6621;
-my $http_port = 6622;
+my $smtp_port = PostgreSQL::Test::Cluster::get_free_port();
+my $http_port = PostgreSQL::Test::Cluster::get_free_port();
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $maildir = "$tmp/maildir";
 my $requests = "$tmp/requests.jsonl";

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use RelayTest;
 
-my ($starttls_port, $plain_port) = (6631, 6633);
+my ($starttls_port, $plain_port) = (PostgreSQL::Test::Cluster::get_free_port(), PostgreSQL::Test::Cluster::get_free_port());
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
 my $node = PostgreSQL::Test::Cluster->new('relay_tls');
