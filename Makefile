@@ -73,7 +73,9 @@ install-relay: $(RELAY)
 	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) $(RELAY) '$(DESTDIR)$(bindir)/crmguard-relay'
 
-uninstall: uninstall-relay
+uninstall: uninstall-relay uninstall-programs
+uninstall-programs:
+	rm -f $(addprefix '$(DESTDIR)$(bindir)'/,$(CG_PROGRAMS))
 uninstall-relay:
 	rm -f '$(DESTDIR)$(bindir)/crmguard-relay'
 
@@ -81,23 +83,32 @@ clean: clean-relay
 clean-relay:
 	rm -f $(RELAY) $(RELAY_OBJS)
 
-.PHONY: deps demo test bench install-relay uninstall-relay clean-relay
+.PHONY: deps demo test bench install-notice install-relay uninstall-relay clean-relay
 
 # Install what a fresh Debian machine lacks (no-op when everything is there)
 deps:
 	@bash scripts/deps.sh
 
+# demo, test and bench install into the system PostgreSQL: say so before doing it
+install-notice:
+	@echo "crmguard: installing system-wide, for every cluster of $$($(PG_CONFIG) --version):"
+	@echo "crmguard:   $(pkglibdir)/crmguard.so, $(datadir)/extension/crmguard*,"
+	@echo "crmguard:   $(bindir)/crmguard-relay and crmguard-device ('make uninstall' removes them)"
+
 demo: deps
 	$(MAKE) all
+	@$(MAKE) --no-print-directory install-notice
 	$(MAKE) install
 	@bash scripts/demo.sh
 
 test: deps
 	$(MAKE) all
+	@$(MAKE) --no-print-directory install-notice
 	$(MAKE) install
 	@bash scripts/test.sh
 
 bench: deps
 	$(MAKE) all
+	@$(MAKE) --no-print-directory install-notice
 	$(MAKE) install
 	@bash bench/run.sh

@@ -65,6 +65,10 @@ umask 022
 pids+=($!)
 for _ in $(seq 1 50); do grep -q listening "$work/relay.log" 2>/dev/null && break; sleep 0.1; done
 echo "   crmguard-relay delivers e-mail to the local SMTP server on port $smtp_port"
+echo
+echo "How to read what follows: each step says what happens, then psql shows the"
+echo "result. A refusal the story asks for is marked \"(refused, as intended)\"; a step"
+echo "whose function returns nothing says \"ok: ...\" instead of an empty table."
 
 # every refusal in the chapters is one the story asks for: say so, rather
 # than print psql's "psql:file:line: ERROR:" as if something broke
@@ -78,5 +82,7 @@ done
 echo
 echo "== crmguard-relay's log: one line per delivery, never the body"
 sed 's/^/   /' "$work/relay.log"
+echo "   (message 2, chapter 2's \"Failed Delivery OTP\" code, is for the sms channel,"
+echo "   which this demo's relay does not serve: it stays in the outbox)"
 echo
 echo "== The demo is over; the throwaway cluster is dropped now."

@@ -55,7 +55,8 @@ COMMIT;
 SELECT id, status FROM crm.delivery_note WHERE id = :note_id;
 
 \echo
-\echo 'The same code cannot be used again (one code, one change):'
+\echo 'The same code cannot be used again (one code, one change). The DBA sets the'
+\echo 'note back to "Out for delivery", and Remo tries the code a second time:'
 RESET ROLE;
 UPDATE crm.delivery_note SET status = 'Out for delivery' WHERE id = :note_id;
 SET ROLE crm_remo;
@@ -65,7 +66,9 @@ ROLLBACK;
 RESET ROLE;
 
 \echo
-\echo 'An expired code is refused too (a rule with a very short validity, for the demo):'
+\echo 'An expired code is refused too. For the demo, a second rule gates "Failed" with'
+\echo 'codes valid one second, sent only on request (delivery => manual); Remo requests'
+\echo 'one, the demo reads it from the outbox, waits 1.2 seconds and tries it:'
 SELECT crmguard.create_otp_rule('Failed Delivery OTP', 'crm.delivery_note', 'status', '{Failed}',
                                 'contact_phone', delivery => 'manual', code_length => 5,
                                 valid_for => '1 second') AS rule_id;
@@ -73,7 +76,7 @@ SET ROLE crm_remo;
 SELECT crmguard.request_otp('crm.delivery_note', :'note_id', 'Failed') AS quick \gset
 RESET ROLE;
 SELECT substring(body FROM 'code is ([0-9]+)') AS quick_code FROM crmguard.outbox ORDER BY id DESC LIMIT 1 \gset
-SELECT pg_sleep(1.2);
+SELECT pg_sleep(1.2) AS waited \gset
 SET ROLE crm_remo;
 BEGIN;
 SELECT crmguard.verify_otp(:quick, :'quick_code');
@@ -91,7 +94,7 @@ BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '11111'); ROLLBACK;
 BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '22222'); ROLLBACK;
 BEGIN; SELECT crmguard.verify_otp(:locked_challenge, '33333'); ROLLBACK;
 RESET ROLE;
-\echo 'The customer''s second e-mail holds the right code:'
+\echo 'The right code, from the e-mail this customer received, is refused as well:'
 \set right_code `bash mailbox.sh code 'Delivery Confirmation OTP' 2`
 SET ROLE crm_remo;
 SELECT crmguard.verify_otp(:locked_challenge, :'right_code');
@@ -102,7 +105,8 @@ RESET ROLE;
 SELECT id, rule, row_key, to_value, state, attempts, resends FROM crmguard.otp_challenge ORDER BY id;
 
 \echo
-\echo 'And the table owner cannot quietly switch the guard off:'
+\echo 'And the table owner cannot quietly switch the guard off (for this, the demo'
+\echo 'hands crm.delivery_note to an ordinary role, crm_owner_demo, and back):'
 CREATE ROLE crm_owner_demo IN ROLE crm_users;
 ALTER TABLE crm.delivery_note OWNER TO crm_owner_demo;
 SET ROLE crm_owner_demo;
@@ -110,7 +114,8 @@ ALTER TABLE crm.delivery_note DISABLE TRIGGER USER;
 RESET ROLE;
 ALTER TABLE crm.delivery_note OWNER TO CURRENT_USER;
 DROP ROLE crm_owner_demo;
-SELECT pg_sleep(0.3);
+SELECT pg_sleep(0.3) AS waited \gset
+\echo 'Each step of this chapter is in the audit log, refusals included:'
 SELECT action, count(*) FROM crmguard.audit
  WHERE action LIKE 'otp%' OR action LIKE 'guard%' OR action LIKE '%otp_rule'
  GROUP BY action ORDER BY action;

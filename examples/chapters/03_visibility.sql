@@ -11,13 +11,16 @@ UPDATE crmguard.principal p
    SET attributes = p.attributes || jsonb_build_object('contact_id', c.id)
   FROM crm.contact c WHERE c.portal_login = p.name;
 SELECT name, attributes FROM crmguard.principal WHERE 'portal' = ANY (roles) ORDER BY name;
+\echo 'The rule: principals with CRM role portal see the quotes of their own contact,'
+\echo 'in an approved stage. crmguard.expose() returns the new rule''s id:'
 
 SELECT crmguard.expose('crm.quote', 'portal: own approved quotes', 'portal',
     '{"all": [{"field": "contact_id", "op": "=", "principal": "contact_id"},
               {"field": "stage", "op": "in", "value": ["Approved", "Sent", "Accepted"]},
               {"not": {"field": "stage", "op": "=", "value": "Negotiation"}}]}') AS rule_id;
 \echo
-\echo 'As Patricie (the DBA sees two quotes of hers, one in negotiation):'
+\echo 'The DBA (a superuser, who bypasses row security) sees two quotes of Patricie''s,'
+\echo 'one in negotiation; Patricie herself sees only the approved one:'
 SELECT q.id, q.stage, q.total FROM crm.quote q
   JOIN crm.contact c ON c.id = q.contact_id WHERE c.portal_login = 'patricie' ORDER BY q.id;
 SET ROLE crm_patricie;
@@ -34,11 +37,12 @@ SELECT crmguard.expose('crm.product', 'portal: enterprise catalogue', 'portal',
     '{"all": [{"field": "tier", "op": "=", "value": "Enterprise"},
               {"field": "tier", "op": "=", "principal": "customer_type"}]}') AS rule_id;
 SELECT crmguard.expose_public('crm.product', 'agent') AS rule_id;
+\echo 'Patricie (Enterprise) sees both tiers, Pietro (SMB) the Standard one only:'
 SET ROLE crm_patricie;
-SELECT count(*) FILTER (WHERE tier = 'Standard') AS standard,
+SELECT 'patricie (Enterprise)' AS who, count(*) FILTER (WHERE tier = 'Standard') AS standard,
        count(*) FILTER (WHERE tier = 'Enterprise') AS enterprise FROM crm.product;
 SET ROLE crm_pietro;
-SELECT count(*) FILTER (WHERE tier = 'Standard') AS standard,
+SELECT 'pietro (SMB)' AS who, count(*) FILTER (WHERE tier = 'Standard') AS standard,
        count(*) FILTER (WHERE tier = 'Enterprise') AS enterprise FROM crm.product;
 RESET ROLE;
 
@@ -50,6 +54,8 @@ SELECT crmguard.expose_by_owner('crm.customer', 'owner_id', 'agent') AS rule_id;
 SELECT crmguard.expose_by_owner('crm.customer', 'owner_id', 'area_manager') AS rule_id;
 SELECT crmguard.expose('crm.customer', 'implementation: service area', 'implementation',
     '{"field": "billing_city", "op": "=", "principal": "service_area"}') AS rule_id;
+\echo 'The same SELECT count(*) FROM crm.customer, run by each of them (Pietro, a'
+\echo 'portal user, has no rule on customers, so he sees none):'
 SET ROLE crm_luca;   SELECT 'luca (agent)' AS who, count(*) AS customers FROM crm.customer;
 SET ROLE crm_anna;   SELECT 'anna (area manager)' AS who, count(*) AS customers FROM crm.customer;
 SET ROLE crm_dora;   SELECT 'dora (director)' AS who, count(*) AS customers FROM crm.customer;
@@ -72,23 +78,28 @@ EXPLAIN (COSTS OFF) SELECT * FROM crm.customer;
 RESET ROLE;
 
 \echo
-\echo 'Luca cannot learn about Bottega Rossi, not even through why_visible:'
+\echo 'Luca cannot learn about Bottega Rossi, not even through why_visible, and his'
+\echo 'UPDATE of it changes nothing (it returns no row):'
 SET ROLE crm_luca;
 SELECT * FROM crmguard.why_visible('crm.customer', :'bottega');
 UPDATE crm.customer SET phone = NULL WHERE id = :bottega RETURNING id;
 RESET ROLE;
 
 \echo
-\echo 'And the owner of the table cannot switch row-level security off:'
+\echo 'And the owner of the table cannot switch row-level security off (for this, the'
+\echo 'demo hands crm.customer to an ordinary role, crm_owner_demo, and back):'
 CREATE ROLE crm_owner_demo IN ROLE crm_users;
 ALTER TABLE crm.customer OWNER TO crm_owner_demo;
 SET ROLE crm_owner_demo;
 ALTER TABLE crm.customer DISABLE ROW LEVEL SECURITY;
 CREATE POLICY everything ON crm.customer USING (true);
+\echo 'The owner itself sees no customer: row security is forced on the table, so it'
+\echo 'binds the owner too, and the owner''s role maps to no principal (nobody):'
 SELECT count(*) AS customers_the_owner_sees FROM crm.customer;
 RESET ROLE;
 ALTER TABLE crm.customer OWNER TO CURRENT_USER;
 DROP ROLE crm_owner_demo;
-SELECT pg_sleep(0.3);
+SELECT pg_sleep(0.3) AS waited \gset
+\echo 'The audit log: each rule, and the two refused attempts:'
 SELECT action, count(*) FROM crmguard.audit
  WHERE action LIKE 'expose%' OR action LIKE 'visibility%' GROUP BY action ORDER BY action;

@@ -7,7 +7,8 @@
 \echo 'A discount of 20% or more must not go out until the rep''s manager and then'
 \echo 'finance approve it. The DBA defines the process once; every client, import'
 \echo 'and API that changes crm.deal goes through it. Finance has two days, then the'
-\echo 'step escalates to its manager.'
+\echo 'step escalates to its manager. While a request is pending, the deal is locked'
+\echo 'except its stage. create_approval_process() returns the process id:'
 SELECT crmguard.create_approval_process('Deal discount', 'crm.deal',
     entry_criteria => '{"field": "discount_pct", "op": ">=", "value": 20}',
     steps => '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}},
@@ -32,7 +33,7 @@ SELECT crmguard.create_approval_process('Campaign budget', 'crm.campaign',
 \echo 'submits it by hand:'
 SET ROLE crm_luca;
 SELECT crmguard.submit_for_approval('crm.deal', (SELECT id::text FROM crm.deal WHERE title = 'Cold chain rollout'),
-                                    'customer signs for three years') > 0 AS submitted;
+                                    'customer signs for three years') AS request_id;
 SELECT title, discount_pct, status FROM crm.deal WHERE title = 'Cold chain rollout';
 SELECT id, process, current_step, approvers, state FROM crmguard.approval_request;
 \echo 'While it is pending the deal is locked: a bigger discount is refused (the'
@@ -41,7 +42,8 @@ UPDATE crm.deal SET discount_pct = 35 WHERE title = 'Cold chain rollout';
 RESET ROLE;
 UPDATE crm.deal SET amount = 1 WHERE title = 'Cold chain rollout';     -- the DBA, owner of crm.deal
 SET ROLE crm_luca;
-UPDATE crm.deal SET stage = 'Proposal' WHERE title = 'Cold chain rollout';
+\echo 'The stage is editable, so Luca moves it on:'
+UPDATE crm.deal SET stage = 'Proposal' WHERE title = 'Cold chain rollout' RETURNING title, stage;
 RESET ROLE;
 SELECT id AS rollout FROM crmguard.approval_request_state WHERE row_key =
        (SELECT id::text FROM crm.deal WHERE title = 'Cold chain rollout') \gset
@@ -54,11 +56,15 @@ RESET ROLE;
 \echo 'Anna, his manager, finds it among her approvals and approves; then finance:'
 SET ROLE crm_anna;
 SELECT request, process, step, submitted_by FROM crmguard.my_approvals();
-SELECT crmguard.approve(:rollout, 'new customer, three-year contract');
+SELECT '   ok: Anna approved request ' || :rollout || ' (step Manager)'
+  FROM crmguard.approve(:rollout, 'new customer, three-year contract')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 SET ROLE crm_fiona;
 SELECT request, step FROM crmguard.my_approvals();
-SELECT crmguard.approve(:rollout, 'margin still above 30%');
+SELECT '   ok: Fiona approved request ' || :rollout || ' (step Finance, the last)'
+  FROM crmguard.approve(:rollout, 'margin still above 30%')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 \echo 'Approved: the status is set and Luca is told, in the same transaction:'
 SELECT title, discount_pct, stage, status FROM crm.deal WHERE title = 'Cold chain rollout';
@@ -77,8 +83,13 @@ UPDATE crm.deal SET discount_pct = 40 WHERE title = 'Delivery slots and returns'
 RESET ROLE;
 SELECT id AS customs FROM crmguard.approval_request_state WHERE row_key =
        (SELECT id::text FROM crm.deal WHERE title = 'Delivery slots and returns') \gset
+SET ROLE crm_sara;
+SELECT id, process, current_step, approvers, state FROM crmguard.approval_request WHERE id = :customs;
+RESET ROLE;
 SET ROLE crm_anna;
-SELECT crmguard.reject(:customs, '40% is below cost; offer 15% and free returns');
+SELECT '   ok: Anna rejected request ' || :customs
+  FROM crmguard.reject(:customs, '40% is below cost; offer 15% and free returns')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 SELECT d.title, d.status, t.subject AS task, p.name AS assigned_to
   FROM crm.deal d, crmguard.task t JOIN crmguard.principal p ON p.id = t.assigned_to
@@ -93,7 +104,9 @@ RESET ROLE;
 SELECT id AS sla FROM crmguard.approval_request_state WHERE row_key =
        (SELECT id::text FROM crm.deal WHERE title = 'Cold chain for medicines') AND state = 'pending' \gset
 SET ROLE crm_luca;
-SELECT crmguard.recall(:sla, 'customer wants a smaller scope first');
+SELECT '   ok: Luca recalled request ' || :sla FROM crmguard.recall(:sla, 'customer wants a smaller scope first')
+\g (tuples_only=on format=unaligned)
+\echo 'Anna tries to approve it anyway:'
 RESET ROLE;
 SET ROLE crm_anna;
 SELECT crmguard.approve(:sla);
@@ -103,7 +116,9 @@ RESET ROLE;
 \echo 'Anna goes on holiday and delegates her approvals to Marco for a week. Sara'
 \echo 'offers 25% on "Warehouse API and SLA"; Marco approves it for Anna:'
 SET ROLE crm_anna;
-SELECT crmguard.delegate('marco', now() + interval '7 days');
+SELECT '   ok: Anna''s approvals go to Marco until ' || to_char(now() + interval '7 days', 'YYYY-MM-DD')
+  FROM crmguard.delegate('marco', now() + interval '7 days')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 SET ROLE crm_sara;
 UPDATE crm.deal SET discount_pct = 25 WHERE title = 'Warehouse API and SLA';
@@ -112,7 +127,9 @@ SELECT id AS wine FROM crmguard.approval_request_state WHERE row_key =
        (SELECT id::text FROM crm.deal WHERE title = 'Warehouse API and SLA') \gset
 SET ROLE crm_marco;
 SELECT request, step, on_behalf_of FROM crmguard.my_approvals();
-SELECT crmguard.approve(:wine, 'for Anna, who is away');
+SELECT '   ok: Marco approved request ' || :wine || ' for Anna (step Manager); it moves on to Finance'
+  FROM crmguard.approve(:wine, 'for Anna, who is away')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 
 \echo
@@ -127,7 +144,8 @@ SET ROLE crm_dora;
 SELECT id, current_step, approvers, state,
        jsonb_path_query_array(history, '$[*].event') AS events
   FROM crmguard.approval_request WHERE id = :wine;
-SELECT crmguard.approve(:wine, 'ok');
+SELECT '   ok: Dora approved request ' || :wine || ' (step Finance)' FROM crmguard.approve(:wine, 'ok')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 SELECT title, discount_pct, status FROM crm.deal WHERE title = 'Warehouse API and SLA';
 
@@ -139,11 +157,14 @@ SELECT crmguard.submit_for_approval('crm.campaign',
 SELECT approvers, state FROM crmguard.approval_request WHERE id = :fair;
 RESET ROLE;
 SET ROLE crm_fiona;
-SELECT crmguard.approve(:fair, 'budget line 4.2');
+SELECT '   ok: Fiona approved request ' || :fair FROM crmguard.approve(:fair, 'budget line 4.2')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
+\echo 'The campaign is still only planned:'
 SELECT name, status FROM crm.campaign WHERE name LIKE 'Cold chain fair%';
 \echo 'One of two is not enough; with Mara''s approval the campaign goes live:'
 SET ROLE crm_mara;
-SELECT crmguard.approve(:fair, 'go');
+SELECT '   ok: Mara approved request ' || :fair FROM crmguard.approve(:fair, 'go')
+\g (tuples_only=on format=unaligned)
 RESET ROLE;
 SELECT name, status FROM crm.campaign WHERE name LIKE 'Cold chain fair%';

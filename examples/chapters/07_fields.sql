@@ -7,25 +7,29 @@
 \echo 'The contact centre runs two client projects on the same contacts: Energia'
 \echo '(an electricity supplier) and Telefonia (a phone company). Each project has'
 \echo 'its own fields, kept in one jsonb column. Energia''s phone is unique and'
-\echo 'masked; so is its meter code (POD), in clear. The DBA defines them:'
+\echo 'masked; its meter code (POD) is unique too, but in clear. The DBA defines them'
+\echo '(define_field returns each field''s id):'
 ALTER TABLE crm.contact ADD COLUMN fields jsonb NOT NULL DEFAULT '{}';
-SELECT crmguard.enable_fields('crm.contact', 'fields');
-SELECT crmguard.define_field('crm.contact', 'phone', 'phone', '{Energia}', unique_values => true, masked => true) > 0 AS phone,
-       crmguard.define_field('crm.contact', 'pod', 'text', '{Energia}', unique_values => true) > 0 AS pod,
-       crmguard.define_field('crm.contact', 'survey', 'text', '{Energia}') > 0 AS survey,
-       crmguard.define_field('crm.contact', 'msisdn', 'phone', '{Telefonia}', masked => true, mask => 'full') > 0 AS msisdn,
-       crmguard.define_field('crm.contact', 'plan', 'text', '{Telefonia}') > 0 AS plan,
-       crmguard.define_field('crm.contact', 'preferred_time', 'text', '{Energia,Telefonia}') > 0 AS preferred_time;
+SELECT '   ok: crm.contact keeps contact fields in its column "fields"'
+  FROM crmguard.enable_fields('crm.contact', 'fields')
+\g (tuples_only=on format=unaligned)
+SELECT crmguard.define_field('crm.contact', 'phone', 'phone', '{Energia}', unique_values => true, masked => true) AS phone,
+       crmguard.define_field('crm.contact', 'pod', 'text', '{Energia}', unique_values => true) AS pod,
+       crmguard.define_field('crm.contact', 'survey', 'text', '{Energia}') AS survey,
+       crmguard.define_field('crm.contact', 'msisdn', 'phone', '{Telefonia}', masked => true, mask => 'full') AS msisdn,
+       crmguard.define_field('crm.contact', 'plan', 'text', '{Telefonia}') AS plan,
+       crmguard.define_field('crm.contact', 'preferred_time', 'text', '{Energia,Telefonia}') AS preferred_time;
 
 \echo
 \echo 'Agents are principals with a "projects" attribute; Sofia supervises Energia'
-\echo 'and holds the right to see masked values (CRM role view_masked):'
+\echo 'and holds the right to see masked values (CRM role view_masked). Their'
+\echo 'principal ids:'
 CREATE ROLE crm_elena IN ROLE crm_users;
 CREATE ROLE crm_tiziano IN ROLE crm_users;
 CREATE ROLE crm_sofia IN ROLE crm_users;
-SELECT crmguard.add_principal('elena', '{agent}', 'dora', '{"projects": ["Energia"]}', 'crm_elena') > 0 AS elena,
-       crmguard.add_principal('tiziano', '{agent}', 'dora', '{"projects": ["Telefonia"]}', 'crm_tiziano') > 0 AS tiziano,
-       crmguard.add_principal('sofia', '{supervisor,view_masked}', 'dora', '{"projects": ["Energia"]}', 'crm_sofia') > 0 AS sofia;
+SELECT crmguard.add_principal('elena', '{agent}', 'dora', '{"projects": ["Energia"]}', 'crm_elena') AS elena,
+       crmguard.add_principal('tiziano', '{agent}', 'dora', '{"projects": ["Telefonia"]}', 'crm_tiziano') AS tiziano,
+       crmguard.add_principal('sofia', '{supervisor,view_masked}', 'dora', '{"projects": ["Energia"]}', 'crm_sofia') AS sofia;
 
 \echo
 \echo 'Elena fills Energia''s fields for two contacts, as typed on the phone; the'
@@ -35,12 +39,15 @@ UPDATE crm.contact SET fields = '{"phone": "+39 347 555 0123", "pod": "IT001E000
  WHERE full_name = (SELECT min(full_name) FROM crm.contact);
 UPDATE crm.contact SET fields = '{"phone": "0039 (02) 555-0188", "pod": "IT001E00067890"}'
  WHERE full_name = (SELECT max(full_name) FROM crm.contact);
+\echo 'What she saved; masked fields are masked even to her (she lacks view_masked;'
+\echo 'Sofia''s unmask below shows the stored, normalised number):'
+SELECT full_name, fields FROM crm.contact WHERE fields <> '{}' ORDER BY full_name;
 \echo 'A number without a country code, and a field of the other project, are refused (CG040):'
 UPDATE crm.contact SET fields = fields || '{"phone": "347 555 0199"}' WHERE full_name = (SELECT max(full_name) FROM crm.contact);
 UPDATE crm.contact SET fields = fields || '{"plan": "Fibra 1000"}' WHERE full_name = (SELECT max(full_name) FROM crm.contact);
 RESET ROLE;
 SET ROLE crm_tiziano;
-\echo 'Tiziano (Telefonia) adds his project''s fields to the same contact:'
+\echo 'Tiziano (Telefonia) adds his project''s fields to the first of them, Alberto Ferrero:'
 UPDATE crm.contact SET fields = fields || '{"msisdn": "+39 320 555 7777", "plan": "Fibra 1000", "preferred_time": "after 6pm"}'
  WHERE full_name = (SELECT min(full_name) FROM crm.contact);
 RESET ROLE;
@@ -54,8 +61,9 @@ SET ROLE crm_tiziano;
 SELECT 'tiziano (Telefonia)' AS who, fields FROM crm.contact WHERE fields <> '{}' ORDER BY full_name LIMIT 1;
 \echo 'Tiziano tries other shapes of query: none shows him Energia''s fields.'
 SELECT count(*) AS rows_with_energia_pod FROM crm.contact WHERE fields ? 'pod';
-SELECT jsonb_path_query_array(fields, '$.*') AS every_value, fields->>'phone' AS phone
+SELECT jsonb_path_query_array(fields, '$.*') AS every_value, coalesce(fields->>'phone', 'NULL') AS phone
   FROM crm.contact c WHERE full_name = (SELECT min(full_name) FROM crm.contact);
+\echo 'COPY ... TO STDOUT (name, fields):'
 COPY (SELECT full_name, fields FROM crm.contact WHERE fields <> '{}') TO STDOUT;
 \echo 'He writes back what he saw, plus a note: Energia''s fields survive untouched.'
 UPDATE crm.contact SET fields = fields || '{"preferred_time": "evenings"}'
@@ -73,8 +81,10 @@ SET ROLE crm_elena;
 SELECT c.id, c.full_name, c.fields->>'phone' AS phone, c.fields->>'pod' AS pod
   FROM crmguard.find_by_field('crm.contact', 'phone', '0039 347 5550123') k
   JOIN crm.contact c ON c.id = k::bigint;
-SELECT crmguard.set_field('crm.contact', k, 'survey', 'interested in the green tariff')
-  FROM crmguard.find_by_field('crm.contact', 'phone', '0039 347 5550123') k;
+SELECT '   ok: survey recorded on contact ' || k
+  FROM crmguard.find_by_field('crm.contact', 'phone', '0039 347 5550123') k,
+       crmguard.set_field('crm.contact', k, 'survey', 'interested in the green tariff')
+\g (tuples_only=on format=unaligned)
 SELECT full_name, fields FROM crm.contact WHERE fields ? 'survey';
 \echo 'She may not unmask the number: that needs view_masked (42501).'
 SELECT crmguard.unmask('crm.contact', (SELECT id::text FROM crm.contact WHERE fields ? 'survey'), 'phone', 'curious');
@@ -121,7 +131,7 @@ SELECT crmguard.map_fields('{"phone": "{{telefono}}"}', to_jsonb(i)) FROM crm.im
 \echo 'Sofia loads it row by row for the first customer: the third row repeats'
 \echo 'Giada''s phone (written differently) and is refused by the unique field; the'
 \echo 'others load.'
-SELECT set_config('demo.customer', (SELECT min(id)::text FROM crm.customer), false) IS NOT NULL AS customer_chosen;
+SELECT set_config('demo.customer', (SELECT min(id)::text FROM crm.customer), false) AS customer \gset
 SET ROLE crm_sofia;
 DO $$
 DECLARE

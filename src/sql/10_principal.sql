@@ -17,6 +17,7 @@ CREATE TABLE crmguard.principal (
     active         boolean NOT NULL DEFAULT true
 );
 ALTER SEQUENCE crmguard.principal_id_seq OWNED BY crmguard.principal.id;
+COMMENT ON SEQUENCE crmguard.principal_id_seq IS 'principal ids (crmguard.principal), the numbers current_principal() and team() return';
 CREATE INDEX principal_manager_idx ON crmguard.principal (manager_id);
 COMMENT ON TABLE crmguard.principal IS 'CRM users (agents, managers, portal customers, reviewers) and how a session is mapped to one';
 

@@ -30,6 +30,7 @@ CREATE TABLE crmguard.outbox (
     next_attempt_at timestamptz    -- after a failure: not claimed again before this
 );
 ALTER SEQUENCE crmguard.outbox_id_seq OWNED BY crmguard.outbox.id;
+COMMENT ON SEQUENCE crmguard.outbox_id_seq IS 'ids of outbox messages (crmguard.outbox)';
 CREATE INDEX outbox_pending_idx ON crmguard.outbox (channel, id) WHERE state = 'pending';
 COMMENT ON TABLE crmguard.outbox IS 'messages waiting for an external sender; NOTIFY crmguard_outbox announces new ones';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.outbox', '');

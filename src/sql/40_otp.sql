@@ -27,6 +27,7 @@ CREATE TABLE crmguard.otp_rule (
     challenge_window   interval NOT NULL DEFAULT '1 hour'
 );
 ALTER SEQUENCE crmguard.otp_rule_id_seq OWNED BY crmguard.otp_rule.id;
+COMMENT ON SEQUENCE crmguard.otp_rule_id_seq IS 'ids of OTP rules (crmguard.otp_rule)';
 COMMENT ON TABLE crmguard.otp_rule IS 'OTP rules: a row entering a gated status value needs a verified one-time code';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_rule', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_rule_id_seq', '');
@@ -52,6 +53,7 @@ CREATE TABLE crmguard.otp_challenge_state (
     consumed_at      timestamptz
 );
 ALTER SEQUENCE crmguard.otp_challenge_id_seq OWNED BY crmguard.otp_challenge_state.id;
+COMMENT ON SEQUENCE crmguard.otp_challenge_id_seq IS 'OTP challenge ids (crmguard.otp_challenge), the numbers verify_otp takes';
 CREATE INDEX otp_challenge_row_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value);
 COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code hashes); read crmguard.otp_challenge instead';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_state', '');

@@ -16,6 +16,7 @@ CREATE TABLE crmguard.visibility_rule (
     compiled      text NOT NULL     -- the rule's arm of the table's policies
 );
 ALTER SEQUENCE crmguard.visibility_rule_id_seq OWNED BY crmguard.visibility_rule.id;
+COMMENT ON SEQUENCE crmguard.visibility_rule_id_seq IS 'ids of visibility rules (crmguard.visibility_rule)';
 CREATE INDEX visibility_rule_target_idx ON crmguard.visibility_rule (target);
 COMMENT ON TABLE crmguard.visibility_rule IS 'who sees which rows: each statement on a target gets the rules of the acting principal''s roles as its row-level security policy';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.visibility_rule', '');

@@ -17,5 +17,7 @@ CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
 -- a guard switched off there is still refused or audited
 ALTER EVENT TRIGGER crmguard_guard_alter ENABLE ALWAYS;
 ALTER EVENT TRIGGER crmguard_guard_drop ENABLE ALWAYS;
+COMMENT ON EVENT TRIGGER crmguard_guard_alter IS 'refuses (or, for a superuser, audits) DDL that would disable, widen or sidestep a crmguard guard';
+COMMENT ON EVENT TRIGGER crmguard_guard_drop IS 'refuses (or, for a superuser, audits) dropping a crmguard guard, and drops the rules of dropped tables';
 
 COMMENT ON FUNCTION crmguard.guard_ddl() IS 'internal: event trigger refusing (or, for a superuser, auditing) DDL that would remove or sidestep a guard';

@@ -30,6 +30,7 @@ CREATE TABLE crmguard.draft_state (
     row_key       text                             -- the new row's key, once approved
 );
 ALTER SEQUENCE crmguard.draft_id_seq OWNED BY crmguard.draft_state.id;
+COMMENT ON SEQUENCE crmguard.draft_id_seq IS 'draft ids (crmguard.draft), the numbers review NOTICEs give; separate from the ids of the reviewed table';
 CREATE INDEX draft_state_target_idx ON crmguard.draft_state (target, state);
 CREATE INDEX draft_state_keys_idx ON crmguard.draft_state USING gin (match_keys);
 COMMENT ON TABLE crmguard.draft_state IS 'drafts of reviewed tables; read crmguard.draft instead';
@@ -47,6 +48,7 @@ CREATE TABLE crmguard.draft_history (
     detail    text
 );
 ALTER SEQUENCE crmguard.draft_history_id_seq OWNED BY crmguard.draft_history.id;
+COMMENT ON SEQUENCE crmguard.draft_history_id_seq IS 'ids of crmguard.draft_history';
 CREATE INDEX draft_history_draft_idx ON crmguard.draft_history (draft);
 SELECT pg_catalog.pg_extension_config_dump('crmguard.draft_history', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.draft_history_id_seq', '');

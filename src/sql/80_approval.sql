@@ -23,6 +23,7 @@ CREATE TABLE crmguard.approval_process (
     UNIQUE (process_name, version)
 );
 ALTER SEQUENCE crmguard.approval_process_id_seq OWNED BY crmguard.approval_process.id;
+COMMENT ON SEQUENCE crmguard.approval_process_id_seq IS 'ids of approval process versions (crmguard.approval_process)';
 CREATE UNIQUE INDEX approval_process_current_idx ON crmguard.approval_process (process_name) WHERE current;
 COMMENT ON TABLE crmguard.approval_process IS 'approval processes, every version; requests keep the version they started with';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_process', '');
@@ -50,6 +51,7 @@ CREATE TABLE crmguard.approval_request_state (
     decided_at      timestamptz
 );
 ALTER SEQUENCE crmguard.approval_request_id_seq OWNED BY crmguard.approval_request_state.id;
+COMMENT ON SEQUENCE crmguard.approval_request_id_seq IS 'ids of approval requests (crmguard.approval_request)';
 CREATE UNIQUE INDEX approval_request_pending_idx ON crmguard.approval_request_state (target, row_key)
     WHERE state OPERATOR(pg_catalog.=) 'pending';
 COMMENT ON TABLE crmguard.approval_request_state IS 'approval requests; read crmguard.approval_request instead';
@@ -63,6 +65,7 @@ CREATE VIEW crmguard.approval_pending_signal AS SELECT 1 AS signal;
 COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when the request table is emptied: backends read their row locks again';
 CREATE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_requests_changed';
+COMMENT ON FUNCTION crmguard.approval_requests_changed() IS 'internal: row and TRUNCATE trigger on approval requests; keeps approval_waiting and moves the lock clocks of the keys whose requests start or end';
 CREATE TRIGGER approval_request_cache_invalidate
     AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step OR DELETE
     ON crmguard.approval_request_state
@@ -97,7 +100,9 @@ CREATE TABLE crmguard.approval_history (
     comment      text
 );
 ALTER SEQUENCE crmguard.approval_history_id_seq OWNED BY crmguard.approval_history.id;
+COMMENT ON SEQUENCE crmguard.approval_history_id_seq IS 'ids of crmguard.approval_history';
 CREATE INDEX approval_history_request_idx ON crmguard.approval_history (request);
+COMMENT ON TABLE crmguard.approval_history IS 'every event of every approval request: submitted, approved, rejected, recalled, escalated, timed out';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_history', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_history_id_seq', '');
 
@@ -120,6 +125,7 @@ CREATE TABLE crmguard.task (
     done_at     timestamptz
 );
 ALTER SEQUENCE crmguard.task_id_seq OWNED BY crmguard.task.id;
+COMMENT ON SEQUENCE crmguard.task_id_seq IS 'ids of crmguard.task';
 CREATE INDEX task_assigned_idx ON crmguard.task (assigned_to) WHERE done_at IS NULL;
 COMMENT ON TABLE crmguard.task IS 'tasks that approval actions assign to principals';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.task', '');
@@ -147,18 +153,23 @@ CREATE FUNCTION crmguard.submit_for_approval(target regclass, row_key text, comm
 COMMENT ON FUNCTION crmguard.submit_for_approval(regclass, text, text) IS 'submit a row (one the caller can see and change) to the first process whose criteria it matches';
 CREATE FUNCTION crmguard.approval_lock() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_lock';
+COMMENT ON FUNCTION crmguard.approval_lock() IS 'internal: the row lock, an AFTER UPDATE OR DELETE row trigger refusing changes to a row with a pending request (CG010)';
 -- the lock trigger's WHEN clause; answers only roles that may change the table
 CREATE FUNCTION crmguard.approval_row_pending(target regclass, row_key anyelement) RETURNS boolean
     LANGUAGE c STABLE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_approval_row_pending';
+COMMENT ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) IS 'internal: the row lock''s WHEN clause; does this row of the table have a pending request?';
 CREATE FUNCTION crmguard.approval_truncate() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_truncate';
+COMMENT ON FUNCTION crmguard.approval_truncate() IS 'internal: BEFORE TRUNCATE trigger refusing to empty a table with pending requests (CG010)';
 CREATE FUNCTION crmguard.approval_auto_submit() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_auto_submit';
+COMMENT ON FUNCTION crmguard.approval_auto_submit() IS 'internal: AFTER INSERT OR UPDATE row trigger submitting rows that enter a process''s entry criteria (auto_submit)';
 CREATE FUNCTION crmguard.approval_wake_worker() RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_approval_wake_worker';
 REVOKE ALL ON FUNCTION crmguard.approval_wake_worker() FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_wake_worker() IS 'internal: make sure this database''s background worker runs, since a step with a timeout started';
 -- ---------------------------------------------------------------------------
 -- Definitions: everything checked before anything is stored (CG020)
 -- ---------------------------------------------------------------------------
@@ -171,6 +182,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_invalid(text) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_invalid(text) IS 'internal: raise CG020 "invalid approval process" with the given reason';
 
 -- the type of a column of the table, or CG020
 CREATE FUNCTION crmguard.approval_column_type(target regclass, col text, what text) RETURNS text
@@ -198,6 +210,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_column_type(regclass, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_column_type(regclass, text, text) IS 'internal: the type of a column a process definition names, or CG020 when the table has no such column';
 
 -- a column holding principal ids
 CREATE FUNCTION crmguard.approval_principal_column(target regclass, col jsonb, what text) RETURNS void
@@ -216,6 +229,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_principal_column(regclass, jsonb, text) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_principal_column(regclass, jsonb, text) IS 'internal: CG020 unless a column a process definition names holds principal ids (an integer type)';
 
 CREATE FUNCTION crmguard.approval_check_actions(target regclass, actions jsonb, what text, run_as regrole)
     RETURNS void
@@ -314,6 +328,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_check_actions(regclass, jsonb, text, regrole) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_check_actions(regclass, jsonb, text, regrole) IS 'internal: CG020 unless every action of a list is well formed for the table (set values judged as the table''s owner)';
 
 CREATE FUNCTION crmguard.approval_check_definition(target regclass, steps jsonb, on_approve jsonb,
     on_reject jsonb, on_submit jsonb, auto_submit text[], editable_columns name[], run_as regrole) RETURNS void
@@ -414,6 +429,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_check_definition(regclass, jsonb, jsonb, jsonb, jsonb, text[], name[], regrole) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_check_definition(regclass, jsonb, jsonb, jsonb, jsonb, text[], name[], regrole) IS 'internal: CG020 unless a whole process definition (steps, approvers, modes, timeouts, actions, columns) is valid for the table';
 
 -- ---------------------------------------------------------------------------
 -- Who approves a step
@@ -440,6 +456,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_active_above(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_active_above(bigint) IS 'internal: the principal itself when active, else its nearest active manager (inactive approvers escalate)';
 
 CREATE FUNCTION crmguard.approval_manager_of(who bigint) RETURNS bigint
     LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -450,6 +467,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION crmguard.approval_manager_of(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_manager_of(bigint) IS 'internal: the manager of a principal, or NULL';
 
 -- ---------------------------------------------------------------------------
 -- Submission and decisions: C (approval_engine.c), a handful of statements each
@@ -474,10 +492,12 @@ CREATE FUNCTION crmguard.approval_step_done(request bigint) RETURNS void
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_approval_step_done';
 REVOKE ALL ON FUNCTION crmguard.approval_step_done(bigint) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_step_done(bigint) IS 'internal: a step of a request is approved (its timeout said so): on to the next step, or the request is approved';
 CREATE FUNCTION crmguard.approval_finish(request bigint, outcome text) RETURNS void
     LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_approval_finish';
 REVOKE ALL ON FUNCTION crmguard.approval_finish(bigint, text) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.approval_finish(bigint, text) IS 'internal: end a request as approved or rejected (running the process''s actions) or recalled';
 
 CREATE FUNCTION crmguard.delegate(to_principal text, until timestamptz) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER

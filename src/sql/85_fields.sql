@@ -32,6 +32,7 @@ CREATE TABLE crmguard.field_def (
     UNIQUE (target, field_name)
 );
 ALTER SEQUENCE crmguard.field_def_id_seq OWNED BY crmguard.field_def.id;
+COMMENT ON SEQUENCE crmguard.field_def_id_seq IS 'ids of contact field definitions (crmguard.field_def)';
 COMMENT ON TABLE crmguard.field_def IS 'the contact fields of each table: type, projects, uniqueness, masking';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.field_def', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.field_def_id_seq', '');

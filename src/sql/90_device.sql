@@ -16,6 +16,7 @@ CREATE TABLE crmguard.device (
     revoked_at     timestamptz
 );
 ALTER SEQUENCE crmguard.device_id_seq OWNED BY crmguard.device.id;
+COMMENT ON SEQUENCE crmguard.device_id_seq IS 'ids of registered devices (crmguard.device)';
 CREATE INDEX device_principal_idx ON crmguard.device (principal_id);
 COMMENT ON TABLE crmguard.device IS 'registered devices (Ed25519 public keys) of principals; a revoked device attests nothing';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.device', '');
