@@ -5,10 +5,16 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -17,6 +23,8 @@
 #include "tcop/utility.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
@@ -138,6 +146,56 @@ _PG_init(void)
 }
 
 /*
+ * The library serves the SQL objects of its own version only: between a
+ * binary upgrade and ALTER EXTENSION crmguard UPDATE, every crmguard function
+ * and guard refuses clearly (guarded writes fail closed) instead of reading
+ * tables or arguments the older script never made.  crmguard's own scripts
+ * run unchecked.  Once seen current, a backend does not look again.
+ */
+static bool schema_version_ok = false;
+
+static void
+check_schema_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	if (creating_extension || !IsTransactionState())
+		return;
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("crmguard"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	/* not installed: the callers say so in their own words */
+	if (version == NULL)
+		return;
+	if (strcmp(version, CG_EXTENSION_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"crmguard\" is at version %s, its loaded library needs version %s",
+						version, CG_EXTENSION_VERSION),
+				 errdetail("crmguard refuses every guarded change and every call until its SQL objects are updated."),
+				 errhint("Run ALTER EXTENSION crmguard UPDATE in this database.")));
+	schema_version_ok = true;
+}
+
+/*
  * Fail clearly when the library was loaded on demand rather than preloaded:
  * without shared memory, attempt counters and the worker do not exist.
  */
@@ -149,6 +207,8 @@ cg_require_preload(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("crmguard must be loaded via \"shared_preload_libraries\""),
 				 errhint("Add crmguard to \"shared_preload_libraries\" in postgresql.conf and restart the server.")));
+	if (!schema_version_ok)
+		check_schema_version();
 }
 
 /*
@@ -217,6 +277,7 @@ cg_catalog(void)
 
 	if (catalog_valid)
 		return &catalog;
+	check_schema_version();
 
 	if (!callbacks_registered)
 	{

@@ -35,6 +35,9 @@
 extern char *cg_key_file;
 extern bool cg_preloaded;
 
+/* the version of crmguard's SQL objects this library serves (crmguard.control) */
+#define CG_EXTENSION_VERSION "1.1"
+
 extern void cg_require_preload(void);
 
 typedef struct CgCatalog

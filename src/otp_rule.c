@@ -447,6 +447,32 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(id);
 }
 
+/*
+ * Reinstall the OTP guards of one table from its rules: the upgrade from 1.0
+ * recreates them with this version's WHEN clauses and recipient watch.
+ */
+PG_FUNCTION_INFO_V1(crmguard_otp_reinstall_guards);
+Datum
+crmguard_otp_reinstall_guards(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	CgPrivilegedContext priv;
+
+	cg_require_preload();
+	if (!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to reinstall the OTP guards of \"%s\"", get_rel_name(relid))));
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	install_guards(relid);
+	SPI_finish();
+	cg_leave_owner(&priv);
+	CacheInvalidateRelcacheByRelid(relid);
+	PG_RETURN_VOID();
+}
+
 PG_FUNCTION_INFO_V1(crmguard_drop_otp_rule);
 Datum
 crmguard_drop_otp_rule(PG_FUNCTION_ARGS)

@@ -1,0 +1,1621 @@
+/* crmguard--1.0.sql */
+
+\echo Use "CREATE EXTENSION crmguard" to load this file. \quit
+
+REVOKE ALL ON SCHEMA crmguard FROM PUBLIC;
+GRANT USAGE ON SCHEMA crmguard TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Principals: who is acting
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE crmguard.principal_id_seq;
+
+CREATE TABLE crmguard.principal (
+    id             bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.principal_id_seq') PRIMARY KEY,
+    name           text NOT NULL UNIQUE CHECK (name OPERATOR(pg_catalog.<>) ''),
+    db_role        name UNIQUE,
+    -- deferred so that pg_restore may load rows in any order
+    manager_id     bigint REFERENCES crmguard.principal (id) DEFERRABLE INITIALLY DEFERRED,
+    roles          text[] NOT NULL DEFAULT '{}',
+    attributes     jsonb NOT NULL DEFAULT '{}'
+                   CHECK (pg_catalog.jsonb_typeof(attributes) OPERATOR(pg_catalog.=) 'object'),
+    require_device boolean NOT NULL DEFAULT false,
+    active         boolean NOT NULL DEFAULT true
+);
+ALTER SEQUENCE crmguard.principal_id_seq OWNED BY crmguard.principal.id;
+CREATE INDEX principal_manager_idx ON crmguard.principal (manager_id);
+COMMENT ON TABLE crmguard.principal IS 'CRM users (agents, managers, portal customers, reviewers) and how a session is mapped to one';
+
+SELECT pg_catalog.pg_extension_config_dump('crmguard.principal', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.principal_id_seq', '');
+
+CREATE FUNCTION crmguard.principal_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_principal_changed';
+REVOKE ALL ON FUNCTION crmguard.principal_changed() FROM PUBLIC;
+
+CREATE TRIGGER principal_manager_cycle
+    AFTER INSERT OR UPDATE OF manager_id ON crmguard.principal
+    FOR EACH ROW EXECUTE FUNCTION crmguard.principal_changed();
+-- a statement that changes rules tells every backend to drop its cache
+CREATE FUNCTION crmguard.rules_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_rules_changed';
+REVOKE ALL ON FUNCTION crmguard.rules_changed() FROM PUBLIC;
+
+CREATE TRIGGER principal_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.principal
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+
+CREATE FUNCTION crmguard.current_principal() RETURNS bigint
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_current_principal';
+CREATE FUNCTION crmguard.has_role(role text) RETURNS boolean
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_has_role';
+CREATE FUNCTION crmguard.attr(key text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_attr';
+CREATE FUNCTION crmguard.team() RETURNS bigint[]
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_team';
+CREATE FUNCTION crmguard.in_team_support(internal) RETURNS internal
+    LANGUAGE c STRICT
+    AS 'MODULE_PATHNAME', 'crmguard_in_team_support';
+CREATE FUNCTION crmguard.in_team(owner bigint, team bigint[]) RETURNS boolean
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE SUPPORT crmguard.in_team_support
+    AS 'MODULE_PATHNAME', 'crmguard_in_team';
+COMMENT ON FUNCTION crmguard.in_team(bigint, bigint[]) IS 'owner = ANY (team) with a hashed team; the planner makes it an index condition on owner';
+CREATE FUNCTION crmguard.issue_token(principal text, valid_for interval DEFAULT '1 hour')
+    RETURNS text
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_issue_token';
+CREATE FUNCTION crmguard.assume(token text) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_assume';
+
+COMMENT ON FUNCTION crmguard.current_principal() IS 'the acting principal: from an assumed token, else from the current role; NULL when nobody';
+COMMENT ON FUNCTION crmguard.issue_token(text, interval) IS 'a signed, expiring identity token for pooled connections (application login role only)';
+COMMENT ON FUNCTION crmguard.assume(text) IS 'act as the principal of a valid token for the rest of the session; NULL gives it up';
+
+-- ---------------------------------------------------------------------------
+-- Administration of principals
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION crmguard.add_principal(name text, roles text[] DEFAULT '{}',
+                                       manager text DEFAULT NULL,
+                                       attributes jsonb DEFAULT '{}',
+                                       db_role name DEFAULT NULL,
+                                       require_device boolean DEFAULT false)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    manager_ref bigint;
+    new_id bigint;
+BEGIN
+    IF manager IS NOT NULL THEN
+        SELECT p.id INTO manager_ref
+          FROM crmguard.principal p
+         WHERE p.name OPERATOR(pg_catalog.=) add_principal.manager;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'principal "%" does not exist', manager
+                USING ERRCODE = 'undefined_object';
+        END IF;
+    END IF;
+    IF attributes IS NULL OR pg_catalog.jsonb_typeof(attributes) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'principal attributes must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    INSERT INTO crmguard.principal (name, roles, manager_id, attributes, db_role, require_device)
+    VALUES (add_principal.name, COALESCE(add_principal.roles, '{}'),
+            manager_ref, add_principal.attributes,
+            add_principal.db_role, COALESCE(add_principal.require_device, false))
+    RETURNING id INTO new_id;
+
+    PERFORM crmguard.audit_event('add_principal', 'crmguard.principal', new_id::text,
+        pg_catalog.jsonb_build_object('name', add_principal.name,
+                                      'roles', add_principal.roles,
+                                      'manager', add_principal.manager,
+                                      'db_role', add_principal.db_role));
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION crmguard.add_principal(text, text[], text, jsonb, name, boolean) IS 'create a principal; the manager is named and must exist';
+
+-- ---------------------------------------------------------------------------
+-- Audit: append-only, hash-chained
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE crmguard.audit (
+    id        bigint PRIMARY KEY,
+    at        timestamptz NOT NULL,
+    principal bigint,
+    device    bigint,
+    action    text NOT NULL,
+    target    text,
+    row_key   text,
+    detail    jsonb,
+    prev_hash bytea NOT NULL,
+    hash      bytea NOT NULL
+);
+COMMENT ON TABLE crmguard.audit IS 'append-only log of guarded actions; each row chained to the previous by a keyed BLAKE2b hash';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.audit', '');
+
+CREATE FUNCTION crmguard.audit_append_only() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_audit_append_only';
+REVOKE ALL ON FUNCTION crmguard.audit_append_only() FROM PUBLIC;
+
+CREATE TRIGGER audit_no_update_or_delete
+    BEFORE UPDATE OR DELETE ON crmguard.audit
+    FOR EACH ROW EXECUTE FUNCTION crmguard.audit_append_only();
+CREATE TRIGGER audit_no_truncate
+    BEFORE TRUNCATE ON crmguard.audit
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.audit_append_only();
+
+CREATE FUNCTION crmguard.audit_event(action text, target text DEFAULT NULL,
+                                     row_key text DEFAULT NULL, detail jsonb DEFAULT NULL)
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_audit_event';
+COMMENT ON FUNCTION crmguard.audit_event(text, text, text, jsonb) IS 'append an event to the audit log as the current principal';
+
+CREATE FUNCTION crmguard.verify_audit(OUT ok boolean, OUT first_bad bigint)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE ROWS 1 PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_verify_audit';
+COMMENT ON FUNCTION crmguard.verify_audit() IS 'recompute the audit chain; first_bad is the first altered, inserted or deleted-after row';
+
+-- ---------------------------------------------------------------------------
+-- Criteria: the one compiler of rule criteria (OTP conditions, visibility,
+-- approval entry criteria) into a SQL predicate over a table's columns
+-- ---------------------------------------------------------------------------
+
+-- PARALLEL UNSAFE: checking a value against its column's type starts a subtransaction
+CREATE FUNCTION crmguard.compile_criteria(target regclass, criteria jsonb) RETURNS text
+    LANGUAGE c STABLE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_compile_criteria';
+REVOKE ALL ON FUNCTION crmguard.compile_criteria(regclass, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION crmguard.compile_criteria(regclass, jsonb) IS 'the SQL predicate that criteria compile to, validated against the table (CG020 when invalid)';
+-- ---------------------------------------------------------------------------
+-- Outbox: messages for external senders (SMS, e-mail, ...), one for every feature
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE crmguard.outbox_id_seq;
+CREATE TABLE crmguard.outbox (
+    id          bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.outbox_id_seq') PRIMARY KEY,
+    channel     text NOT NULL,
+    recipient   text NOT NULL,
+    subject     text,
+    body        text,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    sent_at     timestamptz,
+    attempts    integer NOT NULL DEFAULT 0,
+    last_error  text,
+    claimed_at  timestamptz        -- a sender holds the message until it reports
+);
+ALTER SEQUENCE crmguard.outbox_id_seq OWNED BY crmguard.outbox.id;
+CREATE INDEX outbox_pending_idx ON crmguard.outbox (channel, id) WHERE sent_at IS NULL;
+COMMENT ON TABLE crmguard.outbox IS 'messages waiting for an external sender; NOTIFY crmguard_outbox announces new ones';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.outbox_id_seq', '');
+
+-- Claim up to max unsent messages of a channel.  A claim lasts five minutes:
+-- a sender that dies without mark_sent() releases its messages to the next.
+CREATE FUNCTION crmguard.claim_outbox(channel text, max integer DEFAULT 10)
+    RETURNS SETOF crmguard.outbox
+    LANGUAGE sql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE crmguard.outbox o
+       SET claimed_at = pg_catalog.now(),
+           attempts = o.attempts OPERATOR(pg_catalog.+) 1
+     WHERE o.id IN (SELECT c.id FROM crmguard.outbox c
+                     WHERE c.channel OPERATOR(pg_catalog.=) claim_outbox.channel
+                       AND c.sent_at IS NULL
+                       AND (c.claimed_at IS NULL OR
+                            c.claimed_at OPERATOR(pg_catalog.<)
+                                (pg_catalog.now() OPERATOR(pg_catalog.-) interval '5 minutes'))
+                     ORDER BY c.id
+                     LIMIT claim_outbox.max
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING o.*
+$$;
+COMMENT ON FUNCTION crmguard.claim_outbox(text, integer) IS 'claim unsent messages of a channel; two senders never get the same message';
+
+-- Report a delivery.  A sent message's body is erased: it may hold a code.
+CREATE FUNCTION crmguard.mark_sent(id bigint, error text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF error IS NULL THEN
+        UPDATE crmguard.outbox o
+           SET sent_at = pg_catalog.now(), body = NULL, last_error = NULL, claimed_at = NULL
+         WHERE o.id OPERATOR(pg_catalog.=) mark_sent.id;
+    ELSE
+        UPDATE crmguard.outbox o
+           SET last_error = mark_sent.error, claimed_at = NULL
+         WHERE o.id OPERATOR(pg_catalog.=) mark_sent.id;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'outbox message % does not exist', mark_sent.id
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION crmguard.mark_sent(bigint, text) IS 'report a message sent (error NULL) or failed (it will be claimed again)';
+-- ---------------------------------------------------------------------------
+-- OTP-gated status changes
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE crmguard.otp_rule_id_seq;
+CREATE TABLE crmguard.otp_rule (
+    id                 bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.otp_rule_id_seq') PRIMARY KEY,
+    rule_name          text NOT NULL UNIQUE,
+    target             regclass NOT NULL,
+    status_column      name NOT NULL,
+    to_values          text[] NOT NULL,
+    recipient_column   name NOT NULL,
+    channel            text NOT NULL,
+    delivery           text NOT NULL CHECK (delivery IN ('automatic', 'manual')),
+    code_type          text NOT NULL CHECK (code_type IN ('numeric', 'alphabetic', 'alphanumeric')),
+    code_length        integer NOT NULL CHECK (code_length BETWEEN 4 AND 12),
+    valid_for          interval NOT NULL,
+    max_resends        integer NOT NULL CHECK (max_resends >= 0),
+    max_attempts       integer NOT NULL CHECK (max_attempts >= 1),
+    from_values        text[],
+    applies_to         text[],
+    condition          jsonb,
+    compiled_condition text           -- condition compiled by the criteria compiler
+);
+ALTER SEQUENCE crmguard.otp_rule_id_seq OWNED BY crmguard.otp_rule.id;
+COMMENT ON TABLE crmguard.otp_rule IS 'OTP rules: a row entering a gated status value needs a verified one-time code';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_rule', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_rule_id_seq', '');
+
+CREATE TRIGGER otp_rule_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.otp_rule
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+
+-- Challenges hold only a keyed hash of their code.  Their failed-attempt
+-- counters live in shared memory (crmguard.otp_attempts()).
+CREATE SEQUENCE crmguard.otp_challenge_id_seq;
+CREATE TABLE crmguard.otp_challenge_state (
+    id               bigint PRIMARY KEY,
+    rule_id          bigint NOT NULL REFERENCES crmguard.otp_rule (id) ON DELETE CASCADE,
+    row_key          text NOT NULL,
+    to_value         text NOT NULL,
+    principal        bigint,
+    recipient_masked text NOT NULL,
+    code_hash        bytea NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    expires_at       timestamptz NOT NULL,
+    resends          integer NOT NULL DEFAULT 0,
+    consumed_at      timestamptz
+);
+ALTER SEQUENCE crmguard.otp_challenge_id_seq OWNED BY crmguard.otp_challenge_state.id;
+CREATE INDEX otp_challenge_row_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value);
+COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code hashes); read crmguard.otp_challenge instead';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_state', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_id_seq', '');
+
+CREATE FUNCTION crmguard.otp_attempts(challenge bigint, OUT attempts integer, OUT locked boolean)
+    RETURNS record
+    LANGUAGE c VOLATILE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_otp_attempts';
+
+CREATE VIEW crmguard.otp_challenge AS
+SELECT c.id, r.rule_name AS rule, c.row_key, c.to_value,
+       CASE WHEN c.consumed_at IS NOT NULL THEN 'used'
+            WHEN a.locked THEN 'locked'
+            WHEN c.expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() THEN 'expired'
+            WHEN a.attempts IS NULL THEN 'void'      -- counter lost in a restart: fails closed
+            ELSE 'pending' END AS state,
+       c.expires_at, a.attempts, c.resends
+  FROM crmguard.otp_challenge_state c
+  JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id
+  LEFT JOIN LATERAL crmguard.otp_attempts(c.id) a ON true;
+COMMENT ON VIEW crmguard.otp_challenge IS 'OTP challenges and their state; never the code';
+
+CREATE FUNCTION crmguard.otp_guard() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_guard';
+
+CREATE FUNCTION crmguard.create_otp_rule(
+    rule_name text, target regclass, status_column name, to_values text[],
+    recipient_column name,
+    channel text DEFAULT 'sms',
+    delivery text DEFAULT 'automatic',
+    code_type text DEFAULT 'numeric',
+    code_length integer DEFAULT 6,
+    valid_for interval DEFAULT '5 minutes',
+    max_resends integer DEFAULT 3,
+    max_attempts integer DEFAULT 3,
+    from_values text[] DEFAULT NULL,
+    applies_to text[] DEFAULT NULL,
+    condition jsonb DEFAULT NULL) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_create_otp_rule';
+COMMENT ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb) IS 'gate a status change behind a one-time code sent to the row''s recipient';
+
+CREATE FUNCTION crmguard.drop_otp_rule(rule_name text) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_drop_otp_rule';
+
+CREATE FUNCTION crmguard.request_otp(target regclass, row_key text, to_value text) RETURNS bigint
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_request_otp';
+COMMENT ON FUNCTION crmguard.request_otp(regclass, text, text) IS 'send (or re-send) a code for a row entering a gated value; returns the challenge id';
+
+CREATE FUNCTION crmguard.verify_otp(challenge bigint, code text) RETURNS boolean
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_verify_otp';
+COMMENT ON FUNCTION crmguard.verify_otp(bigint, text) IS 'verify a code; the change it allows must follow in the same transaction';
+
+-- ---------------------------------------------------------------------------
+-- Row visibility criteria, compiled into row-level security policies
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE crmguard.visibility_rule_id_seq;
+CREATE TABLE crmguard.visibility_rule (
+    id            bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.visibility_rule_id_seq') PRIMARY KEY,
+    rule_name     text NOT NULL UNIQUE CHECK (rule_name OPERATOR(pg_catalog.<>) ''),
+    target        regclass NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('criteria', 'public', 'owner')),
+    audience      text NOT NULL CHECK (audience OPERATOR(pg_catalog.<>) ''),
+    criteria      jsonb,            -- kind 'criteria'
+    owner_column  name,             -- kind 'owner'
+    hierarchy     boolean NOT NULL DEFAULT false,
+    access        text NOT NULL CHECK (access IN ('read', 'edit')),
+    compiled      text NOT NULL     -- the rule's arm of the table's policies
+);
+ALTER SEQUENCE crmguard.visibility_rule_id_seq OWNED BY crmguard.visibility_rule.id;
+CREATE INDEX visibility_rule_target_idx ON crmguard.visibility_rule (target);
+COMMENT ON TABLE crmguard.visibility_rule IS 'who sees which rows: each statement on a target gets the rules of the acting principal''s roles as its row-level security policy';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.visibility_rule', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.visibility_rule_id_seq', '');
+
+CREATE TRIGGER visibility_rule_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.visibility_rule
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+
+CREATE FUNCTION crmguard.expose(target regclass, rule_name text, audience text, criteria jsonb,
+                                access text DEFAULT 'read') RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_expose';
+COMMENT ON FUNCTION crmguard.expose(regclass, text, text, jsonb, text) IS 'let principals with the audience role see (access ''edit'': also change) the rows matching the criteria';
+
+CREATE FUNCTION crmguard.expose_public(target regclass, audience text) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_expose_public';
+COMMENT ON FUNCTION crmguard.expose_public(regclass, text) IS 'let principals with the audience role read every row';
+
+CREATE FUNCTION crmguard.expose_by_owner(target regclass, owner_column name, audience text,
+                                         hierarchy boolean DEFAULT true) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_expose_by_owner';
+COMMENT ON FUNCTION crmguard.expose_by_owner(regclass, name, text, boolean) IS 'let principals with the audience role see and change the rows they own (with hierarchy: or anyone below them owns)';
+
+CREATE FUNCTION crmguard.unexpose(rule_name text) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_unexpose';
+
+CREATE FUNCTION crmguard.visibility_predicate(target regclass, principal text DEFAULT NULL) RETURNS text
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_visibility_predicate';
+COMMENT ON FUNCTION crmguard.visibility_predicate(regclass, text) IS 'the SQL predicate that decides which rows of the table the principal sees, with its values written in';
+
+CREATE FUNCTION crmguard.why_visible(target regclass, row_key text, principal text DEFAULT NULL)
+    RETURNS TABLE (rule_name text, granted boolean, reason text)
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_why_visible';
+COMMENT ON FUNCTION crmguard.why_visible(regclass, text, text) IS 'for a row you can see: which rules grant it to the principal, and why';
+
+-- ---------------------------------------------------------------------------
+-- The guards crmguard puts on user tables (OTP triggers, visibility
+-- policies) cannot be switched off, widened or orphaned except by a
+-- superuser, and then it is audited.  Rules of a dropped table go with it.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION crmguard.guard_ddl() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_guard_ddl';
+CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+    EXECUTE FUNCTION crmguard.guard_ddl();
+CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
+    WHEN TAG IN ('DROP TRIGGER', 'DROP POLICY', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION crmguard.guard_ddl();
+-- ---------------------------------------------------------------------------
+-- Draft review: inserts wait as drafts until a reviewer approves them
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE crmguard.review_config (
+    target        regclass PRIMARY KEY,
+    reviewers     text NOT NULL CHECK (reviewers OPERATOR(pg_catalog.<>) ''),
+    match_columns name[] NOT NULL DEFAULT '{}',
+    exempt        text[] NOT NULL DEFAULT '{}'
+);
+COMMENT ON TABLE crmguard.review_config IS 'tables whose inserts become drafts, their reviewers, duplicate keys and exempt roles';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.review_config', '');
+CREATE TRIGGER review_config_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.review_config
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+
+CREATE SEQUENCE crmguard.draft_id_seq;
+CREATE TABLE crmguard.draft_state (
+    id            bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.draft_id_seq') PRIMARY KEY,
+    target        regclass NOT NULL,
+    row_data      jsonb NOT NULL,
+    match_keys    text[] NOT NULL DEFAULT '{}',   -- normalised "column=value" of the match columns
+    submitted_by  bigint,
+    submitted_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    state         text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'approved', 'rejected')),
+    reviewed_by   bigint,
+    reason        text,
+    field_reasons jsonb,
+    last_error    text,                            -- why the last approval failed
+    row_key       text                             -- the new row's key, once approved
+);
+ALTER SEQUENCE crmguard.draft_id_seq OWNED BY crmguard.draft_state.id;
+CREATE INDEX draft_state_target_idx ON crmguard.draft_state (target, state);
+CREATE INDEX draft_state_keys_idx ON crmguard.draft_state USING gin (match_keys);
+COMMENT ON TABLE crmguard.draft_state IS 'drafts of reviewed tables; read crmguard.draft instead';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.draft_state', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.draft_id_seq', '');
+
+CREATE SEQUENCE crmguard.draft_history_id_seq;
+CREATE TABLE crmguard.draft_history (
+    id        bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.draft_history_id_seq') PRIMARY KEY,
+    draft     bigint NOT NULL REFERENCES crmguard.draft_state (id) ON DELETE CASCADE,
+    at        timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    principal bigint,
+    event     text NOT NULL CHECK (event IN ('submitted', 'commented', 'corrected', 'approved',
+                                             'approval failed', 'rejected', 'resubmitted')),
+    detail    text
+);
+ALTER SEQUENCE crmguard.draft_history_id_seq OWNED BY crmguard.draft_history.id;
+CREATE INDEX draft_history_draft_idx ON crmguard.draft_history (draft);
+SELECT pg_catalog.pg_extension_config_dump('crmguard.draft_history', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.draft_history_id_seq', '');
+
+-- value normalised for duplicate detection: case, surrounding and inner
+-- spaces, phone punctuation (an e-mail is lower-cased like everything else)
+CREATE FUNCTION crmguard.normalize_match(value text) RETURNS text
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'crmguard_normalize_match';
+
+CREATE FUNCTION crmguard.review_guard() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_review_guard';
+
+CREATE FUNCTION crmguard.enable_review(target regclass, reviewers text,
+                                       match_columns name[] DEFAULT NULL,
+                                       exempt text[] DEFAULT NULL) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_enable_review';
+COMMENT ON FUNCTION crmguard.enable_review(regclass, text, name[], text[]) IS 'inserts into the table by non-exempt principals become drafts for the reviewers';
+CREATE FUNCTION crmguard.disable_review(target regclass) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_disable_review';
+
+-- is the acting principal a reviewer of the table?
+CREATE FUNCTION crmguard.is_reviewer(target regclass) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$SELECT EXISTS (SELECT 1 FROM crmguard.review_config c
+                         WHERE c.target OPERATOR(pg_catalog.=) is_reviewer.target
+                           AND crmguard.has_role(c.reviewers))$$;
+
+-- likely duplicates of a draft: other pending drafts of its table sharing a
+-- match key, and rows of the table with the same normalised value
+CREATE FUNCTION crmguard.draft_duplicates(draft bigint) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d crmguard.draft_state;
+    pk name;
+    rows text[] := '{}';
+    hits text[];
+    k text;
+BEGIN
+    SELECT * INTO d FROM crmguard.draft_state s WHERE s.id OPERATOR(pg_catalog.=) draft;
+    -- reviewers only: table keys of hidden rows are not for the submitter
+    IF NOT FOUND OR (d.match_keys OPERATOR(pg_catalog.=) '{}'::text[]) OR NOT crmguard.is_reviewer(d.target) THEN
+        RETURN NULL;
+    END IF;
+    SELECT a.attname INTO pk
+      FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                     AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+     WHERE i.indrelid OPERATOR(pg_catalog.=) d.target AND i.indisprimary;
+    FOREACH k IN ARRAY d.match_keys LOOP
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(t.%I::text) FROM ONLY %s t'
+            ' WHERE crmguard.normalize_match(t.%I::text) OPERATOR(pg_catalog.=) $1',
+            pk, d.target, pg_catalog.split_part(k, '=', 1))
+          INTO hits USING pg_catalog.substr(k, pg_catalog.strpos(k, '=') OPERATOR(pg_catalog.+) 1);
+        rows := rows OPERATOR(pg_catalog.||) COALESCE(hits, '{}');
+    END LOOP;
+    RETURN pg_catalog.jsonb_build_object(
+        'drafts', (SELECT COALESCE(pg_catalog.jsonb_agg(o.id ORDER BY o.id), '[]')
+                     FROM crmguard.draft_state o
+                    WHERE o.target OPERATOR(pg_catalog.=) d.target AND o.state OPERATOR(pg_catalog.=) 'pending'
+                      AND o.id OPERATOR(pg_catalog.<>) d.id AND o.match_keys OPERATOR(pg_catalog.&&) d.match_keys),
+        'rows', (SELECT COALESCE(pg_catalog.jsonb_agg(DISTINCT r), '[]') FROM pg_catalog.unnest(rows) r));
+END
+$$;
+
+-- Drafts as their submitter (its own) or a reviewer of the table (all) sees them
+CREATE VIEW crmguard.draft WITH (security_barrier) AS
+SELECT d.id, d.target, d.row_data,
+       sp.name AS submitted_by, d.submitted_at, d.state,
+       CASE WHEN crmguard.has_role(c.reviewers) THEN crmguard.draft_duplicates(d.id) END AS duplicates,
+       rp.name AS reviewed_by, d.reason, d.field_reasons, d.last_error, d.row_key,
+       (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'at', h.at, 'event', h.event, 'by', hp.name, 'detail', h.detail) ORDER BY h.id)
+          FROM crmguard.draft_history h
+          LEFT JOIN crmguard.principal hp ON hp.id OPERATOR(pg_catalog.=) h.principal
+         WHERE h.draft OPERATOR(pg_catalog.=) d.id) AS history
+  FROM crmguard.draft_state d
+  LEFT JOIN crmguard.review_config c ON c.target OPERATOR(pg_catalog.=) d.target
+  LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) d.submitted_by
+  LEFT JOIN crmguard.principal rp ON rp.id OPERATOR(pg_catalog.=) d.reviewed_by
+ WHERE d.submitted_by OPERATOR(pg_catalog.=) crmguard.current_principal()
+    OR crmguard.has_role(c.reviewers);
+COMMENT ON VIEW crmguard.draft IS 'drafts: a submitter sees its own, the reviewers of a table all of its drafts';
+
+CREATE FUNCTION crmguard.approve_draft(draft bigint, comment text DEFAULT NULL, changes jsonb DEFAULT NULL)
+    RETURNS text
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approve_draft';
+COMMENT ON FUNCTION crmguard.approve_draft(bigint, text, jsonb) IS 'insert the draft (with changes) into its table; returns the new row''s key, or NULL when the row was refused (the draft stays pending with the error)';
+
+-- a pending draft, locked, for a step by a reviewer (or its submitter)
+CREATE FUNCTION crmguard.draft_for_step(draft bigint, submitter_may boolean, want_state text)
+    RETURNS crmguard.draft_state
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d crmguard.draft_state;
+BEGIN
+    SELECT * INTO d FROM crmguard.draft_state s WHERE s.id OPERATOR(pg_catalog.=) draft FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'draft % does not exist', draft USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT (crmguard.is_reviewer(d.target)
+            OR (submitter_may AND d.submitted_by OPERATOR(pg_catalog.=) crmguard.current_principal())) THEN
+        RAISE EXCEPTION 'permission denied for draft %', draft
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only a principal with the table''s reviewer role can do this.';
+    END IF;
+    IF want_state IS NOT NULL AND d.state OPERATOR(pg_catalog.<>) want_state THEN
+        RAISE EXCEPTION 'draft % is %, not %', draft, d.state, want_state
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN d;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.draft_for_step(bigint, boolean, text) FROM PUBLIC;
+
+-- field names of a jsonb object must be columns of the table
+CREATE FUNCTION crmguard.check_draft_fields(target regclass, fields jsonb, what text) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f text;
+BEGIN
+    IF fields IS NULL THEN
+        RETURN;
+    END IF;
+    IF pg_catalog.jsonb_typeof(fields) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION '% must be a JSON object of column names', what USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR f IN SELECT pg_catalog.jsonb_object_keys(fields) LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid OPERATOR(pg_catalog.=) target AND a.attname OPERATOR(pg_catalog.=) f
+                          AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION 'column "%" of relation % does not exist', f, target
+                USING ERRCODE = 'undefined_column', DETAIL = pg_catalog.format('It is named in %s.', what);
+        END IF;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.check_draft_fields(regclass, jsonb, text) FROM PUBLIC;
+
+CREATE FUNCTION crmguard.reject_draft(draft bigint, reason text, field_reasons jsonb DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d crmguard.draft_state := crmguard.draft_for_step(draft, false, 'pending');
+BEGIN
+    IF reason IS NULL OR reason OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'a rejection needs a reason' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM crmguard.check_draft_fields(d.target, field_reasons, 'field_reasons');
+    UPDATE crmguard.draft_state s
+       SET state = 'rejected', reviewed_by = crmguard.current_principal(),
+           reason = reject_draft.reason, field_reasons = reject_draft.field_reasons
+     WHERE s.id OPERATOR(pg_catalog.=) draft;
+    INSERT INTO crmguard.draft_history (draft, principal, event, detail)
+    VALUES (draft, crmguard.current_principal(), 'rejected', reason);
+    PERFORM crmguard.audit_event('draft_rejected', d.target::text, draft::text,
+        pg_catalog.jsonb_build_object('reason', reason, 'field_reasons', field_reasons));
+END
+$$;
+COMMENT ON FUNCTION crmguard.reject_draft(bigint, text, jsonb) IS 'reject a pending draft with a reason, and optionally one per field';
+
+CREATE FUNCTION crmguard.comment_draft(draft bigint, comment text) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d crmguard.draft_state := crmguard.draft_for_step(draft, true, NULL);
+BEGIN
+    INSERT INTO crmguard.draft_history (draft, principal, event, detail)
+    VALUES (draft, crmguard.current_principal(), 'commented', comment);
+    PERFORM crmguard.audit_event('draft_commented', d.target::text, draft::text, NULL);
+END
+$$;
+COMMENT ON FUNCTION crmguard.comment_draft(bigint, text) IS 'comment on a draft (its submitter or a reviewer)';
+
+CREATE FUNCTION crmguard.resubmit_draft(draft bigint, row_data jsonb) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d crmguard.draft_state := crmguard.draft_for_step(draft, true, 'rejected');
+BEGIN
+    PERFORM crmguard.check_draft_fields(d.target, row_data, 'row_data');
+    UPDATE crmguard.draft_state s
+       SET state = 'pending', row_data = resubmit_draft.row_data,
+           match_keys = crmguard.draft_match_keys(d.target, resubmit_draft.row_data),
+           reviewed_by = NULL, reason = NULL, field_reasons = NULL, last_error = NULL
+     WHERE s.id OPERATOR(pg_catalog.=) draft;
+    INSERT INTO crmguard.draft_history (draft, principal, event)
+    VALUES (draft, crmguard.current_principal(), 'resubmitted');
+    PERFORM crmguard.audit_event('draft_resubmitted', d.target::text, draft::text, NULL);
+END
+$$;
+COMMENT ON FUNCTION crmguard.resubmit_draft(bigint, jsonb) IS 'send a rejected draft back for review with corrected data';
+
+CREATE FUNCTION crmguard.draft_match_keys(target regclass, row_data jsonb) RETURNS text[]
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_draft_match_keys';
+-- ---------------------------------------------------------------------------
+-- Approval workflows: multi-step approvals, actions after the decision, the
+-- row locked while a request is pending
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE crmguard.approval_process_id_seq;
+CREATE TABLE crmguard.approval_process (
+    id               bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.approval_process_id_seq') PRIMARY KEY,
+    process_name     text NOT NULL CHECK (process_name OPERATOR(pg_catalog.<>) ''),
+    version          integer NOT NULL,
+    position         integer NOT NULL,   -- order on its table: the first process whose criteria match applies
+    target           regclass NOT NULL,
+    entry_criteria   jsonb,
+    steps            jsonb NOT NULL,
+    on_approve       jsonb NOT NULL DEFAULT '[]',
+    on_reject        jsonb NOT NULL DEFAULT '[]',
+    on_submit        jsonb NOT NULL DEFAULT '[]',
+    auto_submit      text[] NOT NULL DEFAULT '{}',
+    editable_columns name[] NOT NULL DEFAULT '{}',
+    run_as           regrole NOT NULL,   -- who defined it: "set" and "call" actions run as this role
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    current          boolean NOT NULL DEFAULT true,   -- false: an older version, or dropped
+    UNIQUE (process_name, version)
+);
+ALTER SEQUENCE crmguard.approval_process_id_seq OWNED BY crmguard.approval_process.id;
+CREATE UNIQUE INDEX approval_process_current_idx ON crmguard.approval_process (process_name) WHERE current;
+COMMENT ON TABLE crmguard.approval_process IS 'approval processes, every version; requests keep the version they started with';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_process', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_process_id_seq', '');
+CREATE TRIGGER approval_process_cache_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crmguard.approval_process
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.rules_changed();
+
+CREATE SEQUENCE crmguard.approval_request_id_seq;
+CREATE TABLE crmguard.approval_request_state (
+    id              bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.approval_request_id_seq') PRIMARY KEY,
+    process         bigint NOT NULL REFERENCES crmguard.approval_process (id) ON DELETE CASCADE,
+    target          regclass NOT NULL,
+    row_key         text NOT NULL,
+    row_data        jsonb NOT NULL,      -- the row at submission, without its editable columns
+    state           text NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'approved', 'rejected', 'recalled')),
+    current_step    integer NOT NULL DEFAULT 0,
+    approvers       bigint[] NOT NULL DEFAULT '{}',   -- of the current step
+    required        integer NOT NULL DEFAULT 1,       -- approvals the current step needs
+    step_started_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    step_timeout    interval,
+    submitted_by    bigint,
+    submitted_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_at      timestamptz
+);
+ALTER SEQUENCE crmguard.approval_request_id_seq OWNED BY crmguard.approval_request_state.id;
+CREATE UNIQUE INDEX approval_request_pending_idx ON crmguard.approval_request_state (target, row_key)
+    WHERE state OPERATOR(pg_catalog.=) 'pending';
+CREATE INDEX approval_request_approvers_idx ON crmguard.approval_request_state USING gin (approvers)
+    WHERE state OPERATOR(pg_catalog.=) 'pending';
+COMMENT ON TABLE crmguard.approval_request_state IS 'approval requests; read crmguard.approval_request instead';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_state', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_request_id_seq', '');
+-- A pending row's lock lives in each backend's cache. When requests start or
+-- end, an invalidation of this view (which no query reads, so no plan is
+-- lost) tells every backend to reload it at commit.
+CREATE VIEW crmguard.approval_pending_signal AS SELECT 1 AS signal;
+COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when pending approval requests change: backends reload their row locks';
+CREATE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_requests_changed';
+CREATE TRIGGER approval_request_cache_invalidate
+    AFTER INSERT OR UPDATE OF state, row_key, process OR DELETE OR TRUNCATE ON crmguard.approval_request_state
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_requests_changed();
+
+CREATE SEQUENCE crmguard.approval_history_id_seq;
+CREATE TABLE crmguard.approval_history (
+    id           bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.approval_history_id_seq') PRIMARY KEY,
+    request      bigint NOT NULL REFERENCES crmguard.approval_request_state (id) ON DELETE CASCADE,
+    at           timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    step         integer,
+    principal    bigint,                 -- who acted (NULL: the system, on a timeout)
+    on_behalf_of bigint,                 -- the approver a delegate acted for
+    event        text NOT NULL CHECK (event IN ('submitted', 'approved', 'rejected', 'recalled',
+                                                'step approved', 'escalated', 'timed out')),
+    comment      text
+);
+ALTER SEQUENCE crmguard.approval_history_id_seq OWNED BY crmguard.approval_history.id;
+CREATE INDEX approval_history_request_idx ON crmguard.approval_history (request);
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_history', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_history_id_seq', '');
+
+CREATE TABLE crmguard.delegation (
+    principal    bigint PRIMARY KEY,     -- who is away
+    to_principal bigint NOT NULL,
+    since        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    until        timestamptz NOT NULL
+);
+COMMENT ON TABLE crmguard.delegation IS 'approvers away: a delegate acts for them until the given time';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.delegation', '');
+
+CREATE SEQUENCE crmguard.task_id_seq;
+CREATE TABLE crmguard.task (
+    id          bigint NOT NULL DEFAULT pg_catalog.nextval('crmguard.task_id_seq') PRIMARY KEY,
+    request     bigint REFERENCES crmguard.approval_request_state (id) ON DELETE SET NULL,
+    assigned_to bigint NOT NULL,
+    subject     text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    done_at     timestamptz
+);
+ALTER SEQUENCE crmguard.task_id_seq OWNED BY crmguard.task.id;
+CREATE INDEX task_assigned_idx ON crmguard.task (assigned_to) WHERE done_at IS NULL;
+COMMENT ON TABLE crmguard.task IS 'tasks that approval actions assign to principals';
+SELECT pg_catalog.pg_extension_config_dump('crmguard.task', '');
+SELECT pg_catalog.pg_extension_config_dump('crmguard.task_id_seq', '');
+
+-- ---------------------------------------------------------------------------
+-- C entry points
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crmguard.create_approval_process(process_name text, target regclass,
+    entry_criteria jsonb, steps jsonb,
+    on_approve jsonb DEFAULT '[]', on_reject jsonb DEFAULT '[]', on_submit jsonb DEFAULT '[]',
+    auto_submit text[] DEFAULT '{}', editable_columns name[] DEFAULT '{}') RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_create_approval_process';
+COMMENT ON FUNCTION crmguard.create_approval_process(text, regclass, jsonb, jsonb, jsonb, jsonb, jsonb, text[], name[])
+    IS 'define an approval process, or a new version of one (requests in flight keep theirs); returns the version''s id';
+CREATE FUNCTION crmguard.drop_approval_process(process_name text) RETURNS void
+    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_drop_approval_process';
+COMMENT ON FUNCTION crmguard.drop_approval_process(text) IS 'stop a process from applying to new requests; requests in flight go on';
+CREATE FUNCTION crmguard.submit_for_approval(target regclass, row_key text, comment text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_submit_for_approval';
+COMMENT ON FUNCTION crmguard.submit_for_approval(regclass, text, text) IS 'submit a row (one the caller can see and change) to the first process whose criteria it matches';
+CREATE FUNCTION crmguard.approval_lock() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_lock';
+-- the lock trigger's WHEN clause; answers only roles that may change the table
+CREATE FUNCTION crmguard.approval_row_pending(target regclass, row_key anyelement) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_approval_row_pending';
+CREATE FUNCTION crmguard.approval_truncate() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_truncate';
+CREATE FUNCTION crmguard.approval_auto_submit() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_auto_submit';
+CREATE FUNCTION crmguard.approval_wake_worker() RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approval_wake_worker';
+REVOKE ALL ON FUNCTION crmguard.approval_wake_worker() FROM PUBLIC;
+CREATE FUNCTION crmguard.approval_run_actions(request bigint, actions jsonb) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approval_run_actions';
+REVOKE ALL ON FUNCTION crmguard.approval_run_actions(bigint, jsonb) FROM PUBLIC;
+-- ---------------------------------------------------------------------------
+-- Definitions: everything checked before anything is stored (CG020)
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crmguard.approval_invalid(message text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'invalid approval process: %', message USING ERRCODE = 'CG020';
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_invalid(text) FROM PUBLIC;
+
+-- the type of a column of the table, or CG020
+CREATE FUNCTION crmguard.approval_column_type(target regclass, col text, what text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t text;
+BEGIN
+    -- a domain is judged by its base type: its CHECK may call the table owner's
+    -- functions, and this runs as the extension's owner
+    WITH RECURSIVE b(typ, mod, depth) AS (
+        SELECT a.atttypid, a.atttypmod, 0 FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid OPERATOR(pg_catalog.=) target AND a.attname OPERATOR(pg_catalog.=) col
+           AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT y.typbasetype, y.typtypmod, b.depth OPERATOR(pg_catalog.+) 1 FROM b
+          JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) b.typ
+         WHERE y.typtype OPERATOR(pg_catalog.=) 'd')
+    SELECT pg_catalog.format_type(b.typ, b.mod) INTO t FROM b ORDER BY b.depth DESC LIMIT 1;
+    IF t IS NULL THEN
+        PERFORM crmguard.approval_invalid(pg_catalog.format('column "%s" of relation %s does not exist (%s)', col, target, what));
+    END IF;
+    RETURN t;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_column_type(regclass, text, text) FROM PUBLIC;
+
+-- a column holding principal ids
+CREATE FUNCTION crmguard.approval_principal_column(target regclass, col jsonb, what text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.jsonb_typeof(col) IS DISTINCT FROM 'string' THEN
+        PERFORM crmguard.approval_invalid(what || ' must name a column');
+    END IF;
+    IF crmguard.approval_column_type(target, col OPERATOR(pg_catalog.#>>) '{}', what)
+       NOT IN ('bigint', 'integer', 'smallint') THEN
+        PERFORM crmguard.approval_invalid(pg_catalog.format('column "%s" of %s must hold principal ids (an integer type)',
+                                                            col OPERATOR(pg_catalog.#>>) '{}', what));
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_principal_column(regclass, jsonb, text) FROM PUBLIC;
+
+CREATE FUNCTION crmguard.approval_check_actions(target regclass, actions jsonb, what text, run_as regrole)
+    RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a jsonb;
+    kind text;
+    body jsonb;
+    k text;
+    v jsonb;
+    typ text;
+    fn regprocedure;
+    pk text;
+BEGIN
+    IF pg_catalog.jsonb_typeof(actions) IS DISTINCT FROM 'array' THEN
+        PERFORM crmguard.approval_invalid(what || ' must be a JSON array of actions');
+    END IF;
+    SELECT a2.attname INTO pk FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_attribute a2 ON a2.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                      AND a2.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+     WHERE i.indrelid OPERATOR(pg_catalog.=) target AND i.indisprimary;
+    FOR a IN SELECT pg_catalog.jsonb_array_elements(actions) LOOP
+        IF pg_catalog.jsonb_typeof(a) IS DISTINCT FROM 'object'
+           OR (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(a)) OPERATOR(pg_catalog.<>) 1 THEN
+            PERFORM crmguard.approval_invalid(what || ': each action is an object with one key (set, notify, task or call)');
+        END IF;
+        kind := (SELECT pg_catalog.jsonb_object_keys(a));
+        body := a OPERATOR(pg_catalog.->) kind;
+        CASE kind
+        WHEN 'set' THEN
+            IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'object' OR body OPERATOR(pg_catalog.=) '{}' THEN
+                PERFORM crmguard.approval_invalid(what || ': "set" takes an object of columns and values');
+            END IF;
+            FOR k, v IN SELECT * FROM pg_catalog.jsonb_each(body) LOOP
+                typ := crmguard.approval_column_type(target, k, what || ' set');
+                IF k OPERATOR(pg_catalog.=) pk THEN
+                    PERFORM crmguard.approval_invalid(pg_catalog.format('%s: "set" cannot change the key column "%s"', what, k));
+                END IF;
+                IF pg_catalog.jsonb_typeof(v) IN ('object', 'array') THEN
+                    PERFORM crmguard.approval_invalid(pg_catalog.format('%s: the value for "%s" must be a scalar', what, k));
+                END IF;
+                BEGIN
+                    EXECUTE pg_catalog.format('SELECT CAST(%L AS %s)', v OPERATOR(pg_catalog.#>>) '{}', typ);
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM crmguard.approval_invalid(pg_catalog.format('%s: %s is not a valid %s for column "%s"',
+                                                                        what, v, typ, k));
+                END;
+            END LOOP;
+        WHEN 'notify' THEN
+            IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'object'
+               OR pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'channel') IS DISTINCT FROM 'string'
+               OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(body) x
+                           WHERE x NOT IN ('channel', 'to', 'subject', 'body')) THEN
+                PERFORM crmguard.approval_invalid(what || ': "notify" takes channel, to, subject and body');
+            END IF;
+            IF COALESCE(body OPERATOR(pg_catalog.->>) 'to', 'submitter') NOT IN ('submitter', 'approvers') THEN
+                PERFORM crmguard.approval_principal_column(target, body OPERATOR(pg_catalog.->) 'to', what || ' notify "to"');
+            END IF;
+        WHEN 'task' THEN
+            IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'object'
+               OR pg_catalog.jsonb_typeof(body OPERATOR(pg_catalog.->) 'subject') IS DISTINCT FROM 'string'
+               OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(body) x WHERE x NOT IN ('assign_to', 'subject')) THEN
+                PERFORM crmguard.approval_invalid(what || ': "task" takes assign_to and subject');
+            END IF;
+            IF COALESCE(body OPERATOR(pg_catalog.->>) 'assign_to', 'submitter') NOT IN ('submitter', 'approvers') THEN
+                PERFORM crmguard.approval_principal_column(target, body OPERATOR(pg_catalog.->) 'assign_to', what || ' task assign_to');
+            END IF;
+        WHEN 'call' THEN
+            IF pg_catalog.jsonb_typeof(body) IS DISTINCT FROM 'string' THEN
+                PERFORM crmguard.approval_invalid(what || ': "call" names a function taking the request id');
+            END IF;
+            BEGIN
+                fn := pg_catalog.to_regprocedure((body OPERATOR(pg_catalog.#>>) '{}') || '(bigint)');
+            EXCEPTION WHEN OTHERS THEN
+                fn := NULL;
+            END;
+            IF fn IS NULL OR pg_catalog.strpos(body OPERATOR(pg_catalog.#>>) '{}', '.') OPERATOR(pg_catalog.=) 0 THEN
+                PERFORM crmguard.approval_invalid(pg_catalog.format('%s: function %s(bigint) does not exist (name it with its schema)',
+                                                                    what, body OPERATOR(pg_catalog.#>>) '{}'));
+            END IF;
+            IF NOT pg_catalog.has_function_privilege(run_as::oid, fn::oid, 'EXECUTE') THEN
+                PERFORM crmguard.approval_invalid(pg_catalog.format('%s: role %s cannot execute %s', what, run_as, fn));
+            END IF;
+        ELSE
+            PERFORM crmguard.approval_invalid(pg_catalog.format('%s: unknown action "%s"', what, kind));
+        END CASE;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_check_actions(regclass, jsonb, text, regrole) FROM PUBLIC;
+
+CREATE FUNCTION crmguard.approval_check_definition(target regclass, steps jsonb, on_approve jsonb,
+    on_reject jsonb, on_submit jsonb, auto_submit text[], editable_columns name[], run_as regrole) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    step jsonb;
+    a jsonb;
+    kinds text[];
+    approvers integer;
+    quorum integer;
+    c text;
+    n integer := 0;
+BEGIN
+    IF pg_catalog.jsonb_typeof(steps) IS DISTINCT FROM 'array' OR pg_catalog.jsonb_array_length(steps) OPERATOR(pg_catalog.=) 0 THEN
+        PERFORM crmguard.approval_invalid('steps must be a non-empty JSON array');
+    END IF;
+    FOR step IN SELECT pg_catalog.jsonb_array_elements(steps) LOOP
+        n := n OPERATOR(pg_catalog.+) 1;
+        IF pg_catalog.jsonb_typeof(step) IS DISTINCT FROM 'object'
+           OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(step) x
+                       WHERE x NOT IN ('name', 'approvers', 'mode', 'timeout', 'on_timeout')) THEN
+            PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: a step has name, approvers, mode, timeout and on_timeout', n));
+        END IF;
+        IF COALESCE(step OPERATOR(pg_catalog.->>) 'name', '') OPERATOR(pg_catalog.=) '' THEN
+            PERFORM crmguard.approval_invalid(pg_catalog.format('step %s needs a name', n));
+        END IF;
+        approvers := 0;
+        a := step OPERATOR(pg_catalog.->) 'approvers';
+        IF pg_catalog.jsonb_typeof(a) OPERATOR(pg_catalog.=) 'array' AND pg_catalog.jsonb_array_length(a) OPERATOR(pg_catalog.=) 0 THEN
+            PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: the list of approvers is empty', n));
+        END IF;
+        FOR a IN SELECT pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(a) OPERATOR(pg_catalog.=) 'array'
+                                                             THEN a ELSE pg_catalog.jsonb_build_array(a) END) LOOP
+            kinds := ARRAY(SELECT pg_catalog.jsonb_object_keys(CASE WHEN pg_catalog.jsonb_typeof(a) OPERATOR(pg_catalog.=) 'object' THEN a ELSE '{}' END) ORDER BY 1);
+            IF kinds OPERATOR(pg_catalog.=) '{role}' AND pg_catalog.jsonb_typeof(a OPERATOR(pg_catalog.->) 'role') OPERATOR(pg_catalog.=) 'string' THEN
+                approvers := approvers OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM crmguard.principal p
+                 WHERE p.active AND (a OPERATOR(pg_catalog.->>) 'role') OPERATOR(pg_catalog.=) ANY (p.roles));
+                IF NOT EXISTS (SELECT 1 FROM crmguard.principal p
+                                WHERE p.active AND (a OPERATOR(pg_catalog.->>) 'role') OPERATOR(pg_catalog.=) ANY (p.roles)) THEN
+                    PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: no active principal has role "%s"', n, a OPERATOR(pg_catalog.->>) 'role'));
+                END IF;
+            ELSIF kinds OPERATOR(pg_catalog.=) '{principal}' AND pg_catalog.jsonb_typeof(a OPERATOR(pg_catalog.->) 'principal') OPERATOR(pg_catalog.=) 'string' THEN
+                IF NOT EXISTS (SELECT 1 FROM crmguard.principal p WHERE p.name OPERATOR(pg_catalog.=) (a OPERATOR(pg_catalog.->>) 'principal')) THEN
+                    PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: principal "%s" does not exist', n, a OPERATOR(pg_catalog.->>) 'principal'));
+                END IF;
+                approvers := approvers OPERATOR(pg_catalog.+) 1;
+            ELSIF kinds OPERATOR(pg_catalog.=) '{manager_of}' THEN
+                PERFORM crmguard.approval_principal_column(target, a OPERATOR(pg_catalog.->) 'manager_of', pg_catalog.format('step %s manager_of', n));
+                approvers := approvers OPERATOR(pg_catalog.+) 1;
+            ELSIF kinds OPERATOR(pg_catalog.=) '{levels_above,of}' AND pg_catalog.jsonb_typeof(a OPERATOR(pg_catalog.->) 'levels_above') OPERATOR(pg_catalog.=) 'number'
+                  AND (a OPERATOR(pg_catalog.->>) 'levels_above') ~ '^[1-9][0-9]?$' THEN
+                PERFORM crmguard.approval_principal_column(target, a OPERATOR(pg_catalog.->) 'of', pg_catalog.format('step %s levels_above', n));
+                approvers := approvers OPERATOR(pg_catalog.+) 1;
+            ELSE
+                PERFORM crmguard.approval_invalid(pg_catalog.format(
+                    'step %s: approvers is one of {"role"}, {"principal"}, {"manager_of": column} or {"levels_above": n, "of": column}, or a list of them', n));
+            END IF;
+        END LOOP;
+        IF step OPERATOR(pg_catalog.?) 'mode' THEN
+            IF (step OPERATOR(pg_catalog.->) 'mode') IN ('"first"'::jsonb, '"all"'::jsonb) THEN
+                NULL;
+            ELSIF pg_catalog.jsonb_typeof(step OPERATOR(pg_catalog.->) 'mode') OPERATOR(pg_catalog.=) 'object'
+                  AND (step OPERATOR(pg_catalog.->) 'mode') OPERATOR(pg_catalog.?) 'quorum'
+                  AND (step OPERATOR(pg_catalog.#>>) '{mode,quorum}') ~ '^[1-9][0-9]{0,3}$' THEN
+                quorum := (step OPERATOR(pg_catalog.#>>) '{mode,quorum}')::int;
+                IF quorum OPERATOR(pg_catalog.>) approvers THEN
+                    PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: a quorum of %s is larger than its %s approver(s)', n, quorum, approvers));
+                END IF;
+            ELSE
+                PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: mode is "first", "all" or {"quorum": n}', n));
+            END IF;
+        END IF;
+        IF step OPERATOR(pg_catalog.?) 'timeout' THEN
+            BEGIN
+                IF (step OPERATOR(pg_catalog.->>) 'timeout')::interval OPERATOR(pg_catalog.<=) '0'::interval THEN
+                    RAISE EXCEPTION 'not positive';
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: timeout must be a positive interval', n));
+            END;
+        END IF;
+        IF step OPERATOR(pg_catalog.?) 'on_timeout' AND (NOT step OPERATOR(pg_catalog.?) 'timeout'
+               OR (step OPERATOR(pg_catalog.->>) 'on_timeout') NOT IN ('escalate', 'approve', 'reject')) THEN
+            PERFORM crmguard.approval_invalid(pg_catalog.format('step %s: on_timeout is escalate, approve or reject, with a timeout', n));
+        END IF;
+    END LOOP;
+    PERFORM crmguard.approval_check_actions(target, on_approve, 'on_approve', run_as);
+    PERFORM crmguard.approval_check_actions(target, on_reject, 'on_reject', run_as);
+    PERFORM crmguard.approval_check_actions(target, on_submit, 'on_submit', run_as);
+    IF auto_submit IS NULL OR NOT auto_submit OPERATOR(pg_catalog.<@) '{insert,update}'::text[] THEN
+        PERFORM crmguard.approval_invalid('auto_submit may hold insert and update only');
+    END IF;
+    FOREACH c IN ARRAY COALESCE(editable_columns::text[], '{}') LOOP
+        PERFORM crmguard.approval_column_type(target, c, 'editable_columns');
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_check_definition(regclass, jsonb, jsonb, jsonb, jsonb, text[], name[], regrole) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Who approves a step
+-- ---------------------------------------------------------------------------
+
+-- the principal itself when active, else its nearest active manager
+CREATE FUNCTION crmguard.approval_active_above(who bigint) RETURNS bigint
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p crmguard.principal;
+BEGIN
+    FOR i IN 1..1000 LOOP
+        SELECT * INTO p FROM crmguard.principal WHERE id OPERATOR(pg_catalog.=) who;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        ELSIF p.active THEN
+            RETURN p.id;
+        END IF;
+        who := p.manager_id;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_active_above(bigint) FROM PUBLIC;
+
+CREATE FUNCTION crmguard.approval_manager_of(who bigint) RETURNS bigint
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT manager_id FROM crmguard.principal WHERE id OPERATOR(pg_catalog.=) who);
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_manager_of(bigint) FROM PUBLIC;
+
+-- The approvers of a step for a row: inactive ones escalate to their nearest
+-- active manager, the submitter never approves its own request (its manager
+-- does, when nobody else is left).
+CREATE FUNCTION crmguard.approval_resolve(step jsonb, row_data jsonb, submitter bigint) RETURNS bigint[]
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a jsonb := step OPERATOR(pg_catalog.->) 'approvers';
+    ids bigint[] := '{}';
+    cur bigint;
+BEGIN
+    -- one approver kind, or a list of them (the head of marketing and finance)
+    FOR a IN SELECT pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(a) OPERATOR(pg_catalog.=) 'array'
+                                                         THEN a ELSE pg_catalog.jsonb_build_array(a) END) LOOP
+        IF a OPERATOR(pg_catalog.?) 'role' THEN
+            ids := ids OPERATOR(pg_catalog.||) ARRAY(SELECT id FROM crmguard.principal
+                          WHERE (a OPERATOR(pg_catalog.->>) 'role') OPERATOR(pg_catalog.=) ANY (roles) ORDER BY id);
+        ELSIF a OPERATOR(pg_catalog.?) 'principal' THEN
+            ids := ids OPERATOR(pg_catalog.||) ARRAY(SELECT id FROM crmguard.principal
+                          WHERE name OPERATOR(pg_catalog.=) (a OPERATOR(pg_catalog.->>) 'principal'));
+        ELSE
+            cur := (row_data OPERATOR(pg_catalog.->>) COALESCE(a OPERATOR(pg_catalog.->>) 'manager_of',
+                                                              a OPERATOR(pg_catalog.->>) 'of'))::bigint;
+            FOR i IN 1..COALESCE((a OPERATOR(pg_catalog.->>) 'levels_above')::int, 1) LOOP
+                cur := crmguard.approval_manager_of(cur);
+            END LOOP;
+            ids := ids OPERATOR(pg_catalog.||) cur;
+        END IF;
+    END LOOP;
+    -- inactive approvers escalate to their nearest active manager; never the submitter
+    ids := ARRAY(SELECT DISTINCT x FROM (SELECT crmguard.approval_active_above(i) AS x FROM pg_catalog.unnest(ids) i) s
+                  WHERE x IS NOT NULL AND x IS DISTINCT FROM submitter ORDER BY x);
+    IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 AND submitter IS NOT NULL THEN
+        cur := crmguard.approval_active_above(crmguard.approval_manager_of(submitter));
+        IF cur IS NOT NULL THEN
+            ids := ARRAY[cur];
+        END IF;
+    END IF;
+    RETURN ids;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_resolve(jsonb, jsonb, bigint) FROM PUBLIC;
+
+-- Put a request on step n: its approvers, how many must approve, its clock
+CREATE FUNCTION crmguard.approval_start_step(request bigint, n integer) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r crmguard.approval_request_state;
+    step jsonb;
+    ids bigint[];
+    need integer;
+BEGIN
+    SELECT * INTO r FROM crmguard.approval_request_state WHERE id OPERATOR(pg_catalog.=) request;
+    SELECT p.steps OPERATOR(pg_catalog.->) n INTO step FROM crmguard.approval_process p
+     WHERE p.id OPERATOR(pg_catalog.=) r.process;
+    ids := crmguard.approval_resolve(step, r.row_data, r.submitted_by);
+    need := CASE WHEN step OPERATOR(pg_catalog.->>) 'mode' OPERATOR(pg_catalog.=) 'all' THEN pg_catalog.cardinality(ids)
+                 WHEN step OPERATOR(pg_catalog.->) 'mode' OPERATOR(pg_catalog.?) 'quorum'
+                 THEN (step OPERATOR(pg_catalog.#>>) '{mode,quorum}')::int
+                 ELSE 1 END;
+    IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 OR pg_catalog.cardinality(ids) OPERATOR(pg_catalog.<) need THEN
+        RAISE EXCEPTION 'step "%" of approval request % has % active approver(s), it needs %',
+                        step OPERATOR(pg_catalog.->>) 'name', request, pg_catalog.cardinality(ids), GREATEST(need, 1)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Give the approver role to an active principal, or fix the managers of the row''s owner.';
+    END IF;
+    UPDATE crmguard.approval_request_state
+       SET current_step = n, approvers = ids, required = need, step_started_at = pg_catalog.now(),
+           step_timeout = (step OPERATOR(pg_catalog.->>) 'timeout')::interval
+     WHERE id OPERATOR(pg_catalog.=) request;
+    IF step OPERATOR(pg_catalog.?) 'timeout' THEN
+        PERFORM crmguard.approval_wake_worker();     -- the worker watches the clock
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_start_step(bigint, integer) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Submission, decisions, the end of a request
+-- ---------------------------------------------------------------------------
+
+-- Called (as the extension owner) by submit_for_approval and the auto-submit
+-- trigger, with the row as the caller sees it. auto: an existing pending
+-- request is no error.
+CREATE FUNCTION crmguard.approval_submit(process bigint, row_key text, row_data jsonb, comment text, auto boolean)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p crmguard.approval_process;
+    pending bigint;
+    request bigint;
+BEGIN
+    SELECT * INTO STRICT p FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) process;
+    SELECT id INTO pending FROM crmguard.approval_request_state s
+     WHERE s.target OPERATOR(pg_catalog.=) p.target AND s.row_key OPERATOR(pg_catalog.=) approval_submit.row_key
+       AND s.state OPERATOR(pg_catalog.=) 'pending';
+    IF FOUND THEN
+        IF auto THEN
+            RETURN pending;
+        END IF;
+        RAISE EXCEPTION 'row % of table % already has pending approval request %', row_key, p.target, pending
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO crmguard.approval_request_state (process, target, row_key, row_data, submitted_by)
+    VALUES (p.id, p.target, row_key, row_data OPERATOR(pg_catalog.-) p.editable_columns::text[], crmguard.current_principal())
+    RETURNING id INTO request;
+    INSERT INTO crmguard.approval_history (request, step, principal, event, comment)
+    VALUES (request, 0, crmguard.current_principal(), 'submitted', comment);
+    PERFORM crmguard.approval_start_step(request, 0);
+    PERFORM crmguard.audit_event('approval_submitted', p.target::text, row_key,
+        pg_catalog.jsonb_build_object('request', request, 'process', p.process_name, 'version', p.version,
+                                      'auto', auto));
+    PERFORM crmguard.approval_run_actions(request, p.on_submit);
+    -- the row as it stands once submitted (an on_submit action may have set a field)
+    UPDATE crmguard.approval_request_state s
+       SET row_data = crmguard.approval_current_row(request) OPERATOR(pg_catalog.-) p.editable_columns::text[]
+     WHERE s.id OPERATOR(pg_catalog.=) request;
+    RETURN request;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_submit(bigint, text, jsonb, text, boolean) FROM PUBLIC;
+
+-- The row, as it is now, without its editable columns (NULL when gone)
+CREATE FUNCTION crmguard.approval_current_row(request bigint) RETURNS jsonb
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'crmguard_approval_current_row';
+REVOKE ALL ON FUNCTION crmguard.approval_current_row(bigint) FROM PUBLIC;
+
+-- End a request: approved or rejected (running the process's actions), or recalled
+CREATE FUNCTION crmguard.approval_finish(request bigint, outcome text) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r crmguard.approval_request_state;
+    p crmguard.approval_process;
+BEGIN
+    UPDATE crmguard.approval_request_state SET state = outcome, decided_at = pg_catalog.now()
+     WHERE id OPERATOR(pg_catalog.=) request RETURNING * INTO r;
+    SELECT * INTO p FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) r.process;
+    PERFORM crmguard.audit_event('approval_' || outcome, r.target::text, r.row_key,
+        pg_catalog.jsonb_build_object('request', request, 'process', p.process_name, 'version', p.version));
+    IF outcome OPERATOR(pg_catalog.=) 'approved' THEN
+        PERFORM crmguard.approval_run_actions(request, p.on_approve);
+    ELSIF outcome OPERATOR(pg_catalog.=) 'rejected' THEN
+        PERFORM crmguard.approval_run_actions(request, p.on_reject);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_finish(bigint, text) FROM PUBLIC;
+
+-- The step is done: on to the next one, or the request is approved
+CREATE FUNCTION crmguard.approval_step_done(request bigint) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r crmguard.approval_request_state;
+    nsteps integer;
+BEGIN
+    SELECT * INTO r FROM crmguard.approval_request_state WHERE id OPERATOR(pg_catalog.=) request;
+    SELECT pg_catalog.jsonb_array_length(p.steps) INTO nsteps FROM crmguard.approval_process p
+     WHERE p.id OPERATOR(pg_catalog.=) r.process;
+    INSERT INTO crmguard.approval_history (request, step, event) VALUES (request, r.current_step, 'step approved');
+    IF r.current_step OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.<) nsteps THEN
+        PERFORM crmguard.approval_start_step(request, r.current_step OPERATOR(pg_catalog.+) 1);
+    ELSE
+        PERFORM crmguard.approval_finish(request, 'approved');
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_step_done(bigint) FROM PUBLIC;
+
+-- A pending request, locked, and the capacity in which the acting principal
+-- decides it: as an approver of the current step, or as the delegate of one.
+CREATE FUNCTION crmguard.approval_for_decision(request bigint, OUT r crmguard.approval_request_state,
+                                               OUT acting bigint, OUT approver bigint)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT * INTO r FROM crmguard.approval_request_state s WHERE s.id OPERATOR(pg_catalog.=) request FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'approval request % does not exist', request USING ERRCODE = 'no_data_found';
+    END IF;
+    IF r.state OPERATOR(pg_catalog.<>) 'pending' THEN
+        RAISE EXCEPTION 'approval request % is %, not pending', request, r.state
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    acting := crmguard.current_principal();
+    -- itself first, then those it stands in for; one that has not yet approved this step
+    SELECT c.who INTO approver
+      FROM (SELECT acting AS who, 0 AS rank WHERE acting OPERATOR(pg_catalog.=) ANY (r.approvers)
+            UNION ALL
+            SELECT d.principal, 1 FROM crmguard.delegation d
+             WHERE d.to_principal OPERATOR(pg_catalog.=) acting AND d.principal OPERATOR(pg_catalog.=) ANY (r.approvers)
+               AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until) c
+     ORDER BY EXISTS (SELECT 1 FROM crmguard.approval_history h
+                       WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
+                         AND h.event OPERATOR(pg_catalog.=) 'approved'
+                         AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) c.who),
+              c.rank, c.who
+     LIMIT 1;
+    IF approver IS NULL THEN
+        RAISE EXCEPTION 'not an approver of approval request %', request
+            USING ERRCODE = 'CG011',
+                  DETAIL = 'Step ' || (r.current_step OPERATOR(pg_catalog.+) 1) || ' waits for other approvers.';
+    END IF;
+    IF acting OPERATOR(pg_catalog.=) r.submitted_by OR approver OPERATOR(pg_catalog.=) r.submitted_by THEN
+        RAISE EXCEPTION 'a submitter cannot decide its own approval request %', request USING ERRCODE = 'CG011';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION crmguard.approval_for_decision(bigint) FROM PUBLIC;
+
+CREATE FUNCTION crmguard.approve(request bigint, comment text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record := crmguard.approval_for_decision(request);
+    done integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM crmguard.approval_history h
+                WHERE h.request OPERATOR(pg_catalog.=) approve.request AND h.step OPERATOR(pg_catalog.=) (d.r).current_step
+                  AND h.event OPERATOR(pg_catalog.=) 'approved'
+                  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) d.approver) THEN
+        RAISE EXCEPTION 'approval request % already has this approver''s approval for step %', request,
+                        (d.r).current_step OPERATOR(pg_catalog.+) 1
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF (SELECT crmguard.approval_current_row(request) OPERATOR(pg_catalog.-) p.editable_columns::text[]
+          FROM crmguard.approval_process p WHERE p.id OPERATOR(pg_catalog.=) (d.r).process)
+       IS DISTINCT FROM (d.r).row_data THEN
+        RAISE EXCEPTION 'the row of approval request % changed since it was submitted', request
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Reject the request; the row can be submitted again.';
+    END IF;
+    INSERT INTO crmguard.approval_history (request, step, principal, on_behalf_of, event, comment)
+    VALUES (request, (d.r).current_step, d.acting, NULLIF(d.approver, d.acting), 'approved', comment);
+    SELECT pg_catalog.count(DISTINCT COALESCE(h.on_behalf_of, h.principal)) INTO done
+      FROM crmguard.approval_history h
+     WHERE h.request OPERATOR(pg_catalog.=) approve.request AND h.step OPERATOR(pg_catalog.=) (d.r).current_step
+       AND h.event OPERATOR(pg_catalog.=) 'approved';
+    IF done OPERATOR(pg_catalog.>=) (d.r).required THEN
+        PERFORM crmguard.approval_step_done(request);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION crmguard.approve(bigint, text) IS 'approve the current step of a request (as its approver, or as an approver''s delegate)';
+
+CREATE FUNCTION crmguard.reject(request bigint, comment text) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record := crmguard.approval_for_decision(request);
+BEGIN
+    IF comment IS NULL OR comment OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'a rejection needs a comment' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO crmguard.approval_history (request, step, principal, on_behalf_of, event, comment)
+    VALUES (request, (d.r).current_step, d.acting, NULLIF(d.approver, d.acting), 'rejected', comment);
+    PERFORM crmguard.approval_finish(request, 'rejected');
+END
+$$;
+COMMENT ON FUNCTION crmguard.reject(bigint, text) IS 'reject a request (any approver of its current step); the on_reject actions run';
+
+CREATE FUNCTION crmguard.recall(request bigint, comment text DEFAULT NULL) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r crmguard.approval_request_state;
+BEGIN
+    SELECT * INTO r FROM crmguard.approval_request_state s WHERE s.id OPERATOR(pg_catalog.=) request FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'approval request % does not exist', request USING ERRCODE = 'no_data_found';
+    END IF;
+    IF r.submitted_by IS DISTINCT FROM crmguard.current_principal() THEN
+        RAISE EXCEPTION 'only the submitter can recall approval request %', request USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF r.state OPERATOR(pg_catalog.<>) 'pending' THEN
+        RAISE EXCEPTION 'approval request % is %, not pending', request, r.state
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO crmguard.approval_history (request, step, principal, event, comment)
+    VALUES (request, r.current_step, r.submitted_by, 'recalled', comment);
+    PERFORM crmguard.approval_finish(request, 'recalled');
+END
+$$;
+COMMENT ON FUNCTION crmguard.recall(bigint, text) IS 'the submitter withdraws its pending request; the row is unlocked';
+
+CREATE FUNCTION crmguard.delegate(to_principal text, until timestamptz) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me bigint := crmguard.current_principal();
+    them bigint;
+BEGIN
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'only a principal can delegate its approvals' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF to_principal IS NULL THEN          -- back: the delegation ends
+        DELETE FROM crmguard.delegation WHERE principal OPERATOR(pg_catalog.=) me;
+        PERFORM crmguard.audit_event('delegation_ended', 'crmguard.delegation', me::text, NULL);
+        RETURN;
+    END IF;
+    SELECT id INTO them FROM crmguard.principal p WHERE p.name OPERATOR(pg_catalog.=) to_principal AND p.active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'principal "%" does not exist or is inactive', to_principal USING ERRCODE = 'undefined_object';
+    END IF;
+    IF them OPERATOR(pg_catalog.=) me THEN
+        RAISE EXCEPTION 'a principal cannot delegate to itself' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF until IS NULL OR until OPERATOR(pg_catalog.<=) pg_catalog.now() THEN
+        RAISE EXCEPTION 'a delegation must end in the future' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO crmguard.delegation (principal, to_principal, until) VALUES (me, them, until)
+    ON CONFLICT (principal) DO UPDATE SET to_principal = EXCLUDED.to_principal, since = pg_catalog.now(),
+                                          until = EXCLUDED.until;
+    PERFORM crmguard.audit_event('delegated', 'crmguard.delegation', me::text,
+        pg_catalog.jsonb_build_object('to', to_principal, 'until', until));
+END
+$$;
+COMMENT ON FUNCTION crmguard.delegate(text, timestamptz) IS 'let another principal decide this principal''s approvals until the given time (NULL: end it)';
+
+-- What waits for the acting principal, itself or as a delegate
+CREATE FUNCTION crmguard.my_approvals()
+    RETURNS TABLE (request bigint, process text, target regclass, row_key text, step text,
+                   submitted_by text, submitted_at timestamptz, on_behalf_of text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: its plan is kept for the session
+    RETURN QUERY
+    WITH me AS (SELECT crmguard.current_principal() AS id),
+    capacity AS (
+        SELECT me.id AS approver FROM me WHERE me.id IS NOT NULL
+        UNION
+        SELECT d.principal FROM crmguard.delegation d, me
+         WHERE d.to_principal OPERATOR(pg_catalog.=) me.id
+           AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until)
+    SELECT r.id, p.process_name, r.target, r.row_key, p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name',
+           sp.name, r.submitted_at, CASE WHEN c.approver OPERATOR(pg_catalog.<>) me.id THEN ap.name END
+      FROM crmguard.approval_request_state r
+      JOIN capacity c ON r.approvers OPERATOR(pg_catalog.@>) ARRAY[c.approver]   -- the GIN index
+      CROSS JOIN me
+      JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
+      LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
+      LEFT JOIN crmguard.principal ap ON ap.id OPERATOR(pg_catalog.=) c.approver
+     WHERE r.state OPERATOR(pg_catalog.=) 'pending'
+       AND r.submitted_by IS DISTINCT FROM me.id
+       AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h
+                        WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
+                          AND h.event OPERATOR(pg_catalog.=) 'approved'
+                          AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) c.approver)
+     ORDER BY r.submitted_at, r.id;
+END
+$$;
+COMMENT ON FUNCTION crmguard.my_approvals() IS 'pending requests waiting for the acting principal (or for someone it stands in for)';
+
+-- Timeouts and inactive approvers; run by the background worker too
+CREATE FUNCTION crmguard.run_due() RETURNS integer
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r crmguard.approval_request_state;
+    step jsonb;
+    ids bigint[];
+    n integer := 0;
+BEGIN
+    FOR r IN SELECT * FROM crmguard.approval_request_state s
+              WHERE s.state OPERATOR(pg_catalog.=) 'pending'
+                AND ((s.step_timeout IS NOT NULL
+                      AND s.step_started_at OPERATOR(pg_catalog.+) s.step_timeout OPERATOR(pg_catalog.<=) pg_catalog.now())
+                     OR EXISTS (SELECT 1 FROM crmguard.principal a
+                                 WHERE a.id OPERATOR(pg_catalog.=) ANY (s.approvers) AND NOT a.active))
+              ORDER BY s.id FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT p.steps OPERATOR(pg_catalog.->) r.current_step INTO step
+          FROM crmguard.approval_process p WHERE p.id OPERATOR(pg_catalog.=) r.process;
+        n := n OPERATOR(pg_catalog.+) 1;
+        IF r.step_timeout IS NOT NULL AND r.step_started_at OPERATOR(pg_catalog.+) r.step_timeout OPERATOR(pg_catalog.<=) pg_catalog.now() THEN
+            INSERT INTO crmguard.approval_history (request, step, event, comment)
+            VALUES (r.id, r.current_step, 'timed out', COALESCE(step OPERATOR(pg_catalog.->>) 'on_timeout', 'escalate'));
+            CASE COALESCE(step OPERATOR(pg_catalog.->>) 'on_timeout', 'escalate')
+                WHEN 'approve' THEN
+                    PERFORM crmguard.approval_step_done(r.id);
+                    CONTINUE;
+                WHEN 'reject' THEN
+                    PERFORM crmguard.approval_finish(r.id, 'rejected');
+                    CONTINUE;
+                ELSE
+                    -- escalate: the approvers' managers take the step over
+                    ids := ARRAY(SELECT DISTINCT x FROM (
+                                 SELECT crmguard.approval_active_above(crmguard.approval_manager_of(a)) AS x
+                                   FROM pg_catalog.unnest(r.approvers) a) s
+                                  WHERE x IS NOT NULL AND x IS DISTINCT FROM r.submitted_by ORDER BY x);
+            END CASE;
+        ELSE
+            -- an inactive approver's nearest active manager stands in: never an automatic approval
+            ids := ARRAY(SELECT DISTINCT x FROM (
+                         SELECT crmguard.approval_active_above(a) AS x FROM pg_catalog.unnest(r.approvers) a) s
+                          WHERE x IS NOT NULL AND x IS DISTINCT FROM r.submitted_by ORDER BY x);
+        END IF;
+        IF pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 OR ids OPERATOR(pg_catalog.=) r.approvers THEN
+            -- nobody above: the step waits for its approvers, its clock stopped
+            UPDATE crmguard.approval_request_state SET step_timeout = NULL WHERE id OPERATOR(pg_catalog.=) r.id;
+            CONTINUE;
+        END IF;
+        UPDATE crmguard.approval_request_state
+           SET approvers = ids, step_started_at = pg_catalog.now(),
+               required = LEAST(required, pg_catalog.cardinality(ids))
+         WHERE id OPERATOR(pg_catalog.=) r.id;
+        INSERT INTO crmguard.approval_history (request, step, event, comment)
+        VALUES (r.id, r.current_step, 'escalated',
+                (SELECT pg_catalog.string_agg(p.name, ', ' ORDER BY p.name) FROM crmguard.principal p
+                  WHERE p.id OPERATOR(pg_catalog.=) ANY (ids)));
+        PERFORM crmguard.audit_event('approval_escalated', r.target::text, r.row_key,
+            pg_catalog.jsonb_build_object('request', r.id, 'approvers', ids));
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crmguard.run_due() IS 'process step timeouts and inactive approvers now; returns how many requests it moved';
+REVOKE ALL ON FUNCTION crmguard.run_due() FROM PUBLIC;
+
+-- Requests as the acting principal may see them: its own, those it approves
+-- or approved (itself or as a delegate), or all for role admin; and the
+-- requests of its processes for the role that defined them
+CREATE VIEW crmguard.approval_request WITH (security_barrier) AS
+SELECT r.id, p.process_name AS process, p.version, r.target, r.row_key, r.state,
+       p.steps OPERATOR(pg_catalog.->) r.current_step OPERATOR(pg_catalog.->>) 'name' AS current_step,
+       sp.name AS submitted_by, r.submitted_at, r.decided_at,
+       ARRAY(SELECT a.name FROM crmguard.principal a WHERE a.id OPERATOR(pg_catalog.=) ANY (r.approvers) ORDER BY a.name)
+           AS approvers,
+       (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'at', h.at, 'step', p.steps OPERATOR(pg_catalog.->) h.step OPERATOR(pg_catalog.->>) 'name',
+                   'event', h.event, 'by', hp.name, 'on_behalf_of', bp.name, 'comment', h.comment) ORDER BY h.id)
+          FROM crmguard.approval_history h
+          LEFT JOIN crmguard.principal hp ON hp.id OPERATOR(pg_catalog.=) h.principal
+          LEFT JOIN crmguard.principal bp ON bp.id OPERATOR(pg_catalog.=) h.on_behalf_of
+         WHERE h.request OPERATOR(pg_catalog.=) r.id) AS history
+  FROM crmguard.approval_request_state r
+  JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process
+  LEFT JOIN crmguard.principal sp ON sp.id OPERATOR(pg_catalog.=) r.submitted_by
+ WHERE crmguard.has_role('admin')
+    OR pg_catalog.pg_has_role(p.run_as, 'MEMBER')     -- the process's definer (a "call" function reads it)
+    OR r.submitted_by OPERATOR(pg_catalog.=) crmguard.current_principal()
+    OR crmguard.current_principal() OPERATOR(pg_catalog.=) ANY (r.approvers)
+    OR EXISTS (SELECT 1 FROM crmguard.approval_history h
+                WHERE h.request OPERATOR(pg_catalog.=) r.id
+                  AND crmguard.current_principal() IN (h.principal, h.on_behalf_of))
+    OR EXISTS (SELECT 1 FROM crmguard.delegation d
+                WHERE d.to_principal OPERATOR(pg_catalog.=) crmguard.current_principal()
+                  AND d.principal OPERATOR(pg_catalog.=) ANY (r.approvers)
+                  AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until);
+COMMENT ON VIEW crmguard.approval_request IS 'approval requests with their history: the submitter''s, its approvers'' (and delegates''), all for role admin';
+-- ---------------------------------------------------------------------------
+-- Privileges: identity is for everyone, administration is granted deliberately
+-- ---------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA crmguard FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA crmguard FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crmguard FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.assume(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.request_otp(regclass, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.verify_otp(bigint, text) TO PUBLIC;
+-- a principal may ask why it sees a row it sees; about others, only an admin
+GRANT EXECUTE ON FUNCTION crmguard.why_visible(regclass, text, text) TO PUBLIC;
+-- drafts: the view filters by submitter and reviewer role; the steps check it again
+GRANT SELECT ON crmguard.draft TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.approve_draft(bigint, text, jsonb), crmguard.reject_draft(bigint, text, jsonb),
+      crmguard.comment_draft(bigint, text), crmguard.resubmit_draft(bigint, jsonb),
+      crmguard.draft_duplicates(bigint), crmguard.is_reviewer(regclass) TO PUBLIC;
+-- approvals: each step checks who is acting (submitter, approver, delegate)
+GRANT SELECT ON crmguard.approval_request TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.submit_for_approval(regclass, text, text), crmguard.approve(bigint, text),
+      crmguard.reject(bigint, text), crmguard.recall(bigint, text), crmguard.delegate(text, timestamptz),
+      crmguard.my_approvals() TO PUBLIC;
+-- in the WHEN clause of the row lock, which runs as whoever updates the table
+GRANT EXECUTE ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) TO PUBLIC;

@@ -1,0 +1,203 @@
+# The upgrade path: a database holding rules of every kind made by release
+# 1.0 (its library and its install script), the 1.1 binaries installed over
+# it and the server restarted, then ALTER EXTENSION crmguard UPDATE.  Every
+# rule is still enforced afterwards, and the upgraded extension is the same,
+# object for object, as a fresh CREATE EXTENSION crmguard of 1.1
+# (t/extension_objects.sql describes both; a difference is printed line by line).
+#
+# Release 1.0 is built from the repository's history (commit ea410f4) into a
+# private copy of this PostgreSQL installation.
+use strict;
+use warnings;
+use File::Basename qw(dirname);
+use File::Copy qw(copy);
+use File::Path qw(make_path);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $release_1_0 = 'ea410f4';
+my $src = $ENV{CRMGUARD_SRC} // '';
+
+# --- release 1.0, built into a copy of this installation ---------------------
+my $bindir = `pg_config --bindir`;
+chomp $bindir;
+my $root = "$bindir/../../../../..";    # <root>/usr/lib/postgresql/15/bin
+my $old = PostgreSQL::Test::Utils::tempdir('crmguard_1_0');
+plan skip_all => 'needs the repository history (CRMGUARD_SRC and git) to build release 1.0'
+  unless $src ne ''
+  && system("git -c safe.directory='*' -C '$src' cat-file -e $release_1_0 2>/dev/null") == 0;
+
+make_path("$old/usr/lib/postgresql", "$old/usr/share/postgresql", "$old/src");
+system("cp -a '$root/usr/lib/postgresql/15' '$old/usr/lib/postgresql/'") == 0 or die 'copy of the installation failed';
+system("cp -a '$root/usr/share/postgresql/15' '$old/usr/share/postgresql/'") == 0 or die 'copy of the installation failed';
+symlink(readlink("$root/usr/include") // "$root/usr/include", "$old/usr/include");
+my $old_bin = "$old/usr/lib/postgresql/15/bin";
+system("git -c safe.directory='*' -C '$src' archive $release_1_0 | tar -x -C '$old/src'") == 0
+  or die 'git archive of release 1.0 failed';
+system("make -s -C '$old/src' PG_CONFIG='$old_bin/pg_config' all install > '$old/build.log' 2>&1") == 0
+  or die 'build of release 1.0 failed: ' . slurp_file("$old/build.log");
+pass('release 1.0 built from commit ' . $release_1_0);
+
+my $node = PostgreSQL::Test::Cluster->new('upgrade', install_path => "$old/usr/lib/postgresql/15");
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'crmguard'");
+$node->start;
+
+# --- rules of every 1.0 kind ---------------------------------------------------
+# (the same script builds the fresh 1.1 database the upgraded one is compared with)
+my $setup = q{
+    CREATE EXTENSION crmguard VERSION '1.0';
+    -- principals with a manager hierarchy
+    SELECT crmguard.add_principal('dora', '{director,admin}', NULL, '{}', 'regress_dora');
+    SELECT crmguard.add_principal('anna', '{area_manager}', 'dora', '{"zone": "Nord"}', 'regress_anna');
+    SELECT crmguard.add_principal('luca', '{agent}', 'anna', '{"zone": "Nord"}', 'regress_luca');
+    SELECT crmguard.add_principal('rita', '{reviewer}', 'dora', '{}', 'regress_rita');
+    -- an OTP rule
+    CREATE TABLE public.delivery (id bigint PRIMARY KEY, phone text, status text);
+    INSERT INTO public.delivery VALUES (1, '+39 347 555 0123', 'Out'), (2, '+39 347 555 0124', 'Out');
+    GRANT SELECT, UPDATE ON public.delivery TO regress_luca;
+    SELECT crmguard.create_otp_rule('Delivery OTP', 'public.delivery', 'status', '{Delivered}', 'phone',
+                                    delivery => 'manual', code_length => 5);
+    -- visibility rules: a field match and the manager hierarchy
+    CREATE TABLE public.account (id int PRIMARY KEY, owner_id bigint, zone text, name text);
+    INSERT INTO public.account VALUES (1, 3, 'Nord', 'Nord Spa'), (2, 3, 'Sud', 'Sud Srl'), (3, 1, 'Sud', 'Dora Co');
+    GRANT SELECT ON public.account TO regress_luca, regress_anna, regress_nobody;
+    SELECT crmguard.expose('public.account', 'agents: own zone', 'agent',
+                           '{"field": "zone", "op": "=", "principal": "zone"}');
+    SELECT crmguard.expose_by_owner('public.account', 'owner_id', 'area_manager');
+    -- a reviewed table
+    CREATE TABLE public.lead (id int PRIMARY KEY, name text, phone text);
+    GRANT SELECT, INSERT ON public.lead TO regress_luca, regress_rita;
+    SELECT crmguard.enable_review('public.lead', 'reviewer', '{phone}');
+    -- an approval process
+    CREATE TABLE public.deal (id int PRIMARY KEY, owner_id bigint, discount int, status text DEFAULT 'Draft');
+    INSERT INTO public.deal VALUES (1, 3, 0), (2, 3, 0);
+    GRANT SELECT, UPDATE ON public.deal TO regress_luca, regress_anna;
+    SELECT crmguard.create_approval_process('discount', 'public.deal',
+        '{"field": "discount", "op": ">=", "value": 20}',
+        '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
+        on_approve => '[{"set": {"status": "Approved"}}]', auto_submit => '{update}');
+    -- the application's login role may issue tokens
+    GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval) TO regress_app;
+    -- a live challenge, a pending draft, a pending request
+    SET ROLE regress_luca;
+    SELECT crmguard.request_otp('public.delivery', '1', 'Delivered');
+    INSERT INTO public.lead VALUES (1, 'Rossi', '+39 02 1234');
+    UPDATE public.deal SET discount = 30 WHERE id = 1;
+    RESET ROLE;
+};
+$node->safe_psql('postgres', q{
+    CREATE ROLE regress_dora; CREATE ROLE regress_anna; CREATE ROLE regress_luca;
+    CREATE ROLE regress_rita; CREATE ROLE regress_nobody; CREATE ROLE regress_app;
+    CREATE DATABASE crm; CREATE DATABASE fresh});
+$node->safe_psql('crm', $setup);
+is($node->safe_psql('crm', q{SELECT extversion FROM pg_extension WHERE extname = 'crmguard'}), '1.0',
+   'release 1.0 is installed');
+my $code = $node->safe_psql('crm', q{SELECT substring(body FROM 'code is ([0-9]+)') FROM crmguard.outbox ORDER BY id DESC LIMIT 1});
+like($code, qr/^[0-9]{5}$/, 'the live challenge\'s code is in the outbox');
+my $challenge = $node->safe_psql('crm', q{SELECT id FROM crmguard.otp_challenge WHERE state = 'pending'});
+my $draft = $node->safe_psql('crm', q{SELECT id FROM crmguard.draft_state WHERE state = 'pending'});
+my $request = $node->safe_psql('crm', q{SELECT id FROM crmguard.approval_request WHERE state = 'pending'});
+ok($challenge && $draft && $request, 'a pending challenge, draft and approval request')
+  or diag("challenge '$challenge', draft '$draft', request '$request'");
+ok($node->safe_psql('crm', 'SELECT count(*) FROM crmguard.audit') > 10, 'audit rows written by 1.0');
+
+# --- the 1.1 binaries over 1.0's, and a restart (what a package upgrade does) ---
+$node->stop;
+my $new_lib = `pg_config --pkglibdir`;
+my $new_share = `pg_config --sharedir`;
+chomp($new_lib, $new_share);
+copy("$new_lib/crmguard.so", "$old/usr/lib/postgresql/15/lib/crmguard.so") or die "copy: $!";
+for my $f (glob("$new_share/extension/crmguard*"))
+{
+    copy($f, "$old/usr/share/postgresql/15/extension/") or die "copy: $!";
+}
+$node->start;
+
+# until the update, the 1.1 library refuses clearly and the guards fail closed
+my ($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; UPDATE public.delivery SET status = 'Delivered' WHERE id = 2});
+like($err, qr/extension "crmguard" is at version 1\.0, its loaded library needs version 1\.1/,
+     'before the update, a gated change is refused with the reason');
+like($err, qr/ALTER EXTENSION crmguard UPDATE/, 'and the hint says what to run');
+is($node->safe_psql('crm', 'SELECT status FROM public.delivery WHERE id = 2'), 'Out', 'the row did not change');
+
+# --- the update -------------------------------------------------------------------
+($ret, $out, $err) = $node->psql('crm', 'ALTER EXTENSION crmguard UPDATE');
+is($ret, 0, 'ALTER EXTENSION crmguard UPDATE') or diag($err);
+like($err, qr/WARNING:  role regress_app may no longer execute crmguard\.issue_token\(text,interval\)/,
+     'the update names the grants it could not keep');
+like($err, qr/GRANT EXECUTE ON FUNCTION crmguard\.issue_token\(text, interval, bigint, bytea\) TO regress_app;/,
+     'and the statement that gives them back');
+is($node->safe_psql('crm', q{SELECT extversion FROM pg_extension WHERE extname = 'crmguard'}), '1.1',
+   'the extension is at 1.1');
+
+# --- every rule still enforced -------------------------------------------------------
+($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; UPDATE public.delivery SET status = 'Delivered' WHERE id = 1});
+like($err, qr/OTP required to set "status" to "Delivered"/, 'the OTP gate refuses a change without the code');
+($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; UPDATE public.delivery SET status = 'Delivered' WHERE id = 2});
+like($err, qr/OTP required to set "status" to "Delivered"/, 'the recreated guard gates every row');
+# the restart that loads the new library voids the challenges issued before it
+# (their attempt counters lived in shared memory): they fail closed, saying so
+($ret, $out, $err) = $node->psql('crm', qq{SET ROLE regress_luca; BEGIN;
+    SELECT crmguard.verify_otp($challenge, '$code');
+    UPDATE public.delivery SET status = 'Delivered' WHERE id = 1; COMMIT});
+like($err, qr/OTP challenge $challenge is no longer valid.*The server restarted/s,
+     'the challenge issued before the restart fails closed, saying why');
+# a new code for the same row: requested, received, verified, the change goes through
+my $challenge2 = $node->safe_psql('crm', q{SET ROLE regress_luca; SELECT crmguard.request_otp('public.delivery', '1', 'Delivered')});
+my $code2 = $node->safe_psql('crm', q{SELECT substring(body FROM 'code is ([0-9]+)') FROM crmguard.outbox ORDER BY id DESC LIMIT 1});
+like($challenge2, qr/^[0-9]+$/, 'a code is requested again for the row after the upgrade');
+$node->safe_psql('crm', qq{SET ROLE regress_luca; BEGIN;
+    SELECT crmguard.verify_otp($challenge2, '$code2');
+    UPDATE public.delivery SET status = 'Delivered' WHERE id = 1; COMMIT});
+is($node->safe_psql('crm', 'SELECT status FROM public.delivery WHERE id = 1'), 'Delivered',
+   'the OTP rule of 1.0 accepts the live challenge\'s code and lets the change through');
+is($node->safe_psql('crm', q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.delivery'::regclass
+                              AND tgfoid = 'crmguard.otp_recipient_watch'::regproc}), '2',
+   'the OTP-guarded table has the recipient watch of 1.1');
+
+is($node->safe_psql('crm', q{SET ROLE regress_luca; SELECT string_agg(name, ',' ORDER BY id) FROM public.account}),
+   'Nord Spa', 'visibility: an agent sees its zone only');
+is($node->safe_psql('crm', q{SET ROLE regress_anna; SELECT string_agg(name, ',' ORDER BY id) FROM public.account}),
+   'Nord Spa,Sud Srl', 'visibility: a manager sees its team\'s rows');
+is($node->safe_psql('crm', q{SET ROLE regress_nobody; SELECT count(*) FROM public.account}), '0',
+   'visibility: nobody sees nothing');
+
+is($node->safe_psql('crm', 'SELECT count(*) FROM public.lead'), '0', 'the draft is still outside its table');
+$node->safe_psql('crm', qq{SET ROLE regress_rita; SELECT crmguard.approve_draft($draft)});
+is($node->safe_psql('crm', 'SELECT name FROM public.lead'), 'Rossi', 'the draft made by 1.0 is approved');
+$node->safe_psql('crm', q{SET ROLE regress_luca; INSERT INTO public.lead VALUES (2, 'Bianchi', '+39 02 5678')});
+is($node->safe_psql('crm', 'SELECT count(*) FROM public.lead'), '1', 'a new insert still becomes a draft');
+
+($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; UPDATE public.deal SET discount = 50 WHERE id = 1});
+like($err, qr/locked by pending approval request/, 'the approval lock still holds');
+$node->safe_psql('crm', qq{SET ROLE regress_anna; SELECT crmguard.approve($request)});
+is($node->safe_psql('crm', 'SELECT status FROM public.deal WHERE id = 1'), 'Approved',
+   'the request made by 1.0 is approved and its action runs');
+
+is($node->safe_psql('crm', 'SELECT ok FROM crmguard.verify_audit()'), 't',
+   'the audit chain of 1.0 and 1.1 verifies');
+
+# --- the same objects as a fresh 1.1 install ---------------------------------------------
+(my $fresh_setup = $setup) =~ s/CREATE EXTENSION crmguard VERSION '1\.0';/CREATE EXTENSION crmguard;/;
+$fresh_setup =~ s/issue_token\(text, interval\)/issue_token(text, interval, bigint, bytea)/;
+$node->safe_psql('fresh', $fresh_setup);
+$node->safe_psql('crm', 'GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval, bigint, bytea) TO regress_app');
+my $describe = slurp_file(dirname(__FILE__) . '/extension_objects.sql');
+my @upgraded = split /\n/, $node->safe_psql('crm', $describe);
+my @fresh = split /\n/, $node->safe_psql('fresh', $describe);
+my %in_fresh = map { $_ => 1 } @fresh;
+my %in_upgraded = map { $_ => 1 } @upgraded;
+my @only_upgraded = grep { !$in_fresh{$_} } @upgraded;
+my @only_fresh = grep { !$in_upgraded{$_} } @fresh;
+ok(@upgraded > 500, 'the description covers the extension (' . scalar(@upgraded) . ' lines)');
+ok(!@only_upgraded && !@only_fresh,
+   'the upgraded extension is the same as a fresh 1.1 install, object for object')
+  or diag(join("\n",
+    'crmguard--1.0--1.1.sql does not make what a fresh install makes (t/extension_objects.sql):',
+    (map { "  only after the upgrade: $_" } @only_upgraded),
+    (map { "  only in a fresh 1.1:    $_" } @only_fresh)));
+
+$node->stop;
+done_testing();
