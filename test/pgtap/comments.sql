@@ -31,7 +31,7 @@ SELECT 'pg_catalog.pg_event_trigger'::regclass, e.oid, pg_catalog.pg_describe_ob
   FROM pg_catalog.pg_event_trigger e
  WHERE e.evtfoid IN (SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace = 'crmguard'::regnamespace);
 
-SELECT cmp_ok((SELECT count(*)::int FROM crmguard_object), '>', 150,
+SELECT cmp_ok((SELECT count(*)::int FROM crmguard_object), '>', 120,
     'the inventory sees crmguard''s functions, tables, views, sequences and event triggers');
 
 SELECT is_empty(
