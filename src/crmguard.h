@@ -207,6 +207,8 @@ extern struct _SPI_plan *cg_prepare_all_rows(Oid relid, const char *sql, int nar
 extern bool cg_guard_internal;
 extern void cg_guard_init(void);
 extern void cg_guard_utility(PlannedStmt *pstmt);
+extern void *cg_guard_snapshot(PlannedStmt *pstmt);
+extern void cg_guard_snapshot_end(void *previous);
 extern void cg_require_table_owner(Oid relid);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
