@@ -67,6 +67,7 @@ crmguard_shmem_startup(void)
  * WITH HOLD must not outlive a transaction-scoped identity.  Around the
  * command, guard.c remembers what a guarded table it names had wrong
  * already, so that its event trigger reports only what the command changed.
+ * DROP EXTENSION crmguard says what it loses first and drops the schema after.
  */
 static void
 crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -80,6 +81,8 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 	cg_guard_utility(pstmt);
 	if (IsA(parsetree, DeclareCursorStmt))
 		cg_principal_check_declare((DeclareCursorStmt *) parsetree);
+	if (cg_drop_is_crmguard(parsetree))
+		cg_drop_report();
 	guard_snapshot = cg_guard_snapshot(pstmt);
 	PG_TRY();
 	{
@@ -96,6 +99,8 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	PG_END_TRY();
 
+	if (cg_drop_is_crmguard(parsetree))
+		cg_drop_cleanup();
 	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
 		cg_principal_forget();
 }
