@@ -67,7 +67,8 @@ crmguard_shmem_startup(void)
  * WITH HOLD must not outlive a transaction-scoped identity.  Around the
  * command, guard.c remembers what a guarded table it names had wrong
  * already, so that its event trigger reports only what the command changed.
- * DROP EXTENSION crmguard says what it loses first and drops the schema after.
+ * DROP EXTENSION crmguard reads what it loses first, says it after it ran
+ * (before commit), and drops the schema.
  */
 static void
 crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -77,12 +78,12 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 	void	   *guard_snapshot;
+	void	   *drop_report;
 
 	cg_guard_utility(pstmt);
 	if (IsA(parsetree, DeclareCursorStmt))
 		cg_principal_check_declare((DeclareCursorStmt *) parsetree);
-	if (cg_drop_is_crmguard(parsetree))
-		cg_drop_report();
+	drop_report = cg_drop_is_crmguard(parsetree) ? cg_drop_collect() : NULL;
 	guard_snapshot = cg_guard_snapshot(pstmt);
 	PG_TRY();
 	{
@@ -99,8 +100,8 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	PG_END_TRY();
 
-	if (cg_drop_is_crmguard(parsetree))
-		cg_drop_cleanup();
+	if (drop_report)
+		cg_drop_finish(drop_report);
 	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
 		cg_principal_forget();
 }

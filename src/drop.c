@@ -4,7 +4,8 @@
  *		it loses before it is lost, and leaves nothing of crmguard's behind
  *		but what belongs to the cluster.
  *
- * Before the drop: a WARNING with the pending drafts and approval requests
+ * Read before the drop, said once it has run (before it commits): a
+ * WARNING with the pending drafts and approval requests
  * (counts per table, the first ids) and the size of the audit log, all of
  * which go with crmguard's tables; a WARNING naming every table crmguard
  * put row-level security on.  Those tables keep ENABLE and FORCE ROW LEVEL
@@ -16,7 +17,7 @@
  * writes are no longer gated and those whose masked contact fields can no
  * longer be decrypted.
  *
- * After the drop: the crmguard schema, which PostgreSQL created for the
+ * Then the crmguard schema, which PostgreSQL created for the
  * extension but does not drop with it, is dropped when nothing is left in
  * it; the cluster-wide role crmguard_relay stays (a NOTICE says so).
  */
@@ -62,10 +63,11 @@ cg_drop_is_crmguard(Node *parsetree)
 
 /*
  * One line per table of a query returning (table, count, first ids):
- * "public.lead: 2 (ids 1, 2)"; the total in *total.  Caller is in SPI.
+ * "public.lead: 2 (ids 1, 2)", kept in result_context; the total in
+ * *total.  Caller is in SPI.
  */
 static char *
-per_table(const char *sql, int64 *total)
+per_table(const char *sql, int64 *total, MemoryContext result_context)
 {
 	StringInfoData buf;
 	uint64		i;
@@ -85,12 +87,12 @@ per_table(const char *sql, int64 *total)
 						 SPI_getvalue(tup, desc, 1), n, n == 1 ? "id" : "ids",
 						 SPI_getvalue(tup, desc, 3), n > DROP_IDS_SHOWN ? ", ..." : "");
 	}
-	return buf.data;
+	return MemoryContextStrdup(result_context, buf.data);
 }
 
-/* The tables of a query returning one table name per row, comma-separated, or NULL */
+/* The tables of a query returning one name per row, comma-separated in result_context, or NULL */
 static char *
-table_list(const char *sql)
+table_list(const char *sql, MemoryContext result_context)
 {
 	StringInfoData buf;
 	uint64		i;
@@ -103,7 +105,7 @@ table_list(const char *sql)
 	for (i = 0; i < SPI_processed; i++)
 		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "",
 						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-	return buf.data;
+	return MemoryContextStrdup(result_context, buf.data);
 }
 
 #define PENDING_SQL(table) \
@@ -111,15 +113,9 @@ table_list(const char *sql)
 	"       pg_catalog.array_to_string((pg_catalog.array_agg(id ORDER BY id))[1:" CppAsString2(DROP_IDS_SHOWN) "], ', ')" \
 	"  FROM " table " WHERE state OPERATOR(pg_catalog.=) 'pending' GROUP BY 1 ORDER BY 1"
 
-/*
- * Before DROP EXTENSION crmguard: say what goes with it.  Reads crmguard's
- * catalogs only (table names as text), as the extension owner.
- */
-void
-cg_drop_report(void)
+/* What a drop of crmguard loses, read before it runs */
+typedef struct DropReport
 {
-	CgPrivilegedContext priv;
-	Oid			extension = get_extension_oid("crmguard", true);
 	int64		drafts;
 	int64		requests;
 	char	   *draft_lines;
@@ -128,89 +124,121 @@ cg_drop_report(void)
 	char	   *visibility_tables;
 	char	   *gated_tables;
 	char	   *masked_tables;
+} DropReport;
+
+/*
+ * Before DROP EXTENSION crmguard: read what goes with it, while crmguard's
+ * catalogs are still there (catalogs only, table names as text, as the
+ * extension owner).  NULL when there is nothing to tell this user.
+ */
+void *
+cg_drop_collect(void)
+{
+	CgPrivilegedContext priv;
+	Oid			extension = get_extension_oid("crmguard", true);
+	MemoryContext caller;
+	DropReport *r;
 
 	/* only to whoever may drop it: nobody else learns the tables or counts */
 #if PG_VERSION_NUM >= 160000
 	if (!OidIsValid(extension) || !object_ownercheck(ExtensionRelationId, extension, GetUserId()))
-		return;
+		return NULL;
 #else
 	if (!OidIsValid(extension) || !pg_extension_ownercheck(extension, GetUserId()))
-		return;
+		return NULL;
 #endif
+	r = palloc0(sizeof(DropReport));
+	caller = CurrentMemoryContext;
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	draft_lines = per_table(PENDING_SQL("crmguard.draft_state"), &drafts);
-	request_lines = per_table(PENDING_SQL("crmguard.approval_request_state"), &requests);
+	/* SPI's memory goes at SPI_finish: every string is kept in the caller's */
+	r->draft_lines = per_table(PENDING_SQL("crmguard.draft_state"), &r->drafts, caller);
+	r->request_lines = per_table(PENDING_SQL("crmguard.approval_request_state"), &r->requests, caller);
 	if (SPI_execute("SELECT pg_catalog.count(*)::text FROM crmguard.audit", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the audit log");
-	audit_rows = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	visibility_tables = table_list("SELECT DISTINCT target::pg_catalog.text FROM crmguard.visibility_rule ORDER BY 1");
-	gated_tables = table_list("SELECT DISTINCT t FROM ("
-							  " SELECT target::pg_catalog.text FROM crmguard.otp_rule"
-							  " UNION SELECT target::pg_catalog.text FROM crmguard.review_config"
-							  " UNION SELECT target::pg_catalog.text FROM crmguard.approval_process"
-							  " UNION SELECT target::pg_catalog.text FROM crmguard.field_table) AS g(t) ORDER BY 1");
-	masked_tables = table_list("SELECT DISTINCT target::pg_catalog.text FROM crmguard.field_def"
-							   " WHERE masked ORDER BY 1");
+	r->audit_rows = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	r->visibility_tables = table_list("SELECT DISTINCT target::pg_catalog.text FROM crmguard.visibility_rule ORDER BY 1",
+									  caller);
+	r->gated_tables = table_list("SELECT DISTINCT t FROM ("
+								 " SELECT target::pg_catalog.text FROM crmguard.otp_rule"
+								 " UNION SELECT target::pg_catalog.text FROM crmguard.review_config"
+								 " UNION SELECT target::pg_catalog.text FROM crmguard.approval_process"
+								 " UNION SELECT target::pg_catalog.text FROM crmguard.field_table) AS g(t) ORDER BY 1",
+								 caller);
+	r->masked_tables = table_list("SELECT DISTINCT target::pg_catalog.text FROM crmguard.field_def"
+								  " WHERE masked ORDER BY 1", caller);
 	SPI_finish();
 	cg_leave_owner(&priv);
+	return r;
+}
 
-	if (drafts > 0 || requests > 0)
+/*
+ * Say what the drop discards, once it has run and before it commits (a
+ * transaction block can still roll it back; a drop that failed, as one
+ * without CASCADE does while tables are guarded, says nothing).  The
+ * warnings also reach the server log, the one trail left.
+ */
+static void
+drop_report(const DropReport *r)
+{
+	if (r->drafts > 0 || r->requests > 0)
 	{
 		StringInfoData detail;
 
 		initStringInfo(&detail);
-		if (drafts > 0)
-			appendStringInfo(&detail, "Pending drafts, not in their tables: %s.", draft_lines);
-		if (requests > 0)
-			appendStringInfo(&detail, "%sPending approval requests: %s.", drafts > 0 ? "\n" : "",
-							 request_lines);
-		appendStringInfo(&detail, "\nThe audit log (%s entries) and every rule go too.", audit_rows);
+		if (r->drafts > 0)
+			appendStringInfo(&detail, "Pending drafts, not in their tables: %s.", r->draft_lines);
+		if (r->requests > 0)
+			appendStringInfo(&detail, "%sPending approval requests: %s.", r->drafts > 0 ? "\n" : "",
+							 r->request_lines);
+		appendStringInfo(&detail, "\nThe audit log (%s entries) and every rule go too.", r->audit_rows);
 		ereport(WARNING,
 				(errmsg("dropping extension \"crmguard\" discards " INT64_FORMAT " pending drafts and "
-						INT64_FORMAT " pending approval requests", drafts, requests),
+						INT64_FORMAT " pending approval requests", r->drafts, r->requests),
 				 errdetail_internal("%s", detail.data),
 				 errhint("Roll back, and approve or reject them first (crmguard.draft, crmguard.my_approvals()), or keep a copy with pg_dump.")));
 	}
 	else
 		ereport(WARNING,
 				(errmsg("dropping extension \"crmguard\" discards its rules and its audit log (%s entries)",
-						audit_rows),
+						r->audit_rows),
 				 errhint("Roll back and keep a copy with pg_dump first if they are needed.")));
-	if (visibility_tables)
+	if (r->visibility_tables)
 		ereport(WARNING,
 				(errmsg("tables keep row-level security enabled and forced without crmguard's policies: %s",
-						visibility_tables),
+						r->visibility_tables),
 				 errdetail("Only superusers and roles with BYPASSRLS can read or write them until their owners decide."),
 				 errhint("For each table: ALTER TABLE ... NO FORCE ROW LEVEL SECURITY lets its owner in; DISABLE ROW LEVEL SECURITY shows every row to every role granted the table; or create policies of your own.")));
-	if (gated_tables)
+	if (r->gated_tables)
 		ereport(WARNING,
 				(errmsg("writes to these tables are no longer gated by OTP, review, approvals or field checks: %s",
-						gated_tables)));
-	if (masked_tables)
+						r->gated_tables)));
+	if (r->masked_tables)
 		ereport(WARNING,
 				(errmsg("masked contact fields of these tables stay encrypted and cannot be decrypted again: %s",
-						masked_tables),
+						r->masked_tables),
 				 errdetail("Their table keys are kept in crmguard.field_table, which goes with the extension."),
 				 errhint("Roll back and unmask or export the values first if they are needed.")));
 }
 
 /*
- * After DROP EXTENSION crmguard: drop the crmguard schema if nothing is
- * left in it (PostgreSQL made it for the extension, but keeps it); say that
- * the cluster-wide role crmguard_relay stays.
+ * After DROP EXTENSION crmguard succeeded: say what it discarded (report
+ * from cg_drop_collect), drop the crmguard schema if nothing is left in it
+ * (PostgreSQL made it for the extension, but keeps it), and say that the
+ * cluster-wide role crmguard_relay stays.
  */
 void
-cg_drop_cleanup(void)
+cg_drop_finish(void *report)
 {
 	Oid			schema;
 	Oid			types[1] = {OIDOID};
 	Datum		values[1];
 	bool		empty;
 
-	if (OidIsValid(get_extension_oid("crmguard", true)))
+	if (report == NULL || OidIsValid(get_extension_oid("crmguard", true)))
 		return;
+	drop_report((DropReport *) report);
 	schema = get_namespace_oid("crmguard", true);
 	if (OidIsValid(schema))
 	{

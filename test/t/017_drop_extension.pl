@@ -1,5 +1,6 @@
 # DROP EXTENSION crmguard CASCADE says what it loses before it is lost
-# (pending drafts and approval requests, the audit log, masked values), leaves
+# (pending drafts and approval requests, the audit log, masked values; said
+# once the drop ran, before it commits, so a transaction can still roll back), leaves
 # every table crmguard put row-level security on unreadable and says so,
 # removes the crmguard schema, keeps the cluster-wide crmguard_relay role and
 # says so; CREATE EXTENSION crmguard afterwards starts clean.
@@ -55,6 +56,7 @@ $node->safe_psql('crm', q{
 my ($ret, $out, $err) = $node->psql('crm', 'DROP EXTENSION crmguard');
 isnt($ret, 0, 'DROP EXTENSION without CASCADE refuses while tables are guarded');
 like($err, qr/cannot drop extension crmguard because other objects depend on it/, 'as PostgreSQL says');
+unlike($err, qr/WARNING/, 'with no warning of a loss that did not happen');
 is($node->safe_psql('crm', q{SELECT count(*) FROM pg_extension WHERE extname = 'crmguard'}), '1', 'the extension stays');
 
 # a non-owner learns nothing
@@ -63,7 +65,7 @@ $node->safe_psql('crm', 'CREATE ROLE regress_nobody');
 like($err, qr/must be owner of extension crmguard/, 'a non-owner cannot drop it');
 unlike($err, qr/pending|quote/, 'and is told nothing about what it holds');
 
-# rolled back: the warning came first, nothing is lost
+# in a transaction block the warning comes before the commit: rolled back, nothing is lost
 ($ret, $out, $err) = $node->psql('crm', 'BEGIN; DROP EXTENSION crmguard CASCADE; ROLLBACK;');
 like($err, qr/WARNING:  dropping extension "crmguard" discards 2 pending drafts and 1 pending approval requests/,
      'the warning counts the pending drafts and requests');
@@ -129,5 +131,14 @@ is($ret, 0, 'DROP EXTENSION of an unused crmguard needs no CASCADE');
 like($err, qr/WARNING:  dropping extension "crmguard" discards its rules and its audit log \(0 entries\)/,
      'and says what goes');
 is($node->safe_psql('empty', q{SELECT count(*) FROM pg_namespace WHERE nspname = 'crmguard'}), '0', 'the schema goes');
+
+# DROP SCHEMA crmguard CASCADE drops the extension with it: the same warnings
+$node->safe_psql('empty', q{CREATE EXTENSION crmguard; CREATE TABLE t (id int PRIMARY KEY);
+                            SELECT crmguard.expose_public('t', 'agent')});
+($ret, $out, $err) = $node->psql('empty', 'DROP SCHEMA crmguard CASCADE');
+is($ret, 0, 'DROP SCHEMA crmguard CASCADE');
+like($err, qr/WARNING:  tables keep row-level security enabled and forced without crmguard's policies: public.t/,
+     'warns like DROP EXTENSION');
+is($node->safe_psql('empty', q{SELECT count(*) FROM pg_extension WHERE extname = 'crmguard'}), '0', 'the extension is gone');
 
 done_testing();
