@@ -49,6 +49,7 @@ $node->safe_psql('crm', q{
     SELECT crmguard.create_approval_process('discount', 'deal', '{"field": "discount", "op": ">=", "value": 20}',
         '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
         on_approve => '[{"set": {"status": "Approved"}}]', auto_submit => '{update}');
+    SELECT crmguard.track('deal');
     -- contact fields
     CREATE TABLE contact (id int PRIMARY KEY, name text, fields jsonb);
     GRANT SELECT, INSERT ON contact TO regress_luca;
