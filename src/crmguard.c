@@ -75,7 +75,11 @@ crmguard_shmem_startup(void)
 /*
  * DISCARD ALL is how a connection pooler hands a clean session to the next
  * client: it must also give up an identity assumed with a token.  A cursor
- * WITH HOLD must not outlive a transaction-scoped identity.
+ * WITH HOLD must not outlive a transaction-scoped identity.  Around the
+ * command, guard.c remembers what a guarded table it names had wrong
+ * already, so that its event trigger reports only what the command changed.
+ * DROP EXTENSION crmguard reads what it loses first, says it after it ran
+ * (before commit), and drops the schema.
  */
 static void
 crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -84,17 +88,31 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 						 DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
+	void	   *guard_snapshot;
+	void	   *drop_report;
 
 	cg_guard_utility(pstmt);
 	if (IsA(parsetree, DeclareCursorStmt))
 		cg_principal_check_declare((DeclareCursorStmt *) parsetree);
-	if (prev_process_utility)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
-							 queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
+	drop_report = cg_drop_is_crmguard(parsetree) ? cg_drop_collect() : NULL;
+	guard_snapshot = cg_guard_snapshot(pstmt);
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
+								 queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		cg_guard_snapshot_end(guard_snapshot);
+	}
+	PG_END_TRY();
 
+	if (drop_report)
+		cg_drop_finish(drop_report);
 	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
 		cg_principal_forget();
 }

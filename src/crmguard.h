@@ -213,6 +213,13 @@ extern void cg_revalidate_all_rows(Oid relid, struct _SPI_plan *plan);
 extern bool cg_guard_internal;
 extern void cg_guard_init(void);
 extern void cg_guard_utility(PlannedStmt *pstmt);
+extern void *cg_guard_snapshot(PlannedStmt *pstmt);
+extern void cg_guard_snapshot_end(void *previous);
+
+/* drop.c: what DROP EXTENSION crmguard loses, read before and said after it ran; the schema */
+extern bool cg_drop_is_crmguard(Node *parsetree);
+extern void *cg_drop_collect(void);
+extern void cg_drop_finish(void *report);
 extern void cg_require_table_owner(Oid relid);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,

@@ -32,6 +32,7 @@
 #include "commands/defrem.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
+#include "commands/tablecmds.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -45,6 +46,7 @@
 #endif
 #include "parser/parse_type.h"
 #include "rewrite/rowsecurity.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -475,6 +477,7 @@ typedef struct GuardProblem
 	char	   *problem;
 	char	   *refusal;
 	char	   *warning;
+	char	   *state;			/* tells apart two states with the same problem, or NULL */
 } GuardProblem;
 
 static GuardProblem *
@@ -541,7 +544,12 @@ guard_trigger_problems(Relation rel, int rules, bool strict)
 			continue;
 		}
 		if (tg->tgenabled == TRIGGER_DISABLED || tg->tgenabled == TRIGGER_FIRES_ON_REPLICA)
-			problems = lappend(problems, trigger_problem(table, tg->tgname, "guard_disabled", "disabled"));
+		{
+			GuardProblem *p = trigger_problem(table, tg->tgname, "guard_disabled", "disabled");
+
+			p->state = psprintf("%c", tg->tgenabled);
+			problems = lappend(problems, p);
+		}
 		else if (strict && tg->tgenabled == TRIGGER_FIRES_ALWAYS)
 		{
 			GuardProblem *p = trigger_problem(table, tg->tgname, "guard_altered",
@@ -921,27 +929,36 @@ refuse_maintenance(const char *command, const char *table, const char *what)
 
 /*
  * What is wrong with the rules of the guarded tables a command touched
- * ($1), as (table, problem) rows.  Runs as the extension owner.
+ * ($1), as (table, problem, state) rows; state tells two states with the
+ * same problem apart (row-level security off or not forced, which
+ * policies widen, which tables inherit), so that a command making a table
+ * worse is not taken for one that found it so.  Runs as the extension owner.
  */
 static const char *const rule_problems_sql =
 "WITH touched AS (SELECT DISTINCT pg_catalog.unnest($1::pg_catalog.oid[]) AS relid),"
 RULE_COLUMNS_CTE ","
 GUARDED_CTE
-" SELECT DISTINCT r.oid::pg_catalog.regclass::text, pr.problem"
+" SELECT DISTINCT r.oid::pg_catalog.regclass::text, pr.problem, pr.state"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
 "  CROSS JOIN LATERAL (VALUES"
 "   (CASE WHEN NOT (r.relrowsecurity AND r.relforcerowsecurity)"
-"         THEN 'row-level security is no longer enabled and forced' END),"
+"         THEN 'row-level security is no longer enabled and forced' END,"
+"    pg_catalog.format('enabled %s, forced %s', r.relrowsecurity, r.relforcerowsecurity)),"
 "   (CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid AND p.polpermissive)"
-"         THEN 'a permissive policy of its own would widen what crmguard exposes' END)"
-"  ) AS pr(problem)"
+"         THEN 'a permissive policy of its own would widen what crmguard exposes' END,"
+"    (SELECT pg_catalog.string_agg(p.oid::text || ':' || pg_catalog.md5(pg_catalog.concat(p.polroles, p.polqual, p.polwithcheck)),"
+"                                  ',' ORDER BY p.oid)"
+"       FROM pg_catalog.pg_policy p WHERE p.polrelid = r.oid AND p.polpermissive))"
+"  ) AS pr(problem, state)"
 " WHERE pr.problem IS NOT NULL"
 "   AND EXISTS (SELECT 1 FROM crmguard.visibility_rule v WHERE v.target::pg_catalog.oid = r.oid)"
 /* any guarded table in an inheritance tree: rows of the other tables bypass its guards */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
 "        CASE WHEN bool_or(g.visibility) THEN 'it is now inherited or partitioned, and its rows can be read around its policies'"
-"             ELSE 'it is now inherited or partitioned, and rows written to another table of its tree bypass its guards' END"
+"             ELSE 'it is now inherited or partitioned, and rows written to another table of its tree bypass its guards' END,"
+"        (SELECT pg_catalog.string_agg(i.inhrelid::text || '<' || i.inhparent::text, ',' ORDER BY i.inhrelid, i.inhparent)"
+"           FROM pg_catalog.pg_inherits i WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN guarded g ON g.relid = r.oid"
 " WHERE r.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i"
 "                                   WHERE i.inhrelid = r.oid OR i.inhparent = r.oid)"
@@ -949,20 +966,20 @@ GUARDED_CTE
 /* a rule of its own rewrites statements on a guarded table around its guards and rules */
 " UNION"
 " SELECT DISTINCT r.oid::pg_catalog.regclass::text,"
-"        pg_catalog.format('rule \"%s\" rewrites statements on it around its guards', rw.rulename)"
+"        pg_catalog.format('rule \"%s\" rewrites statements on it around its guards', rw.rulename), ''"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN guarded g ON g.relid = r.oid"
 "  JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = r.oid AND rw.rulename <> '_RETURN'"
 /* a guarded table (not only visibility) that lost its single-column primary key */
 " UNION"
 " SELECT DISTINCT r.oid::pg_catalog.regclass::text,"
-"        'its primary key, which names the rows crmguard guards, is gone'"
+"        'its primary key, which names the rows crmguard guards, is gone', ''"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid JOIN guarded g ON g.relid = r.oid AND NOT g.visibility"
 " WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = r.oid AND i.indisprimary"
 "                   AND i.indnkeyatts = 1)"
 /* a reviewed table's BEFORE INSERT row trigger that would fire ahead of the review guard */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
-"        pg_catalog.format('trigger \"%s\" would see inserted rows before the review guard keeps them as drafts', tg.tgname)"
+"        pg_catalog.format('trigger \"%s\" would see inserted rows before the review guard keeps them as drafts', tg.tgname), ''"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
 "  JOIN crmguard.review_config rc ON rc.target::pg_catalog.oid = r.oid"
 "  JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = r.oid"
@@ -970,7 +987,7 @@ GUARDED_CTE
 /* any rule naming a column the command renamed or dropped */
 " UNION"
 " SELECT r.oid::pg_catalog.regclass::text,"
-"        pg_catalog.format('column \"%s\" named by rule \"%s\" was renamed or dropped', f.col, f.rule)"
+"        pg_catalog.format('column \"%s\" named by rule \"%s\" was renamed or dropped', f.col, f.rule), ''"
 "  FROM touched t JOIN pg_catalog.pg_class r ON r.oid = t.relid"
 "  JOIN rule_columns f ON f.relid = r.oid"
 "  WHERE f.col IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a"
@@ -1077,12 +1094,198 @@ touched_trigger_problems(Oid relid)
 }
 
 /*
+ * What is wrong, now, with the guards and rules of the tables in touched:
+ * the guard triggers first (named as the session names tables), then the
+ * row-level security, inheritance, rules, keys and columns the rule
+ * catalogs need.
+ */
+static List *
+touched_problems(List *touched)
+{
+	CgPrivilegedContext priv;
+	MemoryContext caller = CurrentMemoryContext;
+	List	   *problems = NIL;
+	List	   *trigger_problems = NIL;
+	ListCell   *lc;
+	Oid			types[1] = {OIDARRAYOID};
+	Datum		values[1];
+	Datum	   *elems;
+	int			n = 0;
+	uint64		i;
+
+	if (touched == NIL)
+		return NIL;
+	elems = palloc(sizeof(Datum) * list_length(touched));
+	foreach(lc, touched)
+	{
+		/* the rule problems are all on tables with rules: ask only about those */
+		if (table_rules(lfirst_oid(lc)) != 0)
+			elems[n++] = ObjectIdGetDatum(lfirst_oid(lc));
+	}
+	values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+
+	cg_enter_owner(&priv);
+	owner_query_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (n > 0 && SPI_execute_with_args(rule_problems_sql, 1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not inspect the DDL command");
+	for (i = 0; n > 0 && i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		GuardProblem *p = palloc0(sizeof(GuardProblem));
+		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		p->action = "visibility_changed";
+		p->table = table;
+		p->problem = problem;
+		p->state = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		p->refusal = psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
+							  table, problem);
+		p->warning = psprintf("crmguard rules of table %s are no longer enforced: %s",
+							  table, problem);
+		problems = lappend(problems, p);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	foreach(lc, touched)
+		trigger_problems = list_concat(trigger_problems, touched_trigger_problems(lfirst_oid(lc)));
+	return list_concat(trigger_problems, problems);
+}
+
+/* A problem as a string, to compare the problems before and after a command */
+static char *
+problem_key(const GuardProblem *p)
+{
+	return psprintf("%s|%s|%s|%s|%s", p->action, p->table, p->trigger ? p->trigger : "",
+					p->problem, p->state ? p->state : "");
+}
+
+/*
+ * The problems the table a DDL command names had before it ran (keys as
+ * problem_key makes them), so that the event trigger judges what the
+ * command changed, not the state it found.  A restore builds a guarded
+ * table step by step: FORCE ROW LEVEL SECURITY with the table, its rules
+ * with the data, then its key, guard triggers, policies and ENABLE ROW
+ * LEVEL SECURITY one statement each.  Each step leaves the table no worse
+ * than it was, so none is reported; a command that disables, drops,
+ * renames or widens anything adds a problem the table did not have, and is
+ * refused or audited as before.  A state already wrong (left by the
+ * restore's earlier steps, or by a superuser's audited change) is not
+ * reported again on every later DDL; the table fails closed on its next
+ * read or write meanwhile, and that is audited.
+ */
+static List *problems_before = NIL;
+
+/* Does the current user own relid (superusers own everything)? */
+static bool
+owns_relation(Oid relid)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_ownercheck(RelationRelationId, relid, GetUserId());
+#else
+	return pg_class_ownercheck(relid, GetUserId());
+#endif
+}
+
+/* The problems of the guarded table pstmt names, before it runs (or NIL) */
+static List *
+problems_of_named_table(PlannedStmt *pstmt)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	RangeVar   *rv;
+	LOCKMODE	lockmode;
+	Oid			relid;
+
+	if (!IsTransactionState() || creating_extension || cg_guard_internal || guard_loading)
+		return NIL;
+	switch (nodeTag(parsetree))
+	{
+		case T_AlterTableStmt:
+			rv = ((AlterTableStmt *) parsetree)->relation;
+			lockmode = AlterTableGetLockLevel(((AlterTableStmt *) parsetree)->cmds);
+			break;
+		case T_CreateTrigStmt:
+			rv = ((CreateTrigStmt *) parsetree)->relation;
+			lockmode = ShareRowExclusiveLock;
+			break;
+		case T_CreatePolicyStmt:
+			rv = ((CreatePolicyStmt *) parsetree)->table;
+			lockmode = AccessExclusiveLock;
+			break;
+		case T_AlterPolicyStmt:
+			rv = ((AlterPolicyStmt *) parsetree)->table;
+			lockmode = AccessExclusiveLock;
+			break;
+		default:
+			return NIL;
+	}
+	if (!OidIsValid(get_extension_oid("crmguard", true)))
+		return NIL;
+	relid = RangeVarGetRelid(rv, NoLock, true);
+	/* the command will fail for anyone but the owner: nothing to compare */
+	if (!OidIsValid(relid) || table_rules(relid) == 0 || !owns_relation(relid))
+		return NIL;
+	/* the command's own lock, so that nobody changes the table in between */
+	LockRelationOid(relid, lockmode);
+	{
+		List	   *keys = NIL;
+		ListCell   *lc;
+
+		foreach(lc, touched_problems(list_make1_oid(relid)))
+			keys = lappend(keys, problem_key((GuardProblem *) lfirst(lc)));
+		return keys;
+	}
+}
+
+/*
+ * Before a utility command: remember what the table it names already had
+ * wrong.  Returns the enclosing command's record, for cg_guard_snapshot_end.
+ */
+void *
+cg_guard_snapshot(PlannedStmt *pstmt)
+{
+	List	   *previous = problems_before;
+	List	   *mine;
+
+	problems_before = NIL;
+	mine = problems_of_named_table(pstmt);
+	problems_before = mine;
+	return previous;
+}
+
+/* After a utility command (or its error): back to the enclosing command's record */
+void
+cg_guard_snapshot_end(void *previous)
+{
+	problems_before = (List *) previous;
+}
+
+/* Did the table have this problem before the command ran? */
+static bool
+problem_was_there(const GuardProblem *p)
+{
+	char	   *key = problem_key(p);
+	ListCell   *lc;
+
+	foreach(lc, problems_before)
+		if (strcmp((char *) lfirst(lc), key) == 0)
+			return true;
+	return false;
+}
+
+/*
  * Event trigger, after any DDL that can touch a guarded table (ALTER TABLE,
  * CREATE/ALTER/DROP TRIGGER or POLICY, CREATE TABLE ... INHERITS or
  * PARTITION OF, drops): the guards of every table it touched are compared
  * with what the rule catalogs need, recognised by their trigger function,
  * so a renamed, replaced, dropped or disabled guard is found whatever it is
- * called and in however many steps.
+ * called and in however many steps.  What the table named by the command
+ * already had wrong before it ran is not the command's doing
+ * (cg_guard_snapshot).
  */
 PG_FUNCTION_INFO_V1(crmguard_guard_ddl);
 Datum
@@ -1094,11 +1297,9 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 	CgPrivilegedContext priv;
 	MemoryContext caller = CurrentMemoryContext;
 	List	   *touched = NIL;
-	List	   *problems = NIL;
 	ListCell   *lc;
 	uint64		i;
 	bool		any_rules;
-	bool		touched_guarded = false;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "crmguard_guard_ddl: not called by the event trigger manager");
@@ -1157,59 +1358,18 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 		MemoryContext old = MemoryContextSwitchTo(caller);
 
 		if (!isnull)
-		{
 			touched = lappend_oid(touched, DatumGetObjectId(d));
-			if (table_rules(DatumGetObjectId(d)) != 0)
-				touched_guarded = true;
-		}
 		MemoryContextSwitchTo(old);
-	}
-	/* every problem the large query finds is on a table with rules: none touched, nothing to ask */
-	if (touched_guarded)
-	{
-		Oid			types[1] = {OIDARRAYOID};
-		Datum		values[1];
-		Datum	   *elems = palloc(sizeof(Datum) * list_length(touched));
-		int			n = 0;
-
-		foreach(lc, touched)
-			elems[n++] = ObjectIdGetDatum(lfirst_oid(lc));
-		values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
-		if (SPI_execute_with_args(rule_problems_sql, 1, types, values, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not inspect the DDL command");
-		for (i = 0; i < SPI_processed; i++)
-		{
-			MemoryContext old = MemoryContextSwitchTo(caller);
-			GuardProblem *p = palloc0(sizeof(GuardProblem));
-			char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-			char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-
-			p->action = "visibility_changed";
-			p->table = table;
-			p->problem = problem;
-			p->refusal = psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
-								  table, problem);
-			p->warning = psprintf("crmguard rules of table %s are no longer enforced: %s",
-								  table, problem);
-			problems = lappend(problems, p);
-			MemoryContextSwitchTo(old);
-		}
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);
 
-	/* the guard triggers first, named as the session names tables */
-	{
-		List	   *trigger_problems = NIL;
-
-		foreach(lc, touched)
-			trigger_problems = list_concat(trigger_problems, touched_trigger_problems(lfirst_oid(lc)));
-		problems = list_concat(trigger_problems, problems);
-	}
-	foreach(lc, problems)
+	foreach(lc, touched_problems(touched))
 	{
 		GuardProblem *p = (GuardProblem *) lfirst(lc);
 
+		if (problem_was_there(p))
+			continue;
 		refuse_or_record(is_super, p->action, p->table,
 						 p->trigger ? "trigger" : "problem", p->trigger ? p->trigger : p->problem,
 						 p->refusal, p->warning);

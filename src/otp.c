@@ -599,9 +599,17 @@ typedef struct LiveChallenge
 	int64		id;
 	char	   *masked;
 	int			resends;
+	int64		void_id;		/* not live: the newest such challenge was void */
 } LiveChallenge;
 
-/* The newest unused, unexpired challenge of a row, value and principal */
+/*
+ * The newest unused, unexpired challenge of a row, value and principal,
+ * whose attempt counter shared memory holds.  One without a counter is
+ * void (crmguard.otp_challenge says so): the server restarted, or the
+ * database was restored from a dump, after its code was sent.  It is not
+ * live for the guard, request_otp or pending_challenge either, and
+ * verify_otp refuses it, so all four describe it the same way.
+ */
 static bool
 find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_value,
 					int64 principal, LiveChallenge *out)
@@ -616,6 +624,7 @@ find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_val
 	values[1] = CStringGetTextDatum(row_key);
 	values[2] = CStringGetTextDatum(to_value);
 	values[3] = Int64GetDatum(principal);
+	out->void_id = 0;
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -644,6 +653,15 @@ find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_val
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);
+	if (found)
+	{
+		int			attempts;
+		bool		locked;
+
+		found = otp_attempts_get(out->id, &attempts, &locked);
+		if (!found)
+			out->void_id = out->id;
+	}
 	return found;
 }
 
@@ -1036,7 +1054,10 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple old,
 	}
 	else
 	{
-		detail = pstrdup("No code has been requested for this change.");
+		detail = live.void_id ?
+			psprintf("No live code exists for this change: challenge " INT64_FORMAT " is void, because the server restarted or the database was restored after its code was sent.",
+					 live.void_id) :
+			pstrdup("No code has been requested for this change.");
 		hint = psprintf("Call crmguard.request_otp('%s', '%s', '%s'), then crmguard.verify_otp(challenge, code) in the same transaction, and repeat the change.",
 						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												   RelationGetRelationName(rel)),
@@ -1658,9 +1679,9 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 	switch (otp_attempts_take(challenge, &attempts, &max_attempts))
 	{
 		case OTP_ATTEMPT_UNKNOWN:
-			verify_refused(ERRCODE_CG_OTP_EXPIRED, challenge, "lost at restart",
-						   psprintf("OTP challenge " INT64_FORMAT " is no longer valid", challenge),
-						   "The server restarted after its code was sent.",
+			verify_refused(ERRCODE_CG_OTP_EXPIRED, challenge, "void",
+						   psprintf("OTP challenge " INT64_FORMAT " is void", challenge),
+						   "Its attempt counter was lost because the server restarted or the database was restored after its code was sent.",
 						   "Request a new code with crmguard.request_otp().");
 			break;
 		case OTP_ATTEMPT_LOCKED:
