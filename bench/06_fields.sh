@@ -7,6 +7,7 @@
 # and one masked field against the same INSERT into a plain jsonb column.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 ROWS=${ROWS:-1000000}
 ROUNDS=${ROUNDS:-5}
 psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" <<'SQL'
@@ -55,7 +56,7 @@ ALTER TABLE public.contact_indexed OWNER TO bench_ela;
 SQL
 
 echo "Reading 100,000 rows' fields ($ROUNDS rounds, median; target: the agent within 2x of the raw column):"
-psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 <<SQL
+psql -X -q -At -F ' ' -v ON_ERROR_STOP=1 <<SQL | tee /tmp/crmguard_fields_read
 SET ROLE bench_ela;
 SELECT format('  %-40s agent %s ms | raw column %s ms | x%s', benchmark, round(candidate_ms, 1), round(baseline_ms, 1), ratio)
   FROM bench.compare('whole column as text (SELECT fields)',
@@ -67,9 +68,13 @@ SELECT format('  %-40s agent %s ms | raw column %s ms | x%s', benchmark, round(c
        'SELECT count(fields->>''survey'') FROM public.contact_raw WHERE id <= 100000', 3, $ROUNDS);
 SELECT '  what the agent sees: ' || fields::text FROM public.contact WHERE id = 42;
 SQL
+# each line: "  <what>   agent A ms | raw column B ms | xR"
+while IFS='|' read -r what ratio; do
+    metric "Contact fields: reading $what, agent / raw column" "$ratio" "<=" 2 x
+done < <(sed -n 's/^  \(.*[^ ]\) *agent .*| x\([0-9.]*\)$/\1|\2/p' /tmp/crmguard_fields_read)
 
 echo "find_by_field at $ROWS contacts (an inbound call: the masked phone, 500 calls, median of $ROUNDS rounds; target: under 1 ms):"
-psql -X -q -At -v ON_ERROR_STOP=1 <<SQL
+psql -X -q -At -v ON_ERROR_STOP=1 <<SQL | tee /tmp/crmguard_fields_find
 SET ROLE bench_ela;
 CREATE TEMP TABLE t (ms float8);
 DO \$\$
@@ -84,6 +89,7 @@ SELECT format('  find_by_field: %s ms per call; found: %s', round(percentile_con
               (SELECT string_agg(k, ',') FROM crmguard.find_by_field('public.contact', 'phone', '+39 3000777777') k))
   FROM t;
 SQL
+metric "Contact fields: find_by_field on a masked phone, $ROWS contacts" "$(sed -n 's/^  find_by_field: \([0-9.]*\) ms.*/\1/p' /tmp/crmguard_fields_find)" "<" 1 ms
 echo "  its plan (auto_explain of the statement find_by_field runs):"
 psql -X -q -At -v ON_ERROR_STOP=1 2>&1 <<'SQL' | grep ' on contact ' | sed -n 's/^.*\(Index Scan\|Index Only Scan\|Bitmap\|Seq Scan\)/    \1/p'
 LOAD 'auto_explain';

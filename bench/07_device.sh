@@ -6,6 +6,7 @@
 # read and an InitPlan); revocation is what makes it re-read the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 ROWS=${ROWS:-1000000}
 SECS=${SECS:-3}
 ROUNDS=${ROUNDS:-8}
@@ -63,4 +64,5 @@ echo "Zone query (1,000 of $ROWS rows) per transaction, pgbench 1 client, $ROUND
 awk -v d="$d" -v p="$p" -v r="$r" 'BEGIN {
     printf "  device-attested agent %8.1f tps | agent without device %8.1f tps | median time ratio of the pairs x%.3f\n", d, p, r
 }'
+metric "Devices: zone query, attested agent / agent without a device (time, median of pairs)" "$r" "<=" 1.05 x
 rm -rf "$tmp"

@@ -4,6 +4,7 @@
 # reported sent.  Prints the time and messages/s (target: under 10 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 N=${MESSAGES:-1000}
 port=${CRMGUARD_BENCH_SMTP_PORT:-6660}
 work=$(mktemp -d /tmp/crmguard-bench-relay.XXXXXX)
@@ -63,3 +64,4 @@ awk -v n="$N" -v s="$start" -v e="$end" -v sent="$sent" -v got="$received" 'BEGI
     t = e - s;
     printf "relay: %d e-mails through the local SMTP server in %.2f s (%.0f messages/s); %d reported sent, %d received (target: under 10 s)\n", n, t, n / t, sent, got
 }'
+metric "Relay: $N e-mails through a local SMTP server, all reported sent" "$(awk -v s="$start" -v e="$end" -v sent="$sent" -v n="$N" 'BEGIN { print (sent == n) ? (e - s) * 1000 : "" }')" "<" 10000 ms

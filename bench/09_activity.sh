@@ -5,6 +5,7 @@
 # table with an AFTER ... FOR EACH STATEMENT trigger with a transition table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/summary.sh
 ROWS=${ROWS:-100000}
 psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
 CREATE EXTENSION crmguard;
@@ -48,4 +49,5 @@ report() {
 echo "INSERT of $ROWS rows as a principal, 11 interleaved runs each (target: tracked <= x1.05 of untracked):"
 report median
 report fastest
+metric "Activity: INSERT of $ROWS rows, tracked / untracked (median)" "$(awk -v u="$(median < /tmp/crmguard_bench_untracked)" -v t="$(median < /tmp/crmguard_bench_tracked)" 'BEGIN { print t / u }')" "<=" 1.05 x
 psql -X -At -c "SELECT 'rows counted for the agent: ' || sum(n) FROM crmguard.activity_log WHERE action = 'insert'"

@@ -142,7 +142,7 @@ like($err, qr/OTP required to set "status" to "Delivered"/, 'the recreated guard
 ($ret, $out, $err) = $node->psql('crm', qq{SET ROLE regress_luca; BEGIN;
     SELECT crmguard.verify_otp($challenge, '$code');
     UPDATE public.delivery SET status = 'Delivered' WHERE id = 1; COMMIT});
-like($err, qr/OTP challenge $challenge is no longer valid.*The server restarted/s,
+like($err, qr/OTP challenge $challenge is void.*server restarted/s,
      'the challenge issued before the restart fails closed, saying why');
 # a new code for the same row: requested, received, verified, the change goes through
 my $challenge2 = $node->safe_psql('crm', q{SET ROLE regress_luca; SELECT crmguard.request_otp('public.delivery', '1', 'Delivered')});
