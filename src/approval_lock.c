@@ -726,6 +726,13 @@ any_pending(Oid relid)
 	return request;
 }
 
+/* guard.c: the oldest pending request on a table, 0 for none (latest snapshot) */
+int64
+cg_approval_any_pending(Oid relid)
+{
+	return any_pending(relid);
+}
+
 /* The text of a row's key column (the single-column primary key) */
 char *
 cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt)

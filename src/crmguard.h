@@ -256,5 +256,6 @@ extern bool cg_approval_tick(void);
 extern void cg_approval_init(void);
 extern void cg_approval_shmem_request(void);
 extern void cg_approval_shmem_startup(void);
+extern int64 cg_approval_any_pending(Oid relid);
 
 #endif							/* CRMGUARD_H */

@@ -1505,6 +1505,37 @@ check_primary_key_kept(Oid relid, AlterTableCmd *cmd)
 }
 
 /*
+ * A change of a column's type rewrites every row, USING whatever the owner
+ * wrote (or rounds them to a narrower type), and fires no row trigger: on a
+ * table with rows locked by pending approval requests it would change them
+ * around the lock, whichever column it is.  Refused while any request on
+ * the table is pending; the command's own lock is taken first, so that no
+ * request starts between the look and the rewrite.
+ */
+static void
+check_pending_rows_kept(AlterTableStmt *stmt, Oid relid, const char *column)
+{
+	int64		request;
+	char	   *table;
+
+	/* the command fails for anyone but the owner: no lock taken, nothing said */
+	if (!(table_rules(relid) & RULE_APPROVAL) || !owns_relation(relid))
+		return;
+	LockRelationOid(relid, AlterTableGetLockLevel(stmt->cmds));
+	request = cg_approval_any_pending(relid);
+	if (request == 0)
+		return;
+	table = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
+	refuse_or_record(superuser(), "column_type_changed", table, "problem",
+					 psprintf("column \"%s\" changed type while approval request " INT64_FORMAT " is pending",
+							  column, request),
+					 psprintf("column \"%s\" of table %s cannot change type: approval request " INT64_FORMAT
+							  " locks rows of it", column, table, request),
+					 psprintf("rows of table %s locked by approval request " INT64_FORMAT
+							  " were rewritten by the change of column \"%s\"", table, request, column));
+}
+
+/*
  * Before a utility command runs: refuse what would change the meaning of
  * a rule without touching a row (an enum value renamed, a named column's
  * type changed with USING, a type dropped with CASCADE), a write to a
@@ -1593,7 +1624,10 @@ cg_guard_utility(PlannedStmt *pstmt)
 			values[1] = CStringGetTextDatum(cmd->name);
 			row = rule_lookup(column_in_rule_sql, 2, types, values);
 			if (row == NULL)
+			{
+				check_pending_rows_kept(stmt, relid, cmd->name);
 				continue;
+			}
 			table = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
 			refuse_or_record(superuser(), "column_type_changed", table, "problem",
 							 psprintf("column \"%s\" named by rule \"%s\" changed type", cmd->name, row[0]),

@@ -1,0 +1,78 @@
+--
+-- Approval lock attacks (review 2): a table owner changes a row locked by a
+-- pending approval request without an UPDATE, so no row trigger sees it.
+--
+\set VERBOSITY default
+CREATE FUNCTION public.regress_try(query text) RETURNS text
+    LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE query;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+GRANT EXECUTE ON FUNCTION public.regress_try(text) TO PUBLIC;
+CREATE ROLE regress_ala_owner;
+CREATE ROLE regress_ala_boss;
+CREATE ROLE regress_ala_rep;
+GRANT USAGE, CREATE ON SCHEMA public TO regress_ala_owner;
+SELECT crmguard.add_principal('ala_boss', '{reviewer}', db_role => 'regress_ala_boss') > 0 AS boss;
+SELECT crmguard.add_principal('ala_rep', '{agent}', db_role => 'regress_ala_rep') > 0 AS rep;
+CREATE TABLE public.regress_ala_deal (id int PRIMARY KEY, discount int, title text, price numeric(10,2));
+INSERT INTO public.regress_ala_deal VALUES (1, 5, 'spare parts', 100.40), (2, 5, 'pallets', 10.00);
+SELECT crmguard.create_approval_process('ala discount', 'public.regress_ala_deal',
+    '{"field": "discount", "op": ">=", "value": 20}',
+    '[{"name": "Boss", "approvers": {"role": "reviewer"}}]') > 0 AS process;
+ALTER TABLE public.regress_ala_deal OWNER TO regress_ala_owner;
+GRANT SELECT, UPDATE ON public.regress_ala_deal TO regress_ala_rep, regress_ala_boss;
+
+SET ROLE regress_ala_rep;
+UPDATE public.regress_ala_deal SET discount = 30 WHERE id = 1;
+SELECT crmguard.submit_for_approval('public.regress_ala_deal', '1') > 0 AS submitted;
+SELECT public.regress_try($$UPDATE public.regress_ala_deal SET title = 'gold bars' WHERE id = 1$$) AS update_locked_row;
+RESET ROLE;
+
+-- Attack: ALTER COLUMN ... TYPE ... USING rewrites every row, the locked one
+-- included, and fires no row trigger; the column is named by no rule
+SET ROLE regress_ala_owner;
+SELECT public.regress_try($$ALTER TABLE public.regress_ala_deal ALTER COLUMN title TYPE text
+                             USING CASE WHEN id = 1 THEN 'gold bars' ELSE title END$$) AS alter_column_type_using_rewrites_locked_row;
+-- a narrower type rounds the locked row's value too
+SELECT public.regress_try($$ALTER TABLE public.regress_ala_deal ALTER COLUMN price TYPE numeric(10,0)$$) AS alter_column_type_rounds_locked_row;
+RESET ROLE;
+SELECT id, discount, title, price FROM public.regress_ala_deal ORDER BY id;
+-- both refusals are in the audit log (written by the worker: wait for them)
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN (SELECT count(*) FROM crmguard.audit WHERE action = 'column_type_changed_refused'
+                      AND target = 'regress_ala_deal') = 2;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END
+$$;
+SELECT action, target, detail ->> 'problem' AS problem FROM crmguard.audit
+ WHERE action = 'column_type_changed_refused' ORDER BY id;
+
+-- once the request is decided, the owner may change its column types again
+SET ROLE regress_ala_boss;
+SELECT crmguard.reject(r.id, 'too generous') FROM crmguard.approval_request r WHERE r.row_key = '1';
+RESET ROLE;
+SET ROLE regress_ala_owner;
+SELECT public.regress_try($$ALTER TABLE public.regress_ala_deal ALTER COLUMN price TYPE numeric(12,2)$$) AS alter_column_type_nothing_pending;
+RESET ROLE;
+-- a superuser's change goes through, audited
+SET ROLE regress_ala_rep;
+SELECT crmguard.submit_for_approval('public.regress_ala_deal', '1') > 0 AS submitted_again;
+RESET ROLE;
+ALTER TABLE public.regress_ala_deal ALTER COLUMN title TYPE varchar(40);
+SELECT action, detail ->> 'problem' AS problem, detail ->> 'superuser' AS superuser FROM crmguard.audit
+ WHERE action = 'column_type_changed' ORDER BY id;
+
+DROP TABLE public.regress_ala_deal;
+DROP FUNCTION public.regress_try(text);
+REVOKE ALL ON SCHEMA public FROM regress_ala_owner;
+DROP ROLE regress_ala_owner;
+DROP ROLE regress_ala_boss;
+DROP ROLE regress_ala_rep;
