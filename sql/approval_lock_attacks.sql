@@ -16,6 +16,7 @@ GRANT EXECUTE ON FUNCTION public.regress_try(text) TO PUBLIC;
 CREATE ROLE regress_ala_owner;
 CREATE ROLE regress_ala_boss;
 CREATE ROLE regress_ala_rep;
+CREATE ROLE regress_ala_form;       -- a web form: may insert, never read
 GRANT USAGE, CREATE ON SCHEMA public TO regress_ala_owner;
 SELECT crmguard.add_principal('ala_boss', '{reviewer}', db_role => 'regress_ala_boss') > 0 AS boss;
 SELECT crmguard.add_principal('ala_rep', '{agent}', db_role => 'regress_ala_rep') > 0 AS rep;
@@ -26,6 +27,7 @@ SELECT crmguard.create_approval_process('ala discount', 'public.regress_ala_deal
     '[{"name": "Boss", "approvers": {"role": "reviewer"}}]') > 0 AS process;
 ALTER TABLE public.regress_ala_deal OWNER TO regress_ala_owner;
 GRANT SELECT, UPDATE ON public.regress_ala_deal TO regress_ala_rep, regress_ala_boss;
+GRANT INSERT ON public.regress_ala_deal TO regress_ala_form, regress_ala_rep;
 
 SET ROLE regress_ala_rep;
 UPDATE public.regress_ala_deal SET discount = 30 WHERE id = 1;
@@ -55,6 +57,21 @@ $$;
 SELECT action, target, regexp_replace(detail ->> 'problem', 'request \d+', 'request N') AS problem FROM crmguard.audit
  WHERE action = 'column_type_changed_refused' AND target = 'regress_ala_deal' ORDER BY id;
 
+-- Attack: a role that may only insert asks the lock's probe which rows are
+-- pending, inside its own INSERT (a plain INSERT fires no lock: it learns nothing)
+SET ROLE regress_ala_form;
+SELECT crmguard.approval_row_pending('public.regress_ala_deal', 1) AS probe_outside_insert;
+INSERT INTO public.regress_ala_deal (id, discount, title)
+SELECT 100 + k, 0, 'probe' FROM generate_series(1, 2) k
+ WHERE crmguard.approval_row_pending('public.regress_ala_deal', k);
+RESET ROLE;
+SELECT id FROM public.regress_ala_deal WHERE title = 'probe' ORDER BY id;    -- insert_only_role_probes_pending_rows
+-- the lock itself still fires inside INSERT ... ON CONFLICT DO UPDATE
+SET ROLE regress_ala_rep;
+SELECT regexp_replace(public.regress_try($$INSERT INTO public.regress_ala_deal (id, discount, title) VALUES (1, 0, 'x')
+                             ON CONFLICT (id) DO UPDATE SET title = 'upserted'$$), 'request \d+', 'request N') AS upsert_locked_row;
+RESET ROLE;
+
 -- once the request is decided, the owner may change its column types again
 SET ROLE regress_ala_boss;
 SELECT crmguard.reject(r.id, 'too generous') FROM crmguard.approval_request r WHERE r.row_key = '1';
@@ -77,3 +94,4 @@ REVOKE ALL ON SCHEMA public FROM regress_ala_owner;
 DROP ROLE regress_ala_owner;
 DROP ROLE regress_ala_boss;
 DROP ROLE regress_ala_rep;
+DROP ROLE regress_ala_form;

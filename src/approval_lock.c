@@ -21,6 +21,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/plannodes.h"
 #include "parser/parsetree.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -798,6 +799,37 @@ static List *changing_tables = NIL;		/* in TopMemoryContext */
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
+/*
+ * The tables a ModifyTable node changes in a way that fires the lock:
+ * UPDATE, DELETE, MERGE, and INSERT ... ON CONFLICT DO UPDATE.  A plain
+ * INSERT fires no lock, and a role that may only insert must not learn
+ * which rows are pending by asking approval_row_pending inside its INSERT.
+ */
+static void
+track_changing_plan(QueryDesc *queryDesc, Plan *plan)
+{
+	ModifyTable *mt;
+	MemoryContext old;
+	ListCell   *lc;
+
+	if (plan == NULL || !IsA(plan, ModifyTable))
+		return;
+	mt = (ModifyTable *) plan;
+	if (mt->operation == CMD_INSERT && mt->onConflictAction != ONCONFLICT_UPDATE)
+		return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	foreach(lc, mt->resultRelations)
+	{
+		ChangingTable *c = palloc(sizeof(ChangingTable));
+
+		c->relid = rt_fetch(lfirst_int(lc), queryDesc->plannedstmt->rtable)->relid;
+		c->query = queryDesc;
+		c->nestlevel = GetCurrentTransactionNestLevel();
+		changing_tables = lcons(c, changing_tables);
+	}
+	MemoryContextSwitchTo(old);
+}
+
 static void
 track_changing_start(QueryDesc *queryDesc, int eflags)
 {
@@ -808,22 +840,14 @@ track_changing_start(QueryDesc *queryDesc, int eflags)
 	else
 		standard_ExecutorStart(queryDesc, eflags);
 
-	/* INSERT too: ON CONFLICT DO UPDATE fires the lock */
 	if (stmt->resultRelations != NIL && !(eflags & EXEC_FLAG_EXPLAIN_ONLY))
 	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 		ListCell   *lc;
 
-		foreach(lc, stmt->resultRelations)
-		{
-			ChangingTable *c = palloc(sizeof(ChangingTable));
-
-			c->relid = rt_fetch(lfirst_int(lc), stmt->rtable)->relid;
-			c->query = queryDesc;
-			c->nestlevel = GetCurrentTransactionNestLevel();
-			changing_tables = lcons(c, changing_tables);
-		}
-		MemoryContextSwitchTo(old);
+		/* each ModifyTable tops its plan: the statement's, or a WITH query's */
+		track_changing_plan(queryDesc, stmt->planTree);
+		foreach(lc, stmt->subplans)
+			track_changing_plan(queryDesc, (Plan *) lfirst(lc));
 	}
 }
 
