@@ -965,8 +965,12 @@ PG_FUNCTION_INFO_V1(crmguard_approval_current_row);
 Datum
 crmguard_approval_current_row(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *row = current_row(request_info(PG_GETARG_INT64(0)));
+	Jsonb	   *row;
 
+	/* no request, no row (not "request 0") */
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	row = current_row(request_info(PG_GETARG_INT64(0)));
 	if (row == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(row);

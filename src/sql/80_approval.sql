@@ -151,7 +151,7 @@ REVOKE ALL ON FUNCTION crmguard.approval_run_actions(bigint, jsonb) FROM PUBLIC;
 -- Definitions: everything checked before anything is stored (CG020)
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION crmguard.approval_invalid(message text) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
