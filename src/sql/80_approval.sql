@@ -131,9 +131,10 @@ CREATE FUNCTION crmguard.submit_for_approval(target regclass, row_key text, comm
 COMMENT ON FUNCTION crmguard.submit_for_approval(regclass, text, text) IS 'submit a row (one the caller can see and change) to the first process whose criteria it matches';
 CREATE FUNCTION crmguard.approval_lock() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_lock';
--- the lock trigger's WHEN clause; answers only roles that may change the table
+-- the lock trigger's WHEN clause; answers only roles that may change the table.
+-- VOLATILE: a request committed while the statement waited for the row counts at once
 CREATE FUNCTION crmguard.approval_row_pending(target regclass, row_key anyelement) RETURNS boolean
-    LANGUAGE c STABLE PARALLEL RESTRICTED
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_approval_row_pending';
 CREATE FUNCTION crmguard.approval_truncate() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_truncate';
