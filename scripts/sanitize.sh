@@ -5,6 +5,7 @@
 # sanitizer report fails the run, whatever the suites said.
 #   scripts/sanitize.sh            the module is already built and installed (make test SANITIZE=1)
 #   scripts/sanitize.sh --build    build and install it first into $PG_BIN's installation
+#   ... [suite...]                 only these of regress, isolation, pgtap, python
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C.UTF-8 LANG=C.UTF-8
@@ -12,6 +13,7 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 start=$(date +%s)
 
 if [ "${1:-}" = "--build" ]; then
+    shift
     make -s SANITIZE=1 PG_CONFIG="$PG_BIN/pg_config" all install >/dev/null || { echo "build failed"; exit 1; }
 fi
 if ! grep -q __asan_init "$("$PG_BIN/pg_config" --pkglibdir)/crmguard.so"; then
@@ -55,7 +57,7 @@ ubsan_options="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan"
 
 summary=$work/summary
 PGHOST=$work PGPORT=5432 PGUSER=postgres PGDATABASE=postgres PG_BIN=$PG_BIN CRMGUARD_SUMMARY=$summary \
-    bash scripts/run-suites.sh regress isolation pgtap python
+    bash scripts/run-suites.sh ${*:-regress isolation pgtap python}
 status=$?
 "${runas[@]}" "$PG_BIN/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null
 
