@@ -13,9 +13,10 @@ PG_CPPFLAGS += -Isrc
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter
 
 # make test SANITIZE=1 (scripts/sanitize.sh): the module built with AddressSanitizer
-# and UBSan, run in a cluster whose postmaster has the sanitizer runtime preloaded
+# and UBSan, run in a cluster whose postmaster has the sanitizer runtime preloaded;
+# an undefined behaviour ends the backend like a memory error does (no recovery)
 ifneq ($(SANITIZE),)
-PG_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer
+PG_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 SHLIB_LINK += -fsanitize=address,undefined
 endif
 

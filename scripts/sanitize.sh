@@ -59,9 +59,12 @@ summary=$work/summary
 PGHOST=$work PGPORT=5432 PGUSER=postgres PGDATABASE=postgres PG_BIN=$PG_BIN CRMGUARD_SUMMARY=$summary \
     bash scripts/run-suites.sh ${*:-regress isolation pgtap python}
 status=$?
-"${runas[@]}" "$PG_BIN/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null
+# a backend a sanitizer stopped leaves the server in crash recovery: stop it anyway
+"${runas[@]}" "$PG_BIN/pg_ctl" -D "$work/data" -m fast -w -t 120 stop >/dev/null ||
+    "${runas[@]}" "$PG_BIN/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null
 
 # every report the runtimes wrote, and any that reached the server log instead
+# (UBSan's handlers inside libasan write to stderr whatever UBSAN_OPTIONS says)
 reports=$(find "$work/reports" -type f | sort)
 nreports=$(echo -n "$reports" | grep -c .)
 for f in $reports; do
