@@ -55,7 +55,16 @@ ubsan_options="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan"
     -o "-c listen_addresses='' -k $work -p 5432 -c shared_preload_libraries=crmguard -c max_worker_processes=24" \
     start >/dev/null || { tail "$work/server.log"; exit 1; }
 
+# the runtime must really be in the server, not only in the module's dependencies
+postmaster=$(head -1 "$work/data/postmaster.pid")
+if ! grep -q "$libasan" "/proc/$postmaster/maps"; then
+    echo "the postmaster has no $libasan loaded"
+    "${runas[@]}" "$PG_BIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null
+    exit 1
+fi
+
 summary=$work/summary
+suites_start=$(date +%s)
 PGHOST=$work PGPORT=5432 PGUSER=postgres PGDATABASE=postgres PG_BIN=$PG_BIN CRMGUARD_SUMMARY=$summary \
     bash scripts/run-suites.sh ${*:-regress isolation pgtap python}
 status=$?
@@ -76,7 +85,8 @@ inlog=$(grep -cE 'ERROR: AddressSanitizer|runtime error:' "$work/server.log")
 crashes=$(grep -cE 'terminated by signal|was terminated by' "$work/server.log")
 
 line=$(cat "$summary" 2>/dev/null || echo "0 passed, 1 failed")
-echo "sanitizer: $nreports report files, $inlog reports in the server log, $crashes backends killed by a signal, $(( $(date +%s) - start )) s"
+echo "sanitizer: $nreports report files, $inlog reports in the server log, $crashes backends killed by a signal;" \
+     "suites $(( $(date +%s) - suites_start )) s, $(( $(date +%s) - start )) s in all"
 echo "$line"
 rm -rf "$work"
 [ "$status" -eq 0 ] && [ "$nreports" -eq 0 ] && [ "$inlog" -eq 0 ] && [ "$crashes" -eq 0 ]
