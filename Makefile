@@ -14,10 +14,18 @@ SHLIB_LINK += -lsodium
 PG_CPPFLAGS += -Isrc
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter
 
+# make test SANITIZE=1 (scripts/sanitize.sh): the module built with AddressSanitizer
+# and UBSan, run in a cluster whose postmaster has the sanitizer runtime preloaded;
+# an undefined behaviour ends the backend like a memory error does (no recovery)
+ifneq ($(SANITIZE),)
+PG_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SHLIB_LINK += -fsanitize=address,undefined
+endif
+
 # Programs shipped with the extension (libpq, libsodium), installed with the
 # server's programs: one name per program, built from src/bin/<name, _ for ->.c
 CG_PROGRAMS = crmguard-device
-EXTRA_CLEAN = $(CG_PROGRAMS) src/bin/*.o
+EXTRA_CLEAN = $(CG_PROGRAMS) src/bin/*.o src/build-flags
 
 REGRESS = $(shell sed -n "s/^test: //p" test/schedule)
 REGRESS_OPTS = --inputdir=. --load-extension=crmguard
@@ -30,6 +38,13 @@ endif
 
 # every module includes the shared header: rebuild them all when it changes
 $(OBJS): src/crmguard.h src/otp.h src/approval.h
+
+# the objects remember whether they were built for the sanitizers: switching
+# SANITIZE on or off rebuilds them all
+src/build-flags: FORCE
+	@echo 'SANITIZE=$(SANITIZE)' | cmp -s - $@ || echo 'SANITIZE=$(SANITIZE)' > $@
+$(OBJS): src/build-flags
+.PHONY: FORCE
 src/fields.o src/fields_read.o src/fields_write.o src/fields_sql.o: src/fields.h
 
 crmguard--1.1.sql: $(SQL_PARTS)
@@ -107,7 +122,7 @@ test: deps
 	$(MAKE) all
 	@$(MAKE) --no-print-directory install-notice
 	$(MAKE) install
-	@bash scripts/test.sh
+	@bash scripts/$(if $(SANITIZE),sanitize,test).sh
 
 bench: deps
 	$(MAKE) all

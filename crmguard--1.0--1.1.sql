@@ -1025,6 +1025,14 @@ $$;
 COMMENT ON FUNCTION crmguard.compact_activity(date) IS 'fold the activity rows of each principal, table, day and action before a day into one (administrators; from cron)';
 
 -- ---------------------------------------------------------------------------
+-- Volatility and parallel labels true to what each function does (issue 18)
+-- ---------------------------------------------------------------------------
+ALTER FUNCTION crmguard.approval_invalid(text) PARALLEL SAFE;
+ALTER FUNCTION crmguard.require_attested() STABLE;
+ALTER FUNCTION crmguard.value_fits_column(regclass, name, text) STABLE;
+ALTER FUNCTION crmguard.approval_row_pending(regclass, anyelement) VOLATILE;
+
+-- ---------------------------------------------------------------------------
 -- Comments as a fresh 1.1 install has them: every object of the extension has
 -- one (test/pgtap/comments.sql), 1.0 left many without
 -- ---------------------------------------------------------------------------

@@ -558,6 +558,11 @@ Datum
 crmguard_audit_event(PG_FUNCTION_ARGS)
 {
 	cg_require_preload();
+	/* every entry names what happened: target, key and detail may be missing */
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("action must not be NULL")));
 	cg_audit(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 			 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
 			 PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),

@@ -200,6 +200,11 @@ crmguard_fields_row(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
+	/* anyelement: a scalar read as a row header would be a wild pointer */
+	if (!type_is_rowtype(get_fn_expr_argtype(fcinfo->flinfo, 0)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("argument of crmguard.fields_row() must be a table row")));
 	th = PG_GETARG_HEAPTUPLEHEADER(0);
 	c = fld_projection_cache(fcinfo, PG_GETARG_OID(1));
 	/* only a row of that very table: any other row is not this function's */

@@ -11,6 +11,6 @@ REVOKE ALL ON FUNCTION crmguard.compile_criteria(regclass, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION crmguard.compile_criteria(regclass, jsonb) IS 'the SQL predicate that criteria compile to, validated against the table (CG020 when invalid)';
 
 CREATE FUNCTION crmguard.value_fits_column(target regclass, col name, value text) RETURNS boolean
-    LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+    LANGUAGE c STABLE STRICT PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'crmguard_value_fits_column';
 COMMENT ON FUNCTION crmguard.value_fits_column(regclass, name, text) IS 'internal: does the value fit the column''s type and domain, judged as the table''s owner';

@@ -154,9 +154,10 @@ COMMENT ON FUNCTION crmguard.submit_for_approval(regclass, text, text) IS 'submi
 CREATE FUNCTION crmguard.approval_lock() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_lock';
 COMMENT ON FUNCTION crmguard.approval_lock() IS 'internal: the row lock, an AFTER UPDATE OR DELETE row trigger refusing changes to a row with a pending request (CG010)';
--- the lock trigger's WHEN clause; answers only roles that may change the table
+-- the lock trigger's WHEN clause; answers only roles that may change the table.
+-- VOLATILE: a request committed while the statement waited for the row counts at once
 CREATE FUNCTION crmguard.approval_row_pending(target regclass, row_key anyelement) RETURNS boolean
-    LANGUAGE c STABLE PARALLEL RESTRICTED
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_approval_row_pending';
 COMMENT ON FUNCTION crmguard.approval_row_pending(regclass, anyelement) IS 'internal: the row lock''s WHEN clause; does this row of the table have a pending request?';
 CREATE FUNCTION crmguard.approval_truncate() RETURNS trigger
@@ -174,7 +175,7 @@ COMMENT ON FUNCTION crmguard.approval_wake_worker() IS 'internal: make sure this
 -- Definitions: everything checked before anything is stored (CG020)
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION crmguard.approval_invalid(message text) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN

@@ -57,7 +57,7 @@ $$;
 COMMENT ON FUNCTION crmguard.untrack(regclass) IS 'stop counting a table''s contributions; what was counted stays (administrators)';
 
 CREATE FUNCTION crmguard.require_attested() RETURNS void
-    LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    LANGUAGE c STABLE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_require_attested';
 COMMENT ON FUNCTION crmguard.require_attested() IS 'CG030 unless the acting principal needs no device or has attested one (the device gate of SQL-written steps)';
 
