@@ -117,7 +117,8 @@ load_tracked(void)
 	track_rel = OidIsValid(schema) ? get_relname_relid("activity_track", schema) : InvalidOid;
 	installed = OidIsValid(track_rel);
 	tracked_valid = true;
-	if (!installed)
+	/* no table was ever tracked here: no query (fresh connections) */
+	if (!installed || cg_catalog_never_written(track_rel))
 		return;
 
 	PG_TRY();
@@ -220,6 +221,13 @@ credit_statement(void)
 
 	if (loading || !OidIsValid(MyDatabaseId) || !IsTransactionState() ||
 		IsParallelWorker() || IsBinaryUpgrade || RecoveryInProgress())
+		return;
+	/*
+	 * Only written rows are credited, and a transaction that wrote a row has
+	 * an xid: a read-only one (most first statements of a connection) reads
+	 * no tracking catalog at all.
+	 */
+	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()))
 		return;
 	/* the SPI reads below end statements of their own: not counted */
 	loading = true;

@@ -780,6 +780,27 @@ cg_approval_submit(int64 process, const char *key, Jsonb *data, const char *comm
 	return q->info.id;
 }
 
+/*
+ * A decision (approve, reject, recall) runs as the extension's owner on
+ * crmguard's catalogs, with the request locked for this transaction.
+ */
+static Request *
+decision_begin(int64 id, CgPrivilegedContext *priv)
+{
+	cg_enter_owner(priv);
+	cg_approval_planner_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	return request_or_error(id);
+}
+
+static void
+decision_end(CgPrivilegedContext *priv)
+{
+	SPI_finish();
+	cg_leave_owner(priv);
+}
+
 PG_FUNCTION_INFO_V1(crmguard_approve);
 Datum
 crmguard_approve(PG_FUNCTION_ARGS)
@@ -799,11 +820,7 @@ crmguard_approve(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_VOID();
 	acting = acting_principal();
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	q = request_or_error(id);
+	q = decision_begin(id, &priv);
 	require_pending(q);
 	approver = decider(q, acting, &approved, &napproved);
 	if (has_id(approved, napproved, approver))
@@ -834,8 +851,7 @@ crmguard_approve(PG_FUNCTION_ARGS)
 				" AND approver OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not update crmguard.approval_waiting");
 	}
-	SPI_finish();
-	cg_leave_owner(&priv);
+	decision_end(&priv);
 	PG_RETURN_VOID();
 }
 
@@ -857,11 +873,7 @@ crmguard_reject(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_VOID();
 	acting = acting_principal();
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	q = request_or_error(id);
+	q = decision_begin(id, &priv);
 	require_pending(q);
 	approver = decider(q, acting, &approved, &napproved);
 	if (comment == NULL || comment[0] == '\0')
@@ -870,8 +882,7 @@ crmguard_reject(PG_FUNCTION_ARGS)
 				 errmsg("a rejection needs a comment")));
 	add_history(id, q->current_step, acting, approver != acting ? approver : 0, "rejected", comment);
 	finish(q, "rejected");
-	SPI_finish();
-	cg_leave_owner(&priv);
+	decision_end(&priv);
 	PG_RETURN_VOID();
 }
 
@@ -890,11 +901,7 @@ crmguard_recall(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_VOID();
 	acting = acting_principal();
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	q = request_or_error(id);
+	q = decision_begin(id, &priv);
 	if (q->info.submitted_by == 0 || q->info.submitted_by != acting)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -902,8 +909,7 @@ crmguard_recall(PG_FUNCTION_ARGS)
 	require_pending(q);
 	add_history(id, q->current_step, q->info.submitted_by, 0, "recalled", comment);
 	finish(q, "recalled");
-	SPI_finish();
-	cg_leave_owner(&priv);
+	decision_end(&priv);
 	PG_RETURN_VOID();
 }
 
@@ -915,13 +921,8 @@ crmguard_approval_step_done(PG_FUNCTION_ARGS)
 	CgPrivilegedContext priv;
 
 	cg_require_preload();
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	step_done(request_or_error(PG_GETARG_INT64(0)));
-	SPI_finish();
-	cg_leave_owner(&priv);
+	step_done(decision_begin(PG_GETARG_INT64(0), &priv));
+	decision_end(&priv);
 	PG_RETURN_VOID();
 }
 
@@ -937,13 +938,8 @@ crmguard_approval_finish(PG_FUNCTION_ARGS)
 	if (strcmp(outcome, "approved") != 0 && strcmp(outcome, "rejected") != 0 &&
 		strcmp(outcome, "recalled") != 0)
 		elog(ERROR, "unknown outcome \"%s\"", outcome);
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	finish(request_or_error(PG_GETARG_INT64(0)), outcome);
-	SPI_finish();
-	cg_leave_owner(&priv);
+	finish(decision_begin(PG_GETARG_INT64(0), &priv), outcome);
+	decision_end(&priv);
 	PG_RETURN_VOID();
 }
 

@@ -8,6 +8,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "storage/bufmgr.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -441,6 +442,22 @@ cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values, const cha
 	rc = SPI_execute_plan(plan, values, nulls, read_only, count);
 	AtEOXact_GUC(true, nestlevel);
 	return rc;
+}
+
+/*
+ * Has this crmguard catalog never held a row?  An empty heap has no blocks;
+ * a row inserted (even uncommitted, or deleted since) leaves at least one.
+ * Lets a module skip its first query in databases that never used it: the
+ * cost of one relation open against a parse, a plan and a scan.
+ */
+bool
+cg_catalog_never_written(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	bool		empty = RelationGetNumberOfBlocks(rel) == 0;
+
+	table_close(rel, AccessShareLock);
+	return empty;
 }
 
 /*

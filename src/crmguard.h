@@ -39,6 +39,7 @@ extern bool cg_preloaded;
 #define CG_EXTENSION_VERSION "1.1"
 
 extern void cg_require_preload(void);
+extern bool cg_catalog_never_written(Oid relid);
 
 typedef struct CgCatalog
 {

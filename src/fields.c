@@ -267,6 +267,9 @@ fld_load(void)
 									   3, gargs, true);
 	}
 
+	/* a database that never had contact fields: no query (fresh connections) */
+	if (cg_catalog_never_written(fld_table_rel))
+		return;
 	fld_loading = true;
 	PG_TRY();
 	{
