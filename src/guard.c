@@ -407,15 +407,28 @@ load_guarded(void)
 		owner_query_settings();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		plan = SPI_prepare("SELECT target::pg_catalog.oid, 1 FROM crmguard.otp_rule"
-						   " UNION ALL SELECT target::pg_catalog.oid, 2 FROM crmguard.review_config"
-						   " UNION ALL SELECT target::pg_catalog.oid, 4"
-						   "  OPERATOR(pg_catalog.|) CASE WHEN current AND 'insert' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 8 ELSE 0 END"
-						   "  OPERATOR(pg_catalog.|) CASE WHEN current AND 'update' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 16 ELSE 0 END"
-						   "  FROM crmguard.approval_process"
-						   " UNION ALL SELECT target::pg_catalog.oid, 32 FROM crmguard.visibility_rule"
-						   " UNION ALL SELECT target::pg_catalog.oid, 64 FROM crmguard.field_table",
-						   0, NULL);
+		/* only the rule catalogs that ever held a row: most databases use a few features */
+		{
+			static const char *const parts[] = {
+				"SELECT target::pg_catalog.oid, 1 FROM crmguard.otp_rule",
+				"SELECT target::pg_catalog.oid, 2 FROM crmguard.review_config",
+				"SELECT target::pg_catalog.oid, 4"
+				"  OPERATOR(pg_catalog.|) CASE WHEN current AND 'insert' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 8 ELSE 0 END"
+				"  OPERATOR(pg_catalog.|) CASE WHEN current AND 'update' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 16 ELSE 0 END"
+				"  FROM crmguard.approval_process",
+				"SELECT target::pg_catalog.oid, 32 FROM crmguard.visibility_rule",
+				"SELECT target::pg_catalog.oid, 64 FROM crmguard.field_table"};
+			StringInfoData sql;
+
+			StaticAssertStmt(lengthof(parts) == lengthof(rule_rels), "one query part per rule catalog");
+			initStringInfo(&sql);
+			for (j = 0; j < (int) lengthof(parts); j++)
+				if (OidIsValid(rule_rels[j]) && !cg_catalog_never_written(rule_rels[j]))
+					appendStringInfo(&sql, "%s%s", sql.len > 0 ? " UNION ALL " : "", parts[j]);
+			if (sql.len == 0)
+				appendStringInfoString(&sql, "SELECT 0::pg_catalog.oid, 0 WHERE false");
+			plan = SPI_prepare(sql.data, 0, NULL);
+		}
 		if (plan == NULL ||
 			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
 								 true, false, 0) != SPI_OK_SELECT)
