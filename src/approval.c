@@ -309,18 +309,11 @@ cg_approval_current_row(RequestInfo *r)
 	return result;
 }
 
+/* A scalar's text, or NULL when the member is missing, null or not a scalar */
 static char *
-scalar_text(JsonbValue *v)
+jsonb_text_or_null(JsonbValue *v)
 {
-	if (v == NULL || v->type == jbvNull)
-		return NULL;
-	if (v->type == jbvString)
-		return pnstrdup(v->val.string.val, v->val.string.len);
-	if (v->type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	if (v->type == jbvBool)
-		return pstrdup(v->val.boolean ? "true" : "false");
-	return NULL;
+	return v ? cg_jsonb_scalar_text(v) : NULL;
 }
 
 /* Principals an action names: "submitter", "approvers", or a column of the row */
@@ -351,7 +344,7 @@ principals_named(RequestInfo *r, const char *who, Jsonb **row)
 
 		if (*row == NULL)
 			*row = cg_approval_current_row(r);
-		id = *row ? scalar_text(cg_jsonb_member(&(*row)->root, who)) : NULL;
+		id = *row ? jsonb_text_or_null(cg_jsonb_member(&(*row)->root, who)) : NULL;
 		if (id != NULL)
 			ids = lappend(ids, id);
 	}
@@ -407,7 +400,7 @@ action_set(RequestInfo *r, Jsonb *body)
 			column = pnstrdup(v.val.string.val, v.val.string.len);
 		else if (tok == WJB_VALUE && column != NULL && n < 64)
 		{
-			char	   *text = scalar_text(&v);
+			char	   *text = jsonb_text_or_null(&v);
 			AttrNumber	attno = get_attnum(r->relid, column);
 			Oid			type;
 			int32		typmod;
@@ -444,9 +437,9 @@ action_set(RequestInfo *r, Jsonb *body)
 static void
 action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 {
-	char	   *channel = scalar_text(cg_jsonb_member(&body->root, "channel"));
-	char	   *subject = scalar_text(cg_jsonb_member(&body->root, "subject"));
-	char	   *text = scalar_text(cg_jsonb_member(&body->root, "body"));
+	char	   *channel = jsonb_text_or_null(cg_jsonb_member(&body->root, "channel"));
+	char	   *subject = jsonb_text_or_null(cg_jsonb_member(&body->root, "subject"));
+	char	   *text = jsonb_text_or_null(cg_jsonb_member(&body->root, "body"));
 	ListCell   *lc;
 
 	if (subject == NULL)
@@ -454,7 +447,7 @@ action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 	if (text == NULL)
 		text = psprintf("Approval request " INT64_FORMAT " (%s) for row %s of %s is %s.",
 						r->id, r->process, r->key, get_rel_name(r->relid), r->state);
-	foreach(lc, principals_named(r, scalar_text(cg_jsonb_member(&body->root, "to")), row))
+	foreach(lc, principals_named(r, jsonb_text_or_null(cg_jsonb_member(&body->root, "to")), row))
 	{
 		char	   *recipient = recipient_of((char *) lfirst(lc), channel);
 
@@ -471,7 +464,7 @@ action_notify(RequestInfo *r, Jsonb *body, Jsonb **row)
 static void
 action_webhook(RequestInfo *r, Jsonb *body)
 {
-	char	   *channel = scalar_text(cg_jsonb_member(&body->root, "channel"));
+	char	   *channel = jsonb_text_or_null(cg_jsonb_member(&body->root, "channel"));
 	JsonbValue *extra = cg_jsonb_member(&body->root, "body");
 	const CgPrincipal *actor = cg_current_principal();
 	Jsonb	   *row;
@@ -518,11 +511,11 @@ action_webhook(RequestInfo *r, Jsonb *body)
 static void
 action_task(RequestInfo *r, Jsonb *body, Jsonb **row)
 {
-	char	   *subject = scalar_text(cg_jsonb_member(&body->root, "subject"));
+	char	   *subject = jsonb_text_or_null(cg_jsonb_member(&body->root, "subject"));
 	ListCell   *lc;
 	CgPrivilegedContext priv;
 
-	foreach(lc, principals_named(r, scalar_text(cg_jsonb_member(&body->root, "assign_to")), row))
+	foreach(lc, principals_named(r, jsonb_text_or_null(cg_jsonb_member(&body->root, "assign_to")), row))
 	{
 		Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
 		Datum		values[3];
@@ -596,7 +589,7 @@ cg_approval_run_actions(RequestInfo *r, Jsonb *actions)
 			continue;
 		kind = pnstrdup(k.val.string.val, k.val.string.len);
 		if (strcmp(kind, "call") == 0)
-			action_call(r, scalar_text(&body));
+			action_call(r, jsonb_text_or_null(&body));
 		else if (body.type == jbvBinary)
 		{
 			Jsonb	   *object = JsonbValueToJsonb(&body);

@@ -136,13 +136,9 @@ member_text(Jsonb *object, const char *key)
 	v = cg_jsonb_member(&object->root, key);
 	if (v == NULL || v->type == jbvNull)
 		return NULL;
-	if (v->type == jbvString)
-		return pnstrdup(v->val.string.val, v->val.string.len);
-	if (v->type == jbvNumeric)
-		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	if (v->type == jbvBool)
-		return pstrdup(v->val.boolean ? "true" : "false");
-	return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+	if (v->type == jbvBinary)
+		return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+	return cg_jsonb_scalar_text(v);
 }
 
 static Jsonb *

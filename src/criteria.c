@@ -199,6 +199,23 @@ cg_jsonb_member(JsonbContainer *object, const char *key)
 	return findJsonbValueFromContainer(object, JB_FOBJECT, &k);
 }
 
+/* The text of a jsonb scalar (strings unquoted), as ->> shows it; NULL for null or a container */
+char *
+cg_jsonb_scalar_text(const JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		default:
+			return NULL;
+	}
+}
+
 static char *
 string_of(JsonbValue *v)
 {
@@ -249,24 +266,15 @@ check_keys(JsonbContainer *object, const char *const *allowed, int nallowed)
 static char *
 scalar_text(JsonbValue *v, const CriteriaColumn *col)
 {
-	switch (v->type)
-	{
-		case jbvString:
-			return string_of(v);
-		case jbvNumeric:
-			return DatumGetCString(DirectFunctionCall1(numeric_out,
-													   NumericGetDatum(v->val.numeric)));
-		case jbvBool:
-			return pstrdup(v->val.boolean ? "true" : "false");
-		case jbvNull:
-			ereport(ERROR,
-					(errcode(ERRCODE_CG_INVALID_RULE),
-					 errmsg("invalid criteria: null is not a value for column \"%s\"", col->name),
-					 errhint("Use the operator \"is null\" to match rows where the column is null.")));
-			break;
-		default:
-			break;
-	}
+	char	   *text = cg_jsonb_scalar_text(v);
+
+	if (text != NULL)
+		return text;
+	if (v->type == jbvNull)
+		ereport(ERROR,
+				(errcode(ERRCODE_CG_INVALID_RULE),
+				 errmsg("invalid criteria: null is not a value for column \"%s\"", col->name),
+				 errhint("Use the operator \"is null\" to match rows where the column is null.")));
 	invalid(psprintf("value for column \"%s\" must be a string, number or boolean", col->name));
 	return NULL;
 }

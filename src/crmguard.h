@@ -164,6 +164,7 @@ extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);
 extern char *cg_criteria_compile_for(Oid relid, Jsonb *criteria, const CgPrincipal *p);
 extern char *cg_criteria_compile_row(Oid relid, Jsonb *criteria, const char *prefix);
 extern JsonbValue *cg_jsonb_member(JsonbContainer *object, const char *key);
+extern char *cg_jsonb_scalar_text(const JsonbValue *v);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value);
 

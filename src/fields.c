@@ -512,23 +512,6 @@ refuse_value(const FieldDef *f, const char *why)
 			 f->type == FT_PHONE ? errhint("Write phone numbers with their country code, as in \"+39 347 555 0123\".") : 0));
 }
 
-/* The text of a jsonb scalar (strings unquoted), as ->> shows it */
-char *
-fld_scalar_text(const JsonbValue *v)
-{
-	switch (v->type)
-	{
-		case jbvString:
-			return pnstrdup(v->val.string.val, v->val.string.len);
-		case jbvNumeric:
-			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-		case jbvBool:
-			return pstrdup(v->val.boolean ? "true" : "false");
-		default:
-			return NULL;
-	}
-}
-
 static bool
 parse_int64(const char *s, int64 *out)
 {
@@ -594,7 +577,7 @@ fld_normalise(const FieldDef *f, const JsonbValue *in, JsonbValue *out)
 
 	if (in->type == jbvBinary)
 		refuse_value(f, "A field holds a single value, not an object or an array.");
-	s = fld_scalar_text(in);
+	s = cg_jsonb_scalar_text(in);
 	switch (f->type)
 	{
 		case FT_TEXT:

@@ -130,7 +130,6 @@ extern bool fld_actor_sees(const Actor *a, const FieldDef *f);
 /* fields.c: values (CG040 on a refused one) */
 extern void fld_refuse(const FieldDef *f, const char *name, const char *msg,
 					   const char *detail) pg_attribute_noreturn();
-extern char *fld_scalar_text(const JsonbValue *v);
 extern char *fld_normalise(const FieldDef *f, const JsonbValue *in, JsonbValue *out);
 
 /* fields.c: sealed values and the blind index */

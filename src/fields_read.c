@@ -300,7 +300,7 @@ crmguard_fields_get_text(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	if (v->type == jbvBinary)
 		PG_RETURN_TEXT_P(cstring_to_text(JsonbToCString(NULL, v->val.binary.data, v->val.binary.len)));
-	PG_RETURN_TEXT_P(cstring_to_text(fld_scalar_text(v)));
+	PG_RETURN_TEXT_P(cstring_to_text(cg_jsonb_scalar_text(v)));
 }
 
 /* ---------------------------------------------------------------------------

@@ -642,7 +642,7 @@ crmguard_find_by_field(PG_FUNCTION_ARGS)
 	in.val.string.val = value;
 	in.val.string.len = strlen(value);
 	canonical = fld_normalise(f, &in, &norm);
-	lookup = f->masked ? fld_blind_index(t, f, canonical) : fld_scalar_text(&norm);
+	lookup = f->masked ? fld_blind_index(t, f, canonical) : cg_jsonb_scalar_text(&norm);
 
 	column = psprintf("%s.%s", fld_raw_alias, quote_identifier(get_attname(relid, t->attnum, false)));
 	if (f->masked)
@@ -747,7 +747,7 @@ crmguard_unmask(PG_FUNCTION_ARGS)
 	if (v == NULL || v->type == jbvNull)
 		PG_RETURN_NULL();
 	if (!f->masked || v->type != jbvBinary)
-		PG_RETURN_TEXT_P(cstring_to_text(fld_scalar_text(v)));
+		PG_RETURN_TEXT_P(cstring_to_text(cg_jsonb_scalar_text(v)));
 	if (!fld_member_string(v->val.binary.data, "enc", &s, &len) ||
 		(clear = fld_decrypt(t, f, row_key, s, len)) == NULL)
 		ereport(ERROR,
@@ -800,7 +800,7 @@ map_value(JsonbValue *tmpl, Jsonb *source, JsonbValue *out)
 				return true;
 			}
 			if (v->type != jbvNull && v->type != jbvBinary)
-				appendStringInfoString(&buf, fld_scalar_text(v));
+				appendStringInfoString(&buf, cg_jsonb_scalar_text(v));
 			i = close + 2 - s;
 			continue;
 		}

@@ -394,7 +394,7 @@ crmguard_fields_guard(PG_FUNCTION_ARGS)
 
 				(void) fld_normalise(f, &v, norm);
 				o->value = norm;
-				o->lookup = fld_scalar_text(norm);
+				o->lookup = cg_jsonb_scalar_text(norm);
 			}
 		}
 	}
@@ -443,7 +443,7 @@ crmguard_fields_guard(PG_FUNCTION_ARGS)
 			{
 				o->value = copy_scalar(&v);
 				if (f != NULL && v.type != jbvBinary)
-					o->lookup = fld_scalar_text(&v);
+					o->lookup = cg_jsonb_scalar_text(&v);
 			}
 		}
 	}
@@ -488,7 +488,7 @@ crmguard_fields_guard(PG_FUNCTION_ARGS)
 			if (prev != NULL && strcmp(old_key, new_key) == 0 &&
 				((f->masked && prev->type == jbvBinary && fld_member_string(prev->val.binary.data, "blind", &s, &len) &&
 				  len == (int) strlen(out[i].lookup) && memcmp(s, out[i].lookup, len) == 0) ||
-				 (!f->masked && prev->type != jbvBinary && strcmp(fld_scalar_text(prev), out[i].lookup) == 0)))
+				 (!f->masked && prev->type != jbvBinary && strcmp(cg_jsonb_scalar_text(prev), out[i].lookup) == 0)))
 				continue;
 		}
 		check_unique(rel, f, out[i].lookup, is_update ? &oldtup->t_self : NULL);
