@@ -98,13 +98,22 @@ invalidate_tracked_syscache(Datum arg, int cacheid, uint32 hashvalue)
 	tracked_valid = false;
 }
 
-/* Read the tracked tables (SPI; only in a healthy transaction, never nested) */
+static void
+note_tracked(Datum *values, bool *nulls, void *arg)
+{
+	List	  **targets = arg;
+
+	*targets = lappend_oid(*targets, DatumGetObjectId(values[0]));
+}
+
+/* Read the tracked tables (only in a healthy transaction) */
 static void
 load_tracked(void)
 {
-	CgPrivilegedContext priv;
+	static const char *const columns[] = {"target"};
 	Oid			schema;
-	uint64		i;
+	List	   *targets = NIL;
+	ListCell   *lc;
 
 	if (!callbacks_registered)
 	{
@@ -117,33 +126,13 @@ load_tracked(void)
 	track_rel = OidIsValid(schema) ? get_relname_relid("activity_track", schema) : InvalidOid;
 	installed = OidIsValid(track_rel);
 	tracked_valid = true;
-	/* no table was ever tracked here: no query (fresh connections) */
+	/* no table was ever tracked here: no read (fresh connections) */
 	if (!installed || cg_catalog_never_written(track_rel))
 		return;
 
 	PG_TRY();
 	{
-		cg_enter_owner(&priv);
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute("SELECT target::pg_catalog.oid FROM crmguard.activity_track", true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read crmguard.activity_track");
-		if (tracked == NULL || SPI_processed > (uint64) ntracked)
-		{
-			if (tracked)
-				pfree(tracked);
-			tracked = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * Max(SPI_processed, 16));
-		}
-		for (i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-
-			tracked[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-														SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		ntracked = (int) SPI_processed;
-		SPI_finish();
-		cg_leave_owner(&priv);
+		cg_scan_catalog(track_rel, GetTransactionSnapshot(), 1, columns, note_tracked, &targets);
 	}
 	PG_CATCH();
 	{
@@ -151,6 +140,12 @@ load_tracked(void)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	if (tracked != NULL)
+		pfree(tracked);
+	tracked = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * Max(list_length(targets), 16));
+	foreach(lc, targets)
+		tracked[ntracked++] = lfirst_oid(lc);
+	list_free(targets);
 }
 
 /* The rows this transaction has inserted, updated and deleted in a table so far */

@@ -15,6 +15,12 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
+#include "storage/lmgr.h"
+#include "storage/smgr.h"
+#include "utils/snapmgr.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -447,17 +453,121 @@ cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values, const cha
 /*
  * Has this crmguard catalog never held a row?  An empty heap has no blocks;
  * a row inserted (even uncommitted, or deleted since) leaves at least one.
- * Lets a module skip its first query in databases that never used it: the
- * cost of one relation open against a parse, a plan and a scan.
+ * Lets a module skip its first read in databases that never used it.  The
+ * size comes from the storage manager under the table's lock, without
+ * building the table's relcache entry: on a fresh connection that is most
+ * of the cost.
  */
 bool
 cg_catalog_never_written(Oid relid)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
-	bool		empty = RelationGetNumberOfBlocks(rel) == 0;
+	HeapTuple	tuple;
+	Form_pg_class form;
+	RelFileNode node;
+	SMgrRelation smgr;
+	bool		empty;
 
-	table_close(rel, AccessShareLock);
+	LockRelationOid(relid, AccessShareLock);	/* no TRUNCATE or rewrite meanwhile */
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	form = (Form_pg_class) GETSTRUCT(tuple);
+	if (form->relkind != RELKIND_RELATION || form->relpersistence != RELPERSISTENCE_PERMANENT ||
+		!OidIsValid(form->relfilenode))
+	{
+		/* not a plain table of ours: ask the relation itself */
+		ReleaseSysCache(tuple);
+		{
+			Relation	rel = table_open(relid, NoLock);
+
+			empty = RelationGetNumberOfBlocks(rel) == 0;
+			table_close(rel, NoLock);
+		}
+		UnlockRelationOid(relid, AccessShareLock);
+		return empty;
+	}
+	node.spcNode = OidIsValid(form->reltablespace) ? form->reltablespace : MyDatabaseTableSpace;
+	node.dbNode = MyDatabaseId;
+	node.relNode = form->relfilenode;
+	ReleaseSysCache(tuple);
+	smgr = smgropen(node, InvalidBackendId);
+	empty = !smgrexists(smgr, MAIN_FORKNUM) || smgrnblocks(smgr, MAIN_FORKNUM) == 0;
+	UnlockRelationOid(relid, AccessShareLock);
 	return empty;
+}
+
+/*
+ * Each row of one of crmguard's own catalogs, read straight from the heap
+ * with snapshot: fn gets the values of the named columns, valid until it
+ * returns.  The per-backend caches load this way, not by SPI, because on a
+ * fresh connection the parse and plan of a query cost several times the
+ * scan of a small catalog.  No privilege is checked: these are crmguard's
+ * catalogs, read for crmguard, never a user's table.
+ */
+void
+cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *columns,
+				CgCatalogRowFn fn, void *arg)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
+	Datum	   *values = palloc(sizeof(Datum) * ncolumns);
+	bool	   *nulls = palloc(sizeof(bool) * ncolumns);
+	AttrNumber	last = 0;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	int			i;
+
+	for (i = 0; i < ncolumns; i++)
+	{
+		int			a;
+
+		attnums[i] = InvalidAttrNumber;
+		for (a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+
+			if (!att->attisdropped && strcmp(NameStr(att->attname), columns[i]) == 0)
+				attnums[i] = att->attnum;
+		}
+		if (attnums[i] == InvalidAttrNumber)
+			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is missing",
+				 columns[i], RelationGetRelationName(rel));
+		last = Max(last, attnums[i]);
+	}
+	snapshot = RegisterSnapshot(snapshot);
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		slot_getsomeattrs(slot, last);
+		for (i = 0; i < ncolumns; i++)
+		{
+			values[i] = slot->tts_values[attnums[i] - 1];
+			nulls[i] = slot->tts_isnull[attnums[i] - 1];
+		}
+		fn(values, nulls, arg);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	pfree(attnums);
+	pfree(values);
+	pfree(nulls);
+}
+
+/*
+ * The OID of crmguard.name(argtypes): one probe of the catalog cache,
+ * where LookupFuncName gathers every function of that name first.
+ */
+Oid
+cg_function_oid(const char *name, int nargs, const Oid *argtypes)
+{
+	oidvector  *args = buildoidvector(argtypes, nargs);
+
+	return GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum(name),
+						   PointerGetDatum(args), ObjectIdGetDatum(cg_catalog()->schema));
 }
 
 /*

@@ -15,6 +15,7 @@
 #include "utils/array.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
+#include "utils/snapshot.h"
 
 /* SQLSTATEs of the spec */
 #define ERRCODE_CG_OTP_REQUIRED			MAKE_SQLSTATE('C','G','0','0','1')
@@ -54,6 +55,10 @@ typedef struct CgCatalog
 extern const CgCatalog *cg_catalog(void);
 extern bool cg_catalog_has_row(const char *sql, int nargs, Oid *types, Datum *values);
 extern void cg_register_relcache_callback(RelcacheCallbackFunction function, Datum arg);
+typedef void (*CgCatalogRowFn) (Datum *values, bool *nulls, void *arg);
+extern void cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *columns,
+							CgCatalogRowFn fn, void *arg);
+extern Oid	cg_function_oid(const char *name, int nargs, const Oid *argtypes);
 
 typedef struct CgPrivilegedContext
 {

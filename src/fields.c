@@ -252,24 +252,19 @@ fld_load(void)
 	fld_valid = true;
 	if (!OidIsValid(fld_table_rel) || !OidIsValid(field_def_rel))
 		return;
+	/* a database that never had contact fields: no query (fresh connections) */
+	if (cg_catalog_never_written(fld_table_rel))
+		return;
 	{
 		Oid			args[2] = {JSONBOID, OIDOID};
 		Oid			rargs[2] = {ANYELEMENTOID, OIDOID};
 		Oid			gargs[3] = {JSONBOID, OIDOID, TEXTOID};
 
-		fld_projection_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_projection")),
-										 2, args, true);
-		fld_row_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_row")),
-								  2, rargs, true);
-		fld_get_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_get")),
-								  3, gargs, true);
-		fld_get_text_func = LookupFuncName(list_make2(makeString("crmguard"), makeString("fields_get_text")),
-									   3, gargs, true);
+		fld_projection_func = cg_function_oid("fields_projection", 2, args);
+		fld_row_func = cg_function_oid("fields_row", 2, rargs);
+		fld_get_func = cg_function_oid("fields_get", 3, gargs);
+		fld_get_text_func = cg_function_oid("fields_get_text", 3, gargs);
 	}
-
-	/* a database that never had contact fields: no query (fresh connections) */
-	if (cg_catalog_never_written(fld_table_rel))
-		return;
 	fld_loading = true;
 	PG_TRY();
 	{

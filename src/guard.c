@@ -305,7 +305,8 @@ static bool guarded_valid = false;
 static uint64 guard_generation = 0;	/* bumped by every invalidation */
 static bool guard_loading = false;
 static Oid	rule_rels[5];
-static Oid	guard_functions[NUM_GUARD_SPECS];
+static Oid	guard_functions[NUM_GUARD_SPECS];	/* see guard_function() */
+static bool guard_functions_known = false;
 static Oid	crmguard_schema = InvalidOid;
 
 static ExecutorCheckPerms_hook_type prev_check_perms = NULL;
@@ -339,6 +340,54 @@ guard_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
 	guarded_valid = false;
 }
 
+/* the rule kind each rule catalog gives its tables, in rule_rels' order */
+#define RULE_CATALOG_APPROVAL 2
+static const int rule_catalog_kinds[] = {RULE_OTP, RULE_REVIEW, RULE_APPROVAL, RULE_VISIBILITY, RULE_FIELDS};
+static int	rule_kind_of_catalog;
+
+static void
+add_guarded(Oid relid, int rules)
+{
+	bool		found;
+	GuardedRel *g = hash_search(guarded, &relid, HASH_ENTER, &found);
+
+	g->rules = (found ? g->rules : 0) | rules;
+}
+
+static void
+note_guarded(Datum *values, bool *nulls, void *arg)
+{
+	add_guarded(DatumGetObjectId(values[0]), rule_kind_of_catalog);
+}
+
+/* an approval process; a current one may also submit rows as they are inserted or updated */
+static void
+note_approval_process(Datum *values, bool *nulls, void *arg)
+{
+	int			rules = RULE_APPROVAL;
+
+	if (DatumGetBool(values[1]))
+	{
+		ArrayType  *events = DatumGetArrayTypeP(values[2]);
+		Datum	   *elems;
+		bool	   *elem_nulls;
+		int			n;
+		int			i;
+
+		deconstruct_array(events, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
+		for (i = 0; i < n; i++)
+		{
+			char	   *event = elem_nulls[i] ? "" : TextDatumGetCString(elems[i]);
+
+			if (strcmp(event, "insert") == 0)
+				rules |= RULE_SUBMIT_INSERT;
+			else if (strcmp(event, "update") == 0)
+				rules |= RULE_SUBMIT_UPDATE;
+		}
+	}
+	add_guarded(DatumGetObjectId(values[0]), rules);
+}
+
 /*
  * Load the rule kinds of every guarded table with the latest snapshot, so
  * that a rule committed a moment ago counts even in an old snapshot.
@@ -348,12 +397,7 @@ load_guarded(void)
 {
 	static bool callbacks_registered = false;
 	HASHCTL		ctl;
-	CgPrivilegedContext priv;
-	SPIPlanPtr	plan;
-	uint64		i;
 	int			j;
-	MemoryContext old;
-	volatile bool pushed = false;
 
 	if (!callbacks_registered)
 	{
@@ -378,6 +422,7 @@ load_guarded(void)
 	crmguard_schema = InvalidOid;
 	memset(rule_rels, 0, sizeof(rule_rels));
 	memset(guard_functions, 0, sizeof(guard_functions));
+	guard_functions_known = false;
 	if (!OidIsValid(get_extension_oid("crmguard", true)))
 		return;
 	crmguard_schema = cg_catalog()->schema;
@@ -386,69 +431,24 @@ load_guarded(void)
 	rule_rels[2] = get_relname_relid("approval_process", crmguard_schema);
 	rule_rels[3] = get_relname_relid("visibility_rule", crmguard_schema);
 	rule_rels[4] = get_relname_relid("field_table", crmguard_schema);
-	for (j = 0; j < NUM_GUARD_SPECS; j++)
-	{
-		Oid			noargs[1];
 
-		guard_functions[j] = LookupFuncName(list_make2(makeString("crmguard"),
-													   makeString(pstrdup(guard_specs[j].function))),
-											0, noargs, true);
-	}
-
+	/* only the rule catalogs that ever held a row: most databases use a few features */
 	guard_loading = true;
 	PG_TRY();
 	{
-		if (!ActiveSnapshotSet())
-		{
-			PushActiveSnapshot(GetTransactionSnapshot());
-			pushed = true;
-		}
-		cg_enter_owner(&priv);
-		owner_query_settings();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		/* only the rule catalogs that ever held a row: most databases use a few features */
-		{
-			static const char *const parts[] = {
-				"SELECT target::pg_catalog.oid, 1 FROM crmguard.otp_rule",
-				"SELECT target::pg_catalog.oid, 2 FROM crmguard.review_config",
-				"SELECT target::pg_catalog.oid, 4"
-				"  OPERATOR(pg_catalog.|) CASE WHEN current AND 'insert' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 8 ELSE 0 END"
-				"  OPERATOR(pg_catalog.|) CASE WHEN current AND 'update' OPERATOR(pg_catalog.=) ANY (auto_submit) THEN 16 ELSE 0 END"
-				"  FROM crmguard.approval_process",
-				"SELECT target::pg_catalog.oid, 32 FROM crmguard.visibility_rule",
-				"SELECT target::pg_catalog.oid, 64 FROM crmguard.field_table"};
-			StringInfoData sql;
+		Snapshot	latest = GetLatestSnapshot();
 
-			StaticAssertStmt(lengthof(parts) == lengthof(rule_rels), "one query part per rule catalog");
-			initStringInfo(&sql);
-			for (j = 0; j < (int) lengthof(parts); j++)
-				if (OidIsValid(rule_rels[j]) && !cg_catalog_never_written(rule_rels[j]))
-					appendStringInfo(&sql, "%s%s", sql.len > 0 ? " UNION ALL " : "", parts[j]);
-			if (sql.len == 0)
-				appendStringInfoString(&sql, "SELECT 0::pg_catalog.oid, 0 WHERE false");
-			plan = SPI_prepare(sql.data, 0, NULL);
-		}
-		if (plan == NULL ||
-			SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
-								 true, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read crmguard's rule catalogs");
-		old = MemoryContextSwitchTo(guard_context);
-		for (i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-			int			rules = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-			bool		found;
-			GuardedRel *g = hash_search(guarded, &relid, HASH_ENTER, &found);
+		for (j = 0; j < (int) lengthof(rule_rels); j++)
+			if (OidIsValid(rule_rels[j]) && !cg_catalog_never_written(rule_rels[j]))
+			{
+				static const char *const plain[] = {"target"};
+				static const char *const process[] = {"target", "current", "auto_submit"};
+				bool		is_process = j == RULE_CATALOG_APPROVAL;
 
-			g->rules = (found ? g->rules : 0) | rules;
-		}
-		MemoryContextSwitchTo(old);
-		SPI_finish();
-		cg_leave_owner(&priv);
-		if (pushed)
-			PopActiveSnapshot();
+				rule_kind_of_catalog = rule_catalog_kinds[j];
+				cg_scan_catalog(rule_rels[j], latest, is_process ? 3 : 1, is_process ? process : plain,
+								is_process ? note_approval_process : note_guarded, NULL);
+			}
 	}
 	PG_FINALLY();
 	{
@@ -469,6 +469,24 @@ table_rules(Oid relid)
 	return g ? g->rules : 0;
 }
 
+/*
+ * The trigger function of guard spec j, looked up when first needed: a
+ * statement on tables with no trigger guard never needs them.
+ */
+static Oid
+guard_function(int j)
+{
+	if (!guard_functions_known && OidIsValid(crmguard_schema))
+	{
+		int			k;
+
+		for (k = 0; k < NUM_GUARD_SPECS; k++)
+			guard_functions[k] = cg_function_oid(guard_specs[k].function, 0, NULL);
+		guard_functions_known = true;
+	}
+	return guard_functions[j];
+}
+
 /* Is fn one of the trigger functions of crmguard's guards? */
 static bool
 is_guard_function(Oid fn)
@@ -476,7 +494,7 @@ is_guard_function(Oid fn)
 	int			j;
 
 	for (j = 0; j < NUM_GUARD_SPECS; j++)
-		if (OidIsValid(fn) && fn == guard_functions[j])
+		if (OidIsValid(fn) && fn == guard_function(j))
 			return true;
 	return false;
 }
@@ -549,7 +567,7 @@ guard_trigger_problems(Relation rel, int rules, bool strict)
 			continue;
 		}
 		for (j = 0; j < NUM_GUARD_SPECS; j++)
-			if (tg->tgfoid == guard_functions[j] && strcmp(tg->tgname, guard_specs[j].name) == 0)
+			if (tg->tgfoid == guard_function(j) && strcmp(tg->tgname, guard_specs[j].name) == 0)
 				canonical = true;
 		if (is_guard_function(tg->tgfoid) && !canonical)
 		{
@@ -591,12 +609,12 @@ guard_trigger_problems(Relation rel, int rules, bool strict)
 
 			/* a renamed guard was reported above */
 			for (i = 0; td != NULL && i < td->numtriggers; i++)
-				if (td->triggers[i].tgfoid == guard_functions[j] && td->triggers[i].tgtype == spec->tgtype)
+				if (td->triggers[i].tgfoid == guard_function(j) && td->triggers[i].tgtype == spec->tgtype)
 					renamed = true;
 			if (!renamed)
 				problems = lappend(problems, trigger_problem(table, spec->name, "guard_dropped", "dropped"));
 		}
-		else if (found->tgfoid != guard_functions[j] || found->tgtype != spec->tgtype)
+		else if (found->tgfoid != guard_function(j) || found->tgtype != spec->tgtype)
 			problems = lappend(problems, trigger_problem(table, spec->name, "guard_replaced", "replaced"));
 	}
 	return problems;

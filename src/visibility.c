@@ -849,13 +849,48 @@ rules_callback(Datum arg, Oid relid)
 		rules_valid = false;
 }
 
+/* A row of crmguard.visibility_rule as load_rules reads it */
+typedef struct RuleRow
+{
+	int64		id;
+	Oid			target;
+	CachedRule *rule;
+} RuleRow;
+
+static void
+collect_rule(Datum *values, bool *nulls, void *arg)
+{
+	List	  **rows = arg;
+	MemoryContext old = MemoryContextSwitchTo(rules_context);
+	RuleRow    *row = palloc(sizeof(RuleRow));
+
+	row->id = DatumGetInt64(values[0]);
+	row->target = DatumGetObjectId(values[1]);
+	row->rule = palloc(sizeof(CachedRule));
+	row->rule->audience = TextDatumGetCString(values[2]);
+	row->rule->compiled = TextDatumGetCString(values[3]);
+	row->rule->edit = strcmp(TextDatumGetCString(values[4]), "edit") == 0;
+	*rows = lappend(*rows, row);
+	MemoryContextSwitchTo(old);
+}
+
+static int
+rule_row_order(const ListCell *a, const ListCell *b)
+{
+	int64		x = ((RuleRow *) lfirst(a))->id;
+	int64		y = ((RuleRow *) lfirst(b))->id;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 static void
 load_rules(void)
 {
-	CgPrivilegedContext priv;
+	static const char *const columns[] = {"id", "target", "audience", "compiled", "access"};
 	HASHCTL		ctl;
 	MemoryContext old;
-	uint64		i;
+	List	   *rows = NIL;
+	ListCell   *rc;
 
 	if (rules_context == NULL)
 	{
@@ -878,22 +913,19 @@ load_rules(void)
 	rules_changed_while_loading = false;
 	known_rule_rel = cg_catalog()->visibility_rule_rel;
 
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT target::pg_catalog.oid, audience, compiled, access"
-					" FROM crmguard.visibility_rule ORDER BY id", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.visibility_rule");
+	/* in the order the rules were made, each table's arms and audiences */
+	if (!cg_catalog_never_written(known_rule_rel))
+		cg_scan_catalog(known_rule_rel,
+						ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(),
+						lengthof(columns), columns, collect_rule, &rows);
 	old = MemoryContextSwitchTo(rules_context);
-	for (i = 0; i < SPI_processed; i++)
+	list_sort(rows, rule_row_order);
+	foreach(rc, rows)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		RuleRow    *row = lfirst(rc);
+		CachedRule *r = row->rule;
 		bool		found;
-		TableRules *t = hash_search(table_rules, &relid, HASH_ENTER, &found);
-		CachedRule *r = palloc(sizeof(CachedRule));
+		TableRules *t = hash_search(table_rules, &row->target, HASH_ENTER, &found);
 		ListCell   *lc;
 		bool		known = false;
 
@@ -903,9 +935,6 @@ load_rules(void)
 			t->audiences = list_make1(pstrdup(ADMIN_ROLE));
 			t->quals = NIL;
 		}
-		r->audience = SPI_getvalue(tup, desc, 2);
-		r->compiled = SPI_getvalue(tup, desc, 3);
-		r->edit = strcmp(SPI_getvalue(tup, desc, 4), "edit") == 0;
 		t->rules = lappend(t->rules, r);
 		foreach(lc, t->audiences)
 			known |= strcmp((char *) lfirst(lc), r->audience) == 0;
@@ -913,8 +942,6 @@ load_rules(void)
 			t->audiences = lappend(t->audiences, r->audience);
 	}
 	MemoryContextSwitchTo(old);
-	SPI_finish();
-	cg_leave_owner(&priv);
 	rules_loading = false;
 	rules_valid = !rules_changed_while_loading;
 }
