@@ -1,6 +1,6 @@
 -- Row visibility: policies keep index scans for a non-superuser principal
 BEGIN;
-SELECT plan(13);
+SELECT plan(15);
 
 CREATE ROLE tap_vis_agent;
 CREATE ROLE tap_vis_stranger;
@@ -64,12 +64,18 @@ SELECT matches(pg_temp.plan_of('SELECT count(*) FROM public.tap_vis'),
                'Index Cond: \(zone = ',
                'an agent''s whole-table query is an index scan on the column of his rule');
 SELECT is((SELECT count(*) FROM public.tap_vis), 1000::bigint, 'and counts his zone''s 1,000 rows');
+SELECT matches(pg_temp.plan_of('SELECT count(*) FROM public.tap_vis'),
+               '^(?!.*InitPlan 2).*InitPlan 1 \(returns \$0,\$1\)',
+               'his role check and his zone are read by one InitPlan, not one each');
 RESET ROLE;
 SELECT crmguard.add_principal('tap_vis_manager', '{area_manager}', NULL, '{}', 'tap_vis_stranger') > 0;
 SET ROLE tap_vis_stranger;
 SELECT matches(pg_temp.plan_of('SELECT count(*) FROM public.tap_vis'),
                'Index Cond: \(owner_id = ANY ',
                'a manager''s whole-table query is an index scan on the owners of his team');
+SELECT matches(pg_temp.plan_of('SELECT count(*) FROM public.tap_vis'),
+               '^(?!.*InitPlan 2).*InitPlan 1 \(returns \$0,\$1\)',
+               'his role check and his team are read by one InitPlan');
 RESET ROLE;
 -- the index condition decides the team exactly: a bitmap heap scan keeps no per-row in_team() filter
 UPDATE public.tap_vis SET owner_id = CASE WHEN id <= 300 THEN (SELECT id FROM crmguard.principal WHERE name = 'tap_vis_manager') ELSE 0 END

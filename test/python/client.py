@@ -189,6 +189,105 @@ t.execute("SELECT crmguard.current_principal()")
 check(t.fetchone()[0] is None, "after the web form's transaction, the connection is nobody again")
 tx.commit()
 
+# An unnamed statement of the extended protocol, parsed for one principal and
+# bound again after the pooler switched principals through a named statement
+# (which, unlike a simple query, leaves the unnamed statement in place): the
+# next principal must not get the first one's policy.  crmguard re-plans on
+# an identity change, and the policy checks the principal's roles at run
+# time besides.  psycopg2 never binds a statement twice, so this speaks the
+# protocol itself.
+import os
+import socket
+import struct
+
+
+class RawSession:
+    def __init__(self, dbname):
+        host = os.environ.get("PGHOST", "/tmp")
+        port = os.environ.get("PGPORT", "5432")
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect("%s/.s.PGSQL.%s" % (host, port))
+        user = os.environ.get("PGUSER", "postgres")
+        body = struct.pack("!i", 196608) + b"user\0" + user.encode() + b"\0database\0" + dbname.encode() + b"\0\0"
+        self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        self.sync_result()
+
+    def send(self, kind, body):
+        self.sock.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+
+    def recv_exact(self, n):
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def sync_result(self):
+        """Rows (first column, text) and errors until ReadyForQuery."""
+        rows, errors = [], []
+        while True:
+            kind = self.recv_exact(1)
+            body = self.recv_exact(struct.unpack("!i", self.recv_exact(4))[0] - 4)
+            if kind == b"D":
+                n = struct.unpack("!i", body[2:6])[0]
+                rows.append(None if n < 0 else body[6:6 + n].decode())
+            elif kind == b"E":
+                errors.append(body)
+            elif kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
+                raise RuntimeError("the raw session needs trust authentication")
+            elif kind == b"Z":
+                return rows, errors
+
+    def query(self, sql):
+        self.send(b"Q", sql.encode() + b"\0")
+        return self.sync_result()
+
+    def parse(self, name, sql):
+        self.send(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+    def bind_execute(self, name, *params):
+        body = b"\0" + name.encode() + b"\0" + struct.pack("!h", 0) + struct.pack("!h", len(params))
+        for p in params:
+            body += struct.pack("!i", len(p.encode())) + p.encode()
+        self.send(b"B", body + struct.pack("!h", 0))
+        self.send(b"E", b"\0" + struct.pack("!i", 0))
+
+    def sync(self):
+        self.send(b"S", b"")
+        return self.sync_result()
+
+
+cur.execute("""
+    CREATE TABLE public.py_note (id int PRIMARY KEY, team text, body text);
+    INSERT INTO public.py_note VALUES (1, 'north', 'call back'), (2, 'north', 'send quote'),
+                                      (3, 'north', 'visit'), (4, 'south', 'visit');
+    GRANT SELECT ON public.py_note TO regress_py_app;
+    SELECT crmguard.expose('public.py_note', 'agents read their team''s notes', 'agent',
+                           '{"field": "team", "op": "=", "principal": "team"}');
+    UPDATE crmguard.principal SET attributes = '{"team": "north"}' WHERE name IN ('py_rep', 'py_form');
+""")
+cur.execute("SELECT crmguard.issue_token('py_rep'), crmguard.issue_token('py_form')")
+rep_token, form_token = cur.fetchone()
+raw = RawSession(DB)
+raw.query("SET ROLE regress_py_app")
+raw.parse("switch", "SELECT crmguard.assume($1, false) IS NOT NULL")
+raw.bind_execute("switch", rep_token)
+switched_rep = raw.sync()
+raw.parse("", "SELECT count(*) FROM public.py_note")
+raw.bind_execute("")
+as_rep = raw.sync()
+raw.bind_execute("switch", form_token)
+switched_form = raw.sync()
+raw.bind_execute("")
+as_form = raw.sync()
+check(switched_rep == (["t"], []) and as_rep == (["3"], []),
+      "an agent's unnamed statement counts the 3 notes of his team")
+check(switched_form == (["t"], []) and as_form == (["0"], []),
+      "bound again after a named statement switched to a principal of the same team without the role, it shows no note")
+raw.sock.close()
+
 for conn in (app, form, other, tx, dba):
     conn.close()
 print("1..%d" % len(results))
