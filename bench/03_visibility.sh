@@ -129,21 +129,32 @@ for q in point city; do
 done
 
 # the first statement of a fresh connection: the guarded point query as the
-# big manager against the hand-written one as the superuser, a new
-# connection per statement (pgbench -C, 1 client): the difference of the
-# times per connection is what the guarded first statement adds
+# big manager against the hand-written one on the same table in a database
+# without crmguard (bench_plain, a copy of the rows), both as ordinary roles
+# switched to at connection (PGOPTIONS -c role), a new connection per
+# statement (pgbench -C, 1 client): the difference of the times per
+# connection is what crmguard adds to a fresh connection's first statement
+psql -X -q -c "DROP DATABASE IF EXISTS bench_plain" -c "CREATE DATABASE bench_plain"
+psql -X -q -d bench_plain -c "CREATE TABLE public.customer (id integer PRIMARY KEY, zone text NOT NULL,
+    owner_id bigint NOT NULL, billing_city text NOT NULL, amount integer NOT NULL)"
+psql -X -q -c "COPY public.customer TO STDOUT" | psql -X -q -d bench_plain -c "COPY public.customer FROM STDIN"
+psql -X -q -d bench_plain -c "CREATE INDEX ON public.customer (zone)" -c "CREATE INDEX ON public.customer (owner_id)" \
+    -c "CREATE INDEX ON public.customer (billing_city)" -c "VACUUM ANALYZE public.customer"
+psql -X -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_plain_app') THEN CREATE ROLE bench_plain_app; END IF; END \$\$"
+psql -X -q -d bench_plain -c "GRANT SELECT ON public.customer TO bench_plain_app"
 mkscript first_big "SELECT * FROM public.customer WHERE id = :id"
 mkscript first_hand "SELECT * FROM public.customer WHERE id = :id AND $big_pred"
 fresh_tps() {
-    PGOPTIONS=${2:+"-c role=$2"} pgbench -n -C -c 1 -T "$SECS" -f "/tmp/crmguard_vis_$1.sql" 2>&1 |
+    PGOPTIONS=${2:+"-c role=$2"} pgbench -n -C -c 1 -T "$SECS" -f "/tmp/crmguard_vis_$1.sql" ${3:-} 2>&1 |
         sed -n 's/^tps = \([0-9.]*\) (including.*/\1/p'
 }
-# fresh_ms GUARDED_SCRIPT ROLE HAND_SCRIPT: sets g and h, the median ms per connection
+# fresh_ms GUARDED_SCRIPT ROLE HAND_SCRIPT: sets g and h, the median ms per
+# connection (the hand-written script in bench_plain, as bench_plain_app)
 fresh_ms() {
     : > /tmp/crmguard_vis_g; : > /tmp/crmguard_vis_h
     for r in $(seq "$ROUNDS"); do
         fresh_tps "$1" "$2" >> /tmp/crmguard_vis_g
-        fresh_tps "$3" "" >> /tmp/crmguard_vis_h
+        fresh_tps "$3" bench_plain_app bench_plain >> /tmp/crmguard_vis_h
     done
     g=$(awk '{ print 1000 / $1 }' /tmp/crmguard_vis_g | median); h=$(awk '{ print 1000 / $1 }' /tmp/crmguard_vis_h | median)
 }
