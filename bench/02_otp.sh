@@ -19,6 +19,10 @@ SELECT crmguard.create_otp_rule('bench', 'public.guarded', 'status', '{Delivered
                                 challenges_per_row => 1000000, challenges_per_principal => 1000000);
 CREATE FUNCTION public.empty_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
 CREATE TRIGGER empty BEFORE INSERT OR UPDATE ON public.plpgsql FOR EACH ROW EXECUTE FUNCTION public.empty_trigger();
+-- the timed UPDATEs VACUUM their table first: no autovacuum run in the middle of one
+ALTER TABLE public.plain SET (autovacuum_enabled = off);
+ALTER TABLE public.guarded SET (autovacuum_enabled = off);
+ALTER TABLE public.plpgsql SET (autovacuum_enabled = off);
 VACUUM ANALYZE;
 CREATE INDEX ON crmguard.outbox (recipient);
 SQL

@@ -12,14 +12,16 @@
  *		AND (<criteria of rule 1> OR <criteria of rule 2> ...)
  *
  * holding only the rules of the principal's roles ("true" for role admin,
- * "false" for nobody).  Attribute values and the team are read by InitPlans
- * once per statement, so a cached plan stays right for any principal with
- * the same roles, and each rule's comparison on its column can drive an
- * index scan on its own, which an OR over every role's rules would not.
- * A guard that the principal still holds those roles makes a plan cached
- * for other roles return no row rather than someone else's; crmguard also
- * resets the plan cache when the acting principal's roles change.  Without
- * crmguard loaded, a guarded table shows nothing (RLS without policies).
+ * "false" for nobody).  Attribute values and the team are read at run time,
+ * once per statement (one InitPlan: merge_value_sublinks), so a cached plan
+ * stays right for any principal with the same roles, and each rule's
+ * comparison on its column can drive an index scan on its own, which an OR
+ * over every role's rules would not.  A guard that the principal still holds
+ * those roles makes a plan cached for other roles return no row rather than
+ * someone else's (and a plan kept past a token's expiry return nothing);
+ * crmguard also resets the plan cache when the acting principal's roles
+ * change.  Without crmguard loaded, a guarded table shows nothing (RLS
+ * without policies).
  *
  * Rules are kept in crmguard.visibility_rule; guard.c keeps anyone but a
  * superuser from switching RLS off or widening it with a policy of their
@@ -1120,10 +1122,23 @@ value_sublinks_to_params(Node *node, void *context)
 	return expression_tree_mutator(node, value_sublinks_to_params, context);
 }
 
+/* The conjuncts of an expression, nested ANDs flattened: each can then be an index condition */
+static List *
+conjuncts(Node *node, List *out)
+{
+	ListCell   *lc;
+
+	if (!is_andclause(node))
+		return lappend(out, node);
+	foreach(lc, ((BoolExpr *) node)->args)
+		out = conjuncts(lfirst(lc), out);
+	return out;
+}
+
 static Expr *
 merge_value_sublinks(Expr *qual)
 {
-	List	   *terms = is_andclause(qual) ? ((BoolExpr *) qual)->args : list_make1(qual);
+	List	   *terms = conjuncts((Node *) qual, NIL);
 	List	   *kept = NIL;
 	List	   *tests = NIL;
 	List	   *targets = NIL;

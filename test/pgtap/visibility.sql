@@ -1,6 +1,6 @@
 -- Row visibility: policies keep index scans for a non-superuser principal
 BEGIN;
-SELECT plan(15);
+SELECT plan(17);
 
 CREATE ROLE tap_vis_agent;
 CREATE ROLE tap_vis_stranger;
@@ -89,6 +89,20 @@ SELECT doesnt_match(pg_temp.plan_of('SELECT count(*) FROM public.tap_vis'),
 SELECT is((SELECT count(*) FROM public.tap_vis), 300::bigint,
           'and it returns exactly the 300 rows of his team');
 RESET enable_indexscan;
+RESET ROLE;
+-- a rule of several conditions: its attribute comparison still drives the index
+CREATE ROLE tap_vis_portal;
+GRANT SELECT ON public.tap_vis TO tap_vis_portal;
+SELECT crmguard.add_principal('tap_vis_customer', '{portal}', NULL, '{"zone": "z7"}', 'tap_vis_portal') > 0;
+SELECT crmguard.expose('public.tap_vis', 'tap portal: cheap rows of his zone', 'portal',
+                       '{"all": [{"field": "zone", "op": "=", "principal": "zone"},
+                                 {"field": "amount", "op": "<", "value": 500}]}') > 0 AS exposed;
+SET ROLE tap_vis_portal;
+SELECT matches(pg_temp.plan_of('SELECT count(*) FROM public.tap_vis'),
+               'Index Cond: \(zone = ',
+               'a rule of several conditions keeps the index on its attribute comparison');
+SELECT is((SELECT count(*) FROM public.tap_vis), 500::bigint,
+          'and returns the 500 rows of his zone under the amount');
 RESET ROLE;
 SELECT is_empty($$SELECT 1 FROM pg_policy WHERE polrelid = 'public.tap_vis'::regclass$$,
                 'no stored policy: each statement gets the rules of its principal''s roles');
