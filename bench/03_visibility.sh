@@ -50,6 +50,9 @@ SELECT crmguard.expose('public.customer', 'agents see their zone', 'agent',
                        '{"field": "zone", "op": "=", "principal": "zone"}');
 SELECT crmguard.expose_by_owner('public.customer', 'owner_id', 'area_manager');
 VACUUM ANALYZE public.customer;
+-- the load's dirty pages written now, not by a checkpoint in the middle of a timed round
+VACUUM ANALYZE crmguard.principal;
+CHECKPOINT;
 SQL
 
 pred() { psql -X -At -c "SELECT crmguard.visibility_predicate('public.customer', '$1')"; }
@@ -141,7 +144,7 @@ psql -X -q -c "COPY public.customer TO STDOUT" | psql -X -q -d bench_plain -c "C
 psql -X -q -d bench_plain -c "CREATE INDEX ON public.customer (zone)" -c "CREATE INDEX ON public.customer (owner_id)" \
     -c "CREATE INDEX ON public.customer (billing_city)" -c "VACUUM ANALYZE public.customer"
 psql -X -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_plain_app') THEN CREATE ROLE bench_plain_app; END IF; END \$\$"
-psql -X -q -d bench_plain -c "GRANT SELECT ON public.customer TO bench_plain_app"
+psql -X -q -d bench_plain -c "GRANT SELECT ON public.customer TO bench_plain_app" -c "CHECKPOINT"
 mkscript first_big "SELECT * FROM public.customer WHERE id = :id"
 mkscript first_hand "SELECT * FROM public.customer WHERE id = :id AND $big_pred"
 fresh_tps() {
