@@ -196,6 +196,9 @@ tx.commit()
 # an identity change, and the policy checks the principal's roles at run
 # time besides.  psycopg2 never binds a statement twice, so this speaks the
 # protocol itself.
+import base64
+import hashlib
+import hmac
 import os
 import socket
 import struct
@@ -204,13 +207,44 @@ import struct
 class RawSession:
     def __init__(self, dbname):
         host = os.environ.get("PGHOST", "/tmp")
-        port = os.environ.get("PGPORT", "5432")
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect("%s/.s.PGSQL.%s" % (host, port))
-        user = os.environ.get("PGUSER", "postgres")
-        body = struct.pack("!i", 196608) + b"user\0" + user.encode() + b"\0database\0" + dbname.encode() + b"\0\0"
+        port = int(os.environ.get("PGPORT", "5432"))
+        if host.startswith("/"):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect("%s/.s.PGSQL.%d" % (host, port))
+        else:
+            self.sock = socket.create_connection((host, port))
+        self.user = os.environ.get("PGUSER", "postgres")
+        self.password = os.environ.get("PGPASSWORD", "")
+        body = struct.pack("!i", 196608) + b"user\0" + self.user.encode() + b"\0database\0" + dbname.encode() + b"\0\0"
         self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
         self.sync_result()
+
+    def authenticate(self, body):
+        """Trust, password, md5 or SCRAM-SHA-256 (pg_virtualenv's clusters)."""
+        code = struct.unpack("!i", body[:4])[0]
+        if code == 3:
+            self.send(b"p", self.password.encode() + b"\0")
+        elif code == 5:
+            inner = hashlib.md5((self.password + self.user).encode()).hexdigest()
+            self.send(b"p", b"md5" + hashlib.md5(inner.encode() + body[4:8]).hexdigest().encode() + b"\0")
+        elif code == 10:
+            self.nonce = base64.b64encode(os.urandom(18)).decode()
+            self.first_bare = "n=,r=" + self.nonce
+            first = ("n,," + self.first_bare).encode()
+            self.send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
+        elif code == 11:
+            server_first = body[4:].decode()
+            fields = dict(f.split("=", 1) for f in server_first.split(","))
+            salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(fields["s"]),
+                                         int(fields["i"]))
+            client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+            final_bare = "c=biws,r=" + fields["r"]
+            message = ",".join([self.first_bare, server_first, final_bare]).encode()
+            signature = hmac.new(hashlib.sha256(client_key).digest(), message, "sha256").digest()
+            proof = bytes(a ^ b for a, b in zip(client_key, signature))
+            self.send(b"p", (final_bare + ",p=" + base64.b64encode(proof).decode()).encode())
+        elif code not in (0, 12):
+            raise RuntimeError("authentication method %d not supported here" % code)
 
     def send(self, kind, body):
         self.sock.sendall(kind + struct.pack("!i", len(body) + 4) + body)
@@ -235,8 +269,8 @@ class RawSession:
                 rows.append(None if n < 0 else body[6:6 + n].decode())
             elif kind == b"E":
                 errors.append(body)
-            elif kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
-                raise RuntimeError("the raw session needs trust authentication")
+            elif kind == b"R":
+                self.authenticate(body)
             elif kind == b"Z":
                 return rows, errors
 
