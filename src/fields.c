@@ -339,11 +339,15 @@ fld_load(void)
 		SPI_finish();
 		cg_leave_owner(&priv);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
+		/* a partial map would leave tables' fields unguarded: read it all again next time */
 		fld_loading = false;
+		fld_valid = false;
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	fld_loading = false;
 
 	/* the blind key of each table, keyed by the server's subkey (read only when needed) */
 	if (hash_get_num_entries(fld_tables) > 0)

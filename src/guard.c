@@ -450,11 +450,15 @@ load_guarded(void)
 								is_process ? note_approval_process : note_guarded, NULL);
 			}
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
+		/* a partial map would leave tables unguarded: read it all again next time */
 		guard_loading = false;
+		guarded_valid = false;
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	guard_loading = false;
 }
 
 /* The kinds of rules on relid; 0 for a table no rule concerns */
