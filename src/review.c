@@ -114,30 +114,40 @@ load_configs(void)
 	ctl.hcxt = config_context;
 	configs = hash_create("crmguard review config", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	config_rel = get_relname_relid("review_config", cg_catalog()->schema);
-	configs_valid = true;
+	configs_valid = true;		/* from here, invalidations arriving while loading count */
 
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT target::pg_catalog.oid, reviewers, match_columns::pg_catalog.text[], exempt"
-					" FROM crmguard.review_config", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.review_config");
-	old = MemoryContextSwitchTo(config_context);
-	for (i = 0; i < SPI_processed; i++)
+	PG_TRY();
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		ReviewConfig *c = hash_search(configs, &relid, HASH_ENTER, NULL);
+		cg_enter_owner(&priv);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute("SELECT target::pg_catalog.oid, reviewers, match_columns::pg_catalog.text[], exempt"
+						" FROM crmguard.review_config", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crmguard.review_config");
+		old = MemoryContextSwitchTo(config_context);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+			ReviewConfig *c = hash_search(configs, &relid, HASH_ENTER, NULL);
 
-		c->reviewers = SPI_getvalue(tup, desc, 2);
-		c->match_columns = text_array(SPI_getbinval(tup, desc, 3, &isnull), &c->nmatch);
-		c->exempt = text_array(SPI_getbinval(tup, desc, 4, &isnull), &c->nexempt);
+			c->reviewers = SPI_getvalue(tup, desc, 2);
+			c->match_columns = text_array(SPI_getbinval(tup, desc, 3, &isnull), &c->nmatch);
+			c->exempt = text_array(SPI_getbinval(tup, desc, 4, &isnull), &c->nexempt);
+		}
+		MemoryContextSwitchTo(old);
+		SPI_finish();
+		cg_leave_owner(&priv);
 	}
-	MemoryContextSwitchTo(old);
-	SPI_finish();
-	cg_leave_owner(&priv);
+	PG_CATCH();
+	{
+		/* a partial map would let rows of a reviewed table in as rows: read it all again */
+		configs_valid = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 static ReviewConfig *
