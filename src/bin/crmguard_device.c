@@ -212,8 +212,14 @@ print_rows(PGresult *res)
 	}
 }
 
-/* the -c statements, in argv order; held until exit (a global, so no leak is reported) */
+/* the -c statements, in argv order, freed at exit whichever way main ends */
 static const char **sql_commands;
+
+static void
+free_sql_commands(void)
+{
+	free(sql_commands);
+}
 
 int
 main(int argc, char **argv)
@@ -241,6 +247,7 @@ main(int argc, char **argv)
 	int			opt;
 	unsigned char sk[crypto_sign_SECRETKEYBYTES];
 
+	atexit(free_sql_commands);
 	if (sodium_init() < 0)
 		die("%s", "could not initialize libsodium");
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
