@@ -212,15 +212,6 @@ print_rows(PGresult *res)
 	}
 }
 
-/* the -c statements, in argv order, freed at exit whichever way main ends */
-static const char **sql_commands;
-
-static void
-free_sql_commands(void)
-{
-	free(sql_commands);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -242,12 +233,11 @@ main(int argc, char **argv)
 	const char *device = NULL;
 	const char *principal = NULL;
 	const char *valid_for = "1 hour";
-	const char **sql = sql_commands = calloc(argc, sizeof(char *));
+	const char **sql = calloc(argc, sizeof(char *));
 	int			nsql = 0;
 	int			opt;
 	unsigned char sk[crypto_sign_SECRETKEYBYTES];
 
-	atexit(free_sql_commands);
 	if (sodium_init() < 0)
 		die("%s", "could not initialize libsodium");
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
