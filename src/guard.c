@@ -343,7 +343,6 @@ guard_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
 /* the rule kind each rule catalog gives its tables, in rule_rels' order */
 #define RULE_CATALOG_APPROVAL 2
 static const int rule_catalog_kinds[] = {RULE_OTP, RULE_REVIEW, RULE_APPROVAL, RULE_VISIBILITY, RULE_FIELDS};
-static int	rule_kind_of_catalog;
 
 static void
 add_guarded(Oid relid, int rules)
@@ -357,7 +356,7 @@ add_guarded(Oid relid, int rules)
 static void
 note_guarded(Datum *values, bool *nulls, void *arg)
 {
-	add_guarded(DatumGetObjectId(values[0]), rule_kind_of_catalog);
+	add_guarded(DatumGetObjectId(values[0]), *(const int *) arg);
 }
 
 /* an approval process; a current one may also submit rows as they are inserted or updated */
@@ -445,9 +444,9 @@ load_guarded(void)
 				static const char *const process[] = {"target", "current", "auto_submit"};
 				bool		is_process = j == RULE_CATALOG_APPROVAL;
 
-				rule_kind_of_catalog = rule_catalog_kinds[j];
 				cg_scan_catalog(rule_rels[j], latest, is_process ? 3 : 1, is_process ? process : plain,
-								is_process ? note_approval_process : note_guarded, NULL);
+								is_process ? note_approval_process : note_guarded,
+								(void *) &rule_catalog_kinds[j]);
 			}
 	}
 	PG_CATCH();
