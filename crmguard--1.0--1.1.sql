@@ -313,9 +313,6 @@ COMMENT ON TABLE crmguard.otp_recipient_change IS 'when the recipient of an OTP-
 
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_recipient_change', '');
 
-CREATE FUNCTION crmguard.otp_recipient_watch() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_recipient_watch';
-
 SELECT crmguard.upgrade_regrant_notice('crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb)'::pg_catalog.regprocedure,
                                        'crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb, interval, integer, integer, interval)');
 
@@ -353,13 +350,11 @@ COMMENT ON FUNCTION crmguard.drop_otp_rule(text) IS 'drop an OTP rule and, with 
 
 COMMENT ON FUNCTION crmguard.otp_attempts(bigint) IS 'internal: failed attempts and lock state of a challenge, from shared memory';
 
-COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table';
-
-COMMENT ON FUNCTION crmguard.otp_recipient_watch() IS 'internal: notes when an OTP-guarded row''s recipient is set or changed (recipient_cooldown)';
+COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table; also notes when a row''s recipient is set or changed (recipient_cooldown)';
 
 -- The guards of every OTP-guarded table are made again from its rules, by the
 -- code that makes them for a new rule: the WHEN clauses now compare with the
--- column type's own equality, and the recipient watch triggers join them.
+-- column type's own equality, and they also note recipient changes.
 -- (The function exists for this script only.)
 CREATE FUNCTION crmguard.otp_reinstall_guards(target regclass) RETURNS void
     LANGUAGE c STRICT
@@ -1077,8 +1072,7 @@ COMMENT ON FUNCTION crmguard.pending_challenge(regclass, text, text) IS 'the cal
 COMMENT ON FUNCTION crmguard.verify_otp(bigint, text) IS 'verify a code; the change it allows must follow in the same transaction';
 COMMENT ON FUNCTION crmguard.drop_otp_rule(text) IS 'drop an OTP rule and, with the last rule of its table, its guards';
 COMMENT ON FUNCTION crmguard.otp_attempts(bigint) IS 'internal: failed attempts and lock state of a challenge, from shared memory';
-COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table';
-COMMENT ON FUNCTION crmguard.otp_recipient_watch() IS 'internal: notes when an OTP-guarded row''s recipient is set or changed (recipient_cooldown)';
+COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table; also notes when a row''s recipient is set or changed (recipient_cooldown)';
 COMMENT ON SEQUENCE crmguard.visibility_rule_id_seq IS 'ids of visibility rules (crmguard.visibility_rule)';
 COMMENT ON TABLE crmguard.visibility_rule IS 'who sees which rows: each statement on a target gets the rules of the acting principal''s roles as its row-level security policy';
 COMMENT ON FUNCTION crmguard.expose(regclass, text, text, jsonb, text) IS 'let principals with the audience role see (access ''edit'': also change) the rows matching the criteria';

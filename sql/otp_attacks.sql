@@ -91,6 +91,38 @@ SELECT count(*) AS codes_to_the_rep FROM crmguard.outbox WHERE recipient = '+39 
 -- the recipient change is on record
 SELECT action, row_key, detail->>'column' AS column_name FROM crmguard.audit
  WHERE action = 'otp_recipient_changed' AND target = 'regress_note' ORDER BY id;
+-- (f) the table's own BEFORE trigger sets the phone: the rep's statement
+-- names another column, the recipient changes all the same
+CREATE TABLE public.regress_parcel (
+    id          bigint PRIMARY KEY,
+    phone_input text,
+    phone       text,
+    status      text NOT NULL
+);
+CREATE FUNCTION public.regress_parcel_normalize() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.phone := regexp_replace(NEW.phone_input, '[^+0-9]', '', 'g');
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER normalize_phone BEFORE INSERT OR UPDATE ON public.regress_parcel
+    FOR EACH ROW EXECUTE FUNCTION public.regress_parcel_normalize();
+INSERT INTO public.regress_parcel VALUES (1, '+39 347 555 0011', NULL, 'Out for delivery');
+GRANT SELECT, UPDATE ON public.regress_parcel TO regress_luca;
+SELECT crmguard.create_otp_rule('Parcel OTP', 'public.regress_parcel', 'status', '{Delivered}', 'phone')
+       IS NOT NULL AS created;
+SET ROLE regress_luca;
+UPDATE public.regress_parcel SET phone_input = '+39 333 000 0667' WHERE id = 1;
+SELECT phone FROM public.regress_parcel;
+SELECT public.regress_otp_try($$SELECT crmguard.request_otp('public.regress_parcel', '1', 'Delivered')$$);
+RESET ROLE;
+SELECT pg_sleep(0.3);
+SELECT count(*) AS codes_to_the_rep FROM crmguard.outbox WHERE recipient = '+393330000667';
+SELECT action, row_key, detail->>'column' AS column_name FROM crmguard.audit
+ WHERE action = 'otp_recipient_changed' AND target = 'regress_parcel' ORDER BY id;
+SELECT crmguard.drop_otp_rule('Parcel OTP');
+DROP TABLE public.regress_parcel;
+DROP FUNCTION public.regress_parcel_normalize();
 
 -- ===========================================================================
 -- Clients get the challenge id as data: table and column fields, one DETAIL

@@ -196,8 +196,6 @@ extern void cg_revalidate_all_rows(Oid relid, struct _SPI_plan *plan);
  */
 #define CG_OTP_GUARD_INSERT			"zz_crmguard_otp_guard_insert"
 #define CG_OTP_GUARD_UPDATE			"zz_crmguard_otp_guard"
-#define CG_OTP_WATCH_INSERT			"zz_crmguard_otp_recipient_insert"
-#define CG_OTP_WATCH_UPDATE			"zz_crmguard_otp_recipient"
 #define CG_FIELDS_GUARD				"!crmguard_fields"	/* fires ahead of the review guard */
 #define CG_APPROVAL_LOCK_GUARD		"zz_crmguard_approval_lock"
 #define CG_APPROVAL_TRUNCATE_GUARD	"zz_crmguard_approval_truncate"

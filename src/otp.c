@@ -1141,6 +1141,7 @@ refuse_key_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple n
 	if (old_null == new_null &&
 		(old_null || datumIsEqual(old_key, new_key, att->attbyval, att->attlen)))
 		return;
+	cg_require_attested();
 	cg_audit_durable("otp_refused", RelationGetRelationName(rel),
 					 old_null ? NULL : OutputFunctionCall(&entry->pk_out, old_key),
 					 "{\"reason\": \"key changed\"}");
@@ -1151,6 +1152,98 @@ refuse_key_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple n
 			 errtablecol(rel, entry->pk_attno)));
 }
 
+/*
+ * A recipient column of an OTP-guarded row was set (INSERT, oldtuple NULL)
+ * or changed (UPDATE): note when, so no code goes to it within the rule's
+ * cooldown, and audit a change.  A delete and re-insert is a change too.
+ */
+static void
+note_recipient_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple newtuple)
+{
+	static SPIPlanPtr plan = NULL;
+	TupleDesc	desc = RelationGetDescr(rel);
+	const CgPrincipal *p;
+	CgPrivilegedContext priv;
+	Oid			types[3] = {OIDOID, TEXTOID, INT8OID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	StringInfoData changed;
+	bool		isnull;
+	bool		any_set = false;
+	Datum		key;
+	char	   *row_key;
+	int			i;
+
+	/* which recipient columns changed, for the audit entry */
+	initStringInfo(&changed);
+	for (i = 0; i < entry->nrules; i++)
+	{
+		AttrNumber	attno = entry->rules[i].recipient_attno;
+		bool		old_null = true;
+		bool		new_null;
+		Datum		o = oldtuple ? heap_getattr(oldtuple, attno, desc, &old_null) : (Datum) 0;
+		Datum		n = heap_getattr(newtuple, attno, desc, &new_null);
+
+		if (!new_null)
+			any_set = true;
+		if (oldtuple == NULL ||
+			(old_null == new_null &&
+			 (old_null || datumIsEqual(o, n, TupleDescAttr(desc, attno - 1)->attbyval,
+									   TupleDescAttr(desc, attno - 1)->attlen))))
+			continue;
+		if (strstr(changed.data, entry->rules[i].recipient_column) == NULL)
+		{
+			if (changed.len == 0)
+				appendStringInfoString(&changed, "{\"column\": ");
+			else
+				appendStringInfoString(&changed, ", \"also\": ");
+			escape_json(&changed, entry->rules[i].recipient_column);
+		}
+	}
+	if (oldtuple ? changed.len == 0 : !any_set)
+		return;
+
+	key = heap_getattr(newtuple, entry->pk_attno, desc, &isnull);
+	if (isnull)
+		return;
+	row_key = OutputFunctionCall(&entry->pk_out, key);
+	p = cg_current_principal();
+
+	values[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	values[1] = CStringGetTextDatum(row_key);
+	values[2] = Int64GetDatum(p ? p->id : 0);
+	nulls[2] = p ? ' ' : 'n';
+	cg_enter_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("INSERT INTO crmguard.otp_recipient_change (target, row_key, principal)"
+						   " VALUES ($1, $2, $3)", 3, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed");
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record a recipient change");
+	SPI_finish();
+	cg_leave_owner(&priv);
+
+	if (oldtuple)
+	{
+		appendStringInfoChar(&changed, '}');
+		cg_audit("otp_recipient_changed", RelationGetRelationName(rel), row_key,
+				 jsonb_of(changed.data));
+	}
+}
+
+/*
+ * The OTP guard, as an AFTER INSERT and an AFTER UPDATE row trigger whose
+ * WHEN lets through only rows that concern it: a row's key cannot change,
+ * a row entering a gated value needs a verified challenge, and a recipient
+ * set or changed is noted -- however it changed, a BEFORE trigger of the
+ * table's own included (a column list on the trigger would miss that).
+ */
 PG_FUNCTION_INFO_V1(crmguard_otp_guard);
 Datum
 crmguard_otp_guard(PG_FUNCTION_ARGS)
@@ -1166,7 +1259,6 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
 		elog(ERROR, "crmguard_otp_guard: must be an AFTER INSERT or UPDATE row trigger");
-	cg_require_attested();
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
@@ -1197,6 +1289,7 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 		to = value_index(rule, new_value, rule->to_datums, rule->nto);
 		if (to < 0)
 			continue;
+		cg_require_attested();
 		if (oldtuple)
 		{
 			old_value = heap_getattr(oldtuple, rule->status_attno, desc, &old_null);
@@ -1220,108 +1313,8 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 			continue;
 		guard_row(entry, rule, td->tg_relation, newtuple, oldtuple, rule->to_values[to]);
 	}
+	note_recipient_change(entry, td->tg_relation, oldtuple, newtuple);
 	return PointerGetDatum(NULL);	/* an AFTER trigger: the result is ignored */
-}
-
-/*
- * A recipient column of an OTP-guarded row was set (INSERT) or changed
- * (UPDATE): note when, so no code goes to it within the rule's cooldown, and
- * audit a change.  A delete and re-insert is a change too.
- */
-PG_FUNCTION_INFO_V1(crmguard_otp_recipient_watch);
-Datum
-crmguard_otp_recipient_watch(PG_FUNCTION_ARGS)
-{
-	static SPIPlanPtr plan = NULL;
-	TriggerData *td = (TriggerData *) fcinfo->context;
-	Relation	rel;
-	TupleDesc	desc;
-	HeapTuple	newtuple;
-	HeapTuple	oldtuple = NULL;
-	OtpTable   *entry;
-	const CgPrincipal *p;
-	CgPrivilegedContext priv;
-	Oid			types[3] = {OIDOID, TEXTOID, INT8OID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
-	StringInfoData changed;
-	bool		isnull;
-	Datum		key;
-	char	   *row_key;
-	int			i;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
-		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)))
-		elog(ERROR, "crmguard_otp_recipient_watch: must be an AFTER INSERT or UPDATE row trigger");
-	rel = td->tg_relation;
-	desc = RelationGetDescr(rel);
-	newtuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
-		oldtuple = td->tg_trigtuple;
-	entry = rules_for(RelationGetRelid(rel));
-	if (entry->nrules == 0)
-		return PointerGetDatum(NULL);
-
-	/* which recipient columns changed, for the audit entry */
-	initStringInfo(&changed);
-	for (i = 0; oldtuple && i < entry->nrules; i++)
-	{
-		AttrNumber	attno = entry->rules[i].recipient_attno;
-		bool		old_null;
-		bool		new_null;
-		Datum		o = heap_getattr(oldtuple, attno, desc, &old_null);
-		Datum		n = heap_getattr(newtuple, attno, desc, &new_null);
-
-		if (old_null == new_null &&
-			(old_null || datumIsEqual(o, n, TupleDescAttr(desc, attno - 1)->attbyval,
-									  TupleDescAttr(desc, attno - 1)->attlen)))
-			continue;
-		if (strstr(changed.data, entry->rules[i].recipient_column) == NULL)
-		{
-			if (changed.len == 0)
-				appendStringInfoString(&changed, "{\"column\": ");
-			else
-				appendStringInfoString(&changed, ", \"also\": ");
-			escape_json(&changed, entry->rules[i].recipient_column);
-		}
-	}
-	if (oldtuple && changed.len == 0)
-		return PointerGetDatum(NULL);
-
-	key = heap_getattr(newtuple, entry->pk_attno, desc, &isnull);
-	if (isnull)
-		return PointerGetDatum(NULL);
-	row_key = OutputFunctionCall(&entry->pk_out, key);
-	p = cg_current_principal();
-
-	values[0] = ObjectIdGetDatum(RelationGetRelid(rel));
-	values[1] = CStringGetTextDatum(row_key);
-	values[2] = Int64GetDatum(p ? p->id : 0);
-	nulls[2] = p ? ' ' : 'n';
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (plan == NULL)
-	{
-		plan = SPI_prepare("INSERT INTO crmguard.otp_recipient_change (target, row_key, principal)"
-						   " VALUES ($1, $2, $3)", 3, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed");
-		SPI_keepplan(plan);
-	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record a recipient change");
-	SPI_finish();
-	cg_leave_owner(&priv);
-
-	if (oldtuple)
-	{
-		appendStringInfoChar(&changed, '}');
-		cg_audit("otp_recipient_changed", RelationGetRelationName(rel), row_key,
-				 jsonb_of(changed.data));
-	}
-	return PointerGetDatum(NULL);
 }
 
 /* ---------------------------------------------------------------------------

@@ -29,8 +29,6 @@
 
 #define OTP_GUARD_INSERT	CG_OTP_GUARD_INSERT
 #define OTP_GUARD_UPDATE	CG_OTP_GUARD_UPDATE
-#define OTP_WATCH_INSERT	CG_OTP_WATCH_INSERT
-#define OTP_WATCH_UPDATE	CG_OTP_WATCH_UPDATE
 
 static void
 invalid_rule(const char *rule, const char *message)
@@ -147,11 +145,12 @@ has_single_primary_key(Oid relid)
  * (Re)create the guards of a table for its current rules: AFTER row
  * triggers, so they judge the row as every BEFORE trigger left it, with a
  * WHEN clause naming the gated columns and values, so a row that enters no
- * gated value is never queued and never calls the guard.  The clause
+ * gated value, keeps its key and its recipients is never queued.  The clause
  * compares with the column type's own equality and the column's collation,
  * against literals of the column's base type (no domain CHECK runs per
- * row).  A second pair of triggers notes when a recipient is set or
- * changed.  Caller is in SPI.
+ * row).  The same triggers note when a recipient is set or changed: the
+ * WHEN compares values, as no column list would (a column list misses a
+ * change a BEFORE trigger makes).  Caller is in SPI.
  */
 static void
 install_guards(Oid relid)
@@ -160,9 +159,6 @@ install_guards(Oid relid)
 	Datum		values[1];
 	StringInfoData on_insert;
 	StringInfoData on_update;
-	StringInfoData watch_columns;
-	StringInfoData watch_insert;
-	StringInfoData watch_update;
 	uint64		i;
 	uint64		nstatus;
 
@@ -246,38 +242,33 @@ install_guards(Oid relid)
 							 on_insert.data, old_cols.data, new_cols.data);
 	}
 
+	/* a recipient set or changed, by the statement or by a BEFORE trigger */
 	if (SPI_execute_with_args("SELECT DISTINCT recipient_column::pg_catalog.text"
 							  " FROM crmguard.otp_rule"
 							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1",
 							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard.otp_rule");
-	initStringInfo(&watch_columns);
-	initStringInfo(&watch_insert);
-	initStringInfo(&watch_update);
 	for (i = 0; i < SPI_processed; i++)
 	{
-		const char *column = quote_identifier(SPI_getvalue(SPI_tuptable->vals[i],
-														   SPI_tuptable->tupdesc, 1));
+		char	   *attname = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		const char *column = quote_identifier(attname);
+		char	   *eq = cg_otp_equality_operator(get_atttype(relid, get_attnum(relid, attname)));
 
-		appendStringInfo(&watch_columns, "%s%s", i ? ", " : "", column);
-		appendStringInfo(&watch_insert, "%sNEW.%s IS NOT NULL", i ? " OR " : "", column);
-		appendStringInfo(&watch_update,
-						 "%sOLD.%s::pg_catalog.text IS DISTINCT FROM NEW.%s::pg_catalog.text",
-						 i ? " OR " : "", column, column);
+		appendStringInfo(&on_insert, " OR NEW.%s IS NOT NULL", column);
+		if (eq != NULL)
+			appendStringInfo(&on_update, " OR (OLD.%s %s NEW.%s) IS NOT TRUE", column, eq, column);
+		else
+			appendStringInfo(&on_update,
+							 " OR OLD.%s::pg_catalog.text IS DISTINCT FROM NEW.%s::pg_catalog.text",
+							 column, column);
 	}
 
 	cg_guard_remove(relid, OTP_GUARD_INSERT);
 	cg_guard_remove(relid, OTP_GUARD_UPDATE);
-	cg_guard_remove(relid, OTP_WATCH_INSERT);
-	cg_guard_remove(relid, OTP_WATCH_UPDATE);
 	if (nstatus == 0)
 		return;
 	cg_guard_install(relid, OTP_GUARD_INSERT, "otp_guard", "AFTER INSERT", on_insert.data);
 	cg_guard_install(relid, OTP_GUARD_UPDATE, "otp_guard", "AFTER UPDATE", on_update.data);
-	cg_guard_install(relid, OTP_WATCH_INSERT, "otp_recipient_watch", "AFTER INSERT",
-					 watch_insert.data);
-	cg_guard_install(relid, OTP_WATCH_UPDATE, "otp_recipient_watch",
-					 psprintf("AFTER UPDATE OF %s", watch_columns.data), watch_update.data);
 }
 
 /* An interval argument that must be positive (or, with zero_ok, zero) */

@@ -92,9 +92,6 @@ COMMENT ON VIEW crmguard.otp_challenge IS 'OTP challenges and their state; never
 CREATE FUNCTION crmguard.otp_guard() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_guard';
 
-CREATE FUNCTION crmguard.otp_recipient_watch() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_otp_recipient_watch';
-
 CREATE FUNCTION crmguard.create_otp_rule(
     rule_name text, target regclass, status_column name, to_values text[],
     recipient_column name,
@@ -137,5 +134,4 @@ COMMENT ON FUNCTION crmguard.verify_otp(bigint, text) IS 'verify a code; the cha
 
 COMMENT ON FUNCTION crmguard.drop_otp_rule(text) IS 'drop an OTP rule and, with the last rule of its table, its guards';
 COMMENT ON FUNCTION crmguard.otp_attempts(bigint) IS 'internal: failed attempts and lock state of a challenge, from shared memory';
-COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table';
-COMMENT ON FUNCTION crmguard.otp_recipient_watch() IS 'internal: notes when an OTP-guarded row''s recipient is set or changed (recipient_cooldown)';
+COMMENT ON FUNCTION crmguard.otp_guard() IS 'internal: the OTP guard, an AFTER row trigger on INSERT and UPDATE of a gated table; also notes when a row''s recipient is set or changed (recipient_cooldown)';
