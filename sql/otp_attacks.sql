@@ -331,6 +331,73 @@ SELECT count(*) > 0 AS the_check_ran, count(*) FILTER (WHERE super) AS ran_as_su
   FROM public.regress_who;
 SELECT DISTINCT who FROM public.regress_who ORDER BY who;
 
+-- ===========================================================================
+-- Attack: the status changes although the statement names another column.
+-- A statement whose SET list misses every column the guard watches, on a
+-- table without BEFORE UPDATE row triggers, skips the guard (it could not
+-- change those columns); each other way to change one must still be gated.
+-- ===========================================================================
+CREATE TABLE public.regress_skip (
+    id     bigint PRIMARY KEY,
+    phone  text,
+    status text NOT NULL,
+    zone   text,
+    note   text,
+    done   boolean NOT NULL DEFAULT false,
+    stage  text GENERATED ALWAYS AS (CASE WHEN done THEN 'Closed' ELSE 'Open' END) STORED
+);
+INSERT INTO public.regress_skip (id, phone, status, zone)
+SELECT i, '+39 347 555 05' || lpad(i::text, 2, '0'), 'Out for delivery', 'Milano' FROM generate_series(1, 9) i;
+UPDATE public.regress_skip SET status = 'Delivered', zone = 'Torino' WHERE id = 9;
+GRANT SELECT, INSERT, UPDATE ON public.regress_skip TO regress_luca;
+CREATE VIEW public.regress_skip_view AS SELECT id, status, note FROM public.regress_skip;
+GRANT SELECT, UPDATE ON public.regress_skip_view TO regress_luca;
+SELECT crmguard.create_otp_rule('Skip OTP', 'public.regress_skip', 'status', '{Delivered}', 'phone',
+                                delivery => 'manual',
+                                condition => '{"field": "zone", "op": "=", "value": "Milano"}') IS NOT NULL AS created;
+SELECT crmguard.create_otp_rule('Stage OTP', 'public.regress_skip', 'stage', '{Closed}', 'phone',
+                                delivery => 'manual') IS NOT NULL AS created;
+SET ROLE regress_luca;
+-- names no watched column: passes (the guard is skipped, and would have passed it)
+SELECT public.regress_otp_try($$UPDATE public.regress_skip SET note = 'seen'$$) AS note_only;
+-- ON CONFLICT DO UPDATE and MERGE set the status in an action
+SELECT public.regress_otp_try($$INSERT INTO public.regress_skip (id, phone, status) VALUES (1, '+39 347 555 0501', 'Out for delivery')
+                                ON CONFLICT (id) DO UPDATE SET status = 'Delivered'$$) AS on_conflict;
+SELECT public.regress_otp_try($$MERGE INTO public.regress_skip t USING (VALUES (2::bigint, 'x')) s(id, v) ON t.id = s.id
+                                WHEN MATCHED AND s.v = 'y' THEN UPDATE SET note = 'merged'
+                                WHEN MATCHED THEN UPDATE SET status = 'Delivered'$$) AS merge_action;
+-- a view's column list hides nothing
+SELECT public.regress_otp_try($$UPDATE public.regress_skip_view SET status = 'Delivered' WHERE id = 3$$) AS through_view;
+-- a generated column follows the column the statement sets
+SELECT public.regress_otp_try($$UPDATE public.regress_skip SET done = true WHERE id = 4$$) AS generated_stage;
+-- the key, a recipient and a condition column are watched too
+SELECT public.regress_otp_try($$UPDATE public.regress_skip SET id = 105 WHERE id = 5$$) AS key_change;
+SELECT public.regress_otp_try($$UPDATE public.regress_skip SET zone = 'Milano' WHERE id = 9$$) AS condition_now_true;
+-- a writable CTE: the outer statement names note only, its WITH query the status
+SELECT public.regress_otp_try($$WITH d AS (UPDATE public.regress_skip SET status = 'Delivered' WHERE id = 6 RETURNING id)
+                                UPDATE public.regress_skip SET note = 'cte' WHERE id = 7$$) AS writable_cte;
+RESET ROLE;
+-- the table's own BEFORE trigger sets the status from the note
+CREATE FUNCTION public.regress_skip_from_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.note = 'delivered' THEN
+        NEW.status := 'Delivered';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER from_note BEFORE UPDATE ON public.regress_skip
+    FOR EACH ROW EXECUTE FUNCTION public.regress_skip_from_note();
+SET ROLE regress_luca;
+SELECT public.regress_otp_try($$UPDATE public.regress_skip SET note = 'delivered' WHERE id = 8$$) AS before_trigger;
+RESET ROLE;
+SELECT id, status, stage, zone, note FROM public.regress_skip ORDER BY id;
+SELECT crmguard.drop_otp_rule('Skip OTP');
+SELECT crmguard.drop_otp_rule('Stage OTP');
+DROP VIEW public.regress_skip_view;
+DROP TABLE public.regress_skip;
+DROP FUNCTION public.regress_skip_from_note();
+
 -- every refusal above is in the audit log, and the chain holds
 SELECT pg_sleep(0.5);
 SELECT ok FROM crmguard.verify_audit();

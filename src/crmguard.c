@@ -155,6 +155,7 @@ _PG_init(void)
 	cg_visibility_init();
 	cg_approval_init();
 	cg_guard_init();
+	cg_otp_idle_init();
 	cg_fields_init();
 	cg_activity_init();
 #if PG_VERSION_NUM >= 150000

@@ -256,7 +256,9 @@ install_guards(Oid relid)
 
 		appendStringInfo(&on_insert, " OR NEW.%s IS NOT NULL", column);
 		if (eq != NULL)
-			appendStringInfo(&on_update, " OR (OLD.%s %s NEW.%s) IS NOT TRUE", column, eq, column);
+			appendStringInfo(&on_update,
+							 " OR ((OLD.%s %s NEW.%s) IS NOT TRUE AND (OLD.%s IS NOT NULL OR NEW.%s IS NOT NULL))",
+							 column, eq, column, column, column);
 		else
 			appendStringInfo(&on_update,
 							 " OR OLD.%s::pg_catalog.text IS DISTINCT FROM NEW.%s::pg_catalog.text",
