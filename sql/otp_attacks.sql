@@ -123,6 +123,20 @@ SELECT action, row_key, detail->>'column' AS column_name FROM crmguard.audit
 SELECT crmguard.drop_otp_rule('Parcel OTP');
 DROP TABLE public.regress_parcel;
 DROP FUNCTION public.regress_parcel_normalize();
+-- (g) a recipient the type calls equal is another spelling all the same
+CREATE EXTENSION citext;
+CREATE TABLE public.regress_mailed (id bigint PRIMARY KEY, email citext, status text NOT NULL);
+INSERT INTO public.regress_mailed VALUES (1, 'Bob@Example.com', 'Open');
+GRANT SELECT, UPDATE ON public.regress_mailed TO regress_luca;
+SELECT crmguard.create_otp_rule('Mailed OTP', 'public.regress_mailed', 'status', '{Delivered}', 'email',
+                                channel => 'email', delivery => 'manual') IS NOT NULL AS created;
+SET ROLE regress_luca;
+UPDATE public.regress_mailed SET email = 'bob@example.com' WHERE id = 1;
+RESET ROLE;
+SELECT row_key FROM crmguard.otp_recipient_change WHERE target = 'public.regress_mailed'::regclass;
+SELECT crmguard.drop_otp_rule('Mailed OTP');
+DROP TABLE public.regress_mailed;
+DROP EXTENSION citext;
 
 -- ===========================================================================
 -- Clients get the challenge id as data: table and column fields, one DETAIL
@@ -347,8 +361,10 @@ CREATE TABLE public.regress_skip (
     stage  text GENERATED ALWAYS AS (CASE WHEN done THEN 'Closed' ELSE 'Open' END) STORED
 );
 INSERT INTO public.regress_skip (id, phone, status, zone)
-SELECT i, '+39 347 555 05' || lpad(i::text, 2, '0'), 'Out for delivery', 'Milano' FROM generate_series(1, 9) i;
+SELECT i, '+39 347 555 05' || lpad(i::text, 2, '0'), 'Out for delivery', 'Milano' FROM generate_series(1, 11) i;
 UPDATE public.regress_skip SET status = 'Delivered', zone = 'Torino' WHERE id = 9;
+UPDATE public.regress_skip SET phone = NULL WHERE id = 10;
+UPDATE public.regress_skip SET status = 'Delivered', done = true WHERE id = 11;
 GRANT SELECT, INSERT, UPDATE ON public.regress_skip TO regress_luca;
 CREATE VIEW public.regress_skip_view AS SELECT id, status, note FROM public.regress_skip;
 GRANT SELECT, UPDATE ON public.regress_skip_view TO regress_luca;
@@ -357,6 +373,12 @@ SELECT crmguard.create_otp_rule('Skip OTP', 'public.regress_skip', 'status', '{D
                                 condition => '{"field": "zone", "op": "=", "value": "Milano"}') IS NOT NULL AS created;
 SELECT crmguard.create_otp_rule('Stage OTP', 'public.regress_skip', 'stage', '{Closed}', 'phone',
                                 delivery => 'manual') IS NOT NULL AS created;
+-- the skip rests on this: the guard's WHEN is false on a row compared with
+-- itself (every term asks whether a column it reads changed), whatever the row
+SELECT format('SELECT count(*) AS rows_whose_when_holds_unchanged FROM public.regress_skip r WHERE %s',
+              regexp_replace(substring(pg_get_triggerdef(oid) FROM 'WHEN \((.*)\) EXECUTE FUNCTION'),
+                             '\m(old|new)\.', 'r.', 'g'))
+  FROM pg_trigger WHERE tgrelid = 'public.regress_skip'::regclass AND tgname = 'zz_crmguard_otp_guard' \gexec
 SET ROLE regress_luca;
 -- names no watched column: passes (the guard is skipped, and would have passed it)
 SELECT public.regress_otp_try($$UPDATE public.regress_skip SET note = 'seen'$$) AS note_only;

@@ -232,7 +232,6 @@ extern void cg_guard_install(Oid relid, const char *trigger_name,
 extern void cg_guard_install_statement(Oid relid, const char *trigger_name,
 									   const char *function_name, const char *events);
 extern void cg_guard_remove(Oid relid, const char *trigger_name);
-extern Oid	cg_guard_function_oid(const char *function);
 
 /* otp_idle.c: statements that cannot wake the OTP guard skip it */
 extern void cg_otp_idle_init(void);

@@ -486,21 +486,6 @@ guard_function(int j)
 	return guard_functions[j];
 }
 
-/* The OID of a guard's trigger function, by name; InvalidOid without crmguard */
-Oid
-cg_guard_function_oid(const char *function)
-{
-	int			j;
-
-	if (!guarded_valid)
-		load_guarded();
-	for (j = 0; j < NUM_GUARD_SPECS; j++)
-		if (strcmp(guard_specs[j].function, function) == 0)
-			return guard_function(j);
-	elog(ERROR, "no guard has trigger function \"%s\"", function);
-	return InvalidOid;			/* keep the compiler quiet */
-}
-
 /* Is fn one of the trigger functions of crmguard's guards? */
 static bool
 is_guard_function(Oid fn)

@@ -1152,6 +1152,18 @@ refuse_key_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple n
 			 errtablecol(rel, entry->pk_attno)));
 }
 
+/* Does a rule before rule i name the same recipient column? */
+static bool
+recipient_of_earlier_rule(const OtpTable *entry, int i)
+{
+	int			j;
+
+	for (j = 0; j < i; j++)
+		if (strcmp(entry->rules[j].recipient_column, entry->rules[i].recipient_column) == 0)
+			return true;
+	return false;
+}
+
 /*
  * A recipient column of an OTP-guarded row was set (INSERT, oldtuple NULL)
  * or changed (UPDATE): note when, so no code goes to it within the rule's
@@ -1191,7 +1203,7 @@ note_recipient_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTup
 			 (old_null || datumIsEqual(o, n, TupleDescAttr(desc, attno - 1)->attbyval,
 									   TupleDescAttr(desc, attno - 1)->attlen))))
 			continue;
-		if (strstr(changed.data, entry->rules[i].recipient_column) == NULL)
+		if (!recipient_of_earlier_rule(entry, i))
 		{
 			if (changed.len == 0)
 				appendStringInfoString(&changed, "{\"column\": ");

@@ -23,6 +23,8 @@
 #include "postgres.h"
 
 #include "access/sysattr.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -30,7 +32,9 @@
 #include "optimizer/optimizer.h"
 #include "rewrite/prs2lock.h"
 #include "utils/hsearch.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 
 #include "crmguard.h"
 
@@ -52,7 +56,7 @@ watched_columns(const Trigger *tg)
 	WatchedColumns *w;
 	bool		found;
 	MemoryContext old;
-	Node	   *qual;
+	MemoryContext parse;
 
 	if (watched_cache == NULL)
 	{
@@ -75,32 +79,66 @@ watched_columns(const Trigger *tg)
 	w->tgqual = NULL;
 	w->columns = NULL;
 
-	old = MemoryContextSwitchTo(TopMemoryContext);
+	/* the parsed clause goes with the temporary context; the columns stay */
+	parse = AllocSetContextCreate(CurrentMemoryContext, "crmguard OTP guard WHEN",
+								  ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(parse);
 	PG_TRY();
 	{
+		Node	   *qual = stringToNode(tg->tgqual);
 		Bitmapset  *both = NULL;
 
-		qual = stringToNode(tg->tgqual);
 		pull_varattnos(qual, PRS2_OLD_VARNO, &both);
 		pull_varattnos(qual, PRS2_NEW_VARNO, &both);
+		MemoryContextSwitchTo(TopMemoryContext);
 		w->whole_row = bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber, both);
-		w->columns = both;
+		w->columns = bms_copy(both);
 		w->tgqual = pstrdup(tg->tgqual);
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(old);
+		MemoryContextDelete(parse);
 		hash_search(watched_cache, &tg->tgoid, HASH_REMOVE, NULL);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
+	MemoryContextDelete(parse);
 	return w;
+}
+
+/*
+ * Is fn the OTP guard: crmguard's C function crmguard_otp_guard?  Known by
+ * what it is, from pg_proc (only a superuser creates a C function), without
+ * reading crmguard's own catalog: this runs for every statement that writes.
+ */
+static bool
+is_otp_guard(Oid fn)
+{
+	HeapTuple	tup;
+	bool		is_guard = false;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		src;
+
+		if (proc->prolang == ClanguageId)
+		{
+			src = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_prosrc, &isnull);
+			is_guard = !isnull && strcmp(TextDatumGetCString(src), "crmguard_otp_guard") == 0;
+		}
+		ReleaseSysCache(tup);
+	}
+	return is_guard;
 }
 
 /* Disable, in this statement's copy of rri's triggers, OTP guards its updates cannot wake */
 static void
-disable_idle_guards(ResultRelInfo *rri, EState *estate, Oid guard_function)
+disable_idle_guards(ResultRelInfo *rri, EState *estate)
 {
 	TriggerDesc *td = rri->ri_TrigDesc;
 	Bitmapset  *updated = NULL;
@@ -116,12 +154,12 @@ disable_idle_guards(ResultRelInfo *rri, EState *estate, Oid guard_function)
 		Trigger    *tg = &td->triggers[i];
 		WatchedColumns *w;
 
-		if (!TRIGGER_TYPE_MATCHES(tg->tgtype, TRIGGER_TYPE_ROW, TRIGGER_TYPE_AFTER, TRIGGER_TYPE_UPDATE))
-			continue;
-		if (tg->tgfoid != guard_function || tg->tgqual == NULL ||
+		if (!TRIGGER_TYPE_MATCHES(tg->tgtype, TRIGGER_TYPE_ROW, TRIGGER_TYPE_AFTER, TRIGGER_TYPE_UPDATE) ||
 			tg->tgenabled == TRIGGER_DISABLED)
+			continue;
+		if (tg->tgqual == NULL || !is_otp_guard(tg->tgfoid))
 		{
-			after_row_left |= tg->tgenabled != TRIGGER_DISABLED;
+			after_row_left = true;
 			continue;
 		}
 		if (!updated_known)
@@ -145,8 +183,6 @@ disable_idle_guards(ResultRelInfo *rri, EState *estate, Oid guard_function)
 static void
 otp_idle_start(QueryDesc *queryDesc, int eflags)
 {
-	EState	   *estate;
-	Oid			guard_function;
 	ListCell   *lc;
 
 	if (prev_executor_start)
@@ -154,14 +190,10 @@ otp_idle_start(QueryDesc *queryDesc, int eflags)
 	else
 		standard_ExecutorStart(queryDesc, eflags);
 
-	estate = queryDesc->estate;
-	if (estate->es_opened_result_relations == NIL || (eflags & EXEC_FLAG_EXPLAIN_ONLY))
+	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
 		return;
-	guard_function = cg_guard_function_oid("otp_guard");
-	if (!OidIsValid(guard_function))
-		return;
-	foreach(lc, estate->es_opened_result_relations)
-		disable_idle_guards((ResultRelInfo *) lfirst(lc), estate, guard_function);
+	foreach(lc, queryDesc->estate->es_opened_result_relations)
+		disable_idle_guards((ResultRelInfo *) lfirst(lc), queryDesc->estate);
 }
 
 /* From _PG_init */

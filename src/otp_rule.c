@@ -150,7 +150,10 @@ has_single_primary_key(Oid relid)
  * against literals of the column's base type (no domain CHECK runs per
  * row).  The same triggers note when a recipient is set or changed: the
  * WHEN compares values, as no column list would (a column list misses a
- * change a BEFORE trigger makes).  Caller is in SPI.
+ * change a BEFORE trigger makes).  Each term of the UPDATE clause asks
+ * whether a column it reads changed, so the clause is false on a row whose
+ * columns it reads all kept their values: otp_idle.c relies on that (and a
+ * regression test checks it).  Caller is in SPI.
  */
 static void
 install_guards(Oid relid)
@@ -250,19 +253,18 @@ install_guards(Oid relid)
 		elog(ERROR, "could not read crmguard.otp_rule");
 	for (i = 0; i < SPI_processed; i++)
 	{
-		char	   *attname = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		const char *column = quote_identifier(attname);
-		char	   *eq = cg_otp_equality_operator(get_atttype(relid, get_attnum(relid, attname)));
+		const char *column = quote_identifier(SPI_getvalue(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1));
 
+		/*
+		 * As text, byte for byte: a recipient the type's equality calls
+		 * equal ("Bob@x" and "bob@x" in citext) is still another spelling
+		 * sent to, and the change is noted.
+		 */
 		appendStringInfo(&on_insert, " OR NEW.%s IS NOT NULL", column);
-		if (eq != NULL)
-			appendStringInfo(&on_update,
-							 " OR ((OLD.%s %s NEW.%s) IS NOT TRUE AND (OLD.%s IS NOT NULL OR NEW.%s IS NOT NULL))",
-							 column, eq, column, column, column);
-		else
-			appendStringInfo(&on_update,
-							 " OR OLD.%s::pg_catalog.text IS DISTINCT FROM NEW.%s::pg_catalog.text",
-							 column, column);
+		appendStringInfo(&on_update,
+						 " OR (OLD.%s::pg_catalog.text COLLATE \"C\") IS DISTINCT FROM (NEW.%s::pg_catalog.text COLLATE \"C\")",
+						 column, column);
 	}
 
 	cg_guard_remove(relid, OTP_GUARD_INSERT);
