@@ -31,6 +31,9 @@ SELECT crmguard.create_approval_process('any discount', 'public.guarded',
     '{"field": "discount", "op": ">", "value": 0}',
     '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]');
 GRANT SELECT, UPDATE ON public.plain, public.guarded TO bench_rep, bench_mgr;
+-- the timed UPDATEs VACUUM their table first: no autovacuum run in the middle of one
+ALTER TABLE public.plain SET (autovacuum_enabled = off);
+ALTER TABLE public.guarded SET (autovacuum_enabled = off);
 -- 100 rows wait for a decision, so the lock has keys to look through
 SET ROLE bench_rep;
 UPDATE public.guarded SET discount = 30 WHERE id <= 100;
