@@ -1123,6 +1123,19 @@ guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 	refuse(entry, rule, rel, old, row_key, to_value, principal);
 }
 
+/* Does column attno hold the same bytes (or NULL) in both versions of a row? */
+static bool
+column_unchanged(TupleDesc desc, AttrNumber attno, HeapTuple oldtuple, HeapTuple newtuple)
+{
+	Form_pg_attribute att = TupleDescAttr(desc, attno - 1);
+	bool		old_null;
+	bool		new_null;
+	Datum		o = heap_getattr(oldtuple, attno, desc, &old_null);
+	Datum		n = heap_getattr(newtuple, attno, desc, &new_null);
+
+	return old_null == new_null && (old_null || datumIsEqual(o, n, att->attbyval, att->attlen));
+}
+
 /*
  * A row's key names it in its challenges (and in the recipient changes the
  * cooldown reads): a code verified for one row must never set another, so
@@ -1134,14 +1147,12 @@ refuse_key_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple n
 	TupleDesc	desc = RelationGetDescr(rel);
 	Form_pg_attribute att = TupleDescAttr(desc, entry->pk_attno - 1);
 	bool		old_null;
-	bool		new_null;
-	Datum		old_key = heap_getattr(oldtuple, entry->pk_attno, desc, &old_null);
-	Datum		new_key = heap_getattr(newtuple, entry->pk_attno, desc, &new_null);
+	Datum		old_key;
 
-	if (old_null == new_null &&
-		(old_null || datumIsEqual(old_key, new_key, att->attbyval, att->attlen)))
+	if (column_unchanged(desc, entry->pk_attno, oldtuple, newtuple))
 		return;
 	cg_require_attested();
+	old_key = heap_getattr(oldtuple, entry->pk_attno, desc, &old_null);
 	cg_audit_durable("otp_refused", RelationGetRelationName(rel),
 					 old_null ? NULL : OutputFunctionCall(&entry->pk_out, old_key),
 					 "{\"reason\": \"key changed\"}");
@@ -1191,17 +1202,10 @@ note_recipient_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTup
 	for (i = 0; i < entry->nrules; i++)
 	{
 		AttrNumber	attno = entry->rules[i].recipient_attno;
-		bool		old_null = true;
-		bool		new_null;
-		Datum		o = oldtuple ? heap_getattr(oldtuple, attno, desc, &old_null) : (Datum) 0;
-		Datum		n = heap_getattr(newtuple, attno, desc, &new_null);
 
-		if (!new_null)
+		if (!heap_attisnull(newtuple, attno, desc))
 			any_set = true;
-		if (oldtuple == NULL ||
-			(old_null == new_null &&
-			 (old_null || datumIsEqual(o, n, TupleDescAttr(desc, attno - 1)->attbyval,
-									   TupleDescAttr(desc, attno - 1)->attlen))))
+		if (oldtuple == NULL || column_unchanged(desc, attno, oldtuple, newtuple))
 			continue;
 		if (!recipient_of_earlier_rule(entry, i))
 		{
