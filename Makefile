@@ -2,7 +2,7 @@
 
 EXTENSION = crmguard
 MODULE_big = crmguard
-OBJS = src/crmguard.o src/crypto.o src/principal.o src/jwt.o src/redact.o src/audit.o src/worker.o src/criteria.o src/outbox.o src/guard.o src/drop.o src/otp.o src/otp_rule.o src/otp_shmem.o src/otp_idle.o src/visibility.o src/review.o src/approval.o src/fields.o src/fields_read.o src/fields_write.o src/fields_sql.o src/device.o src/activity.o src/approval_lock.o src/approval_engine.o
+OBJS = src/crmguard.o src/crypto.o src/principal.o src/jwt.o src/redact.o src/audit.o src/worker.o src/criteria.o src/outbox.o src/guard.o src/ddl_objects.o src/drop.o src/otp.o src/otp_rule.o src/otp_shmem.o src/otp_idle.o src/visibility.o src/review.o src/approval.o src/fields.o src/fields_read.o src/fields_write.o src/fields_sql.o src/device.o src/activity.o src/approval_lock.o src/approval_engine.o
 DATA_built = crmguard--1.1.sql
 # released versions' scripts are kept as shipped; each release adds its upgrade step
 DATA = crmguard--1.0.sql crmguard--1.0--1.1.sql

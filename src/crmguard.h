@@ -221,6 +221,10 @@ extern void cg_guard_utility(PlannedStmt *pstmt);
 extern void *cg_guard_snapshot(PlannedStmt *pstmt);
 extern void cg_guard_snapshot_end(void *previous);
 
+/* ddl_objects.c: what a DDL command touched, for the guard event trigger */
+extern List *cg_ddl_touched_relations(void);
+extern List *cg_drop_touched_relations(List **dropped_tables);
+
 /* drop.c: what DROP EXTENSION crmguard loses, read before and said after it ran; the schema */
 extern bool cg_drop_is_crmguard(Node *parsetree);
 extern void *cg_drop_collect(void);

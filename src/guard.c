@@ -1024,38 +1024,6 @@ GUARDED_CTE
 "        WHERE a.attrelid = r.oid AND a.attname = f.col AND a.attnum > 0 AND NOT a.attisdropped)"
 " ORDER BY 1, 2";
 
-/*
- * The tables a command touched: those it names, those whose trigger or
- * policy it names, and their inheritance parents and children.
- */
-static const char *const touched_sql =
-"WITH cmd AS ("
-"  SELECT c.classid, c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c),"
-" named AS ("
-"  SELECT objid AS relid FROM cmd WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
-"  UNION SELECT p.polrelid FROM cmd JOIN pg_catalog.pg_policy p ON p.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
-"  UNION SELECT tg.tgrelid FROM cmd JOIN pg_catalog.pg_trigger tg ON tg.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
-"  UNION SELECT rw.ev_class FROM cmd JOIN pg_catalog.pg_rewrite rw ON rw.oid = cmd.objid"
-"   WHERE cmd.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass)"
-" SELECT relid FROM named"
-" UNION SELECT i.inhrelid FROM named JOIN pg_catalog.pg_inherits i ON i.inhparent = named.relid"
-" UNION SELECT i.inhparent FROM named JOIN pg_catalog.pg_inherits i ON i.inhrelid = named.relid";
-
-/* The tables that lost a trigger or a policy, and still exist */
-static const char *const dropped_touched_sql =
-"SELECT DISTINCT pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.'"
-"                                       || pg_catalog.quote_ident(t.address_names[2]))::pg_catalog.oid"
-"  FROM pg_catalog.pg_event_trigger_dropped_objects() t"
-" WHERE t.object_type IN ('trigger', 'policy', 'table column')"
-"   AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.address_names[1]) || '.'"
-"                              || pg_catalog.quote_ident(t.address_names[2])) IS NOT NULL";
-
-/* The tables a drop removed */
-static const char *const dropped_tables_sql =
-"SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table'";
-
 /* Drafts of dropped tables: they may outlive their table's review */
 static const char *const forget_drafts_sql =
 "DELETE FROM crmguard.draft_state WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)";
@@ -1074,9 +1042,6 @@ static const char *const forget_rules_sql =
 " ft AS (DELETE FROM crmguard.field_table WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1))"
 " SELECT 1";
 
-static SPIPlanPtr touched_plan = NULL;
-static SPIPlanPtr dropped_touched_plan = NULL;
-static SPIPlanPtr dropped_tables_plan = NULL;
 static SPIPlanPtr forget_drafts_plan = NULL;
 static SPIPlanPtr forget_rules_plan = NULL;
 
@@ -1154,32 +1119,36 @@ touched_problems(List *touched)
 	}
 	values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
 
-	cg_enter_owner(&priv);
-	owner_query_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (n > 0 && SPI_execute_with_args(rule_problems_sql, 1, types, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not inspect the DDL command");
-	for (i = 0; n > 0 && i < SPI_processed; i++)
+	/* no touched table has rules: no query at all */
+	if (n > 0)
 	{
-		MemoryContext old = MemoryContextSwitchTo(caller);
-		GuardProblem *p = palloc0(sizeof(GuardProblem));
-		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		cg_enter_owner(&priv);
+		owner_query_settings();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args(rule_problems_sql, 1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not inspect the DDL command");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			MemoryContext old = MemoryContextSwitchTo(caller);
+			GuardProblem *p = palloc0(sizeof(GuardProblem));
+			char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			char	   *problem = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
-		p->action = "visibility_changed";
-		p->table = table;
-		p->problem = problem;
-		p->state = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
-		p->refusal = psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
-							  table, problem);
-		p->warning = psprintf("crmguard rules of table %s are no longer enforced: %s",
-							  table, problem);
-		problems = lappend(problems, p);
-		MemoryContextSwitchTo(old);
+			p->action = "visibility_changed";
+			p->table = table;
+			p->problem = problem;
+			p->state = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+			p->refusal = psprintf("crmguard rules of table %s cannot be changed outside crmguard: %s",
+								  table, problem);
+			p->warning = psprintf("crmguard rules of table %s are no longer enforced: %s",
+								  table, problem);
+			problems = lappend(problems, p);
+			MemoryContextSwitchTo(old);
+		}
+		SPI_finish();
+		cg_leave_owner(&priv);
 	}
-	SPI_finish();
-	cg_leave_owner(&priv);
 
 	foreach(lc, touched)
 		trigger_problems = list_concat(trigger_problems, touched_trigger_problems(lfirst_oid(lc)));
@@ -1308,6 +1277,35 @@ problem_was_there(const GuardProblem *p)
 }
 
 /*
+ * A drop removed tables: their drafts go with them (drafts may outlive
+ * their table's review), and their rules too when one of them had any.
+ */
+static void
+forget_dropped_tables(List *dropped_tables, bool guarded_gone)
+{
+	CgPrivilegedContext priv;
+	Datum		values[1];
+	Datum	   *elems = palloc(sizeof(Datum) * list_length(dropped_tables));
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, dropped_tables)
+		elems[n++] = ObjectIdGetDatum(lfirst_oid(lc));
+	values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+	cg_enter_owner(&priv);
+	owner_query_settings();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_plan(kept_plan(&forget_drafts_plan, forget_drafts_sql), values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not forget the drafts of dropped tables");
+	if (guarded_gone &&
+		SPI_execute_plan(kept_plan(&forget_rules_plan, forget_rules_sql), values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not forget the rules of dropped tables");
+	SPI_finish();
+	cg_leave_owner(&priv);
+}
+
+/*
  * Event trigger, after any DDL that can touch a guarded table (ALTER TABLE,
  * CREATE/ALTER/DROP TRIGGER or POLICY, CREATE TABLE ... INHERITS or
  * PARTITION OF, drops): the guards of every table it touched are compared
@@ -1324,12 +1322,8 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 	EventTriggerData *trigdata;
 	bool		is_super = superuser();
 	bool		dropping;
-	CgPrivilegedContext priv;
-	MemoryContext caller = CurrentMemoryContext;
 	List	   *touched = NIL;
 	ListCell   *lc;
-	uint64		i;
-	bool		any_rules;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "crmguard_guard_ddl: not called by the event trigger manager");
@@ -1340,59 +1334,28 @@ crmguard_guard_ddl(PG_FUNCTION_ARGS)
 	if (creating_extension && CurrentExtensionObject == get_extension_oid("crmguard", true))
 		PG_RETURN_VOID();
 	dropping = strcmp(trigdata->event, "sql_drop") == 0;
-	/* from the cache: are there rules in this database at all? */
-	any_rules = any_guarded_table();
 
-	cg_enter_owner(&priv);
-	owner_query_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (dropping)
+	/* what the command touched: catalog probes in C, no query (ddl_objects.c) */
+	if (!dropping)
+		touched = cg_ddl_touched_relations();
+	else
 	{
-		Datum		values[1];
-		Datum	   *elems;
-		int			n = 0;
+		List	   *dropped_tables;
 		bool		guarded_gone = false;
 
-		if (SPI_execute_plan(kept_plan(&dropped_tables_plan, dropped_tables_sql), NULL, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not inspect the DDL command");
-		elems = palloc(sizeof(Datum) * Max(SPI_processed, 1));
-		for (i = 0; i < SPI_processed; i++)
+		touched = cg_drop_touched_relations(&dropped_tables);
+		/* from the cache: did a table with rules go? */
+		if (any_guarded_table())
 		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-
-			if (isnull)
-				continue;
-			elems[n++] = d;
-			if (any_rules && table_rules(DatumGetObjectId(d)) != 0)
-				guarded_gone = true;
+			foreach(lc, dropped_tables)
+			{
+				if (table_rules(lfirst_oid(lc)) != 0)
+					guarded_gone = true;
+			}
 		}
-		values[0] = PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
-		/* drafts may outlive their table's review: a dropped table's go with it */
-		if (n > 0 &&
-			SPI_execute_plan(kept_plan(&forget_drafts_plan, forget_drafts_sql), values, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not forget the drafts of dropped tables");
-		if (guarded_gone &&
-			SPI_execute_plan(kept_plan(&forget_rules_plan, forget_rules_sql), values, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not forget the rules of dropped tables");
+		if (dropped_tables != NIL)
+			forget_dropped_tables(dropped_tables, guarded_gone);
 	}
-	/* not read-only: the command's own catalog changes must be visible */
-	if (SPI_execute_plan(dropping ? kept_plan(&dropped_touched_plan, dropped_touched_sql) :
-						 kept_plan(&touched_plan, touched_sql), NULL, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not inspect the DDL command");
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		MemoryContext old = MemoryContextSwitchTo(caller);
-
-		if (!isnull)
-			touched = lappend_oid(touched, DatumGetObjectId(d));
-		MemoryContextSwitchTo(old);
-	}
-	SPI_finish();
-	cg_leave_owner(&priv);
 
 	foreach(lc, touched_problems(touched))
 	{
