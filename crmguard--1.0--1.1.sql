@@ -1064,6 +1064,10 @@ COMMENT ON SEQUENCE crmguard.otp_rule_id_seq IS 'ids of OTP rules (crmguard.otp_
 COMMENT ON TABLE crmguard.otp_rule IS 'OTP rules: a row entering a gated status value needs a verified one-time code';
 COMMENT ON SEQUENCE crmguard.otp_challenge_id_seq IS 'OTP challenge ids (crmguard.otp_challenge), the numbers verify_otp takes';
 COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code hashes); read crmguard.otp_challenge instead';
+-- issue 17: the live-challenge lookup reads only live challenges, whatever the row's history
+DROP INDEX crmguard.otp_challenge_row_idx;
+CREATE INDEX otp_challenge_live_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value, id)
+ WHERE consumed_at IS NULL;
 COMMENT ON TABLE crmguard.otp_recipient_change IS 'when the recipient of an OTP-guarded row was set or changed (for recipient_cooldown)';
 COMMENT ON VIEW crmguard.otp_challenge IS 'OTP challenges and their state; never the code';
 COMMENT ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb, interval, integer, integer, interval) IS 'gate a status change behind a one-time code sent to the row''s recipient';

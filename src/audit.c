@@ -184,6 +184,15 @@ static void audit_write_row(int64 principal, int64 device, TimestampTz at,
 							const char *row_key, const char *detail_json);
 
 /*
+ * The chain head this backend itself just wrote, while it holds the chain
+ * lock and chains a committing transaction's entries: the next entry links
+ * to it without reading the table again.  Known only inside that loop.
+ */
+static bool own_head_known = false;
+static int64 own_head_id;
+static unsigned char own_head_hash[CG_HASH_BYTES];
+
+/*
  * Append one row to the chain.  principal 0 means nobody; detail_json is a
  * JSON object text or NULL.
  */
@@ -232,24 +241,32 @@ audit_write_row(int64 principal, int64 device, TimestampTz at, const char *actio
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
-	CommandCounterIncrement();
-	if (SPI_execute_snapshot(head_plan, NULL, NULL, GetLatestSnapshot(),
-							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the audit chain head");
-	if (SPI_processed == 1)
+	if (own_head_known)
 	{
-		bool		isnull;
-		bytea	   *prev;
-
-		row.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &isnull)) + 1;
-		prev = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 2, &isnull));
-		if (!isnull && VARSIZE_ANY_EXHDR(prev) == CG_HASH_BYTES)
-			memcpy(row.prev_hash, VARDATA_ANY(prev), CG_HASH_BYTES);
+		row.id = own_head_id + 1;
+		memcpy(row.prev_hash, own_head_hash, CG_HASH_BYTES);
 	}
 	else
-		row.id = 1;
+	{
+		CommandCounterIncrement();
+		if (SPI_execute_snapshot(head_plan, NULL, NULL, GetLatestSnapshot(),
+								 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the audit chain head");
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			bytea	   *prev;
+
+			row.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull)) + 1;
+			prev = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 2, &isnull));
+			if (!isnull && VARSIZE_ANY_EXHDR(prev) == CG_HASH_BYTES)
+				memcpy(row.prev_hash, VARDATA_ANY(prev), CG_HASH_BYTES);
+		}
+		else
+			row.id = 1;
+	}
 
 	audit_row_hash(&row, hash);
 
@@ -274,6 +291,8 @@ audit_write_row(int64 principal, int64 device, TimestampTz at, const char *actio
 
 	if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not append to the audit log");
+	own_head_id = row.id;
+	memcpy(own_head_hash, hash, CG_HASH_BYTES);
 
 	SPI_finish();
 	cg_leave_owner(&priv);
@@ -344,13 +363,17 @@ audit_xact_callback(XactEvent event, void *arg)
 				return;
 			pending = NIL;
 			PushActiveSnapshot(GetTransactionSnapshot());
+			/* the first entry reads the head under the chain lock; the others follow it */
+			own_head_known = false;
 			foreach(lc, entries)
 			{
 				PendingEntry *e = (PendingEntry *) lfirst(lc);
 
 				audit_write_row(e->principal, e->device, e->at, e->action, e->target,
 								e->row_key, e->detail);
+				own_head_known = true;
 			}
+			own_head_known = false;
 			PopActiveSnapshot();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -365,6 +388,7 @@ audit_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
 			pending = NIL;
+			own_head_known = false; /* an entry failed half-way through the loop */
 			break;
 		default:
 			break;

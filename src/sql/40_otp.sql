@@ -54,7 +54,10 @@ CREATE TABLE crmguard.otp_challenge_state (
 );
 ALTER SEQUENCE crmguard.otp_challenge_id_seq OWNED BY crmguard.otp_challenge_state.id;
 COMMENT ON SEQUENCE crmguard.otp_challenge_id_seq IS 'OTP challenge ids (crmguard.otp_challenge), the numbers verify_otp takes';
-CREATE INDEX otp_challenge_row_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value);
+-- the live challenges of a row: request_otp and the guard look only for
+-- these, so a row's used codes (a monthly delivery's, say) never slow them
+CREATE INDEX otp_challenge_live_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value, id)
+ WHERE consumed_at IS NULL;
 COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code hashes); read crmguard.otp_challenge instead';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_state', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.otp_challenge_id_seq', '');
