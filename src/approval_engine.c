@@ -1040,14 +1040,25 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 		capacity[ncapacity++] = int64_column(i, 1);
 
 	values[1] = PointerGetDatum(id_array(capacity, ncapacity));
+
+	/*
+	 * From what waits for me to its request, never the other way: the
+	 * pending-request index keeps an entry for every request decided since
+	 * the last vacuum, and a bitmap scan of it read them all (a busy
+	 * approver's list slowed down with every decision).  A plain index scan
+	 * also marks the entries of decided waits dead as it passes them.
+	 */
+	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (run(PLAN_MY_APPROVALS,
 			"SELECT r.id, r.process, r.target::pg_catalog.oid, r.row_key, r.current_step, r.submitted_by,"
 			"       r.submitted_at, w.approver"
 			"  FROM crmguard.approval_waiting w"
-			"  JOIN crmguard.approval_request_state r ON r.id OPERATOR(pg_catalog.=) w.request"
+			"  CROSS JOIN LATERAL (SELECT r.* FROM crmguard.approval_request_state r"
+			"                       WHERE r.id OPERATOR(pg_catalog.=) w.request"
+			"                         AND r.state OPERATOR(pg_catalog.=) 'pending'"
+			"                         AND r.submitted_by IS DISTINCT FROM $1 OFFSET 0) r"
 			" WHERE w.approver OPERATOR(pg_catalog.=) ANY ($2)"
-			"   AND r.state OPERATOR(pg_catalog.=) 'pending'"
-			"   AND r.submitted_by IS DISTINCT FROM $1"
 			" ORDER BY r.submitted_at, r.id, w.approver",
 			2, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard.approval_waiting");
