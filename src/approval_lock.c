@@ -675,6 +675,19 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 				if (strcmp(((TextKeyState *) lfirst(lc))->key, key) == 0)
 					known = &((TextKeyState *) lfirst(lc))->s;
 	}
+	if (!touched_here(bucket))
+	{
+		/*
+		 * No bucket's clock is ahead of the common clock: while that has not
+		 * moved, no key's bucket has, and the random read of the bucket's
+		 * line (a cache miss per row of a large UPDATE) can wait.
+		 */
+		now = pg_atomic_read_u64(&clocks->clock);
+		if (known != NULL && now <= known->checked)
+			return known->row;
+		if (known == NULL && now <= t->loaded_at)
+			return NULL;
+	}
 	now = pg_atomic_read_u64(&clocks->bucket[bucket]);
 	if (!touched_here(bucket))
 	{
