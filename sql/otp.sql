@@ -263,6 +263,21 @@ RESET ROLE;
 SELECT count(*) AS rules_after FROM crmguard.otp_rule;
 SELECT count(*) AS triggers_on_no_pk FROM pg_trigger WHERE tgrelid = 'public.regress_no_pk'::regclass;
 DROP TABLE public.regress_no_pk;
+-- rows written to another table of an inheritance tree would bypass the guard
+CREATE TABLE public.regress_parted (id int PRIMARY KEY, status text, phone text) PARTITION BY RANGE (id);
+CREATE TABLE public.regress_part1 PARTITION OF public.regress_parted FOR VALUES FROM (0) TO (100);
+CREATE TABLE public.regress_parent (id int PRIMARY KEY, status text, phone text);
+CREATE TABLE public.regress_child (id int PRIMARY KEY, status text, phone text);
+ALTER TABLE public.regress_child INHERIT public.regress_parent;
+SELECT public.regress_try($$SELECT crmguard.create_otp_rule('bad', 'public.regress_parted', 'status', '{Delivered}', 'phone')$$) AS partitioned_table;
+SELECT public.regress_try($$SELECT crmguard.create_otp_rule('bad', 'public.regress_part1', 'status', '{Delivered}', 'phone')$$) AS partition;
+SELECT public.regress_try($$SELECT crmguard.create_otp_rule('bad', 'public.regress_parent', 'status', '{Delivered}', 'phone')$$) AS inheritance_parent;
+SELECT public.regress_try($$SELECT crmguard.create_otp_rule('bad', 'public.regress_child', 'status', '{Delivered}', 'phone')$$) AS inheritance_child;
+SELECT count(*) AS rules_after_trees FROM crmguard.otp_rule;
+SELECT count(*) AS guards_in_trees FROM pg_trigger
+ WHERE tgrelid IN ('public.regress_parted'::regclass, 'public.regress_part1'::regclass,
+                   'public.regress_parent'::regclass, 'public.regress_child'::regclass);
+DROP TABLE public.regress_parted, public.regress_parent, public.regress_child;
 
 -- the owner cannot switch the guard off; a superuser can, visibly
 CREATE ROLE regress_table_owner;

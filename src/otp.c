@@ -1288,6 +1288,24 @@ crmguard_otp_guard(PG_FUNCTION_ARGS)
 	}
 	desc = RelationGetDescr(td->tg_relation);
 	entry = rules_for(RelationGetRelid(td->tg_relation));
+
+	/*
+	 * The guard on a table without an OTP rule of its own: a partition that
+	 * PostgreSQL gave its parent's guard (a 1.0 rule on a partitioned
+	 * table), or a copy someone made.  It cannot tell what is gated: fail
+	 * closed, for everyone.
+	 */
+	if (entry->nrules == 0)
+	{
+		cg_audit_durable("otp_refused", RelationGetRelationName(td->tg_relation), NULL,
+						 "{\"reason\": \"no OTP rule on this table\"}");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has crmguard's OTP guard but no OTP rule",
+						RelationGetRelationName(td->tg_relation)),
+				 errdetail("The guard cannot tell which values are gated, so it refuses every change it is called for; the attempt was audited."),
+				 errhint("OTP rules apply to ordinary tables outside any inheritance tree; drop the guard's trigger or put the rule on this table.")));
+	}
 	if (oldtuple)
 		refuse_key_change(entry, td->tg_relation, oldtuple, newtuple);
 

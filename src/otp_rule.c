@@ -8,6 +8,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -336,7 +337,12 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 	relkind = get_rel_relkind(relid);
 	if (relkind == '\0')
 		invalid_rule(rule, psprintf("relation with OID %u does not exist", relid));
-	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+	/* the guard's triggers judge the rows of their own table only */
+	if (relkind == RELKIND_PARTITIONED_TABLE || get_rel_relispartition(relid) ||
+		has_superclass(relid) || has_subclass(relid))
+		invalid_rule(rule, psprintf("table \"%s\" is partitioned or inherited; rows written to another table of its tree would bypass its guard",
+									get_rel_name(relid)));
+	if (relkind != RELKIND_RELATION)
 		invalid_rule(rule, psprintf("\"%s\" is not a table", get_rel_name(relid)));
 	cg_require_table_owner(relid);
 
