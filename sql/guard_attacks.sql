@@ -153,6 +153,17 @@ SET ROLE regress_ga_form;
 SELECT public.regress_try($$INSERT INTO public.regress_ga_lead (company) VALUES ('seen by a spy')$$) AS insert_past_spy;
 RESET ROLE;
 DROP TRIGGER " spy" ON public.regress_ga_lead;
+-- a guarded temporary table: what a drop removed names its schema "pg_temp"
+CREATE TEMP TABLE regress_ga_temp (id int PRIMARY KEY, status text, phone text);
+SELECT crmguard.create_otp_rule('ga temp', 'pg_temp.regress_ga_temp', 'status', '{Delivered}', 'phone',
+                                delivery => 'manual') > 0 AS temp_rule;
+ALTER TABLE pg_temp.regress_ga_temp OWNER TO regress_ga_owner;
+SET ROLE regress_ga_owner;
+SELECT public.regress_try($$DROP TRIGGER zz_crmguard_otp_guard ON pg_temp.regress_ga_temp$$) AS drop_guard_of_temp_table;
+SELECT public.regress_try($$ALTER TABLE pg_temp.regress_ga_temp DROP COLUMN status CASCADE$$) AS drop_gated_column_of_temp_table;
+RESET ROLE;
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'pg_temp.regress_ga_temp'::regclass ORDER BY 1;
+DROP TABLE pg_temp.regress_ga_temp;
 -- the OTP guard on a table without an OTP rule (a partition given its
 -- parent's guard by a 1.0 rule on a partitioned table, or a copy): it
 -- cannot tell what is gated, and refuses every change, a superuser's too
