@@ -17,6 +17,7 @@ GRANT EXECUTE ON FUNCTION public.regress_try(text) TO PUBLIC;
 CREATE ROLE regress_ga_owner;
 CREATE ROLE regress_ga_form;
 GRANT USAGE, CREATE ON SCHEMA public TO regress_ga_owner;
+DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO regress_ga_owner', current_database()); END $$;
 SELECT crmguard.add_principal('ga_rita', '{reviewer}') > 0 AS rita;
 SELECT crmguard.add_principal('ga_form', '{webform}', db_role => 'regress_ga_form') > 0 AS form;
 
@@ -134,6 +135,13 @@ CREATE TABLE public.regress_ga_plain (id int NOT NULL, company text);
 SELECT public.regress_try($$ALTER TABLE public.regress_ga_plain INHERIT public.regress_ga_lead$$) AS alter_inherit_reviewed_table;
 SELECT public.regress_try($$CREATE TABLE public.regress_ga_delivery_child () INHERITS (public.regress_ga_delivery)$$) AS inherit_gated_table;
 SELECT public.regress_try($$CREATE TABLE public.regress_ga_deal_child () INHERITS (public.regress_ga_deal)$$) AS inherit_approval_table;
+-- the same as an element of CREATE SCHEMA (the command's tag is CREATE SCHEMA)
+SELECT public.regress_try($$CREATE SCHEMA regress_ga_schema
+                             CREATE TABLE child () INHERITS (public.regress_ga_delivery)$$) AS schema_element_inherits;
+SELECT count(*) AS schemas_made FROM pg_namespace WHERE nspname = 'regress_ga_schema';
+-- (a schema whose tables touch no guarded table is made as before)
+SELECT public.regress_try($$CREATE SCHEMA regress_ga_schema CREATE TABLE plain (id int)$$) AS schema_unrelated;
+DROP SCHEMA regress_ga_schema CASCADE;
 -- a guarded table attached as a partition of the owner's own tree
 CREATE TABLE public.regress_ga_tree (id int NOT NULL, company text) PARTITION BY RANGE (id);
 SELECT public.regress_try($$ALTER TABLE public.regress_ga_tree ATTACH PARTITION public.regress_ga_lead FOR VALUES FROM (0) TO (1000)$$) AS attach_reviewed_as_partition;
@@ -201,5 +209,6 @@ DROP TYPE public.regress_ga_status;
 DROP FUNCTION public.regress_ga_noop();
 DELETE FROM crmguard.principal WHERE name LIKE 'ga\_%';
 REVOKE ALL ON SCHEMA public FROM regress_ga_owner;
+DO $$ BEGIN EXECUTE format('REVOKE CREATE ON DATABASE %I FROM regress_ga_owner', current_database()); END $$;
 DROP ROLE regress_ga_owner, regress_ga_form;
 DROP FUNCTION public.regress_try(text);
