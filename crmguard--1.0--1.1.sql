@@ -379,6 +379,12 @@ CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
 
 ALTER EVENT TRIGGER crmguard_guard_alter ENABLE ALWAYS;
 
+DROP EVENT TRIGGER crmguard_guard_drop;
+
+CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
+    WHEN TAG IN ('DROP TRIGGER', 'DROP POLICY', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP EXTENSION')
+    EXECUTE FUNCTION crmguard.guard_ddl();
+
 ALTER EVENT TRIGGER crmguard_guard_drop ENABLE ALWAYS;
 
 COMMENT ON FUNCTION crmguard.guard_ddl() IS 'internal: event trigger refusing (or, for a superuser, auditing) DDL that would remove or sidestep a guard';

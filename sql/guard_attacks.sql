@@ -58,6 +58,13 @@ SELECT public.regress_try($$DROP TRIGGER zz_crmguard_otp_guard_insert ON public.
 SELECT public.regress_try($$ALTER TABLE public.regress_ga_delivery DROP COLUMN status CASCADE$$) AS drop_gated_column;
 SELECT public.regress_try($$CREATE TRIGGER zz_crmguard_spare AFTER UPDATE ON public.regress_ga_delivery
                              FOR EACH ROW EXECUTE FUNCTION crmguard.otp_guard()$$) AS own_copy_of_guard;
+-- a guard made a member of an extension the owner created (a trusted one),
+-- then dropped with it: the drop's tag is DROP EXTENSION
+CREATE EXTENSION fuzzystrmatch;
+SELECT public.regress_try($$ALTER TRIGGER zz_crmguard_otp_guard ON public.regress_ga_delivery DEPENDS ON EXTENSION fuzzystrmatch$$) AS guard_depends_on_extension;
+SELECT public.regress_try($$DROP EXTENSION fuzzystrmatch$$) AS drop_guard_with_extension;
+ALTER TRIGGER zz_crmguard_otp_guard ON public.regress_ga_delivery NO DEPENDS ON EXTENSION fuzzystrmatch;
+DROP EXTENSION fuzzystrmatch;
 RESET ROLE;
 SELECT tgname, tgfoid::regproc, tgenabled FROM pg_trigger
  WHERE tgrelid IN ('public.regress_ga_delivery'::regclass, 'public.regress_ga_lead'::regclass, 'public.regress_ga_deal'::regclass)
