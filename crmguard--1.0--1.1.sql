@@ -382,7 +382,6 @@ ALTER EVENT TRIGGER crmguard_guard_alter ENABLE ALWAYS;
 DROP EVENT TRIGGER crmguard_guard_drop;
 
 CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
-    WHEN TAG IN ('DROP TRIGGER', 'DROP POLICY', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP EXTENSION')
     EXECUTE FUNCTION crmguard.guard_ddl();
 
 ALTER EVENT TRIGGER crmguard_guard_drop ENABLE ALWAYS;

@@ -66,6 +66,27 @@ SELECT public.regress_try($$DROP EXTENSION fuzzystrmatch$$) AS drop_guard_with_e
 ALTER TRIGGER zz_crmguard_otp_guard ON public.regress_ga_delivery NO DEPENDS ON EXTENSION fuzzystrmatch;
 DROP EXTENSION fuzzystrmatch;
 RESET ROLE;
+-- a gated or recipient column dropped with an object of the owner's it
+-- depends on (DROP FUNCTION, DROP COLLATION ... CASCADE), the guards with it
+CREATE COLLATION public.regress_ga_coll (provider = libc, locale = 'C');
+CREATE FUNCTION public.regress_ga_phone(text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+CREATE TABLE public.regress_ga_parcel (id int PRIMARY KEY, status text COLLATE public.regress_ga_coll,
+                                       raw_phone text, phone text GENERATED ALWAYS AS (public.regress_ga_phone(raw_phone)) STORED);
+SELECT crmguard.create_otp_rule('ga parcel', 'public.regress_ga_parcel', 'status', '{Delivered}', 'phone',
+                                delivery => 'manual') > 0 AS parcel_rule;
+ALTER TABLE public.regress_ga_parcel OWNER TO regress_ga_owner;
+ALTER FUNCTION public.regress_ga_phone(text) OWNER TO regress_ga_owner;
+ALTER COLLATION public.regress_ga_coll OWNER TO regress_ga_owner;
+SET ROLE regress_ga_owner;
+SELECT public.regress_try($$DROP FUNCTION public.regress_ga_phone(text) CASCADE$$) AS drop_recipient_with_function;
+SELECT public.regress_try($$DROP COLLATION public.regress_ga_coll CASCADE$$) AS drop_gated_column_with_collation;
+RESET ROLE;
+SELECT count(*) AS parcel_guards FROM pg_trigger WHERE tgrelid = 'public.regress_ga_parcel'::regclass;
+DROP TABLE public.regress_ga_parcel;
+DROP FUNCTION public.regress_ga_phone(text);
+DROP COLLATION public.regress_ga_coll;
+SET ROLE regress_ga_owner;
+RESET ROLE;
 SELECT tgname, tgfoid::regproc, tgenabled FROM pg_trigger
  WHERE tgrelid IN ('public.regress_ga_delivery'::regclass, 'public.regress_ga_lead'::regclass, 'public.regress_ga_deal'::regclass)
  ORDER BY 1;

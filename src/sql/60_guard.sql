@@ -10,10 +10,10 @@ CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE',
                  'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA')
     EXECUTE FUNCTION crmguard.guard_ddl();
--- (DROP EXTENSION: a guard trigger made to depend on an extension, or a
--- guarded table made its member, goes with it)
+-- every drop, whatever its tag: a guard trigger or a rule's column goes
+-- with whatever it depends on (DROP FUNCTION or DROP COLLATION ... CASCADE,
+-- DROP EXTENSION of an extension a guard was made to depend on)
 CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
-    WHEN TAG IN ('DROP TRIGGER', 'DROP POLICY', 'ALTER TABLE', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP EXTENSION')
     EXECUTE FUNCTION crmguard.guard_ddl();
 -- also in replication mode (session_replication_role = replica, superusers only):
 -- a guard switched off there is still refused or audited
