@@ -374,10 +374,15 @@ DROP EVENT TRIGGER crmguard_guard_alter;
 
 CREATE EVENT TRIGGER crmguard_guard_alter ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE POLICY', 'ALTER POLICY', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE',
-                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
+                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA')
     EXECUTE FUNCTION crmguard.guard_ddl();
 
 ALTER EVENT TRIGGER crmguard_guard_alter ENABLE ALWAYS;
+
+DROP EVENT TRIGGER crmguard_guard_drop;
+
+CREATE EVENT TRIGGER crmguard_guard_drop ON sql_drop
+    EXECUTE FUNCTION crmguard.guard_ddl();
 
 ALTER EVENT TRIGGER crmguard_guard_drop ENABLE ALWAYS;
 

@@ -75,3 +75,23 @@ SELECT * FROM crmguard.verify_audit();
 -- later writes extend the untouched chain
 SELECT crmguard.audit_event('after_checks');
 SELECT * FROM crmguard.verify_audit();
+
+-- one transaction, many entries, one rolled back to a savepoint and one in a
+-- failed subtransaction: the committed ones follow each other in the chain
+-- (the 2nd and later link to the row this backend just wrote), no gap, no fork
+SELECT max(id) AS before_many FROM crmguard.audit \gset
+BEGIN;
+SELECT crmguard.audit_event('many', NULL, '1');
+SAVEPOINT s;
+SELECT crmguard.audit_event('many', NULL, 'rolled back');
+ROLLBACK TO s;
+DO $$ BEGIN PERFORM crmguard.audit_event('many', NULL, 'failed'); RAISE division_by_zero; EXCEPTION WHEN division_by_zero THEN NULL; END $$;
+SELECT count(*) FROM (SELECT crmguard.audit_event('many', NULL, g::text) FROM generate_series(2, 40) g) s;
+COMMIT;
+SELECT count(*) AS many_written, min(id) = :before_many + 1 AS first_follows, max(id) - min(id) + 1 AS span,
+       count(*) FILTER (WHERE row_key IN ('rolled back', 'failed')) AS rolled_back_written
+  FROM crmguard.audit WHERE action = 'many';
+SELECT count(*) AS broken_links
+  FROM crmguard.audit a JOIN crmguard.audit b ON b.id = a.id + 1
+ WHERE b.prev_hash <> a.hash;
+SELECT * FROM crmguard.verify_audit();

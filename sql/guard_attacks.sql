@@ -17,6 +17,7 @@ GRANT EXECUTE ON FUNCTION public.regress_try(text) TO PUBLIC;
 CREATE ROLE regress_ga_owner;
 CREATE ROLE regress_ga_form;
 GRANT USAGE, CREATE ON SCHEMA public TO regress_ga_owner;
+DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO regress_ga_owner', current_database()); END $$;
 SELECT crmguard.add_principal('ga_rita', '{reviewer}') > 0 AS rita;
 SELECT crmguard.add_principal('ga_form', '{webform}', db_role => 'regress_ga_form') > 0 AS form;
 
@@ -57,6 +58,34 @@ SELECT public.regress_try($$DROP TRIGGER zz_crmguard_otp_guard_insert ON public.
 SELECT public.regress_try($$ALTER TABLE public.regress_ga_delivery DROP COLUMN status CASCADE$$) AS drop_gated_column;
 SELECT public.regress_try($$CREATE TRIGGER zz_crmguard_spare AFTER UPDATE ON public.regress_ga_delivery
                              FOR EACH ROW EXECUTE FUNCTION crmguard.otp_guard()$$) AS own_copy_of_guard;
+-- a guard made a member of an extension the owner created (a trusted one),
+-- then dropped with it: the drop's tag is DROP EXTENSION
+CREATE EXTENSION fuzzystrmatch;
+SELECT public.regress_try($$ALTER TRIGGER zz_crmguard_otp_guard ON public.regress_ga_delivery DEPENDS ON EXTENSION fuzzystrmatch$$) AS guard_depends_on_extension;
+SELECT public.regress_try($$DROP EXTENSION fuzzystrmatch$$) AS drop_guard_with_extension;
+ALTER TRIGGER zz_crmguard_otp_guard ON public.regress_ga_delivery NO DEPENDS ON EXTENSION fuzzystrmatch;
+DROP EXTENSION fuzzystrmatch;
+RESET ROLE;
+-- a gated or recipient column dropped with an object of the owner's it
+-- depends on (DROP FUNCTION, DROP COLLATION ... CASCADE), the guards with it
+CREATE COLLATION public.regress_ga_coll (provider = libc, locale = 'C');
+CREATE FUNCTION public.regress_ga_phone(text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+CREATE TABLE public.regress_ga_parcel (id int PRIMARY KEY, status text COLLATE public.regress_ga_coll,
+                                       raw_phone text, phone text GENERATED ALWAYS AS (public.regress_ga_phone(raw_phone)) STORED);
+SELECT crmguard.create_otp_rule('ga parcel', 'public.regress_ga_parcel', 'status', '{Delivered}', 'phone',
+                                delivery => 'manual') > 0 AS parcel_rule;
+ALTER TABLE public.regress_ga_parcel OWNER TO regress_ga_owner;
+ALTER FUNCTION public.regress_ga_phone(text) OWNER TO regress_ga_owner;
+ALTER COLLATION public.regress_ga_coll OWNER TO regress_ga_owner;
+SET ROLE regress_ga_owner;
+SELECT public.regress_try($$DROP FUNCTION public.regress_ga_phone(text) CASCADE$$) AS drop_recipient_with_function;
+SELECT public.regress_try($$DROP COLLATION public.regress_ga_coll CASCADE$$) AS drop_gated_column_with_collation;
+RESET ROLE;
+SELECT count(*) AS parcel_guards FROM pg_trigger WHERE tgrelid = 'public.regress_ga_parcel'::regclass;
+DROP TABLE public.regress_ga_parcel;
+DROP FUNCTION public.regress_ga_phone(text);
+DROP COLLATION public.regress_ga_coll;
+SET ROLE regress_ga_owner;
 RESET ROLE;
 SELECT tgname, tgfoid::regproc, tgenabled FROM pg_trigger
  WHERE tgrelid IN ('public.regress_ga_delivery'::regclass, 'public.regress_ga_lead'::regclass, 'public.regress_ga_deal'::regclass)
@@ -134,6 +163,13 @@ CREATE TABLE public.regress_ga_plain (id int NOT NULL, company text);
 SELECT public.regress_try($$ALTER TABLE public.regress_ga_plain INHERIT public.regress_ga_lead$$) AS alter_inherit_reviewed_table;
 SELECT public.regress_try($$CREATE TABLE public.regress_ga_delivery_child () INHERITS (public.regress_ga_delivery)$$) AS inherit_gated_table;
 SELECT public.regress_try($$CREATE TABLE public.regress_ga_deal_child () INHERITS (public.regress_ga_deal)$$) AS inherit_approval_table;
+-- the same as an element of CREATE SCHEMA (the command's tag is CREATE SCHEMA)
+SELECT public.regress_try($$CREATE SCHEMA regress_ga_schema
+                             CREATE TABLE child () INHERITS (public.regress_ga_delivery)$$) AS schema_element_inherits;
+SELECT count(*) AS schemas_made FROM pg_namespace WHERE nspname = 'regress_ga_schema';
+-- (a schema whose tables touch no guarded table is made as before)
+SELECT public.regress_try($$CREATE SCHEMA regress_ga_schema CREATE TABLE plain (id int)$$) AS schema_unrelated;
+DROP SCHEMA regress_ga_schema CASCADE;
 -- a guarded table attached as a partition of the owner's own tree
 CREATE TABLE public.regress_ga_tree (id int NOT NULL, company text) PARTITION BY RANGE (id);
 SELECT public.regress_try($$ALTER TABLE public.regress_ga_tree ATTACH PARTITION public.regress_ga_lead FOR VALUES FROM (0) TO (1000)$$) AS attach_reviewed_as_partition;
@@ -153,6 +189,17 @@ SET ROLE regress_ga_form;
 SELECT public.regress_try($$INSERT INTO public.regress_ga_lead (company) VALUES ('seen by a spy')$$) AS insert_past_spy;
 RESET ROLE;
 DROP TRIGGER " spy" ON public.regress_ga_lead;
+-- a guarded temporary table: what a drop removed names its schema "pg_temp"
+CREATE TEMP TABLE regress_ga_temp (id int PRIMARY KEY, status text, phone text);
+SELECT crmguard.create_otp_rule('ga temp', 'pg_temp.regress_ga_temp', 'status', '{Delivered}', 'phone',
+                                delivery => 'manual') > 0 AS temp_rule;
+ALTER TABLE pg_temp.regress_ga_temp OWNER TO regress_ga_owner;
+SET ROLE regress_ga_owner;
+SELECT public.regress_try($$DROP TRIGGER zz_crmguard_otp_guard ON pg_temp.regress_ga_temp$$) AS drop_guard_of_temp_table;
+SELECT public.regress_try($$ALTER TABLE pg_temp.regress_ga_temp DROP COLUMN status CASCADE$$) AS drop_gated_column_of_temp_table;
+RESET ROLE;
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'pg_temp.regress_ga_temp'::regclass ORDER BY 1;
+DROP TABLE pg_temp.regress_ga_temp;
 -- the OTP guard on a table without an OTP rule (a partition given its
 -- parent's guard by a 1.0 rule on a partitioned table, or a copy): it
 -- cannot tell what is gated, and refuses every change, a superuser's too
@@ -190,5 +237,6 @@ DROP TYPE public.regress_ga_status;
 DROP FUNCTION public.regress_ga_noop();
 DELETE FROM crmguard.principal WHERE name LIKE 'ga\_%';
 REVOKE ALL ON SCHEMA public FROM regress_ga_owner;
+DO $$ BEGIN EXECUTE format('REVOKE CREATE ON DATABASE %I FROM regress_ga_owner', current_database()); END $$;
 DROP ROLE regress_ga_owner, regress_ga_form;
 DROP FUNCTION public.regress_try(text);

@@ -277,7 +277,12 @@ SELECT count(*) AS rules_after_trees FROM crmguard.otp_rule;
 SELECT count(*) AS guards_in_trees FROM pg_trigger
  WHERE tgrelid IN ('public.regress_parted'::regclass, 'public.regress_part1'::regclass,
                    'public.regress_parent'::regclass, 'public.regress_child'::regclass);
-DROP TABLE public.regress_parted, public.regress_parent, public.regress_child;
+DROP TABLE public.regress_parted, public.regress_child;
+-- a parent whose only child was dropped is an ordinary table again
+-- (pg_class.relhassubclass stays set until the next vacuum: not a tree)
+SELECT public.regress_try($$SELECT crmguard.create_otp_rule('former parent', 'public.regress_parent', 'status', '{Delivered}', 'phone')$$) AS former_parent;
+SELECT crmguard.drop_otp_rule('former parent');
+DROP TABLE public.regress_parent;
 
 -- the owner cannot switch the guard off; a superuser can, visibly
 CREATE ROLE regress_table_owner;

@@ -215,7 +215,8 @@ cg_drop_touched_relations(List **dropped_tables)
 							  &elems, &elem_nulls, &n);
 			if (n < 2 || elem_nulls[0] || elem_nulls[1])
 				continue;
-			nsp = get_namespace_oid(TextDatumGetCString(elems[0]), true);
+			/* the session's own temporary schema is named "pg_temp" there */
+			nsp = LookupNamespaceNoError(TextDatumGetCString(elems[0]));
 			relid = OidIsValid(nsp) ? get_relname_relid(TextDatumGetCString(elems[1]), nsp) : InvalidOid;
 			if (OidIsValid(relid))
 				touched = list_append_unique_oid(touched, relid);
