@@ -1307,8 +1307,10 @@ forget_dropped_tables(List *dropped_tables, bool guarded_gone)
 
 /*
  * Event trigger, after any DDL that can touch a guarded table (ALTER TABLE,
- * CREATE/ALTER/DROP TRIGGER or POLICY, CREATE TABLE ... INHERITS or
- * PARTITION OF, drops): the guards of every table it touched are compared
+ * CREATE/ALTER TRIGGER or POLICY, CREATE TABLE ... INHERITS or PARTITION
+ * OF, CREATE SCHEMA with such elements) and after every drop, whatever it
+ * cascaded to; what the command touched comes from ddl_objects.c, without a
+ * query.  The guards of every table it touched are compared
  * with what the rule catalogs need, recognised by their trigger function,
  * so a renamed, replaced, dropped or disabled guard is found whatever it is
  * called and in however many steps.  What the table named by the command
