@@ -89,6 +89,18 @@ RESET client_min_messages;
 SELECT action, regexp_replace(detail ->> 'problem', 'request \d+', 'request N') AS problem, detail ->> 'superuser' AS superuser FROM crmguard.audit
  WHERE action = 'column_type_changed' AND target = 'regress_ala_deal' ORDER BY id;
 
+-- Attack: a rep submits row 2, then changes it in the same transaction. No
+-- commit has moved the key's clock yet, and the backend's pending keys, read
+-- before the submission, hold no request on the row.
+SET ROLE regress_ala_rep;
+UPDATE public.regress_ala_deal SET title = 'pallets' WHERE id = 2;
+BEGIN;
+UPDATE public.regress_ala_deal SET discount = 25 WHERE id = 2;
+SELECT crmguard.submit_for_approval('public.regress_ala_deal', '2') > 0 AS submitted_in_transaction;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_deal SET discount = 90 WHERE id = 2$$), 'request \d+', 'request N') AS change_after_own_submission;
+ROLLBACK;
+RESET ROLE;
+
 DROP TABLE public.regress_ala_deal;
 REVOKE ALL ON SCHEMA public FROM regress_ala_owner;
 DROP ROLE regress_ala_owner;

@@ -50,6 +50,7 @@ typedef struct ApprovalTable
 	MemoryContext keys_context;
 	HTAB	   *text_keys;		/* text key -> TextKeyEntry */
 	HTAB	   *int_keys;		/* integer key -> IntKeyEntry */
+	uint64	   *int_seen;		/* a bit per hash of the integer keys in int_keys */
 } ApprovalTable;
 
 /* approval_lock.c */

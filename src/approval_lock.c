@@ -97,6 +97,7 @@ typedef struct IntKeyEntry
 } IntKeyEntry;
 
 #define PENDING_BUCKETS		16384
+#define INT_SEEN_BITS		65536	/* most integer keys of a large UPDATE are known absent without a hash lookup */
 #define MIN_RECHECKED		64		/* keys asked for one by one before the table's pending keys are read again */
 #define MAX_TOUCHED			256		/* then a commit moves every clock */
 
@@ -164,6 +165,13 @@ int_bucket(Oid relid, int64 key)
 
 	h = hash_combine(h, hash_bytes_uint32(relid));
 	return hash_combine(h, hash_bytes_uint32(MyDatabaseId)) % PENDING_BUCKETS;
+}
+
+/* The bit of int_seen an integer key sets (Fibonacci hashing: one multiply) */
+static inline uint32
+int_seen_bit(int64 key)
+{
+	return (uint32) (((uint64) key * UINT64CONST(0x9E3779B97F4A7C15)) >> 48);
 }
 
 static bool
@@ -296,6 +304,7 @@ table_entry(Oid relid)
 		t->keys_context = NULL;
 		t->text_keys = NULL;
 		t->int_keys = NULL;
+		t->int_seen = NULL;
 	}
 	return t;
 }
@@ -499,7 +508,9 @@ remember(ApprovalTable *t, const char *key, bool is_int, int64 ikey, PendingRow 
 	if (is_int)
 	{
 		IntKeyEntry *e = hash_search(t->int_keys, &ikey, HASH_ENTER, NULL);
+		uint32		bit = int_seen_bit(ikey);
 
+		t->int_seen[bit / 64] |= UINT64CONST(1) << (bit % 64);
 		e->s.row = row;
 		e->s.checked = checked;
 	}
@@ -551,6 +562,7 @@ load_pending(ApprovalTable *t)
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(IntKeyEntry);
 	t->int_keys = hash_create("crmguard pending integer keys", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	t->int_seen = MemoryContextAllocZero(t->keys_context, INT_SEEN_BITS / 8);
 	t->rechecked = 0;
 	/* read before the table: a change committed meanwhile moves a clock past it */
 	t->loaded_at = pg_atomic_read_u64(&clocks->clock);
@@ -638,7 +650,9 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 	bool		is_int = keytype == INT8OID || keytype == INT4OID || keytype == INT2OID;
 	int64		ikey = 0;
 	char	   *key = NULL;
-	uint32		bucket;
+	uint32		bucket = 0;
+	bool		changed_here;
+	bool		touched;
 	uint64		now;
 	KeyState   *known = NULL;
 	PendingRow *row;
@@ -648,14 +662,18 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 		load_pending(t);
 	if (is_int)
 	{
-		IntKeyEntry *e;
+		uint32		bit;
 
 		ikey = keytype == INT8OID ? DatumGetInt64(value) :
 			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
-		bucket = int_bucket(t->relid, ikey);
-		e = hash_search(t->int_keys, &ikey, HASH_FIND, NULL);
-		if (e != NULL)
-			known = &e->s;
+		bit = int_seen_bit(ikey);
+		if (t->int_seen[bit / 64] & (UINT64CONST(1) << (bit % 64)))
+		{
+			IntKeyEntry *e = hash_search(t->int_keys, &ikey, HASH_FIND, NULL);
+
+			if (e != NULL)
+				known = &e->s;
+		}
 	}
 	else
 	{
@@ -667,7 +685,6 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 
 		getTypeOutputInfo(keytype, &out, &varlena);
 		key = OidOutputFunctionCall(out, value);
-		bucket = text_bucket(t->relid, key);
 		strlcpy(truncated, key, sizeof(truncated));
 		e = hash_search(t->text_keys, truncated, HASH_FIND, NULL);
 		if (e != NULL)
@@ -675,7 +692,12 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 				if (strcmp(((TextKeyState *) lfirst(lc))->key, key) == 0)
 					known = &((TextKeyState *) lfirst(lc))->s;
 	}
-	if (!touched_here(bucket))
+	/* a key's bucket matters when this transaction changed keys, or a clock moved */
+	changed_here = touched_all || ntouched > 0;
+	if (changed_here)
+		bucket = is_int ? int_bucket(t->relid, ikey) : text_bucket(t->relid, key);
+	touched = changed_here && touched_here(bucket);
+	if (!touched)
 	{
 		/*
 		 * No bucket's clock is ahead of the common clock: while that has not
@@ -688,8 +710,10 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 		if (known == NULL && now <= t->loaded_at)
 			return NULL;
 	}
+	if (!changed_here)
+		bucket = is_int ? int_bucket(t->relid, ikey) : text_bucket(t->relid, key);
 	now = pg_atomic_read_u64(&clocks->bucket[bucket]);
-	if (!touched_here(bucket))
+	if (!touched)
 	{
 		if (known != NULL && now <= known->checked)
 			return known->row;
@@ -702,7 +726,7 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 		key = psprintf(INT64_FORMAT, ikey);
 	row = read_key(t, key);
 	/* what this transaction changed is not known to others yet: ask again next time */
-	if (!touched_here(bucket))
+	if (!touched)
 	{
 		remember(t, key, is_int, ikey, row, now);
 		t->rechecked++;
