@@ -97,12 +97,17 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 	Node	   *parsetree = pstmt->utilityStmt;
 	void	   *guard_snapshot;
 	void	   *drop_report;
+	Oid			database;
+	bool		worker_was_there;
 
 	cg_guard_utility(pstmt);
 	if (IsA(parsetree, DeclareCursorStmt))
 		cg_principal_check_declare((DeclareCursorStmt *) parsetree);
 	drop_report = cg_drop_is_crmguard(parsetree) ? cg_drop_collect() : NULL;
 	guard_snapshot = cg_guard_snapshot(pstmt);
+	/* a command that needs a database to itself: crmguard's worker leaves it first */
+	database = cg_worker_database_to_leave(parsetree);
+	worker_was_there = OidIsValid(database) && cg_worker_leave(database);
 	PG_TRY();
 	{
 		if (prev_process_utility)
@@ -112,11 +117,19 @@ crmguard_process_utility(PlannedStmt *pstmt, const char *queryString,
 			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
 									queryEnv, dest, qc);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
 		cg_guard_snapshot_end(guard_snapshot);
+		if (OidIsValid(database))
+			cg_worker_return(database, worker_was_there);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	cg_guard_snapshot_end(guard_snapshot);
+	if (OidIsValid(database) && IsA(parsetree, DropdbStmt))
+		cg_worker_forget(database);
+	else if (OidIsValid(database))
+		cg_worker_return(database, worker_was_there);
 
 	if (drop_report)
 		cg_drop_finish(drop_report);

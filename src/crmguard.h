@@ -153,6 +153,10 @@ extern void cg_worker_shmem_request(void);
 extern void cg_worker_shmem_startup(void);
 extern void cg_worker_register(void);
 extern bool cg_enqueue(CgJobKind kind, const char *data, int len);
+extern Oid	cg_worker_database_to_leave(Node *parsetree);
+extern bool cg_worker_leave(Oid dboid);
+extern void cg_worker_return(Oid dboid, bool was_there);
+extern void cg_worker_forget(Oid dboid);
 extern void cg_enqueue_audit(const char *data, int len, const char *action,
 							 int64 principal, const char *role, TimestampTz at);
 

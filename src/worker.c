@@ -23,7 +23,11 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "access/xlog.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -36,7 +40,9 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -54,6 +60,7 @@
 #define CG_FLOOD_REFUSALS	64		/* more refusals than this from a backend... */
 #define CG_FLOOD_WINDOW_MS	10000	/* ...in this time are a flood */
 #define CG_SLOT_WAIT_MS		2000	/* below that, wait this long for a slot */
+#define CG_LEAVE_WAIT_MS	5000	/* a worker asked to leave its database is waited for this long */
 
 typedef struct CgJob
 {
@@ -69,6 +76,7 @@ typedef struct CgWorkerSlot
 	pid_t		pid;			/* 0 while starting */
 	Latch	   *latch;
 	TimestampTz started_at;
+	bool		leave;			/* asked to leave its database (cg_worker_leave) */
 } CgWorkerSlot;
 
 typedef struct CgShared
@@ -159,11 +167,11 @@ my_ring(void)
 }
 
 /*
- * Start this database's worker unless it runs or is starting; lock held.
+ * Start the database's worker unless it runs or is starting; lock held.
  * False when it has none and none can be started.
  */
 static bool
-ensure_worker_locked(void)
+ensure_worker_locked(Oid dboid)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -174,7 +182,7 @@ ensure_worker_locked(void)
 	{
 		CgWorkerSlot *slot = &shared->workers[i];
 
-		if (slot->dboid == MyDatabaseId)
+		if (slot->dboid == dboid)
 		{
 			/* a start that never arrived within a minute is retried */
 			if (slot->pid != 0 ||
@@ -203,14 +211,15 @@ ensure_worker_locked(void)
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "crmguard");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "crmguard_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "crmguard worker for database %u", MyDatabaseId);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "crmguard worker for database %u", dboid);
 	snprintf(worker.bgw_type, BGW_MAXLEN, "crmguard worker");
-	worker.bgw_main_arg = ObjectIdGetDatum(MyDatabaseId);
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = 0;
 
-	free_slot->dboid = MyDatabaseId;
+	free_slot->dboid = dboid;
 	free_slot->pid = 0;
 	free_slot->latch = NULL;
+	free_slot->leave = false;
 	free_slot->started_at = GetCurrentTimestamp();
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
@@ -249,14 +258,14 @@ cg_enqueue(CgJobKind kind, const char *data, int len)
 		/* one wake-up waiting is enough */
 		if (kind == CG_JOB_WAKE && other->kind == CG_JOB_WAKE)
 		{
-			(void) ensure_worker_locked();
+			(void) ensure_worker_locked(MyDatabaseId);
 			LWLockRelease(shared->lock);
 			return true;
 		}
 		mine++;
 	}
 	if (mine >= CG_QUEUE_PER_DATABASE || shared->tail - shared->head >= CG_QUEUE_LEN ||
-		!ensure_worker_locked())
+		!ensure_worker_locked(MyDatabaseId))
 	{
 		LWLockRelease(shared->lock);
 		return false;
@@ -313,7 +322,7 @@ cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
 	for (waited = 0; ring->used == CG_AUDIT_SLOTS && !flooding && waited < CG_SLOT_WAIT_MS;
 		 waited += 5)
 	{
-		(void) ensure_worker_locked();
+		(void) ensure_worker_locked(MyDatabaseId);
 		LWLockRelease(shared->lock);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5L,
 						 PG_WAIT_EXTENSION);
@@ -359,7 +368,7 @@ cg_enqueue_audit(const char *data, int len, const char *action, int64 principal,
 		summary->count++;
 		summary->last_at = at;
 	}
-	(void) ensure_worker_locked();
+	(void) ensure_worker_locked(MyDatabaseId);
 	LWLockRelease(shared->lock);
 }
 
@@ -520,6 +529,203 @@ release_if_idle(void)
 	return true;
 }
 
+/*
+ * The database a utility command needs nobody connected to, when the caller
+ * may run it on that database (its owner, or for a template any role that
+ * may create databases): InvalidOid otherwise.  Nobody else can make a
+ * worker leave by issuing a command that fails its permission check.
+ */
+Oid
+cg_worker_database_to_leave(Node *parsetree)
+{
+	const char *name = NULL;
+	bool		as_template = false;
+	ListCell   *lc;
+	Oid			dboid;
+
+	if (IsA(parsetree, DropdbStmt))
+		name = ((DropdbStmt *) parsetree)->dbname;
+	else if (IsA(parsetree, RenameStmt) && ((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+		name = ((RenameStmt *) parsetree)->subname;
+	else if (IsA(parsetree, AlterDatabaseStmt))
+	{
+		foreach(lc, ((AlterDatabaseStmt *) parsetree)->options)
+			if (strcmp(((DefElem *) lfirst(lc))->defname, "tablespace") == 0)
+				name = ((AlterDatabaseStmt *) parsetree)->dbname;
+	}
+	else if (IsA(parsetree, CreatedbStmt))
+	{
+		as_template = true;
+		name = "template1";
+		foreach(lc, ((CreatedbStmt *) parsetree)->options)
+		{
+			DefElem    *d = lfirst(lc);
+
+			if (strcmp(d->defname, "template") == 0 && d->arg != NULL)
+				name = defGetString(d);
+		}
+	}
+	if (name == NULL)
+		return InvalidOid;
+	dboid = get_database_oid(name, true);
+	if (!OidIsValid(dboid))
+		return InvalidOid;
+	if (pg_database_ownercheck(dboid, GetUserId()))
+		return dboid;
+	if (as_template && have_createdb_privilege())
+	{
+		HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+		bool		is_template = false;
+
+		if (HeapTupleIsValid(tup))
+		{
+			is_template = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+			ReleaseSysCache(tup);
+		}
+		if (is_template)
+			return dboid;
+	}
+	return InvalidOid;
+}
+
+/* Has a command that needs this database to itself asked this worker to leave? */
+static bool
+asked_to_leave(void)
+{
+	bool		leave = false;
+	int			i;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	for (i = 0; i < CG_MAX_WORKERS; i++)
+		if (shared->workers[i].pid == MyProcPid)
+			leave = shared->workers[i].leave;
+	LWLockRelease(shared->lock);
+	return leave;
+}
+
+/*
+ * DROP DATABASE, CREATE DATABASE ... TEMPLATE, and ALTER DATABASE ...
+ * RENAME TO or SET TABLESPACE need a database nobody is connected to, and
+ * wait for other sessions only a few seconds.  The database's worker stays
+ * while it has work, and CG_IDLE_EXIT_MS after: it is asked to leave first,
+ * and waited for.  Its queued work stays queued.  True when a worker was
+ * there (cg_worker_return starts it again).
+ */
+bool
+cg_worker_leave(Oid dboid)
+{
+	bool		was_there = false;
+	int			waited;
+
+	cg_require_preload();
+	for (waited = 0;; waited += 10)
+	{
+		bool		connected = false;
+		int			i;
+
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		for (i = 0; i < CG_MAX_WORKERS; i++)
+		{
+			CgWorkerSlot *slot = &shared->workers[i];
+
+			if (slot->dboid != dboid)
+				continue;
+			was_there = true;
+			slot->leave = true;
+			/* one still starting leaves as soon as it takes its slot */
+			connected = slot->pid != 0;
+			if (slot->latch)
+				SetLatch(slot->latch);
+		}
+		LWLockRelease(shared->lock);
+		if (!connected || waited >= CG_LEAVE_WAIT_MS)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
+	return was_there;
+}
+
+/* Work of dboid still waiting for its worker? Lock held */
+static bool
+has_work_locked(Oid dboid)
+{
+	uint64		i;
+	int			j;
+
+	for (i = shared->head; i < shared->tail; i++)
+		if (shared->jobs[i % CG_QUEUE_LEN].dboid == dboid)
+			return true;
+	for (i = 0; i < (uint64) nrings; i++)
+	{
+		if (rings[i].used > 0 && rings[i].slots[0].dboid == dboid)
+			return true;
+		for (j = 0; j < CG_AUDIT_SUMMARIES; j++)
+			if (rings[i].summaries[j].count > 0 && rings[i].summaries[j].dboid == dboid)
+				return true;
+	}
+	return false;
+}
+
+/* The command is over and the database still there: its worker comes back if it was there or has work */
+void
+cg_worker_return(Oid dboid, bool was_there)
+{
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	if (was_there || has_work_locked(dboid))
+		(void) ensure_worker_locked(dboid);
+	LWLockRelease(shared->lock);
+}
+
+/*
+ * The database is gone: so is the work queued for it, which would otherwise
+ * keep its share of the queue, and hold the head of a backend's audit slots
+ * that the next session on that backend slot needs.
+ */
+void
+cg_worker_forget(Oid dboid)
+{
+	uint64		i;
+	uint64		kept;
+	int			j;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < CG_MAX_WORKERS; i++)
+		if (shared->workers[i].dboid == dboid && shared->workers[i].pid == 0)
+			memset(&shared->workers[i], 0, sizeof(CgWorkerSlot));
+	/* keep the other databases' jobs in order, at the tail end */
+	kept = shared->tail;
+	for (i = shared->tail; i > shared->head; i--)
+	{
+		CgJob	   *job = &shared->jobs[(i - 1) % CG_QUEUE_LEN];
+
+		if (job->dboid == dboid)
+			continue;
+		kept--;
+		if (kept != i - 1)
+			memcpy(&shared->jobs[kept % CG_QUEUE_LEN], job, sizeof(CgJob));
+	}
+	shared->head = kept;
+	for (i = 0; i < (uint64) nrings; i++)
+	{
+		CgAuditRing *ring = &rings[i];
+		int			used = 0;
+
+		for (j = 0; j < ring->used; j++)
+			if (ring->slots[j].dboid != dboid)
+			{
+				if (used != j)
+					memcpy(&ring->slots[used], &ring->slots[j], sizeof(CgJob));
+				used++;
+			}
+		ring->used = used;
+		for (j = 0; j < CG_AUDIT_SUMMARIES; j++)
+			if (ring->summaries[j].count > 0 && ring->summaries[j].dboid == dboid)
+				memset(&ring->summaries[j], 0, sizeof(CgAuditSummary));
+	}
+	LWLockRelease(shared->lock);
+}
+
 static void
 worker_sigterm(SIGNAL_ARGS)
 {
@@ -623,7 +829,7 @@ crmguard_worker_main(Datum arg)
 		proc_exit(0);			/* another worker took the slot */
 	before_shmem_exit(release_slot, (Datum) 0);
 
-	while (!got_sigterm)
+	while (!got_sigterm && !asked_to_leave())
 	{
 		CgJob		job;
 		CgJob		audit[8];
@@ -632,7 +838,7 @@ crmguard_worker_main(Datum arg)
 		long		timeout = 10000L;
 
 		CHECK_FOR_INTERRUPTS();
-		while (!got_sigterm && busy)
+		while (!got_sigterm && busy && !asked_to_leave())
 		{
 			int			n = dequeue_audit(audit, lengthof(audit));
 			int			k;
