@@ -67,7 +67,23 @@ END $$;
 -- ---------------------------------------------------------------------------
 -- Bad definitions: CG020 each, nothing created
 -- ---------------------------------------------------------------------------
+-- a partition, and an inheritance parent: rows written through another table
+-- of the tree would pass around the lock
+CREATE TABLE public.regress_apv_tree (id int, owner_id bigint, discount int, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+CREATE TABLE public.regress_apv_tree_1 PARTITION OF public.regress_apv_tree FOR VALUES FROM (0) TO (1000);
+CREATE TABLE public.regress_apv_parent (id int PRIMARY KEY, owner_id bigint, discount int);
+CREATE TABLE public.regress_apv_parent_child () INHERITS (public.regress_apv_parent);
+ALTER TABLE public.regress_apv_tree OWNER TO regress_apv_owner;
+ALTER TABLE public.regress_apv_tree_1 OWNER TO regress_apv_owner;
+ALTER TABLE public.regress_apv_parent OWNER TO regress_apv_owner;
+ALTER TABLE public.regress_apv_parent_child OWNER TO regress_apv_owner;
 SET ROLE regress_apv_owner;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_tree_1', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS partition;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_parent', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS inheritance_parent;
+SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_parent_child', NULL,
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS inheritance_child;
 SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal',
     '{"field": "discont", "op": ">=", "value": 20}', '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]')$$) AS unknown_criteria_column;
 SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
@@ -96,6 +112,7 @@ SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'publ
 SELECT public.regress_try($$SELECT crmguard.create_approval_process('bad', 'public.regress_apv_deal', NULL,
     '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', '[{"set": {"id": 7}}]')$$) AS set_key_column;
 RESET ROLE;
+DROP TABLE public.regress_apv_tree, public.regress_apv_parent CASCADE;
 SELECT count(*) AS processes FROM crmguard.approval_process;
 SELECT count(*) AS guards FROM pg_trigger WHERE tgrelid = 'public.regress_apv_deal'::regclass AND NOT tgisinternal;
 -- only the table's owner defines processes

@@ -52,13 +52,21 @@ GRANT INSERT ON public.regress_lead_log TO PUBLIC;
 -- ---------------------------------------------------------------------------
 CREATE TABLE public.regress_nokey (company text);
 ALTER TABLE public.regress_nokey OWNER TO regress_rev_owner;
+-- an inheritance parent: rows inserted into its child would show in it unreviewed
+CREATE TABLE public.regress_lead_tree (id int PRIMARY KEY, company text);
+CREATE TABLE public.regress_lead_tree_child () INHERITS (public.regress_lead_tree);
+ALTER TABLE public.regress_lead_tree OWNER TO regress_rev_owner;
+ALTER TABLE public.regress_lead_tree_child OWNER TO regress_rev_owner;
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_nokey', 'reviewer')$$);
+SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead_tree', 'reviewer')$$) AS inheritance_parent;
+SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead_tree_child', 'reviewer')$$) AS inheritance_child;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead', 'reviewer', '{email,nope}')$$);
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead', 'no such role')$$);
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead', '')$$);
 SELECT public.regress_try($$SELECT crmguard.disable_review('public.regress_lead')$$);
 RESET ROLE;
+DROP TABLE public.regress_lead_tree CASCADE;
 SELECT count(*) AS configs FROM crmguard.review_config;
 SELECT count(*) AS guards FROM pg_trigger WHERE tgrelid = 'public.regress_lead'::regclass AND tgname LIKE '%crmguard%';
 -- only the owner

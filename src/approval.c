@@ -693,6 +693,9 @@ crmguard_create_approval_process(PG_FUNCTION_ARGS)
 	if (get_rel_relkind(relid) != RELKIND_RELATION)
 		invalid_process(get_rel_relkind(relid) == '\0' ? psprintf("relation with OID %u does not exist", relid)
 						: psprintf("\"%s\" is not an ordinary table", get_rel_name(relid)));
+	if (cg_in_inheritance_tree(relid))
+		invalid_process(psprintf("table \"%s\" is partitioned or inherited; rows written to another table of its tree would bypass its lock",
+								 get_rel_name(relid)));
 	cg_require_table_owner(relid);
 	for (i = 3; i <= 8; i++)
 		if (PG_ARGISNULL(i))

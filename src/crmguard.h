@@ -234,6 +234,7 @@ extern bool cg_drop_is_crmguard(Node *parsetree);
 extern void *cg_drop_collect(void);
 extern void cg_drop_finish(void *report);
 extern void cg_require_table_owner(Oid relid);
+extern bool cg_in_inheritance_tree(Oid relid);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
 							 const char *when);

@@ -18,7 +18,6 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_constraint.h"
-#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
 #include "commands/trigger.h"
@@ -154,7 +153,7 @@ crmguard_enable_fields(PG_FUNCTION_ARGS)
 	cg_require_table_owner(relid);
 	if (relkind != RELKIND_RELATION)
 		invalid_fields(relid, "only plain tables can hold contact fields (not partitioned tables, views or foreign tables)");
-	if (get_rel_relispartition(relid) || has_subclass(relid) || has_superclass(relid))
+	if (cg_in_inheritance_tree(relid))
 		invalid_fields(relid, "an inherited or partitioned table would show its rows around the fields projection");
 	attnum = get_attnum(relid, column);
 	if (attnum <= 0)

@@ -181,6 +181,20 @@ guard_exists(Oid relid, const char *trigger_name, const char *function_name)
 }
 
 /*
+ * Is relid in an inheritance tree (a partitioned table, a partition, an
+ * inheritance parent or child)?  A rule's guards judge the rows of their
+ * own table only: rows written to or read from another table of the tree
+ * would pass around them.  Children come from pg_inherits: relhassubclass
+ * (has_subclass) stays set after the last child is dropped, until a vacuum.
+ */
+bool
+cg_in_inheritance_tree(Oid relid)
+{
+	return get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE || get_rel_relispartition(relid) ||
+		has_superclass(relid) || find_inheritance_children(relid, NoLock) != NIL;
+}
+
+/*
  * Create a row trigger on relid unless it is there; caller is in SPI.
  * when is a WHEN condition over NEW and OLD, or NULL.
  */

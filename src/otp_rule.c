@@ -8,7 +8,6 @@
 
 #include "access/xact.h"
 #include "catalog/pg_class.h"
-#include "catalog/pg_inherits.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -337,13 +336,7 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 	relkind = get_rel_relkind(relid);
 	if (relkind == '\0')
 		invalid_rule(rule, psprintf("relation with OID %u does not exist", relid));
-	/*
-	 * The guard's triggers judge the rows of their own table only.  Children
-	 * from pg_inherits: relhassubclass (has_subclass) stays set after the
-	 * last child is dropped, until a vacuum.
-	 */
-	if (relkind == RELKIND_PARTITIONED_TABLE || get_rel_relispartition(relid) ||
-		has_superclass(relid) || find_inheritance_children(relid, NoLock) != NIL)
+	if (cg_in_inheritance_tree(relid))
 		invalid_rule(rule, psprintf("table \"%s\" is partitioned or inherited; rows written to another table of its tree would bypass its guard",
 									get_rel_name(relid)));
 	if (relkind != RELKIND_RELATION)

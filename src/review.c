@@ -838,6 +838,8 @@ crmguard_enable_review(PG_FUNCTION_ARGS)
 	relid = PG_GETARG_OID(0);
 	if (get_rel_relkind(relid) != RELKIND_RELATION)
 		invalid_review(relid, "only an ordinary table can be reviewed");
+	if (cg_in_inheritance_tree(relid))
+		invalid_review(relid, "the table is partitioned or inherited; rows inserted into another table of its tree would bypass review");
 	cg_require_table_owner(relid);
 	reviewers = PG_ARGISNULL(1) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	if (reviewers[0] == '\0')

@@ -33,7 +33,6 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
-#include "catalog/pg_inherits.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -92,8 +91,7 @@ check_target(Oid relid, const char *rule)
 
 	if (relkind == '\0')
 		invalid_rule(rule, psprintf("relation with OID %u does not exist", relid));
-	if (relkind == RELKIND_PARTITIONED_TABLE || get_rel_relispartition(relid) ||
-		has_superclass(relid) || has_subclass(relid))
+	if (cg_in_inheritance_tree(relid))
 		invalid_rule(rule, psprintf("table \"%s\" is partitioned or inherited; its rows can be read around its policies",
 									get_rel_name(relid)));
 	if (relkind != RELKIND_RELATION)
