@@ -671,7 +671,13 @@ has_work_locked(Oid dboid)
 void
 cg_worker_return(Oid dboid, bool was_there)
 {
+	int			i;
+
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	/* one that was starting, or did not notice in time, stays */
+	for (i = 0; i < CG_MAX_WORKERS; i++)
+		if (shared->workers[i].dboid == dboid)
+			shared->workers[i].leave = false;
 	if (was_there || has_work_locked(dboid))
 		(void) ensure_worker_locked(dboid);
 	LWLockRelease(shared->lock);
