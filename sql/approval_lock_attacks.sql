@@ -101,6 +101,21 @@ SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_deal SET di
 ROLLBACK;
 RESET ROLE;
 
+-- Attack: the submitter recalls row 1's pending request, changes the row in
+-- the same transaction (nothing is pending there any more), and rolls back.
+-- The request is pending again: what the backend read inside the rolled-back
+-- transaction must not let the next change through.
+SET ROLE regress_ala_rep;
+SELECT id AS ala_pending FROM crmguard.approval_request WHERE row_key = '1' AND state = 'pending' \gset
+UPDATE public.regress_ala_deal SET title = title WHERE id = 2;
+BEGIN;
+SELECT crmguard.recall(:ala_pending) IS NOT NULL AS recalled_in_transaction;
+UPDATE public.regress_ala_deal SET title = 'while recalled' WHERE id = 1;
+ROLLBACK;
+SELECT state FROM crmguard.approval_request WHERE id = :ala_pending;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_deal SET title = 'gold bars' WHERE id = 1$$), 'request \d+', 'request N') AS change_after_rolled_back_recall;
+RESET ROLE;
+
 DROP TABLE public.regress_ala_deal;
 REVOKE ALL ON SCHEMA public FROM regress_ala_owner;
 DROP ROLE regress_ala_owner;
