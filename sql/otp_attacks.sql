@@ -421,6 +421,46 @@ DROP TABLE public.regress_skip;
 DROP FUNCTION public.regress_skip_from_note();
 
 -- every refusal above is in the audit log, and the chain holds
+-- ===========================================================================
+-- Attack: one verified code opens more than the one change it was for: the
+-- same change again in the same transaction, another gated value of the
+-- rule, or the gated value of another rule on the same row
+-- ===========================================================================
+CREATE TABLE public.regress_once (
+    id      bigint PRIMARY KEY,
+    phone   text,
+    email   text,
+    status  text NOT NULL,
+    payment text NOT NULL
+);
+INSERT INTO public.regress_once VALUES (1, '+39 347 555 0701', 'cfo@example.com', 'Out for delivery', 'Open');
+GRANT SELECT, UPDATE ON public.regress_once TO regress_luca;
+SELECT crmguard.create_otp_rule('Once OTP', 'public.regress_once', 'status', '{Delivered,Returned}', 'phone',
+                                delivery => 'manual') IS NOT NULL AS created;
+SELECT crmguard.create_otp_rule('Once payment OTP', 'public.regress_once', 'payment', '{Delivered}', 'email',
+                                channel => 'email', delivery => 'manual') IS NOT NULL AS created;
+SET ROLE regress_luca;
+SELECT crmguard.request_otp('public.regress_once', '1', 'Delivered') AS once_challenge \gset
+RESET ROLE;
+SELECT public.regress_otp_code('+39 347 555 0701') AS once_code \gset
+SET ROLE regress_luca;
+BEGIN;
+SELECT crmguard.verify_otp(:once_challenge, :'once_code') AS verified;
+-- (a) another gated value of the same rule
+SELECT public.regress_otp_try($$UPDATE public.regress_once SET status = 'Returned' WHERE id = 1$$) AS other_value_same_code;
+-- (b) the gated value of another rule on the same row
+SELECT public.regress_otp_try($$UPDATE public.regress_once SET payment = 'Delivered' WHERE id = 1$$) AS other_rule_same_code;
+-- the one change the code was for
+UPDATE public.regress_once SET status = 'Delivered' WHERE id = 1;
+-- (c) the same change again, after stepping back
+UPDATE public.regress_once SET status = 'Out for delivery' WHERE id = 1;
+SELECT public.regress_otp_try($$UPDATE public.regress_once SET status = 'Delivered' WHERE id = 1$$) AS second_change_same_code;
+COMMIT;
+RESET ROLE;
+SELECT status, payment FROM public.regress_once;
+SELECT crmguard.drop_otp_rule('Once OTP'), crmguard.drop_otp_rule('Once payment OTP');
+DROP TABLE public.regress_once;
+
 SELECT pg_sleep(0.5);
 SELECT ok FROM crmguard.verify_audit();
 
