@@ -661,12 +661,26 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 	if (!t->loaded || t->rechecked > MIN_RECHECKED + t->npending)
 		load_pending(t);
 	if (is_int)
-	{
-		uint32		bit;
-
 		ikey = keytype == INT8OID ? DatumGetInt64(value) :
 			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
-		bit = int_seen_bit(ikey);
+	else
+	{
+		Oid			out;
+		bool		varlena;
+
+		getTypeOutputInfo(keytype, &out, &varlena);
+		key = OidOutputFunctionCall(out, value);
+		/*
+		 * load_pending keeps a key by what its text reads as, not by the
+		 * column's type: a text, numeric or domain key that reads as an
+		 * integer ("42") is among the integer keys.
+		 */
+		is_int = key_as_int(key, &ikey);
+	}
+	if (is_int)
+	{
+		uint32		bit = int_seen_bit(ikey);
+
 		if (t->int_seen[bit / 64] & (UINT64CONST(1) << (bit % 64)))
 		{
 			IntKeyEntry *e = hash_search(t->int_keys, &ikey, HASH_FIND, NULL);
@@ -677,14 +691,10 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 	}
 	else
 	{
-		Oid			out;
-		bool		varlena;
 		char		truncated[NAMEDATALEN * 2];
 		TextKeyEntry *e;
 		ListCell   *lc;
 
-		getTypeOutputInfo(keytype, &out, &varlena);
-		key = OidOutputFunctionCall(out, value);
 		strlcpy(truncated, key, sizeof(truncated));
 		e = hash_search(t->text_keys, truncated, HASH_FIND, NULL);
 		if (e != NULL)
