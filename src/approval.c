@@ -702,7 +702,10 @@ crmguard_create_approval_process(PG_FUNCTION_ARGS)
 			invalid_process(psprintf("argument %d must not be NULL", i + 1));
 	(void) cg_criteria_compile_row(relid, criteria, "NEW");		/* CG020 when wrong */
 
-	LockRelationOid(relid, ShareRowExclusiveLock);
+	/* a command putting the table in a tree, uncommitted at the check above, has committed */
+	if (cg_in_inheritance_tree_locked(relid, ShareRowExclusiveLock))
+		invalid_process(psprintf("table \"%s\" is partitioned or inherited; rows written to another table of its tree would bypass its lock",
+								 get_rel_name(relid)));
 	values[0] = CStringGetTextDatum(name);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = criteria ? JsonbPGetDatum(criteria) : (Datum) 0;
