@@ -1244,3 +1244,54 @@ GRANT EXECUTE ON FUNCTION crmguard.activity(timestamptz, timestamptz), crmguard.
 -- a sender (crmguard-relay) claims and reports outbox messages, nothing else
 GRANT EXECUTE ON FUNCTION crmguard.claim_outbox(text, integer, uuid, interval),
       crmguard.mark_sent(bigint, text, uuid), crmguard.release_outbox(bigint, uuid) TO crmguard_relay;
+
+-- Approval requests name their row by its key printed the same in every
+-- session (DateStyle ISO, IntervalStyle postgres, TimeZone UTC,
+-- extra_float_digits 1, bytea_output hex, lc_monetary C): 1.0 printed it as
+-- the submitting session did, and the lock looks for the new text. Each
+-- pending request's key is read as this session reads it and printed so; a
+-- table whose keys do not convert (or would name one row twice) is left as
+-- it was, with a WARNING.
+DO $cg_keys$
+DECLARE
+    t record;
+    s record;
+    saved text[];
+    pinned CONSTANT text[] := '{DateStyle,IntervalStyle,TimeZone,extra_float_digits,bytea_output,lc_monetary}';
+    canonical CONSTANT text[] := '{"ISO, MDY",postgres,UTC,1,hex,C}';
+BEGIN
+    FOR t IN
+        SELECT DISTINCT r.target::pg_catalog.oid AS relid,
+               pg_catalog.format_type(a.atttypid, a.atttypmod) AS keytype
+          FROM crmguard.approval_request_state r
+          JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid
+                                    AND i.indisprimary AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+          JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                        AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+         WHERE r.state OPERATOR(pg_catalog.=) 'pending'
+    LOOP
+        BEGIN
+            EXECUTE pg_catalog.format('CREATE TEMPORARY TABLE cg_request_keys ON COMMIT DROP AS'
+                                      ' SELECT id, CAST(row_key AS %s) AS k FROM crmguard.approval_request_state'
+                                      ' WHERE target OPERATOR(pg_catalog.=) %s::pg_catalog.oid::pg_catalog.regclass'
+                                      ' AND state OPERATOR(pg_catalog.=) ''pending''', t.keytype, t.relid);
+            saved := ARRAY(SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(pinned) n);
+            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                PERFORM pg_catalog.set_config(pinned[i], canonical[i], true);
+            END LOOP;
+            UPDATE crmguard.approval_request_state r SET row_key = k.k::pg_catalog.text
+              FROM pg_temp.cg_request_keys k
+             WHERE r.id OPERATOR(pg_catalog.=) k.id AND r.row_key OPERATOR(pg_catalog.<>) k.k::pg_catalog.text;
+            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                PERFORM pg_catalog.set_config(pinned[i], saved[i], true);
+            END LOOP;
+            DROP TABLE pg_temp.cg_request_keys;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not rewrite the keys of the pending approval requests of table %',
+                t.relid::pg_catalog.regclass
+                USING DETAIL = SQLERRM,
+                      HINT = 'Their rows may change while the requests are pending; decide or recall them.';
+        END;
+    END LOOP;
+END
+$cg_keys$;

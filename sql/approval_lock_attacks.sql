@@ -116,6 +116,87 @@ SELECT state FROM crmguard.approval_request WHERE id = :ala_pending;
 SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_deal SET title = 'gold bars' WHERE id = 1$$), 'request \d+', 'request N') AS change_after_rolled_back_recall;
 RESET ROLE;
 
+-- Attack: a table keyed by text, numeric or a domain over an integer, whose
+-- pending row's key reads as an integer ("7"). A backend that reads the
+-- table's pending keys after the submission must still find the row locked,
+-- whatever the key column's type.
+CREATE DOMAIN public.regress_ala_id AS int CHECK (VALUE > 0);
+CREATE TABLE public.regress_ala_tkey (id text PRIMARY KEY, discount int, title text);
+CREATE TABLE public.regress_ala_nkey (id numeric PRIMARY KEY, discount int, title text);
+CREATE TABLE public.regress_ala_dkey (id public.regress_ala_id PRIMARY KEY, discount int, title text);
+INSERT INTO public.regress_ala_tkey VALUES ('7', 5, 'text seven'), ('x7', 5, 'text x7');
+INSERT INTO public.regress_ala_nkey VALUES (7, 5, 'numeric seven');
+INSERT INTO public.regress_ala_dkey VALUES (7, 5, 'domain seven');
+SELECT crmguard.create_approval_process('ala ' || t, 'public.' || t,
+    '{"field": "discount", "op": ">=", "value": 20}',
+    '[{"name": "Boss", "approvers": {"role": "reviewer"}}]') > 0 AS process
+  FROM unnest('{regress_ala_tkey,regress_ala_nkey,regress_ala_dkey}'::text[]) t;
+GRANT SELECT, UPDATE ON public.regress_ala_tkey, public.regress_ala_nkey, public.regress_ala_dkey TO regress_ala_rep;
+SET ROLE regress_ala_rep;
+UPDATE public.regress_ala_tkey SET discount = 30;
+UPDATE public.regress_ala_nkey SET discount = 30;
+UPDATE public.regress_ala_dkey SET discount = 30;
+SELECT crmguard.submit_for_approval('public.regress_ala_tkey', '7') > 0 AS submitted_text_key,
+       crmguard.submit_for_approval('public.regress_ala_tkey', 'x7') > 0 AS submitted_text_key_x7,
+       crmguard.submit_for_approval('public.regress_ala_nkey', '7') > 0 AS submitted_numeric_key,
+       crmguard.submit_for_approval('public.regress_ala_dkey', '7') > 0 AS submitted_domain_key;
+RESET ROLE;
+-- a new session reads the pending keys after the submissions
+\c -
+SET ROLE regress_ala_rep;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_tkey SET title = 'changed' WHERE id = '7'$$), 'request \d+', 'request N') AS text_key_reading_as_integer;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_tkey SET title = 'changed' WHERE id = 'x7'$$), 'request \d+', 'request N') AS text_key;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_nkey SET title = 'changed' WHERE id = 7$$), 'request \d+', 'request N') AS numeric_key_reading_as_integer;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_dkey SET title = 'changed' WHERE id = 7$$), 'request \d+', 'request N') AS domain_key_reading_as_integer;
+-- the probe of the lock's WHEN clause answers the same
+SELECT crmguard.approval_row_pending('public.regress_ala_tkey', '7'::text) AS probe_text_key,
+       crmguard.approval_row_pending('public.regress_ala_nkey', 7::numeric) AS probe_numeric_key,
+       crmguard.approval_row_pending('public.regress_ala_dkey', 7::public.regress_ala_id) AS probe_domain_key;
+RESET ROLE;
+SELECT title FROM public.regress_ala_tkey UNION ALL SELECT title FROM public.regress_ala_nkey
+ UNION ALL SELECT title FROM public.regress_ala_dkey ORDER BY 1;
+DROP TABLE public.regress_ala_tkey, public.regress_ala_nkey, public.regress_ala_dkey;
+DROP DOMAIN public.regress_ala_id;
+
+-- Attack: a table keyed by a date or a timestamp with time zone, whose text
+-- follows the session's DateStyle and TimeZone. A rep submits a row under
+-- one DateStyle, or changes a pending row under another DateStyle or time
+-- zone: the lock must recognise the row's key however the session prints it.
+CREATE TABLE public.regress_ala_day (id date PRIMARY KEY, discount int, title text);
+CREATE TABLE public.regress_ala_at (id timestamptz PRIMARY KEY, discount int, title text);
+INSERT INTO public.regress_ala_day VALUES ('2031-03-04', 5, 'day one'), ('2031-05-06', 5, 'day two');
+INSERT INTO public.regress_ala_at VALUES ('2031-03-04 10:00:00+00', 5, 'moment');
+SELECT crmguard.create_approval_process('ala ' || t, 'public.' || t,
+    '{"field": "discount", "op": ">=", "value": 20}',
+    '[{"name": "Boss", "approvers": {"role": "reviewer"}}]') > 0 AS process
+  FROM unnest('{regress_ala_day,regress_ala_at}'::text[]) t;
+GRANT SELECT, UPDATE ON public.regress_ala_day, public.regress_ala_at TO regress_ala_rep;
+SET ROLE regress_ala_rep;
+UPDATE public.regress_ala_day SET discount = 30;
+UPDATE public.regress_ala_at SET discount = 30;
+SET DateStyle = 'German';
+SELECT crmguard.submit_for_approval('public.regress_ala_day', '04.03.2031') > 0 AS submitted_under_german_datestyle;
+RESET DateStyle;
+SET TimeZone = 'Asia/Tokyo';
+SELECT crmguard.submit_for_approval('public.regress_ala_at', '2031-03-04 19:00:00+09') > 0 AS submitted_in_tokyo;
+RESET TimeZone;
+SELECT crmguard.submit_for_approval('public.regress_ala_day', '2031-05-06') > 0 AS submitted_under_iso_datestyle;
+RESET ROLE;
+SELECT r.target, r.row_key FROM crmguard.approval_request r
+ WHERE r.target IN ('public.regress_ala_day'::regclass, 'public.regress_ala_at'::regclass) ORDER BY r.id;
+\c -
+SET ROLE regress_ala_rep;
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_day SET title = 'changed' WHERE id = '2031-03-04'$$), 'request \d+', 'request N') AS change_row_submitted_under_other_datestyle;
+SET DateStyle = 'German';
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_day SET title = 'changed' WHERE id = '06.05.2031'$$), 'request \d+', 'request N') AS change_under_other_datestyle;
+RESET DateStyle;
+SET TimeZone = 'America/New_York';
+SELECT regexp_replace(public.regress_try($$UPDATE public.regress_ala_at SET title = 'changed' WHERE id = '2031-03-04 10:00:00+00'$$), 'request \d+', 'request N') AS change_in_other_time_zone;
+RESET TimeZone;
+RESET ROLE;
+SELECT title FROM public.regress_ala_day UNION ALL SELECT title FROM public.regress_ala_at ORDER BY 1;
+DROP TABLE public.regress_ala_day, public.regress_ala_at;
+
 DROP TABLE public.regress_ala_deal;
 REVOKE ALL ON SCHEMA public FROM regress_ala_owner;
 DROP ROLE regress_ala_owner;

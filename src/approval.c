@@ -170,7 +170,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 	pk = cg_primary_key_column(relid);
 	values[0] = CStringGetTextDatum(key);
 	/* the key as the row's own column prints it: ' 7' or '07' names row 7 */
-	if (SPI_execute_with_args(psprintf("SELECT t, t.%s::pg_catalog.text FROM ONLY %s t WHERE %s FOR SHARE",
+	if (SPI_execute_with_args(psprintf("SELECT t, t.%s FROM ONLY %s t WHERE %s FOR SHARE",
 									   quote_identifier(pk), qualified_name(relid), key_condition(relid, pk, 1)),
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row");
@@ -181,7 +181,9 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 				 errmsg("row %s of table %s does not exist or is not visible to you", key, get_rel_name(relid))));
 	old = MemoryContextSwitchTo(caller);
 	row = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), false, -1);
-	key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	/* printed the same in every session, whatever its DateStyle or TimeZone */
+	key = cg_approval_key_output(SPI_gettypeid(SPI_tuptable->tupdesc, 2),
+								 SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	MemoryContextSwitchTo(old);
 	SPI_finish();
 
@@ -702,7 +704,10 @@ crmguard_create_approval_process(PG_FUNCTION_ARGS)
 			invalid_process(psprintf("argument %d must not be NULL", i + 1));
 	(void) cg_criteria_compile_row(relid, criteria, "NEW");		/* CG020 when wrong */
 
-	LockRelationOid(relid, ShareRowExclusiveLock);
+	/* a command putting the table in a tree, uncommitted at the check above, has committed */
+	if (cg_in_inheritance_tree_locked(relid, ShareRowExclusiveLock))
+		invalid_process(psprintf("table \"%s\" is partitioned or inherited; rows written to another table of its tree would bypass its lock",
+								 get_rel_name(relid)));
 	values[0] = CStringGetTextDatum(name);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = criteria ? JsonbPGetDatum(criteria) : (Datum) 0;

@@ -12,6 +12,7 @@
 #include "datatype/timestamp.h"
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
+#include "storage/lockdefs.h"
 #include "utils/array.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -235,6 +236,7 @@ extern void *cg_drop_collect(void);
 extern void cg_drop_finish(void *report);
 extern void cg_require_table_owner(Oid relid);
 extern bool cg_in_inheritance_tree(Oid relid);
+extern bool cg_in_inheritance_tree_locked(Oid relid, LOCKMODE mode);
 extern void cg_guard_install(Oid relid, const char *trigger_name,
 							 const char *function_name, const char *events,
 							 const char *when);

@@ -178,7 +178,9 @@ crmguard_enable_fields(PG_FUNCTION_ARGS)
 	if (bms_num_members(pk) != 1)
 		invalid_fields(relid, "a table with contact fields needs a single-column primary key, the row key of its encrypted values");
 
-	LockRelationOid(relid, ShareRowExclusiveLock);
+	/* a command putting the table in a tree, uncommitted at the check above, has committed */
+	if (cg_in_inheritance_tree_locked(relid, ShareRowExclusiveLock))
+		invalid_fields(relid, "an inherited or partitioned table would show its rows around the fields projection");
 	if (fld_lookup(relid) != NULL)
 		invalid_fields(relid, "contact fields are already enabled");
 

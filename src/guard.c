@@ -195,6 +195,25 @@ cg_in_inheritance_tree(Oid relid)
 }
 
 /*
+ * The same question once relid is locked in mode (at least SHARE ROW
+ * EXCLUSIVE, which conflicts with the SHARE UPDATE EXCLUSIVE lock that
+ * ATTACH PARTITION, ALTER TABLE ... INHERIT and CREATE TABLE ... INHERITS
+ * or PARTITION OF take on the table at least), as a rule for it is made.
+ * The unlocked check before it does not see a command that put the table in
+ * a tree and had not committed yet: that command's guard event trigger ran
+ * before the rule existed, so nothing else would refuse it.
+ */
+bool
+cg_in_inheritance_tree_locked(Oid relid, LOCKMODE mode)
+{
+	Assert(mode >= ShareRowExclusiveLock);
+	LockRelationOid(relid, mode);
+	/* read pg_inherits and pg_class as the commands we waited for left them */
+	InvalidateCatalogSnapshot();
+	return cg_in_inheritance_tree(relid);
+}
+
+/*
  * Create a row trigger on relid unless it is there; caller is in SPI.
  * when is a WHEN condition over NEW and OLD, or NULL.
  */

@@ -399,6 +399,13 @@ crmguard_create_otp_rule(PG_FUNCTION_ARGS)
 		cg_leave_owner(&priv);
 	}
 
+	/*
+	 * The lock its guard triggers take; a command putting the table in a
+	 * tree, uncommitted at the check above, has committed.
+	 */
+	if (cg_in_inheritance_tree_locked(relid, ShareRowExclusiveLock))
+		invalid_rule(rule, psprintf("table \"%s\" is partitioned or inherited; rows written to another table of its tree would bypass its guard",
+									get_rel_name(relid)));
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

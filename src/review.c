@@ -864,7 +864,9 @@ crmguard_enable_review(PG_FUNCTION_ARGS)
 	if (exempt != NULL && array_contains_nulls(exempt))
 		invalid_review(relid, "exempt roles must not contain NULL");
 
-	LockRelationOid(relid, ShareRowExclusiveLock);
+	/* a command putting the table in a tree, uncommitted at the check above, has committed */
+	if (cg_in_inheritance_tree_locked(relid, ShareRowExclusiveLock))
+		invalid_review(relid, "the table is partitioned or inherited; rows inserted into another table of its tree would bypass review");
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

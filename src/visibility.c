@@ -126,6 +126,19 @@ lock_rules_of(Oid relid)
 	LockRelationOid(relid, AccessExclusiveLock);
 }
 
+/*
+ * The lock of a rule that is being made, and check_target's tree check
+ * again under it: a command that put the table in an inheritance tree and
+ * had not committed at check_target has now.
+ */
+static void
+lock_target(Oid relid, const char *rule)
+{
+	if (cg_in_inheritance_tree_locked(relid, AccessExclusiveLock))
+		invalid_rule(rule, psprintf("table \"%s\" is partitioned or inherited; its rows can be read around its policies",
+									get_rel_name(relid)));
+}
+
 /* Is row-level security enabled and forced on the table? */
 static bool
 rls_forced(Oid relid)
@@ -300,7 +313,7 @@ crmguard_expose(PG_FUNCTION_ARGS)
 									access ? access : "NULL"));
 	if (PG_ARGISNULL(3))
 		invalid_rule(rule, "criteria are NULL; use crmguard.expose_public to show every row");
-	lock_rules_of(relid);
+	lock_target(relid, rule);
 	compiled = cg_criteria_compile(relid, PG_GETARG_JSONB_P(3));
 	PG_RETURN_INT64(add_rule(rule, relid, "criteria", text_arg(fcinfo, 2), PG_GETARG_JSONB_P(3),
 							 NULL, false, access, compiled));
@@ -322,7 +335,7 @@ crmguard_expose_public(PG_FUNCTION_ARGS)
 	rule = derived_name(relid, "public to", audience ? audience : "");
 	check_target(relid, rule);
 	check_audience(rule, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
-	lock_rules_of(relid);
+	lock_target(relid, rule);
 	PG_RETURN_INT64(add_rule(rule, relid, "public", audience, NULL, NULL, false, "read", "true"));
 }
 
@@ -357,7 +370,7 @@ crmguard_expose_by_owner(PG_FUNCTION_ARGS)
 	if (type != INT8OID && type != INT4OID && type != INT2OID)
 		invalid_rule(rule, psprintf("owner column \"%s\" is of type %s, not an integer holding principal ids",
 									column, format_type_be(type)));
-	lock_rules_of(relid);
+	lock_target(relid, rule);
 
 	/*
 	 * A bigint owner: in_team(), a hashed test per row that the planner can
