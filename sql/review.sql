@@ -275,6 +275,42 @@ SELECT pg_temp.last_companies() AS latest;
 RESET ROLE;
 DELETE FROM crmguard.draft_state WHERE row_data->>'company' LIKE 'Batch %';
 
+-- an approved draft's INSERT keeps its plan per column list; however many
+-- column lists drafts carry (one per version of the table: a draft names
+-- the columns its table had), such texts keep at most 32 plans in a
+-- backend, so crmguard's own statements keep room for theirs
+CREATE TABLE public.regress_lead_wide (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, company text,
+                                       planned_with text);
+-- the table's own code runs under the session's planner settings, not crmguard's
+CREATE FUNCTION public.regress_planner_setting() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.planned_with := current_setting('enable_seqscan'); RETURN NEW; END $$;
+CREATE TRIGGER zz_planner BEFORE INSERT ON public.regress_lead_wide
+    FOR EACH ROW EXECUTE FUNCTION public.regress_planner_setting();
+GRANT SELECT, INSERT ON public.regress_lead_wide TO regress_rev_form, regress_rev_rita;
+SELECT crmguard.enable_review('public.regress_lead_wide', 'reviewer', '{company}');
+SET client_min_messages = warning;
+DO $$
+BEGIN
+    FOR i IN 1..40 LOOP
+        EXECUTE format('ALTER TABLE public.regress_lead_wide ADD COLUMN c%s int', i);
+        PERFORM pg_catalog.set_config('role', 'regress_rev_form', true);
+        INSERT INTO public.regress_lead_wide (company) VALUES ('Wide ' || i);
+        RESET ROLE;
+    END LOOP;
+END $$;
+RESET client_min_messages;
+SELECT array_agg(id ORDER BY id) AS wide_drafts FROM crmguard.draft_state
+ WHERE target = 'public.regress_lead_wide'::regclass \gset
+SET ROLE regress_rev_rita;
+SELECT count(crmguard.approve_draft(d)) AS approved FROM unnest(:'wide_drafts'::bigint[]) d;
+RESET ROLE;
+SELECT count(*) AS rows, count(c40) AS with_c40, string_agg(DISTINCT planned_with, ',') AS enable_seqscan
+  FROM public.regress_lead_wide;
+SELECT count(*) AS kept_draft_insert_plans FROM pg_catalog.pg_backend_memory_contexts
+ WHERE name = 'CachedPlanSource' AND ident LIKE 'INSERT INTO public.regress\_lead% OVERRIDING SYSTEM VALUE %';
+DROP TABLE public.regress_lead_wide;
+DROP FUNCTION public.regress_planner_setting();
+
 -- the owner cannot drop or disable the guard
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_lead DISABLE TRIGGER "!crmguard_review"$$);

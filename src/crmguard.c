@@ -423,20 +423,47 @@ cg_leave_owner(CgPrivilegedContext *ctx)
  * builds for a table (as the role it runs as): the plan is made and run
  * with the pinned search_path of those contexts, and re-planned as any
  * cached plan is (a table changed, another role, another principal).  The
- * caller is connected to SPI.  Same arguments as SPI_execute_with_args.
- * Planned and run with fixed planner settings, not the session's.
+ * caller is connected to SPI.
  */
 #define MAX_KEPT_PLANS 128
+/* texts built from what callers send (a draft's columns) take at most this many */
+#define MAX_KEPT_CALLER_PLANS 32
 
-int
-cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-				bool read_only, long count)
+static SPIPlanPtr
+kept_plan(const char *sql, int nargs, Oid *types, bool from_caller)
 {
 	static char *texts[MAX_KEPT_PLANS];
 	static SPIPlanPtr plans[MAX_KEPT_PLANS];
 	static int	nplans = 0;
-	SPIPlanPtr	plan = NULL;
+	static int	ncaller = 0;
+	SPIPlanPtr	plan;
 	int			i;
+
+	for (i = 0; i < nplans; i++)
+		if (strcmp(texts[i], sql) == 0)
+			return plans[i];
+	plan = SPI_prepare(sql, nargs, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	if (nplans < MAX_KEPT_PLANS && (!from_caller || ncaller < MAX_KEPT_CALLER_PLANS) &&
+		SPI_keepplan(plan) == 0)
+	{
+		texts[nplans] = MemoryContextStrdup(TopMemoryContext, sql);
+		plans[nplans++] = plan;
+		ncaller += from_caller;
+	}
+	return plan;
+}
+
+/*
+ * Run a kept statement (same arguments as SPI_execute_with_args), planned
+ * and run with fixed planner settings, not the session's: crmguard's point
+ * queries on its own catalogs.
+ */
+int
+cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+				bool read_only, long count)
+{
 	int			nestlevel = NewGUCNestLevel();
 	int			rc;
 
@@ -445,23 +472,24 @@ cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values, const cha
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	for (i = 0; i < nplans && plan == NULL; i++)
-		if (strcmp(texts[i], sql) == 0)
-			plan = plans[i];
-	if (plan == NULL)
-	{
-		plan = SPI_prepare(sql, nargs, types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		if (nplans < MAX_KEPT_PLANS && SPI_keepplan(plan) == 0)
-		{
-			texts[nplans] = MemoryContextStrdup(TopMemoryContext, sql);
-			plans[nplans++] = plan;
-		}
-	}
-	rc = SPI_execute_plan(plan, values, nulls, read_only, count);
+	rc = SPI_execute_plan(kept_plan(sql, nargs, types, false), values, nulls, read_only, count);
 	AtEOXact_GUC(true, nestlevel);
 	return rc;
+}
+
+/*
+ * The same under the session's planner settings, for a statement whose text
+ * callers shape (an approved draft's INSERT names the columns it carries):
+ * it runs a table's own code (its defaults and triggers, whose queries are
+ * planned as they run), which must not be planned under crmguard's
+ * settings, and however many texts callers make, crmguard's own statements
+ * keep room for their plans.
+ */
+int
+cg_execute_kept_shaped(const char *sql, int nargs, Oid *types, Datum *values,
+					   const char *nulls, bool read_only, long count)
+{
+	return SPI_execute_plan(kept_plan(sql, nargs, types, true), values, nulls, read_only, count);
 }
 
 /*

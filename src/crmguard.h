@@ -74,6 +74,8 @@ extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role);
 extern void cg_enter_table_owner(CgPrivilegedContext *ctx, Oid relid);
 extern int	cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values,
 							const char *nulls, bool read_only, long count);
+extern int	cg_execute_kept_shaped(const char *sql, int nargs, Oid *types, Datum *values,
+								   const char *nulls, bool read_only, long count);
 
 /* crypto.c: the server key and the primitives built on it */
 typedef enum CgKeyPurpose

@@ -636,14 +636,12 @@ record_step(int64 draft, Oid relid, const char *set_sql, const char *event,
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (set_sql != NULL &&
-		SPI_execute_with_args(psprintf("UPDATE crmguard.draft_state SET %s WHERE id OPERATOR(pg_catalog.=) $1", set_sql),
-							  4, types, values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not update the draft");
-	if (SPI_execute_with_args(psprintf("INSERT INTO crmguard.draft_history (draft, principal, event, detail)"
-									   " VALUES ($1, $2, %s, $3)", quote_literal_cstr(event)),
-							  4, types, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the draft's history");
+	/* one statement, its plan kept: a few texts, one per kind of step */
+	if (cg_execute_kept(psprintf("WITH s AS (UPDATE crmguard.draft_state SET %s WHERE id OPERATOR(pg_catalog.=) $1 RETURNING id)"
+								 " INSERT INTO crmguard.draft_history (draft, principal, event, detail)"
+								 " SELECT id, $2, %s, $3 FROM s", set_sql, quote_literal_cstr(event)),
+						4, types, values, nulls, false, 0) != SPI_OK_INSERT || SPI_processed != 1)
+		elog(ERROR, "could not record the draft's step");
 	SPI_finish();
 	cg_leave_owner(&priv);
 }
@@ -680,7 +678,7 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args(sql, 1, types, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		if (cg_execute_kept_shaped(sql, 1, types, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 			SPI_processed != 1)
 			elog(ERROR, "the approved row was not inserted");
 		key = MemoryContextStrdup(caller, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
@@ -744,7 +742,7 @@ crmguard_approve_draft(PG_FUNCTION_ARGS)
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT target::pg_catalog.oid, state, row_data FROM crmguard.draft_state"
+	if (cg_execute_kept("SELECT target::pg_catalog.oid, state, row_data FROM crmguard.draft_state"
 							  " WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crmguard.draft_state");
@@ -770,7 +768,7 @@ crmguard_approve_draft(PG_FUNCTION_ARGS)
 	{
 		values[1] = ObjectIdGetDatum(relid);
 		values[2] = JsonbPGetDatum(changes);
-		if (SPI_execute_with_args("SELECT crmguard.check_draft_fields($2, $3, 'changes')",
+		if (cg_execute_kept("SELECT crmguard.check_draft_fields($2, $3, 'changes')",
 								  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not check the changes");
 	}
