@@ -111,7 +111,7 @@ SELECT is_empty(
                       'approve', 'reject', 'recall', 'delegate', 'run_due',
                       'claim_outbox', 'mark_sent', 'release_outbox', 'enable_fields', 'define_field', 'drop_field',
                       'set_field', 'unmask', 'register_device', 'enrollment_code', 'enroll_device', 'attest_device',
-                      'revoke_device', 'device_challenge', 'track', 'untrack', 'compact_activity')
+                      'revoke_device', 'device_challenge', 'track', 'untrack', 'compact_activity', 'purge_history')
          AND (provolatile <> 'v' OR proparallel <> 'u')$$,
     'every function that writes, audits or changes who is acting is VOLATILE PARALLEL UNSAFE');
 

@@ -32,8 +32,8 @@ SELECT function_privs_are('crmguard', 'device_challenge', ARRAY['text'], 'public
 SELECT is_empty(
     $$SELECT p.proname FROM pg_proc p, aclexplode(p.proacl) a
        WHERE p.pronamespace = 'crmguard'::regnamespace AND a.grantee = 0
-         AND p.proname IN ('register_device', 'enrollment_code', 'revoke_device', 'track', 'untrack', 'compact_activity')$$,
-    'registering, enrollment codes, revoking and tracking are for administrators (no PUBLIC execute)');
+         AND p.proname IN ('register_device', 'enrollment_code', 'revoke_device', 'track', 'untrack', 'compact_activity', 'purge_history')$$,
+    'registering, enrollment codes, revoking, tracking and purging history are for administrators (no PUBLIC execute)');
 
 -- assume(text) became assume(text, boolean DEFAULT true): transaction-scoped by default
 SELECT hasnt_function('crmguard', 'assume', ARRAY['text'], 'the session-long assume(text) of 1.0 is gone');

@@ -186,7 +186,7 @@ RESET ROLE;
 -- ---------------------------------------------------------------------------
 GRANT EXECUTE ON FUNCTION crmguard.add_principal, crmguard.register_device, crmguard.enrollment_code,
       crmguard.revoke_device, crmguard.track, crmguard.untrack, crmguard.compact_activity,
-      crmguard.run_due, crmguard.visibility_predicate, crmguard.compile_criteria
+      crmguard.purge_history, crmguard.run_due, crmguard.visibility_predicate, crmguard.compile_criteria
    TO tap_role_admin;
 GRANT SELECT, UPDATE ON crmguard.principal TO tap_role_admin;
 SET LOCAL ROLE tap_role_admin;
