@@ -518,14 +518,14 @@ interval_text(const Interval *iv)
 /*
  * Issue a code for a challenge (new, or a resend of a live one), in the
  * current transaction: store its keyed hash, start counting attempts, and
- * queue the message.  The code itself lives only in the outbox message.
+ * queue the message.  The code itself lives only in the outbox message; the
+ * challenge row and the message are written by one statement.
  */
 static void
 send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		  const char *row_key, const char *to_value, const char *recipient,
 		  bool undo_on_abort)
 {
-	CgPrivilegedContext priv;
 	char		code[16];
 	unsigned char hash[CG_HASH_BYTES];
 	bytea	   *hash_datum = palloc(VARHDRSZ + CG_HASH_BYTES);
@@ -533,10 +533,9 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 	char	   *body;
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	Oid			new_types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, BYTEAOID,
-	TIMESTAMPTZOID};
-	Oid			resend_types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
-	int			rc;
+	static const Oid new_types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID,
+	BYTEAOID, TIMESTAMPTZOID};
+	static const Oid resend_types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
 
 	generate_code(rule->code_type, rule->code_length, code);
 	code_hash(challenge, code, hash);
@@ -545,10 +544,10 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 														 TimestampTzGetDatum(GetCurrentTimestamp()),
 														 IntervalPGetDatum(&rule->valid_for)));
+	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
+					interval_text(&rule->valid_for));
+	sodium_memzero(code, sizeof(code));
 
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	if (is_new)
 	{
 		values[0] = Int64GetDatum(challenge);
@@ -560,35 +559,28 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		values[5] = CStringGetTextDatum(mask_recipient(recipient));
 		values[6] = PointerGetDatum(hash_datum);
 		values[7] = TimestampTzGetDatum(expires_at);
-		rc = cg_execute_kept("INSERT INTO crmguard.otp_challenge_state"
-								   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
-								   "  code_hash, expires_at)"
-								   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-								   8, new_types, values, nulls, false, 0);
+		cg_outbox_put_with(rule->channel, recipient, rule->name, body, expires_at,
+						   "INSERT INTO crmguard.otp_challenge_state"
+						   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
+						   "  code_hash, expires_at)"
+						   " VALUES ($6, $7, $8, $9, $10, $11, $12, $13)",
+						   8, new_types, values, nulls);
 	}
 	else
 	{
 		values[0] = Int64GetDatum(challenge);
 		values[1] = PointerGetDatum(hash_datum);
 		values[2] = TimestampTzGetDatum(expires_at);
-		rc = cg_execute_kept("UPDATE crmguard.otp_challenge_state c"
-								   " SET code_hash = $2, expires_at = $3,"
-								   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
-								   " WHERE c.id OPERATOR(pg_catalog.=) $1",
-								   3, resend_types, values, NULL, false, 0);
+		cg_outbox_put_with(rule->channel, recipient, rule->name, body, expires_at,
+						   "UPDATE crmguard.otp_challenge_state c"
+						   " SET code_hash = $7, expires_at = $8,"
+						   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
+						   " WHERE c.id OPERATOR(pg_catalog.=) $6",
+						   3, resend_types, values, NULL);
 	}
-	if (rc < 0)
-		elog(ERROR, "could not store the OTP challenge");
-	SPI_finish();
-	cg_leave_owner(&priv);
+	sodium_memzero(body, strlen(body));
 
 	otp_attempts_register(challenge, principal, rule->max_attempts, expires_at, undo_on_abort);
-
-	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
-					interval_text(&rule->valid_for));
-	sodium_memzero(code, sizeof(code));
-	cg_outbox_put_expiring(rule->channel, recipient, rule->name, body, expires_at);
-	sodium_memzero(body, strlen(body));
 }
 
 /* ---------------------------------------------------------------------------
