@@ -80,6 +80,7 @@ typedef struct PendingEntry
 	const char *target;
 	const char *row_key;
 	const char *detail;			/* a JSON object's text, or NULL */
+	Jsonb	   *jsonb;			/* or the object itself */
 } PendingEntry;
 
 /* One audit row as the hash sees it */
@@ -316,7 +317,13 @@ audit_write_entries(PendingEntry **entries, int n)
 			row.action = e->action;
 			row.target = e->target;
 			row.row_key = e->row_key;
-			row.detail = canonical_json(e->detail, &detail);
+			if (e->jsonb)
+			{
+				row.detail = JsonbToCString(NULL, &e->jsonb->root, VARSIZE(e->jsonb));
+				detail = JsonbPGetDatum(e->jsonb);
+			}
+			else
+				row.detail = canonical_json(e->detail, &detail);
 			memcpy(row.prev_hash, head_hash, CG_HASH_BYTES);
 			audit_row_hash(&row, hash);
 
@@ -375,26 +382,33 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	audit_write_row(principal, 0, at, action, target, row_key, detail_json);
 }
 
-/* The detail object with the acting database role added */
-static char *
-detail_with_role(const char *detail_json)
+/* The detail object (or NULL) with the acting database role added */
+static Jsonb *
+jsonb_with_role(Jsonb *detail)
 {
 	char	   *role = GetUserNameFromId(GetOuterUserId(), true);
 	StringInfoData buf;
 	Jsonb	   *extra;
-	Jsonb	   *merged;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"session_role\": ");
 	escape_json(&buf, role ? role : "");
 	appendStringInfoChar(&buf, '}');
 	extra = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
-	if (detail_json == NULL)
-		merged = extra;
-	else
-		merged = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
-													DirectFunctionCall1(jsonb_in, CStringGetDatum(detail_json)),
-													JsonbPGetDatum(extra)));
+	if (detail == NULL)
+		return extra;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(detail),
+											  JsonbPGetDatum(extra)));
+}
+
+/* The same for a JSON object's text */
+static char *
+detail_with_role(const char *detail_json)
+{
+	Jsonb	   *merged = jsonb_with_role(detail_json ?
+										 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail_json))) :
+										 NULL);
+
 	return JsonbToCString(NULL, &merged->root, VARSIZE(merged));
 }
 
@@ -489,8 +503,7 @@ cg_audit(const char *action, const char *target, const char *row_key,
 		 Jsonb *detail)
 {
 	const CgPrincipal *p = cg_current_principal();
-	char	   *json = detail_with_role(detail ?
-										JsonbToCString(NULL, &detail->root, VARSIZE(detail)) : NULL);
+	Jsonb	   *merged = jsonb_with_role(detail);
 	MemoryContext old;
 	PendingEntry *e;
 
@@ -525,7 +538,9 @@ cg_audit(const char *action, const char *target, const char *row_key,
 	e->action = pstrdup(action);
 	e->target = copy_or_null(target);
 	e->row_key = copy_or_null(row_key);
-	e->detail = pstrdup(json);
+	e->detail = NULL;
+	e->jsonb = palloc(VARSIZE(merged));
+	memcpy(e->jsonb, merged, VARSIZE(merged));
 	pending = lappend(pending, e);
 	MemoryContextSwitchTo(old);
 }
