@@ -1073,6 +1073,10 @@ COMMENT ON TABLE crmguard.otp_challenge_state IS 'OTP challenges (keyed code has
 DROP INDEX crmguard.otp_challenge_row_idx;
 CREATE INDEX otp_challenge_live_idx ON crmguard.otp_challenge_state (rule_id, row_key, to_value, id)
  WHERE consumed_at IS NULL;
+-- issue 17: a challenge made and used in one transaction (request_otp, verify_otp, the
+-- change) has its rule checked once, at commit, not at its insert and again at its use
+ALTER TABLE crmguard.otp_challenge_state
+    ALTER CONSTRAINT otp_challenge_state_rule_id_fkey DEFERRABLE INITIALLY DEFERRED;
 COMMENT ON TABLE crmguard.otp_recipient_change IS 'when the recipient of an OTP-guarded row was set or changed (for recipient_cooldown)';
 COMMENT ON VIEW crmguard.otp_challenge IS 'OTP challenges and their state; never the code';
 COMMENT ON FUNCTION crmguard.create_otp_rule(text, regclass, name, text[], name, text, text, text, integer, interval, integer, integer, text[], text[], jsonb, interval, integer, integer, interval) IS 'gate a status change behind a one-time code sent to the row''s recipient';

@@ -18,10 +18,14 @@
 
 #include <sodium.h>
 
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -30,17 +34,20 @@
 #include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "crmguard.h"
 
 #define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash"
-
-static SPIPlanPtr head_plan = NULL;
+#define AUDIT_NCOLUMNS 10
+/* entries chained in one INSERT: a commit writes a few (the OTP cycle three) */
+#define AUDIT_BATCH 8
 
 /*
  * The chain lock of this database's audit log: an advisory-style lock in a
@@ -61,7 +68,20 @@ lock_audit_chain(void)
 						 AUDIT_CHAIN_LOCK_KEY, AUDIT_CHAIN_LOCK_CLASS);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
-static SPIPlanPtr insert_plan = NULL;
+
+/* An entry to chain: one an accepted action left for its commit, or the worker's */
+typedef struct PendingEntry
+{
+	SubTransactionId subid;
+	int64		principal;
+	int64		device;			/* 0: none */
+	TimestampTz at;
+	const char *action;
+	const char *target;
+	const char *row_key;
+	const char *detail;			/* a JSON object's text, or NULL */
+	Jsonb	   *jsonb;			/* or the object itself */
+} PendingEntry;
 
 /* One audit row as the hash sees it */
 typedef struct AuditRow
@@ -133,40 +153,52 @@ audit_row_hash(const AuditRow *row, unsigned char *out)
 	crypto_generichash_final(&st, out, CG_HASH_BYTES);
 }
 
+/* The canonical text of a JSON object (what the hash covers) and its jsonb */
 static char *
-canonical_json(const char *json)
+canonical_json(const char *json, Datum *jsonb)
 {
 	Jsonb	   *jb;
 
 	if (json == NULL)
 		return NULL;
 	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	*jsonb = JsonbPGetDatum(jb);
 	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 }
 
-static void
-prepare_plans(void)
+/* The INSERT of n chained rows, prepared once per backend and n */
+static SPIPlanPtr
+insert_plan(int n)
 {
-	Oid			types[10] = {INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID,
+	static SPIPlanPtr plans[AUDIT_BATCH];
+	static const Oid row_types[AUDIT_NCOLUMNS] = {INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID,
 	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID};
+	StringInfoData sql;
+	Oid		   *types;
+	int			r;
+	int			c;
 
-	if (head_plan == NULL)
+	Assert(n >= 1 && n <= AUDIT_BATCH);
+	if (plans[n - 1] != NULL)
+		return plans[n - 1];
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "INSERT INTO crmguard.audit (" AUDIT_COLUMNS ") VALUES ");
+	types = palloc(sizeof(Oid) * AUDIT_NCOLUMNS * n);
+	for (r = 0; r < n; r++)
 	{
-		head_plan = SPI_prepare("SELECT id, hash FROM crmguard.audit"
-								" ORDER BY id DESC LIMIT 1", 0, NULL);
-		if (head_plan == NULL)
-			elog(ERROR, "SPI_prepare failed");
-		SPI_keepplan(head_plan);
+		appendStringInfoString(&sql, r ? ", (" : "(");
+		for (c = 0; c < AUDIT_NCOLUMNS; c++)
+		{
+			appendStringInfo(&sql, c ? ", $%d" : "$%d", r * AUDIT_NCOLUMNS + c + 1);
+			types[r * AUDIT_NCOLUMNS + c] = row_types[c];
+		}
+		appendStringInfoChar(&sql, ')');
 	}
-	if (insert_plan == NULL)
-	{
-		insert_plan = SPI_prepare("INSERT INTO crmguard.audit (" AUDIT_COLUMNS ")"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-								  10, types);
-		if (insert_plan == NULL)
-			elog(ERROR, "SPI_prepare failed");
-		SPI_keepplan(insert_plan);
-	}
+	plans[n - 1] = SPI_prepare(sql.data, AUDIT_NCOLUMNS * n, types);
+	if (plans[n - 1] == NULL)
+		elog(ERROR, "SPI_prepare failed");
+	SPI_keepplan(plans[n - 1]);
+	return plans[n - 1];
 }
 
 static Datum
@@ -179,18 +211,165 @@ bytea_datum(const unsigned char *bytes, int len)
 	return PointerGetDatum(b);
 }
 
-static void audit_write_row(int64 principal, int64 device, TimestampTz at,
-							const char *action, const char *target,
-							const char *row_key, const char *detail_json);
+/*
+ * The chain head, as the latest snapshot sees it: the row with the highest
+ * id, one backward probe of the primary key (no plan whose statistics could
+ * age into a scan).  The caller holds the chain lock, so every earlier
+ * writer has committed.  Returns its id, 0 for an empty log.
+ */
+static int64
+read_chain_head(unsigned char *head_hash)
+{
+	Relation	rel = table_open(cg_catalog()->audit_rel, AccessShareLock);
+	Oid			pkey = RelationGetPrimaryKeyIndex(rel);
+	Relation	index;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	int64		head_id = 0;
+
+	memset(head_hash, 0, CG_HASH_BYTES);
+	if (!OidIsValid(pkey))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table crmguard.audit has no primary key"),
+				 errdetail("The audit chain is appended to only where its head can be found by its key.")));
+	index = index_open(pkey, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, index, snapshot, 0, 0);
+	index_rescan(scan, NULL, 0, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		d;
+
+		d = slot_getattr(slot, get_attnum(RelationGetRelid(rel), "id"), &isnull);
+		if (!isnull)
+			head_id = DatumGetInt64(d);
+		d = slot_getattr(slot, get_attnum(RelationGetRelid(rel), "hash"), &isnull);
+		if (!isnull)
+		{
+			bytea	   *prev = DatumGetByteaPP(d);
+
+			if (VARSIZE_ANY_EXHDR(prev) == CG_HASH_BYTES)
+				memcpy(head_hash, VARDATA_ANY(prev), CG_HASH_BYTES);
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return head_id;
+}
 
 /*
- * The chain head this backend itself just wrote, while it holds the chain
- * lock and chains a committing transaction's entries: the next entry links
- * to it without reading the table again.  Known only inside that loop.
+ * Append entries to the chain, in order: read the head once under the
+ * chain lock, link each entry to the one before, and insert them in as
+ * few statements as AUDIT_BATCH allows.
  */
-static bool own_head_known = false;
-static int64 own_head_id;
-static unsigned char own_head_hash[CG_HASH_BYTES];
+static void
+audit_write_entries(PendingEntry **entries, int n)
+{
+	CgPrivilegedContext priv;
+	unsigned char head_hash[CG_HASH_BYTES];
+	int64		head_id;
+	int			done;
+
+	/*
+	 * The table lock an INSERT takes (ROW EXCLUSIVE conflicts with nothing a
+	 * user can hold on crmguard.audit), then the chain lock, held to commit:
+	 * the next writer waits, then sees these rows as the head.
+	 */
+	LockRelationOid(cg_catalog()->audit_rel, RowExclusiveLock);
+	lock_audit_chain();
+
+	cg_enter_owner(&priv);
+	CommandCounterIncrement();
+	head_id = read_chain_head(head_hash);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (done = 0; done < n;)
+	{
+		int			batch = Min(n - done, AUDIT_BATCH);
+		Datum	   *values = palloc(sizeof(Datum) * AUDIT_NCOLUMNS * batch);
+		char	   *nulls = palloc(AUDIT_NCOLUMNS * batch);
+		int			i;
+
+		memset(nulls, ' ', AUDIT_NCOLUMNS * batch);
+		for (i = 0; i < batch; i++)
+		{
+			PendingEntry *e = entries[done + i];
+			Datum	   *v = values + i * AUDIT_NCOLUMNS;
+			char	   *nl = nulls + i * AUDIT_NCOLUMNS;
+			AuditRow	row;
+			unsigned char hash[CG_HASH_BYTES];
+			Datum		detail = (Datum) 0;
+
+			memset(&row, 0, sizeof(row));
+			row.id = ++head_id;
+			row.at = e->at;
+			row.has_principal = e->principal != 0;
+			row.principal = e->principal;
+			row.has_device = e->device != 0;
+			row.device = e->device;
+			row.action = e->action;
+			row.target = e->target;
+			row.row_key = e->row_key;
+			if (e->jsonb)
+			{
+				row.detail = JsonbToCString(NULL, &e->jsonb->root, VARSIZE(e->jsonb));
+				detail = JsonbPGetDatum(e->jsonb);
+			}
+			else
+				row.detail = canonical_json(e->detail, &detail);
+			memcpy(row.prev_hash, head_hash, CG_HASH_BYTES);
+			audit_row_hash(&row, hash);
+
+			v[0] = Int64GetDatum(row.id);
+			v[1] = TimestampTzGetDatum(row.at);
+			v[2] = Int64GetDatum(row.principal);
+			nl[2] = row.has_principal ? ' ' : 'n';
+			v[3] = Int64GetDatum(row.device);
+			nl[3] = row.has_device ? ' ' : 'n';
+			v[4] = CStringGetTextDatum(e->action);
+			v[5] = e->target ? CStringGetTextDatum(e->target) : (Datum) 0;
+			nl[5] = e->target ? ' ' : 'n';
+			v[6] = e->row_key ? CStringGetTextDatum(e->row_key) : (Datum) 0;
+			nl[6] = e->row_key ? ' ' : 'n';
+			v[7] = detail;
+			nl[7] = row.detail ? ' ' : 'n';
+			v[8] = bytea_datum(row.prev_hash, CG_HASH_BYTES);
+			v[9] = bytea_datum(hash, CG_HASH_BYTES);
+			memcpy(head_hash, hash, CG_HASH_BYTES);
+		}
+		if (SPI_execute_plan(insert_plan(batch), values, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not append to the audit log");
+		done += batch;
+	}
+	SPI_finish();
+	cg_leave_owner(&priv);
+}
+
+/* Append one entry with the device the principal acted through (0: none) */
+static void
+audit_write_row(int64 principal, int64 device, TimestampTz at, const char *action,
+				const char *target, const char *row_key, const char *detail_json)
+{
+	PendingEntry e;
+	PendingEntry *entries[1] = {&e};
+
+	memset(&e, 0, sizeof(e));
+	e.principal = principal;
+	e.device = device;
+	e.at = at;
+	e.action = action;
+	e.target = target;
+	e.row_key = row_key;
+	e.detail = detail_json;
+	audit_write_entries(entries, 1);
+}
 
 /*
  * Append one row to the chain.  principal 0 means nobody; detail_json is a
@@ -203,137 +382,37 @@ cg_audit_write(int64 principal, TimestampTz at, const char *action,
 	audit_write_row(principal, 0, at, action, target, row_key, detail_json);
 }
 
-/* Append one row with the device the principal acted through (0: none) */
-static void
-audit_write_row(int64 principal, int64 device, TimestampTz at, const char *action,
-				const char *target, const char *row_key, const char *detail_json)
-{
-	CgPrivilegedContext priv;
-	AuditRow	row;
-	unsigned char hash[CG_HASH_BYTES];
-	Datum		values[10];
-	char		nulls[10];
-	int			i;
-
-	memset(&row, 0, sizeof(row));
-	row.at = at;
-	row.has_principal = principal != 0;
-	row.principal = principal;
-	row.has_device = device != 0;
-	row.device = device;
-	row.action = action;
-	row.target = target;
-	row.row_key = row_key;
-	row.detail = canonical_json(detail_json);
-
-	/*
-	 * The table lock an INSERT takes (ROW EXCLUSIVE conflicts with nothing a
-	 * user can hold on crmguard.audit), then the chain lock, held to commit:
-	 * the next writer waits, then sees this row as the head.
-	 */
-	LockRelationOid(cg_catalog()->audit_rel, RowExclusiveLock);
-	lock_audit_chain();
-
-	cg_enter_owner(&priv);
-	/* the head is one index probe however the kept plan's statistics aged */
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	prepare_plans();
-	if (own_head_known)
-	{
-		row.id = own_head_id + 1;
-		memcpy(row.prev_hash, own_head_hash, CG_HASH_BYTES);
-	}
-	else
-	{
-		CommandCounterIncrement();
-		if (SPI_execute_snapshot(head_plan, NULL, NULL, GetLatestSnapshot(),
-								 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the audit chain head");
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-			bytea	   *prev;
-
-			row.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1, &isnull)) + 1;
-			prev = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 2, &isnull));
-			if (!isnull && VARSIZE_ANY_EXHDR(prev) == CG_HASH_BYTES)
-				memcpy(row.prev_hash, VARDATA_ANY(prev), CG_HASH_BYTES);
-		}
-		else
-			row.id = 1;
-	}
-
-	audit_row_hash(&row, hash);
-
-	for (i = 0; i < 10; i++)
-		nulls[i] = ' ';
-	values[0] = Int64GetDatum(row.id);
-	values[1] = TimestampTzGetDatum(row.at);
-	values[2] = Int64GetDatum(row.principal);
-	nulls[2] = row.has_principal ? ' ' : 'n';
-	values[3] = Int64GetDatum(row.device);
-	nulls[3] = row.has_device ? ' ' : 'n';
-	values[4] = CStringGetTextDatum(action);
-	values[5] = target ? CStringGetTextDatum(target) : (Datum) 0;
-	nulls[5] = target ? ' ' : 'n';
-	values[6] = row_key ? CStringGetTextDatum(row_key) : (Datum) 0;
-	nulls[6] = row_key ? ' ' : 'n';
-	values[7] = row.detail ?
-		DirectFunctionCall1(jsonb_in, CStringGetDatum(row.detail)) : (Datum) 0;
-	nulls[7] = row.detail ? ' ' : 'n';
-	values[8] = bytea_datum(row.prev_hash, CG_HASH_BYTES);
-	values[9] = bytea_datum(hash, CG_HASH_BYTES);
-
-	if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not append to the audit log");
-	own_head_id = row.id;
-	memcpy(own_head_hash, hash, CG_HASH_BYTES);
-
-	SPI_finish();
-	cg_leave_owner(&priv);
-}
-
-/* The detail object with the acting database role added */
-static char *
-detail_with_role(const char *detail_json)
+/* The detail object (or NULL) with the acting database role added */
+static Jsonb *
+jsonb_with_role(Jsonb *detail)
 {
 	char	   *role = GetUserNameFromId(GetOuterUserId(), true);
 	StringInfoData buf;
 	Jsonb	   *extra;
-	Jsonb	   *merged;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"session_role\": ");
 	escape_json(&buf, role ? role : "");
 	appendStringInfoChar(&buf, '}');
 	extra = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
-	if (detail_json == NULL)
-		merged = extra;
-	else
-		merged = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
-													DirectFunctionCall1(jsonb_in, CStringGetDatum(detail_json)),
-													JsonbPGetDatum(extra)));
+	if (detail == NULL)
+		return extra;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(detail),
+											  JsonbPGetDatum(extra)));
+}
+
+/* The same for a JSON object's text */
+static char *
+detail_with_role(const char *detail_json)
+{
+	Jsonb	   *merged = jsonb_with_role(detail_json ?
+										 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(detail_json))) :
+										 NULL);
+
 	return JsonbToCString(NULL, &merged->root, VARSIZE(merged));
 }
 
-/* An accepted action waiting for its transaction to commit */
-typedef struct PendingEntry
-{
-	SubTransactionId subid;
-	int64		principal;
-	int64		device;
-	TimestampTz at;
-	char	   *action;
-	char	   *target;
-	char	   *row_key;
-	char	   *detail;
-} PendingEntry;
-
+/* Accepted actions waiting for their transaction to commit */
 static List *pending = NIL;		/* in TopTransactionContext */
 static bool callbacks_registered = false;
 
@@ -350,8 +429,10 @@ copy_or_null(const char *s)
 static void
 audit_xact_callback(XactEvent event, void *arg)
 {
-	ListCell   *lc;
 	List	   *entries = pending;
+	PendingEntry **array;
+	ListCell   *lc;
+	int			n = 0;
 
 	switch (event)
 	{
@@ -362,18 +443,11 @@ audit_xact_callback(XactEvent event, void *arg)
 			if (entries == NIL)
 				return;
 			pending = NIL;
-			PushActiveSnapshot(GetTransactionSnapshot());
-			/* the first entry reads the head under the chain lock; the others follow it */
-			own_head_known = false;
+			array = palloc(sizeof(PendingEntry *) * list_length(entries));
 			foreach(lc, entries)
-			{
-				PendingEntry *e = (PendingEntry *) lfirst(lc);
-
-				audit_write_row(e->principal, e->device, e->at, e->action, e->target,
-								e->row_key, e->detail);
-				own_head_known = true;
-			}
-			own_head_known = false;
+				array[n++] = (PendingEntry *) lfirst(lc);
+			PushActiveSnapshot(GetTransactionSnapshot());
+			audit_write_entries(array, n);
 			PopActiveSnapshot();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
@@ -388,7 +462,6 @@ audit_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
 			pending = NIL;
-			own_head_known = false; /* an entry failed half-way through the loop */
 			break;
 		default:
 			break;
@@ -430,8 +503,7 @@ cg_audit(const char *action, const char *target, const char *row_key,
 		 Jsonb *detail)
 {
 	const CgPrincipal *p = cg_current_principal();
-	char	   *json = detail_with_role(detail ?
-										JsonbToCString(NULL, &detail->root, VARSIZE(detail)) : NULL);
+	Jsonb	   *merged = jsonb_with_role(detail);
 	MemoryContext old;
 	PendingEntry *e;
 
@@ -466,7 +538,9 @@ cg_audit(const char *action, const char *target, const char *row_key,
 	e->action = pstrdup(action);
 	e->target = copy_or_null(target);
 	e->row_key = copy_or_null(row_key);
-	e->detail = pstrdup(json);
+	e->detail = NULL;
+	e->jsonb = palloc(VARSIZE(merged));
+	memcpy(e->jsonb, merged, VARSIZE(merged));
 	pending = lappend(pending, e);
 	MemoryContextSwitchTo(old);
 }

@@ -170,6 +170,9 @@ extern int64 cg_outbox_put(const char *channel, const char *recipient,
 extern int64 cg_outbox_put_expiring(const char *channel, const char *recipient,
 									const char *subject, const char *body,
 									TimestampTz expires_at);
+extern int64 cg_outbox_put_with(const char *channel, const char *recipient, const char *subject,
+								const char *body, TimestampTz expires_at, const char *with_sql,
+								int nargs, const Oid *types, const Datum *values, const char *nulls);
 
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);

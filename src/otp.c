@@ -22,6 +22,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -517,14 +518,14 @@ interval_text(const Interval *iv)
 /*
  * Issue a code for a challenge (new, or a resend of a live one), in the
  * current transaction: store its keyed hash, start counting attempts, and
- * queue the message.  The code itself lives only in the outbox message.
+ * queue the message.  The code itself lives only in the outbox message; the
+ * challenge row and the message are written by one statement.
  */
 static void
 send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		  const char *row_key, const char *to_value, const char *recipient,
 		  bool undo_on_abort)
 {
-	CgPrivilegedContext priv;
 	char		code[16];
 	unsigned char hash[CG_HASH_BYTES];
 	bytea	   *hash_datum = palloc(VARHDRSZ + CG_HASH_BYTES);
@@ -532,10 +533,9 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 	char	   *body;
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	Oid			new_types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, BYTEAOID,
-	TIMESTAMPTZOID};
-	Oid			resend_types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
-	int			rc;
+	static const Oid new_types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID,
+	BYTEAOID, TIMESTAMPTZOID};
+	static const Oid resend_types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
 
 	generate_code(rule->code_type, rule->code_length, code);
 	code_hash(challenge, code, hash);
@@ -544,10 +544,10 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 														 TimestampTzGetDatum(GetCurrentTimestamp()),
 														 IntervalPGetDatum(&rule->valid_for)));
+	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
+					interval_text(&rule->valid_for));
+	sodium_memzero(code, sizeof(code));
 
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	if (is_new)
 	{
 		values[0] = Int64GetDatum(challenge);
@@ -559,35 +559,28 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		values[5] = CStringGetTextDatum(mask_recipient(recipient));
 		values[6] = PointerGetDatum(hash_datum);
 		values[7] = TimestampTzGetDatum(expires_at);
-		rc = cg_execute_kept("INSERT INTO crmguard.otp_challenge_state"
-								   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
-								   "  code_hash, expires_at)"
-								   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-								   8, new_types, values, nulls, false, 0);
+		cg_outbox_put_with(rule->channel, recipient, rule->name, body, expires_at,
+						   "INSERT INTO crmguard.otp_challenge_state"
+						   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
+						   "  code_hash, expires_at)"
+						   " VALUES ($6, $7, $8, $9, $10, $11, $12, $13)",
+						   8, new_types, values, nulls);
 	}
 	else
 	{
 		values[0] = Int64GetDatum(challenge);
 		values[1] = PointerGetDatum(hash_datum);
 		values[2] = TimestampTzGetDatum(expires_at);
-		rc = cg_execute_kept("UPDATE crmguard.otp_challenge_state c"
-								   " SET code_hash = $2, expires_at = $3,"
-								   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
-								   " WHERE c.id OPERATOR(pg_catalog.=) $1",
-								   3, resend_types, values, NULL, false, 0);
+		cg_outbox_put_with(rule->channel, recipient, rule->name, body, expires_at,
+						   "UPDATE crmguard.otp_challenge_state c"
+						   " SET code_hash = $7, expires_at = $8,"
+						   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
+						   " WHERE c.id OPERATOR(pg_catalog.=) $6",
+						   3, resend_types, values, NULL);
 	}
-	if (rc < 0)
-		elog(ERROR, "could not store the OTP challenge");
-	SPI_finish();
-	cg_leave_owner(&priv);
+	sodium_memzero(body, strlen(body));
 
 	otp_attempts_register(challenge, principal, rule->max_attempts, expires_at, undo_on_abort);
-
-	body = psprintf("%s: " CG_OTP_CODE_MARK "%s. It is valid for %s.", rule->name, code,
-					interval_text(&rule->valid_for));
-	sodium_memzero(code, sizeof(code));
-	cg_outbox_put_expiring(rule->channel, recipient, rule->name, body, expires_at);
-	sodium_memzero(body, strlen(body));
 }
 
 /* ---------------------------------------------------------------------------
@@ -609,47 +602,72 @@ typedef struct LiveChallenge
  * database was restored from a dump, after its code was sent.  It is not
  * live for the guard, request_otp or pending_challenge either, and
  * verify_otp refuses it, so all four describe it the same way.
+ *
+ * With recent, the same statement also answers whether the row's recipient
+ * was set or changed within the rule's recipient_cooldown (changes of this
+ * transaction count too: they are visible here): a code is about to be
+ * issued, and one statement costs less than two.
  */
 static bool
-find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_value,
-					int64 principal, LiveChallenge *out)
+find_live_challenge(const OtpRule *rule, Oid relid, const char *row_key, const char *to_value,
+					int64 principal, LiveChallenge *out, bool *recent)
 {
 	CgPrivilegedContext priv;
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
-	Datum		values[4];
+	Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, INT8OID, BOOLOID, OIDOID, INTERVALOID};
+	Datum		values[7];
 	bool		found;
 	bool		isnull;
+	bool		check_recent = recent != NULL &&
+		(rule->recipient_cooldown.time != 0 || rule->recipient_cooldown.day != 0 ||
+		 rule->recipient_cooldown.month != 0);
 
 	values[0] = Int64GetDatum(rule->id);
 	values[1] = CStringGetTextDatum(row_key);
 	values[2] = CStringGetTextDatum(to_value);
 	values[3] = Int64GetDatum(principal);
+	values[4] = BoolGetDatum(check_recent);
+	values[5] = ObjectIdGetDatum(relid);
+	values[6] = IntervalPGetDatum(&rule->recipient_cooldown);
 	out->void_id = 0;
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (cg_execute_kept("SELECT id, recipient_masked, resends FROM crmguard.otp_challenge_state"
-							  " WHERE rule_id OPERATOR(pg_catalog.=) $1"
-							  " AND row_key OPERATOR(pg_catalog.=) $2"
-							  " AND to_value OPERATOR(pg_catalog.=) $3"
-							  " AND COALESCE(principal, 0) OPERATOR(pg_catalog.=) $4"
-							  " AND consumed_at IS NULL"
-							  " AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()"
-							  " ORDER BY id DESC LIMIT 1",
-							  4, types, values, NULL, false, 1) != SPI_OK_SELECT)
+	if (cg_execute_kept("SELECT l.id, l.recipient_masked, l.resends,"
+							  " $5 AND EXISTS (SELECT 1 FROM crmguard.otp_recipient_change r"
+							  "  WHERE r.target::pg_catalog.oid OPERATOR(pg_catalog.=) $6"
+							  "  AND r.row_key OPERATOR(pg_catalog.=) $2"
+							  "  AND r.changed_at OPERATOR(pg_catalog.>)"
+							  "  (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $7))"
+							  " FROM (VALUES (1)) AS one (x) LEFT JOIN"
+							  " (SELECT c.id, c.recipient_masked, c.resends FROM crmguard.otp_challenge_state c"
+							  "  WHERE c.rule_id OPERATOR(pg_catalog.=) $1"
+							  "  AND c.row_key OPERATOR(pg_catalog.=) $2"
+							  "  AND c.to_value OPERATOR(pg_catalog.=) $3"
+							  "  AND COALESCE(c.principal, 0) OPERATOR(pg_catalog.=) $4"
+							  "  AND c.consumed_at IS NULL"
+							  "  AND c.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()"
+							  "  ORDER BY c.id DESC LIMIT 1) AS l ON true",
+							  7, types, values, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
 		elog(ERROR, "could not read OTP challenges");
-	found = SPI_processed > 0;
-	if (found)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
 
-		out->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		out->masked = SPI_getvalue(tup, desc, 2);
-		out->masked = pstrdup(out->masked ? out->masked : "");
-		out->resends = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		MemoryContextSwitchTo(old);
+		found = !isnull;
+		if (found)
+		{
+			MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+			out->id = DatumGetInt64(id);
+			out->masked = SPI_getvalue(tup, desc, 2);
+			out->masked = pstrdup(out->masked ? out->masked : "");
+			out->resends = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+			MemoryContextSwitchTo(old);
+		}
+		if (recent)
+			*recent = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);
@@ -665,20 +683,18 @@ find_live_challenge(const OtpRule *rule, const char *row_key, const char *to_val
 	return found;
 }
 
+/* A new challenge id: nextval of crmguard's sequence, as its owner, without a statement */
 static int64
 next_challenge_id(void)
 {
 	CgPrivilegedContext priv;
-	bool		isnull;
+	Oid			seq = get_relname_relid("otp_challenge_id_seq", cg_catalog()->schema);
 	int64		id;
 
+	if (!OidIsValid(seq))
+		elog(ERROR, "sequence crmguard.otp_challenge_id_seq does not exist");
 	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (cg_execute_kept("SELECT pg_catalog.nextval('crmguard.otp_challenge_id_seq')", 0, NULL, NULL, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not allocate an OTP challenge id");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
+	id = nextval_internal(seq, true);
 	cg_leave_owner(&priv);
 	return id;
 }
@@ -798,13 +814,13 @@ issued_here(const OtpRule *rule, int64 principal, const char *row_key, const cha
  * issued is waited for (up to a second) until the worker has committed it.
  */
 static bool
-find_or_await_challenge(const OtpRule *rule, const char *row_key, const char *to_value,
+find_or_await_challenge(const OtpRule *rule, Oid relid, const char *row_key, const char *to_value,
 						int64 principal, LiveChallenge *out)
 {
 	IssuedChallenge *ic;
 	int			i;
 
-	if (find_live_challenge(rule, row_key, to_value, principal, out))
+	if (find_live_challenge(rule, relid, row_key, to_value, principal, out, NULL))
 		return true;
 	ic = issued_here(rule, principal, row_key, to_value);
 	for (i = 0; ic != NULL && ic->id != 0 && i < 100; i++)
@@ -813,7 +829,7 @@ find_or_await_challenge(const OtpRule *rule, const char *row_key, const char *to
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
-		if (find_live_challenge(rule, row_key, to_value, principal, out))
+		if (find_live_challenge(rule, relid, row_key, to_value, principal, out, NULL))
 			return true;
 	}
 	return false;
@@ -852,30 +868,6 @@ consume(Verified *v, const OtpRule *rule, Relation rel)
 	otp_attempts_release_at_commit(v->challenge);
 	cg_audit("otp_consumed", RelationGetRelationName(rel), v->row_key,
 			 jsonb_of(audit_detail(rule->name, v->challenge, v->to_value, NULL)));
-}
-
-/*
- * Was the recipient of a row set or changed within the rule's cooldown?
- * Changes of this transaction count too: they are visible here.
- */
-static bool
-recipient_changed_recently(Oid relid, const OtpRule *rule, const char *row_key)
-{
-	Oid			types[3] = {OIDOID, TEXTOID, INTERVALOID};
-	Datum		values[3];
-
-	if (rule->recipient_cooldown.time == 0 && rule->recipient_cooldown.day == 0 &&
-		rule->recipient_cooldown.month == 0)
-		return false;
-	values[0] = ObjectIdGetDatum(relid);
-	values[1] = CStringGetTextDatum(row_key);
-	values[2] = IntervalPGetDatum(&rule->recipient_cooldown);
-	return cg_catalog_has_row("SELECT 1 FROM crmguard.otp_recipient_change"
-							  " WHERE target::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
-							  " AND row_key OPERATOR(pg_catalog.=) $2"
-							  " AND changed_at OPERATOR(pg_catalog.>)"
-							  " (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $3)",
-							  3, types, values);
 }
 
 static char *
@@ -976,8 +968,10 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple old,
 	char	   *detail;
 	char	   *hint;
 	IssuedChallenge *ic;
+	bool		recent = false;
 
-	if (find_live_challenge(rule, row_key, to_value, principal, &live))
+	if (find_live_challenge(rule, entry->relid, row_key, to_value, principal, &live,
+							rule->automatic ? &recent : NULL))
 	{
 		challenge = live.id;
 		detail = pending_detail(live.id, live.masked);
@@ -1022,7 +1016,7 @@ refuse(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple old,
 			refuse_unsent(rule, rel, row_key, to_value, "no recipient",
 						  psprintf("The row has no recipient in column \"%s\", so no code can be sent.",
 								   rule->recipient_column), NULL);
-		if (recipient_changed_recently(relid, rule, row_key))
+		if (recent)
 			refuse_unsent(rule, rel, row_key, to_value, "recipient changed recently",
 						  cooldown_detail(rule),
 						  "Wait until the cooldown has passed, or have the recipient confirmed by someone who may change it.");
@@ -1515,6 +1509,8 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 	int64		principal;
 	char	   *recipient;
 	LiveChallenge live;
+	bool		live_found;
+	bool		recent;
 	int64		challenge;
 
 	cg_require_preload();
@@ -1533,7 +1529,8 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 	p = cg_current_principal();
 	principal = p ? p->id : 0;
 	recipient = row_recipient(entry, rule, row_key);
-	if (recipient_changed_recently(relid, rule, row_key))
+	live_found = find_live_challenge(rule, relid, row_key, to_value, principal, &live, &recent);
+	if (recent)
 	{
 		cg_audit_durable("otp_refused", get_rel_name(relid), row_key,
 						 audit_detail(rule->name, 0, to_value, "recipient changed recently"));
@@ -1545,7 +1542,7 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 				 errhint("Wait until the cooldown has passed, or have the recipient confirmed by someone who may change it.")));
 	}
 
-	if (find_live_challenge(rule, row_key, to_value, principal, &live))
+	if (live_found)
 	{
 		int			used;
 		int			max;
@@ -1600,7 +1597,7 @@ crmguard_pending_challenge(PG_FUNCTION_ARGS)
 	if (rule == NULL)
 		PG_RETURN_NULL();
 	p = cg_current_principal();
-	if (!find_or_await_challenge(rule, row_key, to_value, p ? p->id : 0, &live))
+	if (!find_or_await_challenge(rule, relid, row_key, to_value, p ? p->id : 0, &live))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(live.id);
 }
@@ -1830,6 +1827,8 @@ cg_otp_run_job(const char *data, int len)
 	OtpTable   *entry;
 	OtpRule    *rule;
 	const char *reason = NULL;
+	LiveChallenge live;
+	bool		recent = false;
 
 	memcpy(&relid, data, sizeof(relid));
 	data += sizeof(relid);
@@ -1850,9 +1849,11 @@ cg_otp_run_job(const char *data, int len)
 		return;					/* the rule was dropped meanwhile */
 	}
 	recipient = committed_recipient(entry, rule, row_key);
+	if (recipient != NULL)
+		(void) find_live_challenge(rule, relid, row_key, to_value, principal, &live, &recent);
 	if (recipient == NULL)
 		reason = "no recipient on record";
-	else if (recipient_changed_recently(relid, rule, row_key))
+	else if (recent)
 		reason = "recipient changed recently";
 	if (reason != NULL)
 	{

@@ -11,12 +11,11 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "crmguard.h"
-
-static SPIPlanPtr put_plan = NULL;
 
 /* Retry policy read by crmguard.mark_sent (SQL) */
 static int	outbox_max_attempts = 8;
@@ -84,33 +83,76 @@ int64
 cg_outbox_put_expiring(const char *channel, const char *recipient, const char *subject,
 					   const char *body, TimestampTz expires_at)
 {
+	return cg_outbox_put_with(channel, recipient, subject, body, expires_at, NULL, 0, NULL, NULL, NULL);
+}
+
+#define OUTBOX_PUT_PLANS 4
+
+/*
+ * The same, with with_sql (a data-modifying statement on crmguard's own
+ * tables, or NULL) run in the same statement as a CTE, so that a message and
+ * the row it belongs with (a challenge and its code) are written together at
+ * the cost of one.  Its parameters are numbered from $6; the message's are
+ * $1 to $5.  Runs as the extension's owner.
+ */
+int64
+cg_outbox_put_with(const char *channel, const char *recipient, const char *subject,
+				   const char *body, TimestampTz expires_at, const char *with_sql,
+				   int nargs, const Oid *types, const Datum *values, const char *nulls)
+{
+	static const Oid put_types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	static char *plan_with[OUTBOX_PUT_PLANS];
+	static SPIPlanPtr plans[OUTBOX_PUT_PLANS];
+	static int	nplans = 0;
 	CgPrivilegedContext priv;
-	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	SPIPlanPtr	plan = NULL;
+	Oid		   *all_types = palloc(sizeof(Oid) * (5 + nargs));
+	Datum	   *all_values = palloc(sizeof(Datum) * (5 + nargs));
+	char	   *all_nulls = palloc(5 + nargs);
 	bool		isnull;
 	int64		id;
+	int			i;
 
-	values[0] = CStringGetTextDatum(channel);
-	values[1] = CStringGetTextDatum(recipient);
-	values[2] = subject ? CStringGetTextDatum(subject) : (Datum) 0;
-	nulls[2] = subject ? ' ' : 'n';
-	values[3] = CStringGetTextDatum(body);
-	values[4] = TimestampTzGetDatum(expires_at);
-	nulls[4] = expires_at ? ' ' : 'n';
+	memcpy(all_types, put_types, sizeof(put_types));
+	all_values[0] = CStringGetTextDatum(channel);
+	all_values[1] = CStringGetTextDatum(recipient);
+	all_values[2] = subject ? CStringGetTextDatum(subject) : (Datum) 0;
+	all_values[3] = CStringGetTextDatum(body);
+	all_values[4] = TimestampTzGetDatum(expires_at);
+	memset(all_nulls, ' ', 5 + nargs);
+	all_nulls[2] = subject ? ' ' : 'n';
+	all_nulls[4] = expires_at ? ' ' : 'n';
+	for (i = 0; i < nargs; i++)
+	{
+		all_types[5 + i] = types[i];
+		all_values[5 + i] = values[i];
+		if (nulls)
+			all_nulls[5 + i] = nulls[i];
+	}
 
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (put_plan == NULL)
+	for (i = 0; i < nplans && plan == NULL; i++)
+		if (with_sql ? plan_with[i] && strcmp(plan_with[i], with_sql) == 0 : plan_with[i] == NULL)
+			plan = plans[i];
+	if (plan == NULL)
 	{
-		put_plan = SPI_prepare("INSERT INTO crmguard.outbox (channel, recipient, subject, body, expires_at)"
-							   " VALUES ($1, $2, $3, $4, $5) RETURNING id", 5, types);
-		if (put_plan == NULL)
+		char	   *sql = psprintf("%s%s%sINSERT INTO crmguard.outbox (channel, recipient, subject, body, expires_at)"
+								   " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+								   with_sql ? "WITH w AS (" : "", with_sql ? with_sql : "",
+								   with_sql ? ") " : "");
+
+		plan = SPI_prepare(sql, 5 + nargs, all_types);
+		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed");
-		SPI_keepplan(put_plan);
+		if (nplans < OUTBOX_PUT_PLANS && SPI_keepplan(plan) == 0)
+		{
+			plan_with[nplans] = with_sql ? MemoryContextStrdup(TopMemoryContext, with_sql) : NULL;
+			plans[nplans++] = plan;
+		}
 	}
-	if (SPI_execute_plan(put_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+	if (SPI_execute_plan(plan, all_values, all_nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not queue an outbox message");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();

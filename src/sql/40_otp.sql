@@ -41,7 +41,9 @@ CREATE TRIGGER otp_rule_cache_invalidate
 CREATE SEQUENCE crmguard.otp_challenge_id_seq;
 CREATE TABLE crmguard.otp_challenge_state (
     id               bigint PRIMARY KEY,
-    rule_id          bigint NOT NULL REFERENCES crmguard.otp_rule (id) ON DELETE CASCADE,
+    -- checked at commit: a challenge made and used in one transaction is checked once
+    rule_id          bigint NOT NULL REFERENCES crmguard.otp_rule (id) ON DELETE CASCADE
+                     DEFERRABLE INITIALLY DEFERRED,
     row_key          text NOT NULL,
     to_value         text NOT NULL,
     principal        bigint,
