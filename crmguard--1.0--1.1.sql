@@ -1295,3 +1295,54 @@ BEGIN
     END LOOP;
 END
 $cg_keys$;
+
+-- OTP challenges name their row by its key printed the same way: 1.0 kept the
+-- key as the caller of request_otp spelt it ('08', or a date under its
+-- DateStyle), and the guard now looks for the fixed text. Each live
+-- challenge's key is read as this session reads it and printed so; a table
+-- whose keys do not convert is left as it was, with a WARNING (its live
+-- challenges are asked for again).
+DO $cg_challenge_keys$
+DECLARE
+    t record;
+    saved text[];
+    pinned CONSTANT text[] := '{DateStyle,IntervalStyle,TimeZone,extra_float_digits,bytea_output,lc_monetary}';
+    canonical CONSTANT text[] := '{"ISO, MDY",postgres,UTC,1,hex,C}';
+BEGIN
+    FOR t IN
+        SELECT DISTINCT r.target::pg_catalog.oid AS relid,
+               pg_catalog.format_type(a.atttypid, a.atttypmod) AS keytype
+          FROM crmguard.otp_challenge_state c
+          JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id
+          JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid
+                                    AND i.indisprimary AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+          JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                        AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+         WHERE c.consumed_at IS NULL
+    LOOP
+        BEGIN
+            EXECUTE pg_catalog.format('CREATE TEMPORARY TABLE cg_challenge_keys ON COMMIT DROP AS'
+                                      ' SELECT c.id, CAST(c.row_key AS %s) AS k FROM crmguard.otp_challenge_state c'
+                                      ' JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id'
+                                      ' WHERE r.target OPERATOR(pg_catalog.=) %s::pg_catalog.oid::pg_catalog.regclass'
+                                      ' AND c.consumed_at IS NULL', t.keytype, t.relid);
+            saved := ARRAY(SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(pinned) n);
+            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                PERFORM pg_catalog.set_config(pinned[i], canonical[i], true);
+            END LOOP;
+            UPDATE crmguard.otp_challenge_state c SET row_key = k.k::pg_catalog.text
+              FROM pg_temp.cg_challenge_keys k
+             WHERE c.id OPERATOR(pg_catalog.=) k.id AND c.row_key OPERATOR(pg_catalog.<>) k.k::pg_catalog.text;
+            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                PERFORM pg_catalog.set_config(pinned[i], saved[i], true);
+            END LOOP;
+            DROP TABLE pg_temp.cg_challenge_keys;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not rewrite the keys of the live OTP challenges of table %',
+                t.relid::pg_catalog.regclass
+                USING DETAIL = SQLERRM,
+                      HINT = 'Their codes no longer open a change; request new ones.';
+        END;
+    END LOOP;
+END
+$cg_challenge_keys$;

@@ -187,6 +187,31 @@ RESET DateStyle;
 SELECT id FROM public.regress_kta_moved ORDER BY id;
 DROP TABLE public.regress_kta_contact, public.regress_kta_call, public.regress_kta_moved;
 
+-- ===========================================================================
+-- Attack: an approved draft named by the reviewer's DateStyle. The key that
+-- approve_draft returns and the draft keeps was '03/04/2031' under 'SQL,
+-- DMY', which another session reads as 4 March, another row.
+-- ===========================================================================
+CREATE TABLE public.regress_kta_visit (id date PRIMARY KEY, note text);
+INSERT INTO public.regress_kta_visit VALUES ('2031-03-04', 'already there');
+GRANT SELECT, INSERT ON public.regress_kta_visit TO regress_kta_rep, regress_kta_boss;
+SELECT crmguard.enable_review('public.regress_kta_visit', 'supervisor');
+SET ROLE regress_kta_rep;
+SET client_min_messages = warning;
+INSERT INTO public.regress_kta_visit VALUES ('2031-04-03', 'first visit');
+RESET client_min_messages;
+RESET ROLE;
+SELECT id AS visit_draft FROM crmguard.draft_state WHERE target = 'public.regress_kta_visit'::regclass \gset
+SET ROLE regress_kta_boss;
+SET DateStyle = 'SQL, DMY';
+SELECT crmguard.approve_draft(:visit_draft) AS approved_key;
+RESET DateStyle;
+RESET ROLE;
+SELECT d.row_key, v.note FROM crmguard.draft_state d JOIN public.regress_kta_visit v ON v.id = d.row_key::date
+ WHERE d.id = :visit_draft;
+SELECT crmguard.disable_review('public.regress_kta_visit');
+DROP TABLE public.regress_kta_visit;
+
 SELECT ok FROM crmguard.verify_audit();
 DROP FUNCTION public.regress_kta_try(text), public.regress_kta_code(text);
 DROP OWNED BY regress_kta_rep, regress_kta_boss;

@@ -607,11 +607,11 @@ insert_sql(Oid relid, const char *pk, Jsonb *data)
 	}
 	RelationClose(rel);
 	if (cols.len == 0)
-		return psprintf("INSERT INTO %s DEFAULT VALUES RETURNING %s::pg_catalog.text",
+		return psprintf("INSERT INTO %s DEFAULT VALUES RETURNING %s",
 						table, quote_identifier(pk));
 	return psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
 					" SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)"
-					" RETURNING %s::pg_catalog.text",
+					" RETURNING %s",
 					table, cols.data, cols.data, table, quote_identifier(pk));
 }
 
@@ -683,9 +683,11 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 		if (SPI_execute_with_args(sql, 1, types, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 			SPI_processed != 1)
 			elog(ERROR, "the approved row was not inserted");
-		key = MemoryContextStrdup(caller, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-																		   SPI_tuptable->tupdesc, 1,
-																		   &isnull)));
+		/* the new row's key as every session reads it, whatever the reviewer's DateStyle */
+		key = MemoryContextStrdup(caller,
+								  cg_row_key_output(SPI_gettypeid(SPI_tuptable->tupdesc, 1),
+													SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+																  &isnull)));
 		SPI_finish();
 		cg_review_approving = InvalidOid;
 		cg_leave_owner(&priv);
