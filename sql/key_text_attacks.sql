@@ -212,6 +212,38 @@ SELECT d.row_key, v.note FROM crmguard.draft_state d JOIN public.regress_kta_vis
 SELECT crmguard.disable_review('public.regress_kta_visit');
 DROP TABLE public.regress_kta_visit;
 
+-- ===========================================================================
+-- Attack: a duplicate hidden by the reviewer's DateStyle. Drafts keep their
+-- match values as JSON prints them (ISO dates, timestamps in the submitter's
+-- time zone); the table's were printed as the reviewer's session does, so a
+-- reviewer under DateStyle German saw no duplicate by birth date, and none
+-- by a timestamp at all; two drafts of one moment from two time zones were
+-- no duplicates of each other either.
+-- ===========================================================================
+CREATE TABLE public.regress_kta_lead (id int PRIMARY KEY, born date, met timestamptz);
+INSERT INTO public.regress_kta_lead VALUES (1, '1980-02-01', '2030-01-01 00:00:00+00'),
+                                           (3, '1990-01-01', '2031-03-04 10:00:00+00');
+GRANT SELECT, INSERT ON public.regress_kta_lead TO regress_kta_rep, regress_kta_boss;
+SELECT crmguard.enable_review('public.regress_kta_lead', 'supervisor', '{born,met}');
+SET ROLE regress_kta_rep;
+SET client_min_messages = warning;
+SET TimeZone = 'Asia/Tokyo';
+INSERT INTO public.regress_kta_lead VALUES (2, '1980-02-01', '2031-03-04 19:00:00+09');
+SET TimeZone = 'America/New_York';
+INSERT INTO public.regress_kta_lead VALUES (4, '2000-01-01', '2031-03-04 05:00:00-05');
+RESET TimeZone;
+RESET client_min_messages;
+RESET ROLE;
+SET ROLE regress_kta_boss;
+SET DateStyle = 'German';
+SELECT d.row_data->>'id' AS draft_of, d.duplicates->'rows' AS table_rows,
+       jsonb_array_length(d.duplicates->'drafts') AS other_drafts
+  FROM crmguard.draft d WHERE d.target = 'public.regress_kta_lead'::regclass ORDER BY d.id;
+RESET DateStyle;
+RESET ROLE;
+SELECT crmguard.disable_review('public.regress_kta_lead');
+DROP TABLE public.regress_kta_lead;
+
 SELECT ok FROM crmguard.verify_audit();
 DROP FUNCTION public.regress_kta_try(text), public.regress_kta_code(text);
 DROP OWNED BY regress_kta_rep, regress_kta_boss;

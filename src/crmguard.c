@@ -429,19 +429,35 @@ cg_leave_owner(CgPrivilegedContext *ctx)
  * DMY).  Keys of the types whose output no setting changes are printed as
  * they are.
  */
-char *
-cg_row_key_output(Oid keytype, Datum value)
+/*
+ * Pin the settings that output functions follow (DateStyle, TimeZone, ...)
+ * until AtEOXact_GUC(false, the level returned): values printed meanwhile
+ * read the same in every session.
+ */
+int
+cg_pin_output_settings(void)
 {
 	static const char *const pinned[][2] = {
 		{"datestyle", "ISO, MDY"}, {"intervalstyle", "postgres"}, {"timezone", "UTC"},
 		{"extra_float_digits", "1"}, {"bytea_output", "hex"}, {"lc_monetary", "C"}
 	};
+	int			nestlevel = NewGUCNestLevel();
+	size_t		i;
+
+	for (i = 0; i < lengthof(pinned); i++)
+		(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+char *
+cg_row_key_output(Oid keytype, Datum value)
+{
 	Oid			base = getBaseType(keytype);
 	Oid			out;
 	bool		varlena;
 	int			nestlevel;
 	char	   *text;
-	size_t		i;
 
 	getTypeOutputInfo(keytype, &out, &varlena);
 	switch (base)
@@ -464,10 +480,7 @@ cg_row_key_output(Oid keytype, Datum value)
 				return OidOutputFunctionCall(out, value);
 			break;
 	}
-	nestlevel = NewGUCNestLevel();
-	for (i = 0; i < lengthof(pinned); i++)
-		(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
+	nestlevel = cg_pin_output_settings();
 	text = OidOutputFunctionCall(out, value);
 	AtEOXact_GUC(false, nestlevel);
 	return text;

@@ -281,6 +281,7 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 	CgPrivilegedContext priv;
 	char	   *pk;
+	int			nest;
 	int			i;
 
 	deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &nkeys);
@@ -290,6 +291,12 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 	if (pk == NULL)
 		elog(ERROR, "table %s has no single-column primary key", get_rel_name(relid));
 	cg_enter_table_owner(&priv, relid);
+	/*
+	 * The columns as the drafts' match keys print them (JSON, fixed output
+	 * settings), and the keys as every session reads them: the reviewer's
+	 * DateStyle or TimeZone hides no duplicate.
+	 */
+	nest = cg_pin_output_settings();
 	for (i = 0; i < nkeys; i++)
 	{
 		char	   *key = elem_nulls[i] ? NULL : TextDatumGetCString(elems[i]);
@@ -305,7 +312,8 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 			continue;			/* a match column dropped since */
 		value = CStringGetTextDatum(eq + 1);
 		plan = cg_prepare_all_rows(relid, psprintf("SELECT t.%s::pg_catalog.text FROM ONLY %s t"
-											" WHERE crmguard.normalize_match(t.%s::pg_catalog.text)"
+											" WHERE crmguard.normalize_match(pg_catalog.to_jsonb(t.%s)"
+											" OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[])"
 											" OPERATOR(pg_catalog.=) $1",
 											quote_identifier(pk),
 											quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
@@ -324,6 +332,7 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 		}
 		SPI_freeplan(plan);
 	}
+	AtEOXact_GUC(false, nest);
 	cg_leave_owner(&priv);
 	SPI_finish();
 	if (hits == NULL)
@@ -509,6 +518,7 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 	char		nulls[4] = "    ";
 	bool		isnull;
 	int64		id;
+	int			nest;
 	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
@@ -531,8 +541,11 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 			return PointerGetDatum(td->tg_trigtuple);
 
 	row = heap_copy_tuple_as_datum(td->tg_trigtuple, RelationGetDescr(td->tg_relation));
+	/* dates, times and floats as every session prints them: the match keys compare them */
+	nest = cg_pin_output_settings();
 	data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 		text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json, row))))));
+	AtEOXact_GUC(false, nest);
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = JsonbPGetDatum(data);
 	values[2] = match_keys(c, data);
