@@ -1346,3 +1346,39 @@ BEGIN
     END LOOP;
 END
 $cg_challenge_keys$;
+
+-- Criteria values are read and printed with fixed settings (DateStyle ISO,
+-- MDY, TimeZone UTC...), whoever compiles them: compiled criteria of 1.0 hold
+-- the values as their author wrote them, which each reader's session read
+-- its own way ('03/04/2031' as 3 April under DMY). Visibility rules and OTP
+-- conditions are compiled again; one that no longer compiles is left as it
+-- was, with a WARNING. (Approval entry criteria are compiled as they are
+-- read, nothing is stored.)
+DO $cg_criteria$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT v.id, v.rule_name, v.target, v.criteria FROM crmguard.visibility_rule v
+              WHERE v.kind OPERATOR(pg_catalog.=) 'criteria' LOOP
+        BEGIN
+            UPDATE crmguard.visibility_rule SET compiled = crmguard.compile_criteria(r.target, r.criteria)
+             WHERE id OPERATOR(pg_catalog.=) r.id;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not compile visibility rule "%" again', r.rule_name
+                USING DETAIL = SQLERRM,
+                      HINT = 'Its dates and times are read as each reader''s session reads them; drop it and expose it again.';
+        END;
+    END LOOP;
+    FOR r IN SELECT o.id, o.rule_name, o.target, o.condition FROM crmguard.otp_rule o
+              WHERE o.condition IS NOT NULL LOOP
+        BEGIN
+            UPDATE crmguard.otp_rule SET compiled_condition = crmguard.compile_criteria(r.target, r.condition)
+             WHERE id OPERATOR(pg_catalog.=) r.id;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not compile the condition of OTP rule "%" again', r.rule_name
+                USING DETAIL = SQLERRM,
+                      HINT = 'Its dates and times are read as each writer''s session reads them; drop it and create it again.';
+        END;
+    END LOOP;
+END
+$cg_criteria$;

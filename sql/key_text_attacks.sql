@@ -244,6 +244,66 @@ RESET ROLE;
 SELECT crmguard.disable_review('public.regress_kta_lead');
 DROP TABLE public.regress_kta_lead;
 
+-- ===========================================================================
+-- Attack: a rep moves a visibility rule's date. Rules kept the value as
+-- their author wrote it, and each reader's session read it: '03/04/2031',
+-- written under DateStyle 'SQL, MDY' as 4 March, was 3 April for a rep
+-- under 'SQL, DMY', and a moment without a zone moved with the rep's
+-- TimeZone, so the rep saw rows the rule does not grant.
+-- ===========================================================================
+CREATE TABLE public.regress_kta_deal (id int PRIMARY KEY, closed_on date, created timestamptz);
+INSERT INTO public.regress_kta_deal
+     SELECT g, date '2031-03-01' + g, timestamptz '2031-03-03 00:00:00+00' + g * interval '1 hour'
+       FROM generate_series(0, 47) g;
+GRANT SELECT ON public.regress_kta_deal TO regress_kta_rep;
+SET DateStyle = 'SQL, MDY';
+SELECT crmguard.expose('public.regress_kta_deal', 'kta early deals', 'agent',
+    '{"any": [{"field": "closed_on", "op": "<=", "value": "03/04/2031"},
+              {"field": "created", "op": "<", "value": "2031-03-03 06:00"}]}') > 0 AS exposed;
+RESET DateStyle;
+-- the values as every session reads them (a time without a zone is UTC)
+SELECT crmguard.visibility_predicate('public.regress_kta_deal', 'kta_rep');
+SELECT count(*) AS granted FROM public.regress_kta_deal
+ WHERE closed_on <= '2031-03-04' OR created < '2031-03-03 06:00:00+00';
+\c -
+SET ROLE regress_kta_rep;
+SET DateStyle = 'SQL, DMY';
+SET TimeZone = 'UTC';
+SELECT count(*) AS seen_under_sql_dmy FROM public.regress_kta_deal;
+\c -
+SET ROLE regress_kta_rep;
+SET DateStyle = 'SQL, MDY';
+SET TimeZone = 'Etc/GMT+12';
+SELECT count(*) AS seen_at_utc_minus_12 FROM public.regress_kta_deal;
+RESET TimeZone;
+RESET DateStyle;
+RESET ROLE;
+SELECT crmguard.unexpose('kta early deals');
+DROP TABLE public.regress_kta_deal;
+
+-- the same in an approval process's entry criteria, which each session
+-- compiles into its lock's cache: a rep under 'SQL, DMY' moved a row to 20
+-- March, inside "from 4 March on", without its submission
+CREATE TABLE public.regress_kta_offer (id int PRIMARY KEY, due date, discount int);
+INSERT INTO public.regress_kta_offer VALUES (1, '2031-01-10', 30);
+GRANT SELECT, UPDATE ON public.regress_kta_offer TO regress_kta_rep;
+SET DateStyle = 'SQL, MDY';
+SELECT crmguard.create_approval_process('kta offers', 'public.regress_kta_offer',
+    '{"field": "due", "op": ">=", "value": "03/04/2031"}',
+    '[{"name": "Boss", "approvers": {"role": "supervisor"}}]', auto_submit => '{update}') > 0 AS process;
+RESET DateStyle;
+\c -
+SET ROLE regress_kta_rep;
+SET DateStyle = 'SQL, DMY';
+UPDATE public.regress_kta_offer SET due = '2031-03-20' WHERE id = 1;
+RESET DateStyle;
+RESET ROLE;
+SELECT count(*) AS submitted FROM crmguard.approval_request_state
+ WHERE target = 'public.regress_kta_offer'::regclass;
+DELETE FROM crmguard.approval_request_state WHERE target = 'public.regress_kta_offer'::regclass;
+SELECT crmguard.drop_approval_process('kta offers');
+DROP TABLE public.regress_kta_offer;
+
 SELECT ok FROM crmguard.verify_audit();
 DROP FUNCTION public.regress_kta_try(text), public.regress_kta_code(text);
 DROP OWNED BY regress_kta_rep, regress_kta_boss;

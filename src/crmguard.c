@@ -421,7 +421,8 @@ cg_leave_owner(CgPrivilegedContext *ctx)
 /*
  * A row's key as text, the same in every session: approval requests, OTP
  * challenges, recipient changes, sealed contact fields, drafts and the audit
- * log name a row by it, and find the row's entries by it again.  The output
+ * log name a row by it, and find the row's entries by it again; compiled
+ * criteria hold their values so (cg_value_canonical).  The output
  * of dates, times, intervals, floats, bytea and money follows settings any
  * session may change (DateStyle, TimeZone, ...): those are pinned while the
  * key is printed, or a session under another DateStyle would name the row

@@ -179,6 +179,7 @@ extern JsonbValue *cg_jsonb_member(JsonbContainer *object, const char *key);
 extern char *cg_jsonb_scalar_text(const JsonbValue *v);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value);
+extern char *cg_value_canonical(Oid relid, Oid type, int32 typmod, const char *value);
 
 /*
  * otp.c: OTP-gated status changes.  A message's code follows this mark, by
