@@ -1478,7 +1478,6 @@ row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key, char **
 		bool		isnull;
 		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
 																 SPI_tuptable->tupdesc, 2, &isnull));
-
 		Datum		k = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 
 		written_here = TransactionIdIsCurrentTransactionId(xmin);
