@@ -1195,6 +1195,12 @@ COMMENT ON FUNCTION crmguard.compact_activity(date) IS 'fold the activity rows o
 -- objects are not PUBLIC unless granted below; grants to other roles stay
 -- ---------------------------------------------------------------------------
 
+-- criteria read a date or time attribute as every session reads it
+CREATE FUNCTION crmguard.attr_as(key text, type_of anyelement) RETURNS anyelement
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_attr_as';
+COMMENT ON FUNCTION crmguard.attr_as(text, anyelement) IS 'an attribute of the acting principal read as the type of type_of, dates and times as in every session (criteria compile to it)';
+
 DROP FUNCTION crmguard.upgrade_regrant_notice(pg_catalog.regprocedure, text);
 
 REVOKE ALL ON ALL TABLES IN SCHEMA crmguard FROM PUBLIC;
@@ -1204,6 +1210,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crmguard FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.attr_as(text, anyelement) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.assume(text, boolean) TO PUBLIC;

@@ -279,6 +279,19 @@ RESET TimeZone;
 RESET DateStyle;
 RESET ROLE;
 SELECT crmguard.unexpose('kta early deals');
+-- the same with a moment held by the principal: the rep's own attribute
+-- "since" (no zone: UTC), compared in the rep's session
+UPDATE crmguard.principal SET attributes = attributes || '{"since": "2031-03-03 06:00"}' WHERE name = 'kta_rep';
+SELECT crmguard.expose('public.regress_kta_deal', 'kta deals before since', 'agent',
+    '{"field": "created", "op": "<", "principal": "since"}') > 0 AS exposed;
+SELECT crmguard.visibility_predicate('public.regress_kta_deal', 'kta_rep');
+\c -
+SET ROLE regress_kta_rep;
+SET TimeZone = 'Etc/GMT+12';
+SELECT count(*) AS seen_by_attribute_at_utc_minus_12 FROM public.regress_kta_deal;
+RESET TimeZone;
+RESET ROLE;
+SELECT crmguard.unexpose('kta deals before since');
 DROP TABLE public.regress_kta_deal;
 
 -- the same in an approval process's entry criteria, which each session

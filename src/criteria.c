@@ -179,7 +179,12 @@ static const CgPrincipal *substitute = NULL;
  */
 static const char *column_prefix = NULL;
 
-/* The run-time value of a principal attribute, as an expression of type base */
+/*
+ * The run-time value of a principal attribute, as an expression of type
+ * base.  A type whose text follows the session's settings (a date, a time)
+ * is read with them pinned, by crmguard.attr_as: a rep's DateStyle or
+ * TimeZone does not move the attribute a rule compares with.
+ */
 static char *
 attribute_value(const char *key, Oid base)
 {
@@ -190,12 +195,28 @@ attribute_value(const char *key, Oid base)
 				(errcode(ERRCODE_CG_INVALID_RULE),
 				 errmsg("invalid criteria: \"principal\" cannot be used here"),
 				 errdetail("These criteria judge the row alone, whoever changes it.")));
+	if (!substituting && !cg_type_text_is_fixed(base))
+		return psprintf("(SELECT crmguard.attr_as(%s, NULL::%s))",
+						quote_literal_cstr(key), type_name(base));
 	if (!substituting)
 		return psprintf("CAST((SELECT crmguard.attr(%s)) AS %s)",
 						quote_literal_cstr(key), type_name(base));
 	value = cg_principal_attr(substitute, key);
 	if (value == NULL)
 		return psprintf("CAST(NULL AS %s)", type_name(base));
+	if (!cg_type_text_is_fixed(base))
+	{
+		Oid			in_fn;
+		Oid			ioparam;
+		int			nest;
+		Datum		d;
+
+		getTypeInputInfo(base, &in_fn, &ioparam);
+		nest = cg_pin_output_settings();
+		d = OidInputFunctionCall(in_fn, value, ioparam, -1);
+		AtEOXact_GUC(false, nest);
+		value = cg_row_key_output(base, d);
+	}
 	return psprintf("CAST(%s AS %s)", quote_literal_cstr(value), type_name(base));
 }
 

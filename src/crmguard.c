@@ -451,16 +451,12 @@ cg_pin_output_settings(void)
 	return nestlevel;
 }
 
-char *
-cg_row_key_output(Oid keytype, Datum value)
+/* Do values of this type read and print the same whatever the session's settings? */
+bool
+cg_type_text_is_fixed(Oid type)
 {
-	Oid			base = getBaseType(keytype);
-	Oid			out;
-	bool		varlena;
-	int			nestlevel;
-	char	   *text;
+	Oid			base = getBaseType(type);
 
-	getTypeOutputInfo(keytype, &out, &varlena);
 	switch (base)
 	{
 		case INT2OID:
@@ -475,12 +471,23 @@ cg_row_key_output(Oid keytype, Datum value)
 		case CHAROID:
 		case UUIDOID:
 		case BOOLOID:
-			return OidOutputFunctionCall(out, value);
+			return true;
 		default:
-			if (type_is_enum(base))
-				return OidOutputFunctionCall(out, value);
-			break;
+			return type_is_enum(base);
 	}
+}
+
+char *
+cg_row_key_output(Oid keytype, Datum value)
+{
+	Oid			out;
+	bool		varlena;
+	int			nestlevel;
+	char	   *text;
+
+	getTypeOutputInfo(keytype, &out, &varlena);
+	if (cg_type_text_is_fixed(keytype))
+		return OidOutputFunctionCall(out, value);
 	nestlevel = cg_pin_output_settings();
 	text = OidOutputFunctionCall(out, value);
 	AtEOXact_GUC(false, nestlevel);
