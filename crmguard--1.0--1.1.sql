@@ -1255,6 +1255,12 @@ COMMENT ON FUNCTION crmguard.purge_history(interval) IS 'delete sent and dead ou
 -- objects are not PUBLIC unless granted below; grants to other roles stay
 -- ---------------------------------------------------------------------------
 
+-- criteria read a date or time attribute as every session reads it
+CREATE FUNCTION crmguard.attr_as(key text, type_of anyelement) RETURNS anyelement
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_attr_as';
+COMMENT ON FUNCTION crmguard.attr_as(text, anyelement) IS 'an attribute of the acting principal read as the type of type_of, dates and times as in every session (criteria compile to it)';
+
 DROP FUNCTION crmguard.upgrade_regrant_notice(pg_catalog.regprocedure, text);
 
 REVOKE ALL ON ALL TABLES IN SCHEMA crmguard FROM PUBLIC;
@@ -1264,6 +1270,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crmguard FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.attr_as(text, anyelement) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.assume(text, boolean) TO PUBLIC;
@@ -1355,3 +1362,90 @@ BEGIN
     END LOOP;
 END
 $cg_keys$;
+
+-- OTP challenges name their row by its key printed the same way: 1.0 kept the
+-- key as the caller of request_otp spelt it ('08', or a date under its
+-- DateStyle), and the guard now looks for the fixed text. Each live
+-- challenge's key is read as this session reads it and printed so; a table
+-- whose keys do not convert is left as it was, with a WARNING (its live
+-- challenges are asked for again).
+DO $cg_challenge_keys$
+DECLARE
+    t record;
+    saved text[];
+    pinned CONSTANT text[] := '{DateStyle,IntervalStyle,TimeZone,extra_float_digits,bytea_output,lc_monetary}';
+    canonical CONSTANT text[] := '{"ISO, MDY",postgres,UTC,1,hex,C}';
+BEGIN
+    FOR t IN
+        SELECT DISTINCT r.target::pg_catalog.oid AS relid,
+               pg_catalog.format_type(a.atttypid, a.atttypmod) AS keytype
+          FROM crmguard.otp_challenge_state c
+          JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id
+          JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid
+                                    AND i.indisprimary AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+          JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                        AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+         WHERE c.consumed_at IS NULL
+    LOOP
+        BEGIN
+            EXECUTE pg_catalog.format('CREATE TEMPORARY TABLE cg_challenge_keys ON COMMIT DROP AS'
+                                      ' SELECT c.id, CAST(c.row_key AS %s) AS k FROM crmguard.otp_challenge_state c'
+                                      ' JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id'
+                                      ' WHERE r.target OPERATOR(pg_catalog.=) %s::pg_catalog.oid::pg_catalog.regclass'
+                                      ' AND c.consumed_at IS NULL', t.keytype, t.relid);
+            saved := ARRAY(SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(pinned) n);
+            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                PERFORM pg_catalog.set_config(pinned[i], canonical[i], true);
+            END LOOP;
+            UPDATE crmguard.otp_challenge_state c SET row_key = k.k::pg_catalog.text
+              FROM pg_temp.cg_challenge_keys k
+             WHERE c.id OPERATOR(pg_catalog.=) k.id AND c.row_key OPERATOR(pg_catalog.<>) k.k::pg_catalog.text;
+            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                PERFORM pg_catalog.set_config(pinned[i], saved[i], true);
+            END LOOP;
+            DROP TABLE pg_temp.cg_challenge_keys;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not rewrite the keys of the live OTP challenges of table %',
+                t.relid::pg_catalog.regclass
+                USING DETAIL = SQLERRM,
+                      HINT = 'Their codes no longer open a change; request new ones.';
+        END;
+    END LOOP;
+END
+$cg_challenge_keys$;
+
+-- Criteria values are read and printed with fixed settings (DateStyle ISO,
+-- MDY, TimeZone UTC...), whoever compiles them: compiled criteria of 1.0 hold
+-- the values as their author wrote them, which each reader's session read
+-- its own way ('03/04/2031' as 3 April under DMY). Visibility rules and OTP
+-- conditions are compiled again; one that no longer compiles is left as it
+-- was, with a WARNING. (Approval entry criteria are compiled as they are
+-- read, nothing is stored.)
+DO $cg_criteria$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT v.id, v.rule_name, v.target, v.criteria FROM crmguard.visibility_rule v
+              WHERE v.kind OPERATOR(pg_catalog.=) 'criteria' LOOP
+        BEGIN
+            UPDATE crmguard.visibility_rule SET compiled = crmguard.compile_criteria(r.target, r.criteria)
+             WHERE id OPERATOR(pg_catalog.=) r.id;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not compile visibility rule "%" again', r.rule_name
+                USING DETAIL = SQLERRM,
+                      HINT = 'Its dates and times are read as each reader''s session reads them; drop it and expose it again.';
+        END;
+    END LOOP;
+    FOR r IN SELECT o.id, o.rule_name, o.target, o.condition FROM crmguard.otp_rule o
+              WHERE o.condition IS NOT NULL LOOP
+        BEGIN
+            UPDATE crmguard.otp_rule SET compiled_condition = crmguard.compile_criteria(r.target, r.condition)
+             WHERE id OPERATOR(pg_catalog.=) r.id;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'crmguard could not compile the condition of OTP rule "%" again', r.rule_name
+                USING DETAIL = SQLERRM,
+                      HINT = 'Its dates and times are read as each writer''s session reads them; drop it and create it again.';
+        END;
+    END LOOP;
+END
+$cg_criteria$;

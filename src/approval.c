@@ -182,7 +182,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(caller);
 	row = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), false, -1);
 	/* printed the same in every session, whatever its DateStyle or TimeZone */
-	key = cg_approval_key_output(SPI_gettypeid(SPI_tuptable->tupdesc, 2),
+	key = cg_row_key_output(SPI_gettypeid(SPI_tuptable->tupdesc, 2),
 								 SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	MemoryContextSwitchTo(old);
 	SPI_finish();

@@ -55,7 +55,6 @@ typedef struct ApprovalTable
 
 /* approval_lock.c */
 extern ApprovalTable *cg_approval_table(Oid relid);
-extern char *cg_approval_key_output(Oid keytype, Datum value);
 extern char *cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt);
 extern AttrNumber cg_approval_key_attno(Relation rel);
 extern void cg_approval_bypass(Oid relid, char *key);

@@ -665,7 +665,7 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 			keytype == INT4OID ? (int64) DatumGetInt32(value) : (int64) DatumGetInt16(value);
 	else
 	{
-		key = cg_approval_key_output(keytype, value);
+		key = cg_row_key_output(keytype, value);
 		/*
 		 * load_pending keeps a key by what its text reads as, not by the
 		 * column's type: a text, numeric or domain key that reads as an
@@ -777,59 +777,6 @@ cg_approval_any_pending(Oid relid)
 	return any_pending(relid);
 }
 
-/*
- * A row's key as text, the same in every session: requests name their row
- * by it, and the lock finds a row's request by it.  The output of dates,
- * times, intervals, floats, bytea and money follows settings any session
- * may change (DateStyle, TimeZone, ...): those are pinned while the key is
- * printed, or a rep who submitted a row, or changes it, under another
- * DateStyle would name it in a way the lock does not recognise.  Keys of
- * the types whose output no setting changes are printed as they are.
- */
-char *
-cg_approval_key_output(Oid keytype, Datum value)
-{
-	static const char *const pinned[][2] = {
-		{"datestyle", "ISO, MDY"}, {"intervalstyle", "postgres"}, {"timezone", "UTC"},
-		{"extra_float_digits", "1"}, {"bytea_output", "hex"}, {"lc_monetary", "C"}
-	};
-	Oid			base = getBaseType(keytype);
-	Oid			out;
-	bool		varlena;
-	int			nestlevel;
-	char	   *text;
-	size_t		i;
-
-	getTypeOutputInfo(keytype, &out, &varlena);
-	switch (base)
-	{
-		case INT2OID:
-		case INT4OID:
-		case INT8OID:
-		case OIDOID:
-		case NUMERICOID:
-		case TEXTOID:
-		case VARCHAROID:
-		case BPCHAROID:
-		case NAMEOID:
-		case CHAROID:
-		case UUIDOID:
-		case BOOLOID:
-			return OidOutputFunctionCall(out, value);
-		default:
-			if (type_is_enum(base))
-				return OidOutputFunctionCall(out, value);
-			break;
-	}
-	nestlevel = NewGUCNestLevel();
-	for (i = 0; i < lengthof(pinned); i++)
-		(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-	text = OidOutputFunctionCall(out, value);
-	AtEOXact_GUC(false, nestlevel);
-	return text;
-}
-
 /* The text of a row's key column (the single-column primary key) */
 char *
 cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt)
@@ -839,7 +786,7 @@ cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt)
 
 	if (isnull)
 		return NULL;
-	return cg_approval_key_output(TupleDescAttr(RelationGetDescr(rel), keyatt - 1)->atttypid, value);
+	return cg_row_key_output(TupleDescAttr(RelationGetDescr(rel), keyatt - 1)->atttypid, value);
 }
 
 /* The primary key's attribute number, per table, from the index cache */
@@ -1056,7 +1003,7 @@ crmguard_approval_row_pending(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	/* the row a "set" action is changing: the lock lets it pass, no need to look */
 	if (bypass_relid == relid && bypass_key != NULL &&
-		strcmp(cg_approval_key_output(check->keytype, PG_GETARG_DATUM(1)), bypass_key) == 0)
+		strcmp(cg_row_key_output(check->keytype, PG_GETARG_DATUM(1)), bypass_key) == 0)
 		PG_RETURN_BOOL(false);
 	/*
 	 * A request committed while this statement waited for the row moved its

@@ -32,6 +32,7 @@
 #include "nodes/value.h"
 #include "parser/parse_oper.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -60,28 +61,40 @@ typedef struct CriteriaOp
 
 
 /*
- * Does the text form of a value fit a column's type of table relid (typmod
- * and domain constraints included)?  The type's input function and a
- * domain's CHECK expressions are the table owner's code: they run as the
- * table's owner, restricted, whoever defines the rule.
+ * The text form of a value read as a column's type of table relid (typmod
+ * and domain constraints included), or NULL when the type refuses it.  The
+ * value is read and printed with fixed settings (DateStyle ISO, MDY,
+ * TimeZone UTC...: cg_pin_output_settings), whoever compiles the criteria
+ * and whatever their session says: '03/04/2031' is 4 March, a time without
+ * a zone is UTC, for the rule's author, for the rep whose session compiles
+ * them into the approval lock's cache, and for every reader of the compiled
+ * text.  The type's input function and a domain's CHECK expressions are the
+ * table owner's code: they run as the table's owner, restricted, whoever
+ * defines the rule.
  */
-bool
-cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value)
+char *
+cg_value_canonical(Oid relid, Oid type, int32 typmod, const char *value)
 {
 	MemoryContext context = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	CgPrivilegedContext priv;
 	Oid			input_fn;
 	Oid			ioparam;
-	volatile bool ok = true;
+	char	   *volatile canonical = NULL;
 
 	getTypeInputInfo(type, &input_fn, &ioparam);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(context);
 	PG_TRY();
 	{
+		Datum		d;
+		int			nest;
+
 		cg_enter_table_owner(&priv, relid);
-		(void) OidInputFunctionCall(input_fn, (char *) value, ioparam, typmod);
+		nest = cg_pin_output_settings();
+		d = OidInputFunctionCall(input_fn, (char *) value, ioparam, typmod);
+		canonical = cg_row_key_output(type, d);
+		AtEOXact_GUC(false, nest);
 		cg_leave_owner(&priv);
 		ReleaseCurrentSubTransaction();
 	}
@@ -91,12 +104,19 @@ cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value)
 		MemoryContextSwitchTo(context);
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		ok = false;
+		canonical = NULL;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(context);
 	CurrentResourceOwner = owner;
-	return ok;
+	return canonical;
+}
+
+/* Does the text form of a value fit a column's type of table relid? */
+bool
+cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value)
+{
+	return cg_value_canonical(relid, type, typmod, value) != NULL;
 }
 
 /* SQL access for the approval definition checks: does value fit column col of target? */
@@ -159,7 +179,12 @@ static const CgPrincipal *substitute = NULL;
  */
 static const char *column_prefix = NULL;
 
-/* The run-time value of a principal attribute, as an expression of type base */
+/*
+ * The run-time value of a principal attribute, as an expression of type
+ * base.  A type whose text follows the session's settings (a date, a time)
+ * is read with them pinned, by crmguard.attr_as: a rep's DateStyle or
+ * TimeZone does not move the attribute a rule compares with.
+ */
 static char *
 attribute_value(const char *key, Oid base)
 {
@@ -170,12 +195,28 @@ attribute_value(const char *key, Oid base)
 				(errcode(ERRCODE_CG_INVALID_RULE),
 				 errmsg("invalid criteria: \"principal\" cannot be used here"),
 				 errdetail("These criteria judge the row alone, whoever changes it.")));
+	if (!substituting && !cg_type_text_is_fixed(base))
+		return psprintf("(SELECT crmguard.attr_as(%s, NULL::%s))",
+						quote_literal_cstr(key), type_name(base));
 	if (!substituting)
 		return psprintf("CAST((SELECT crmguard.attr(%s)) AS %s)",
 						quote_literal_cstr(key), type_name(base));
 	value = cg_principal_attr(substitute, key);
 	if (value == NULL)
 		return psprintf("CAST(NULL AS %s)", type_name(base));
+	if (!cg_type_text_is_fixed(base))
+	{
+		Oid			in_fn;
+		Oid			ioparam;
+		int			nest;
+		Datum		d;
+
+		getTypeInputInfo(base, &in_fn, &ioparam);
+		nest = cg_pin_output_settings();
+		d = OidInputFunctionCall(in_fn, value, ioparam, -1);
+		AtEOXact_GUC(false, nest);
+		value = cg_row_key_output(base, d);
+	}
 	return psprintf("CAST(%s AS %s)", quote_literal_cstr(value), type_name(base));
 }
 
@@ -289,16 +330,17 @@ type_name(Oid type)
 	return format_type_extended(type, -1, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
 }
 
-/* A value as a quoted literal, refused unless the column's type accepts it */
+/* A value as a quoted literal read the same in every session, refused unless the column's type accepts it */
 static char *
 valid_literal(JsonbValue *v, const CriteriaColumn *col)
 {
 	char	   *text = scalar_text(v, col);
+	char	   *canonical = cg_value_canonical(col->relid, col->type, col->typmod, text);
 
-	if (!cg_value_fits_type(col->relid, col->type, col->typmod, text))
+	if (canonical == NULL)
 		invalid(psprintf("value \"%s\" is not valid for column \"%s\" of type %s",
 						 text, col->name, format_type_with_typemod(col->type, col->typmod)));
-	return quote_literal_cstr(text);
+	return quote_literal_cstr(canonical);
 }
 
 /*

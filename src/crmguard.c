@@ -16,6 +16,7 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
 #include "access/tableam.h"
 #include "executor/tuptable.h"
 #include "storage/lmgr.h"
@@ -415,6 +416,82 @@ cg_leave_owner(CgPrivilegedContext *ctx)
 {
 	AtEOXact_GUC(true, ctx->save_nestlevel);
 	SetUserIdAndSecContext(ctx->save_userid, ctx->save_sec_context);
+}
+
+/*
+ * A row's key as text, the same in every session: approval requests, OTP
+ * challenges, recipient changes, sealed contact fields, drafts and the audit
+ * log name a row by it, and find the row's entries by it again; compiled
+ * criteria hold their values so (cg_value_canonical).  The output
+ * of dates, times, intervals, floats, bytea and money follows settings any
+ * session may change (DateStyle, TimeZone, ...): those are pinned while the
+ * key is printed, or a session under another DateStyle would name the row
+ * differently, or name another row the same ('03/04/2031' under MDY and
+ * DMY).  Keys of the types whose output no setting changes are printed as
+ * they are.
+ */
+/*
+ * Pin the settings that output functions follow (DateStyle, TimeZone, ...)
+ * until AtEOXact_GUC(false, the level returned): values printed meanwhile
+ * read the same in every session.
+ */
+int
+cg_pin_output_settings(void)
+{
+	static const char *const pinned[][2] = {
+		{"datestyle", "ISO, MDY"}, {"intervalstyle", "postgres"}, {"timezone", "UTC"},
+		{"extra_float_digits", "1"}, {"bytea_output", "hex"}, {"lc_monetary", "C"}
+	};
+	int			nestlevel = NewGUCNestLevel();
+	size_t		i;
+
+	for (i = 0; i < lengthof(pinned); i++)
+		(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/* Do values of this type read and print the same whatever the session's settings? */
+bool
+cg_type_text_is_fixed(Oid type)
+{
+	Oid			base = getBaseType(type);
+
+	switch (base)
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case NUMERICOID:
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case CHAROID:
+		case UUIDOID:
+		case BOOLOID:
+			return true;
+		default:
+			return type_is_enum(base);
+	}
+}
+
+char *
+cg_row_key_output(Oid keytype, Datum value)
+{
+	Oid			out;
+	bool		varlena;
+	int			nestlevel;
+	char	   *text;
+
+	getTypeOutputInfo(keytype, &out, &varlena);
+	if (cg_type_text_is_fixed(keytype))
+		return OidOutputFunctionCall(out, value);
+	nestlevel = cg_pin_output_settings();
+	text = OidOutputFunctionCall(out, value);
+	AtEOXact_GUC(false, nestlevel);
+	return text;
 }
 
 /*

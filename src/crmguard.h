@@ -72,6 +72,9 @@ extern void cg_enter_owner(CgPrivilegedContext *ctx);
 extern void cg_leave_owner(CgPrivilegedContext *ctx);
 extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role);
 extern void cg_enter_table_owner(CgPrivilegedContext *ctx, Oid relid);
+extern int	cg_pin_output_settings(void);
+extern bool cg_type_text_is_fixed(Oid type);
+extern char *cg_row_key_output(Oid keytype, Datum value);
 extern int	cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values,
 							const char *nulls, bool read_only, long count);
 extern int	cg_execute_kept_shaped(const char *sql, int nargs, Oid *types, Datum *values,
@@ -182,6 +185,7 @@ extern JsonbValue *cg_jsonb_member(JsonbContainer *object, const char *key);
 extern char *cg_jsonb_scalar_text(const JsonbValue *v);
 extern bool cg_criteria_row_matches(Oid relid, const char *compiled, Datum row);
 extern bool cg_value_fits_type(Oid relid, Oid type, int32 typmod, const char *value);
+extern char *cg_value_canonical(Oid relid, Oid type, int32 typmod, const char *value);
 
 /*
  * otp.c: OTP-gated status changes.  A message's code follows this mark, by

@@ -195,8 +195,6 @@ resolve_table(FieldsTable *t, const char *fields_column, const char *project_col
 	}
 	t->pk_attnum = bms_singleton_member(pk) + FirstLowInvalidHeapAttributeNumber;
 	t->pk_type = get_atttype(t->relid, t->pk_attnum);
-	getTypeOutputInfo(t->pk_type, &typout, &varlena);
-	fmgr_info_cxt(typout, &t->pk_out, fields_context);
 	for (i = 0; i < t->nfields; i++)
 		t->fields[i].indexoid = get_relname_relid(t->fields[i].index_name, nsp);
 }

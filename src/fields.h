@@ -51,7 +51,6 @@ typedef struct FieldsTable
 	AttrNumber	project_attnum; /* InvalidAttrNumber: rows are shared */
 	FmgrInfo	project_out;
 	AttrNumber	pk_attnum;
-	FmgrInfo	pk_out;
 	Oid			pk_type;
 	char	   *broken;			/* why the table cannot be served (fail closed) */
 	unsigned char table_key[TABLE_KEY_BYTES];

@@ -450,10 +450,13 @@ crmguard_drop_field(PG_FUNCTION_ARGS)
 
 /*
  * The stored fields of a row as the caller reads it: its rights, its
- * visibility rules (a hidden row is answered like a missing one).
+ * visibility rules (a hidden row is answered like a missing one).  *key is
+ * set to the row's key as its sealed values and the audit log name it: the
+ * caller's text may spell it otherwise ('08', or a date under another
+ * DateStyle).
  */
 static Jsonb *
-read_row(FieldsTable *t, Oid relid, const char *row_key)
+read_row(FieldsTable *t, Oid relid, const char *row_key, char **key)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	Oid			types[1] = {TEXTOID};
@@ -463,8 +466,9 @@ read_row(FieldsTable *t, Oid relid, const char *row_key)
 	int			nest;
 	char	   *sql;
 
-	sql = psprintf("SELECT %s.%s FROM ONLY %s AS %s WHERE %s.%s OPERATOR(pg_catalog.=) $1::%s",
+	sql = psprintf("SELECT %s.%s, %s.%s FROM ONLY %s AS %s WHERE %s.%s OPERATOR(pg_catalog.=) $1::%s",
 				   fld_raw_alias, quote_identifier(get_attname(relid, t->attnum, false)),
+				   fld_raw_alias, quote_identifier(get_attname(relid, t->pk_attnum, false)),
 				   qualified_name(relid), fld_raw_alias,
 				   fld_raw_alias, quote_identifier(get_attname(relid, t->pk_attnum, false)),
 				   format_type_be_qualified(t->pk_type));
@@ -478,15 +482,14 @@ read_row(FieldsTable *t, Oid relid, const char *row_key)
 	if (found)
 	{
 		bool		isnull;
+		Datum		k = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext old = MemoryContextSwitchTo(caller);
 
+		*key = cg_row_key_output(t->pk_type, k);
 		if (!isnull)
-		{
-			MemoryContext old = MemoryContextSwitchTo(caller);
-
 			stored = DatumGetJsonbPCopy(d);
-			MemoryContextSwitchTo(old);
-		}
+		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
 	AtEOXact_GUC(true, nest);
@@ -524,7 +527,7 @@ crmguard_field_values(PG_FUNCTION_ARGS)
 	cg_require_preload();
 	cg_require_attested();
 	t = fld_table_or_error(relid);
-	stored = read_row(t, relid, row_key);
+	stored = read_row(t, relid, row_key, &row_key);
 	if (stored == NULL)
 		PG_RETURN_NULL();
 	c = fld_projection_cache(fcinfo, relid);
@@ -663,9 +666,9 @@ crmguard_find_by_field(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not read table %s", get_rel_name(relid));
 	for (i = 0; i < SPI_processed; i++)
 	{
-		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		Datum		d = CStringGetTextDatum(key);
-		bool		isnull = false;
+		bool		isnull;
+		Datum		key = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		d = CStringGetTextDatum(cg_row_key_output(t->pk_type, key));
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
 	}
@@ -738,7 +741,7 @@ crmguard_unmask(PG_FUNCTION_ARGS)
 				 errdetail("Only principals with the CRM role \"view_masked\" read masked values.")));
 	}
 	f = visible_def(t, relid, &actor, name);
-	stored = read_row(t, relid, row_key);
+	stored = read_row(t, relid, row_key, &row_key);
 	if (stored == NULL || !JB_ROOT_IS_OBJECT(stored) || JB_ROOT_IS_SCALAR(stored))
 		PG_RETURN_NULL();
 	k.type = jbvString;

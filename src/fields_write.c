@@ -76,6 +76,16 @@ datum_text(FmgrInfo *out, HeapTuple tuple, TupleDesc desc, AttrNumber attnum)
 	return isnull ? NULL : OutputFunctionCall(out, d);
 }
 
+/* The row's key as text, the same whatever the session's DateStyle or TimeZone */
+static char *
+key_text(FieldsTable *t, HeapTuple tuple, TupleDesc desc)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, t->pk_attnum, desc, &isnull);
+
+	return isnull ? NULL : cg_row_key_output(t->pk_type, d);
+}
+
 static JsonbValue *
 copy_scalar(const JsonbValue *v)
 {
@@ -283,10 +293,11 @@ crmguard_fields_guard(PG_FUNCTION_ARGS)
 	fld_actor_init(&actor);
 	if (cg_review_approving == RelationGetRelid(rel))
 		actor.kind = ACTOR_RAW; /* an approved draft, checked when it was submitted */
-	new_key = datum_text(&t->pk_out, newtup, desc, t->pk_attnum);
+	/* sealed values are bound to the key as every session prints it */
+	new_key = key_text(t, newtup, desc);
 	if (new_key == NULL)
 		new_key = "";
-	old_key = is_update ? datum_text(&t->pk_out, oldtup, desc, t->pk_attnum) : new_key;
+	old_key = is_update ? key_text(t, oldtup, desc) : new_key;
 	project = t->project_attnum != InvalidAttrNumber ?
 		datum_text(&t->project_out, newtup, desc, t->project_attnum) : NULL;
 

@@ -96,7 +96,7 @@ typedef struct OtpTable
 	OtpRule    *rules;
 	AttrNumber	pk_attno;
 	Oid			pk_type;
-	FmgrInfo	pk_out;
+	int32		pk_typmod;
 } OtpTable;
 
 static MemoryContext rule_context = NULL;
@@ -249,8 +249,8 @@ load_rules(OtpTable *entry)
 	Datum		values[1];
 	MemoryContext old;
 	uint64		i;
-	Oid			out_fn;
-	bool		varlena;
+	Oid			pk_type;
+	Oid			pk_collation;
 
 	values[0] = ObjectIdGetDatum(entry->relid);
 	if (cg_execute_kept("SELECT id, rule_name, status_column, to_values, recipient_column,"
@@ -325,8 +325,7 @@ load_rules(OtpTable *entry)
 					(errcode(ERRCODE_CG_INVALID_RULE),
 					 errmsg("table %s guarded by OTP rules has no single-column primary key",
 							get_rel_name(entry->relid))));
-		getTypeOutputInfo(entry->pk_type, &out_fn, &varlena);
-		fmgr_info_cxt(out_fn, &entry->pk_out, entry->mcxt);
+		get_atttypetypmodcoll(entry->relid, entry->pk_attno, &pk_type, &entry->pk_typmod, &pk_collation);
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -1101,7 +1100,8 @@ guard_row(OtpTable *entry, const OtpRule *rule, Relation rel, HeapTuple tuple,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("OTP-guarded row of table %s has no primary key value",
 						RelationGetRelationName(rel))));
-	row_key = OutputFunctionCall(&entry->pk_out, key);
+	/* as its challenge names it, whatever this session's DateStyle or TimeZone */
+	row_key = cg_row_key_output(entry->pk_type, key);
 
 	foreach(lc, verified)
 	{
@@ -1148,7 +1148,7 @@ refuse_key_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTuple n
 	cg_require_attested();
 	old_key = heap_getattr(oldtuple, entry->pk_attno, desc, &old_null);
 	cg_audit_durable("otp_refused", RelationGetRelationName(rel),
-					 old_null ? NULL : OutputFunctionCall(&entry->pk_out, old_key),
+					 old_null ? NULL : cg_row_key_output(entry->pk_type, old_key),
 					 "{\"reason\": \"key changed\"}");
 	ereport(ERROR,
 			(errcode(ERRCODE_RESTRICT_VIOLATION),
@@ -1216,7 +1216,7 @@ note_recipient_change(OtpTable *entry, Relation rel, HeapTuple oldtuple, HeapTup
 	key = heap_getattr(newtuple, entry->pk_attno, desc, &isnull);
 	if (isnull)
 		return;
-	row_key = OutputFunctionCall(&entry->pk_out, key);
+	row_key = cg_row_key_output(entry->pk_type, key);
 	p = cg_current_principal();
 
 	values[0] = ObjectIdGetDatum(RelationGetRelid(rel));
@@ -1432,22 +1432,25 @@ rule_by_id(OtpTable *entry, int64 id)
 static char *
 row_query(OtpTable *entry, const OtpRule *rule)
 {
-	return psprintf("SELECT t.%s::pg_catalog.text, t.xmin FROM %s t WHERE t.%s OPERATOR(pg_catalog.=) $1::%s",
-					quote_identifier(rule->recipient_column),
+	const char *pk = quote_identifier(get_attname(entry->relid, entry->pk_attno, false));
+
+	return psprintf("SELECT t.%s::pg_catalog.text, t.xmin, t.%s FROM %s t WHERE t.%s OPERATOR(pg_catalog.=) $1::%s",
+					quote_identifier(rule->recipient_column), pk,
 					quote_qualified_identifier(get_namespace_name(get_rel_namespace(entry->relid)),
 											   get_rel_name(entry->relid)),
-					quote_identifier(get_attname(entry->relid, entry->pk_attno, false)),
-					format_type_be_qualified(entry->pk_type));
+					pk, format_type_be_qualified(entry->pk_type));
 }
 
 /*
  * The recipient of a row, read as the caller (the table's own row security
  * and crmguard's visibility apply; a hidden row is a missing row), inside a
  * security-restricted operation with a pinned search_path.  A row version
- * this transaction wrote has no recipient on record yet: refused.
+ * this transaction wrote has no recipient on record yet: refused.  *key is
+ * set to the row's key as its challenges name it: the caller's text may
+ * spell it otherwise ('08', or a date under another DateStyle).
  */
 static char *
-row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
+row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key, char **key)
 {
 	CgPrivilegedContext priv;
 	Oid			types[1] = {TEXTOID};
@@ -1469,10 +1472,12 @@ row_recipient(OtpTable *entry, const OtpRule *rule, const char *row_key)
 		bool		isnull;
 		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
 																 SPI_tuptable->tupdesc, 2, &isnull));
+		Datum		k = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 
 		written_here = TransactionIdIsCurrentTransactionId(xmin);
 		if (s)
 			recipient = MemoryContextStrdup(CurTransactionContext, s);
+		*key = MemoryContextStrdup(CurTransactionContext, cg_row_key_output(entry->pk_type, k));
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);
@@ -1528,7 +1533,7 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 				 errmsg("no OTP rule of table %s gates the value \"%s\"", get_rel_name(relid), to_value)));
 	p = cg_current_principal();
 	principal = p ? p->id : 0;
-	recipient = row_recipient(entry, rule, row_key);
+	recipient = row_recipient(entry, rule, row_key, &row_key);
 	live_found = find_live_challenge(rule, relid, row_key, to_value, principal, &live, &recent);
 	if (recent)
 	{
@@ -1578,6 +1583,27 @@ crmguard_request_otp(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(challenge);
 }
 
+/*
+ * A key the caller wrote, as challenges name its row: read as the key
+ * column's type (as the table's owner, which a domain's checks may need)
+ * and printed with fixed settings, so '08' is row 8 and a date is the same
+ * date under any DateStyle.
+ */
+static char *
+canonical_key(OtpTable *entry, const char *row_key)
+{
+	CgPrivilegedContext priv;
+	Oid			in_fn;
+	Oid			ioparam;
+	Datum		key;
+
+	getTypeInputInfo(entry->pk_type, &in_fn, &ioparam);
+	cg_enter_table_owner(&priv, entry->relid);
+	key = OidInputFunctionCall(in_fn, (char *) row_key, ioparam, entry->pk_typmod);
+	cg_leave_owner(&priv);
+	return cg_row_key_output(entry->pk_type, key);
+}
+
 /* The caller's live challenge for a row and value, or NULL: the id as data */
 PG_FUNCTION_INFO_V1(crmguard_pending_challenge);
 Datum
@@ -1597,6 +1623,7 @@ crmguard_pending_challenge(PG_FUNCTION_ARGS)
 	if (rule == NULL)
 		PG_RETURN_NULL();
 	p = cg_current_principal();
+	row_key = canonical_key(entry, row_key);
 	if (!find_or_await_challenge(rule, relid, row_key, to_value, p ? p->id : 0, &live))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(live.id);

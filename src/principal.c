@@ -33,6 +33,7 @@
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
@@ -603,6 +604,35 @@ crmguard_attr(PG_FUNCTION_ARGS)
 	if (value == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));
+}
+
+/*
+ * An attribute of the acting principal read as the type of the second
+ * argument (its value is not used), with DateStyle, TimeZone and the other
+ * settings pinned: criteria comparing a date or time column with an
+ * attribute mean the same whatever the reader's session says.
+ */
+PG_FUNCTION_INFO_V1(crmguard_attr_as);
+Datum
+crmguard_attr_as(PG_FUNCTION_ARGS)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, 1);
+	char	   *value;
+	Oid			in_fn;
+	Oid			ioparam;
+	int			nest;
+	Datum		result;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	value = cg_principal_attr(cg_current_principal(), text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	if (value == NULL)
+		PG_RETURN_NULL();
+	getTypeInputInfo(type, &in_fn, &ioparam);
+	nest = cg_pin_output_settings();
+	result = OidInputFunctionCall(in_fn, value, ioparam, -1);
+	AtEOXact_GUC(false, nest);
+	PG_RETURN_DATUM(result);
 }
 
 /*

@@ -281,6 +281,7 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 	CgPrivilegedContext priv;
 	char	   *pk;
+	int			nest;
 	int			i;
 
 	deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &nkeys);
@@ -290,6 +291,12 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 	if (pk == NULL)
 		elog(ERROR, "table %s has no single-column primary key", get_rel_name(relid));
 	cg_enter_table_owner(&priv, relid);
+	/*
+	 * The columns as the drafts' match keys print them (JSON, fixed output
+	 * settings), and the keys as every session reads them: the reviewer's
+	 * DateStyle or TimeZone hides no duplicate.
+	 */
+	nest = cg_pin_output_settings();
 	for (i = 0; i < nkeys; i++)
 	{
 		char	   *key = elem_nulls[i] ? NULL : TextDatumGetCString(elems[i]);
@@ -305,7 +312,8 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 			continue;			/* a match column dropped since */
 		value = CStringGetTextDatum(eq + 1);
 		plan = cg_prepare_all_rows(relid, psprintf("SELECT t.%s::pg_catalog.text FROM ONLY %s t"
-											" WHERE crmguard.normalize_match(t.%s::pg_catalog.text)"
+											" WHERE crmguard.normalize_match(pg_catalog.to_jsonb(t.%s)"
+											" OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[])"
 											" OPERATOR(pg_catalog.=) $1",
 											quote_identifier(pk),
 											quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
@@ -324,6 +332,7 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 		}
 		SPI_freeplan(plan);
 	}
+	AtEOXact_GUC(false, nest);
 	cg_leave_owner(&priv);
 	SPI_finish();
 	if (hits == NULL)
@@ -509,6 +518,7 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 	char		nulls[4] = "    ";
 	bool		isnull;
 	int64		id;
+	int			nest;
 	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
@@ -531,8 +541,11 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 			return PointerGetDatum(td->tg_trigtuple);
 
 	row = heap_copy_tuple_as_datum(td->tg_trigtuple, RelationGetDescr(td->tg_relation));
+	/* dates, times and floats as every session prints them: the match keys compare them */
+	nest = cg_pin_output_settings();
 	data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
 		text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json, row))))));
+	AtEOXact_GUC(false, nest);
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = JsonbPGetDatum(data);
 	values[2] = match_keys(c, data);
@@ -607,11 +620,11 @@ insert_sql(Oid relid, const char *pk, Jsonb *data)
 	}
 	RelationClose(rel);
 	if (cols.len == 0)
-		return psprintf("INSERT INTO %s DEFAULT VALUES RETURNING %s::pg_catalog.text",
+		return psprintf("INSERT INTO %s DEFAULT VALUES RETURNING %s",
 						table, quote_identifier(pk));
 	return psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
 					" SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1)"
-					" RETURNING %s::pg_catalog.text",
+					" RETURNING %s",
 					table, cols.data, cols.data, table, quote_identifier(pk));
 }
 
@@ -681,9 +694,11 @@ insert_row(Oid relid, const char *sql, Jsonb *data, char **failure)
 		if (cg_execute_kept_shaped(sql, 1, types, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 			SPI_processed != 1)
 			elog(ERROR, "the approved row was not inserted");
-		key = MemoryContextStrdup(caller, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-																		   SPI_tuptable->tupdesc, 1,
-																		   &isnull)));
+		/* the new row's key as every session reads it, whatever the reviewer's DateStyle */
+		key = MemoryContextStrdup(caller,
+								  cg_row_key_output(SPI_gettypeid(SPI_tuptable->tupdesc, 1),
+													SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+																  &isnull)));
 		SPI_finish();
 		cg_review_approving = InvalidOid;
 		cg_leave_owner(&priv);

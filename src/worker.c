@@ -609,40 +609,52 @@ asked_to_leave(void)
  * wait for other sessions only a few seconds.  The database's worker stays
  * while it has work, and CG_IDLE_EXIT_MS after: it is asked to leave first,
  * and waited for.  Its queued work stays queued.  True when a worker was
- * there (cg_worker_return starts it again).
+ * there (cg_worker_return starts it again).  A wait cut short (a cancel, a
+ * statement_timeout) takes the request back before the error goes on: the
+ * caller never learnt it has a worker to send back, and the worker would
+ * leave its database until some job happened to start it again.
  */
 bool
 cg_worker_leave(Oid dboid)
 {
-	bool		was_there = false;
+	volatile bool was_there = false;
 	int			waited;
 
 	cg_require_preload();
-	for (waited = 0;; waited += 10)
+	PG_TRY();
 	{
-		bool		connected = false;
-		int			i;
-
-		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-		for (i = 0; i < CG_MAX_WORKERS; i++)
+		for (waited = 0;; waited += 10)
 		{
-			CgWorkerSlot *slot = &shared->workers[i];
+			bool		connected = false;
+			int			i;
 
-			if (slot->dboid != dboid)
-				continue;
-			was_there = true;
-			slot->leave = true;
-			/* one still starting leaves as soon as it takes its slot */
-			connected = slot->pid != 0;
-			if (slot->latch)
-				SetLatch(slot->latch);
+			LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+			for (i = 0; i < CG_MAX_WORKERS; i++)
+			{
+				CgWorkerSlot *slot = &shared->workers[i];
+
+				if (slot->dboid != dboid)
+					continue;
+				was_there = true;
+				slot->leave = true;
+				/* one still starting leaves as soon as it takes its slot */
+				connected = slot->pid != 0;
+				if (slot->latch)
+					SetLatch(slot->latch);
+			}
+			LWLockRelease(shared->lock);
+			if (!connected || waited >= CG_LEAVE_WAIT_MS)
+				break;
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(10000L);
 		}
-		LWLockRelease(shared->lock);
-		if (!connected || waited >= CG_LEAVE_WAIT_MS)
-			break;
-		CHECK_FOR_INTERRUPTS();
-		pg_usleep(10000L);
 	}
+	PG_CATCH();
+	{
+		cg_worker_return(dboid, was_there);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return was_there;
 }
 

@@ -49,6 +49,9 @@ CREATE FUNCTION crmguard.has_role(role text) RETURNS boolean
 CREATE FUNCTION crmguard.attr(key text) RETURNS text
     LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_attr';
+CREATE FUNCTION crmguard.attr_as(key text, type_of anyelement) RETURNS anyelement
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'crmguard_attr_as';
 CREATE FUNCTION crmguard.team() RETURNS bigint[]
     LANGUAGE c STABLE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'crmguard_team';
@@ -129,6 +132,7 @@ COMMENT ON FUNCTION crmguard.add_principal(text, text[], text, jsonb, name, bool
 
 COMMENT ON FUNCTION crmguard.has_role(text) IS 'does the acting principal hold this CRM role? (false for nobody)';
 COMMENT ON FUNCTION crmguard.attr(text) IS 'an attribute of the acting principal as text, or NULL';
+COMMENT ON FUNCTION crmguard.attr_as(text, anyelement) IS 'an attribute of the acting principal read as the type of type_of, dates and times as in every session (criteria compile to it)';
 COMMENT ON FUNCTION crmguard.team() IS 'the acting principal and everyone below it in the manager tree (NULL for nobody)';
 COMMENT ON FUNCTION crmguard.in_team_support(internal) IS 'internal: planner support for in_team (an index condition owner = ANY(team))';
 COMMENT ON FUNCTION crmguard.principal_changed() IS 'internal: trigger on crmguard.principal; refuses manager cycles and tells every backend to reload principals';

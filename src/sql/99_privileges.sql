@@ -9,6 +9,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crmguard FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.current_principal() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.has_role(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.attr(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION crmguard.attr_as(text, anyelement) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.team() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.in_team(bigint, bigint[]) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION crmguard.assume(text, boolean) TO PUBLIC;

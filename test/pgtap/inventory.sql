@@ -19,7 +19,7 @@ SELECT set_eq(
        WHERE p.pronamespace = 'crmguard'::regnamespace
          AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a
                                            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))$$,
-    ARRAY['current_principal', 'has_role', 'attr', 'team', 'in_team', 'assume', 'assume_jwt', 'pre_request', 'request_otp', 'pending_challenge', 'verify_otp', 'why_visible',
+    ARRAY['current_principal', 'has_role', 'attr', 'attr_as', 'team', 'in_team', 'assume', 'assume_jwt', 'pre_request', 'request_otp', 'pending_challenge', 'verify_otp', 'why_visible',
           'approve_draft', 'reject_draft', 'comment_draft', 'resubmit_draft', 'draft_duplicates', 'is_reviewer', 'last_drafts',
           'submit_for_approval', 'approve', 'reject', 'recall', 'delegate', 'my_approvals', 'approval_row_pending',
           'normalize_match',
@@ -72,7 +72,7 @@ SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'crmguard'), 
 SELECT is_empty(
     $$SELECT proname FROM pg_proc
        WHERE pronamespace = 'crmguard'::regnamespace
-         AND proname IN ('current_principal', 'has_role', 'attr', 'team')
+         AND proname IN ('current_principal', 'has_role', 'attr', 'attr_as', 'team')
          AND (provolatile <> 's' OR proparallel = 's')$$,
     'identity functions are STABLE and not parallel safe (the assumed token is per backend)');
 
