@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # the same UTF-8 cluster whatever the caller's locale (a minimal Debian has none)
 export LC_ALL=C.UTF-8 LANG=C.UTF-8
+# crmguard-device and crmguard-relay are installed next to PostgreSQL's programs
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+export PATH="$PG_BIN:$PATH"
 export CRMGUARD_BENCH_SUMMARY=$(mktemp /tmp/crmguard-bench.XXXXXX)
 chmod 666 "$CRMGUARD_BENCH_SUMMARY"
 for b in bench/[0-9]*.sh; do
