@@ -419,18 +419,6 @@ cg_leave_owner(CgPrivilegedContext *ctx)
 }
 
 /*
- * A row's key as text, the same in every session: approval requests, OTP
- * challenges, recipient changes, sealed contact fields, drafts and the audit
- * log name a row by it, and find the row's entries by it again; compiled
- * criteria hold their values so (cg_value_canonical).  The output
- * of dates, times, intervals, floats, bytea and money follows settings any
- * session may change (DateStyle, TimeZone, ...): those are pinned while the
- * key is printed, or a session under another DateStyle would name the row
- * differently, or name another row the same ('03/04/2031' under MDY and
- * DMY).  Keys of the types whose output no setting changes are printed as
- * they are.
- */
-/*
  * Pin the settings that output functions follow (DateStyle, TimeZone, ...)
  * until AtEOXact_GUC(false, the level returned): values printed meanwhile
  * read the same in every session.
@@ -477,6 +465,18 @@ cg_type_text_is_fixed(Oid type)
 	}
 }
 
+/*
+ * A row's key as text, the same in every session: approval requests, OTP
+ * challenges, recipient changes, sealed contact fields, drafts and the audit
+ * log name a row by it, and find the row's entries by it again; compiled
+ * criteria hold their values so (cg_value_canonical).  The output
+ * of dates, times, intervals, floats, bytea and money follows settings any
+ * session may change (DateStyle, TimeZone, ...): those are pinned while the
+ * key is printed, or a session under another DateStyle would name the row
+ * differently, or name another row the same ('03/04/2031' under MDY and
+ * DMY).  Keys of the types whose output no setting changes are printed as
+ * they are.
+ */
 char *
 cg_row_key_output(Oid keytype, Datum value)
 {
