@@ -13,9 +13,10 @@ ROUNDS=${ROUNDS:-8}
 tmp=$(mktemp -d)
 key=$tmp/pc.key
 pk=$(crmguard-device keygen "$key")
-psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" -v pk="$pk" <<'SQL'
+psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" -v pk="$pk" -v pw="${PGPASSWORD:-}" <<'SQL'
 CREATE EXTENSION crmguard;
-CREATE ROLE bench_app LOGIN;
+-- pg_virtualenv's clusters ask a password over TCP: the one its PGPASSWORD gives
+CREATE ROLE bench_app LOGIN PASSWORD :'pw';
 SELECT crmguard.add_principal('device_agent', '{agent}', NULL, '{"zone": "z1"}', require_device => true);
 SELECT crmguard.add_principal('plain_agent', '{agent}', NULL, '{"zone": "z1"}');
 SELECT crmguard.register_device('device_agent', 'bench PC', :'pk');
