@@ -101,6 +101,9 @@ SELECT p.name, a.target, a.action, sum(a.n) AS n
   FROM crmguard.activity_log a JOIN crmguard.principal p ON p.id = a.principal
  WHERE p.name LIKE 'act\_%'
  GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+-- nobody's rows and events are not logged at all, not even as principal 0
+SELECT count(*) AS credited_to_principal_0 FROM crmguard.activity_log
+ WHERE principal OPERATOR(pg_catalog.=) 0;
 
 -- the report: a manager sees its team, an agent itself, an admin everyone
 SET ROLE regress_act_boss;
@@ -136,3 +139,42 @@ INSERT INTO public.regress_act_visit (customer, note) VALUES ('Nero', 'after unt
 RESET ROLE;
 SELECT sum(n) AS anna_rows FROM crmguard.activity_log a JOIN crmguard.principal p ON p.id = a.principal
  WHERE p.name = 'act_anna';
+
+-- Attack: rows_hidden_behind_truncate -- rows written before a TRUNCATE in the
+-- same transaction still count, and so do those written after it.
+-- Attack: released_savepoint_rolled_back_with_its_parent -- rows written in a
+-- savepoint that was released into one then rolled back count nothing.
+CREATE TABLE public.regress_act_call (id int);
+GRANT INSERT, TRUNCATE ON public.regress_act_call TO regress_act_luca;
+SELECT crmguard.track('public.regress_act_call');
+SET ROLE regress_act_luca;
+BEGIN;
+INSERT INTO public.regress_act_call SELECT generate_series(1, 3);
+TRUNCATE public.regress_act_call;
+INSERT INTO public.regress_act_call VALUES (4);
+COMMIT;
+BEGIN;
+INSERT INTO public.regress_act_call VALUES (5);
+SAVEPOINT outer_sp;
+SAVEPOINT inner_sp;
+INSERT INTO public.regress_act_call SELECT generate_series(6, 15);
+RELEASE inner_sp;
+ROLLBACK TO outer_sp;
+COMMIT;
+RESET ROLE;
+-- Attack: day_of_the_writers_time_zone -- the day a row counts for is the UTC
+-- day, whatever TimeZone the writing session set (a zone twelve hours away
+-- from UTC, on the side where today's local date is not UTC's)
+SELECT CASE WHEN extract(hour FROM now() AT TIME ZONE 'UTC') < 12 THEN 'Etc/GMT+12' ELSE 'Etc/GMT-12' END AS far_zone \gset
+SET ROLE regress_act_luca;
+SET TimeZone = :'far_zone';
+INSERT INTO public.regress_act_call VALUES (16);
+RESET TimeZone;
+RESET ROLE;
+SELECT count(*) AS days_not_utc FROM crmguard.activity_log
+ WHERE day OPERATOR(pg_catalog.<>) (last_at AT TIME ZONE 'UTC')::date;
+-- 3 + 1 + 1 + 1 rows inserted by luca
+SELECT p.name, a.action, sum(a.n) AS n
+  FROM crmguard.activity_log a JOIN crmguard.principal p ON p.id = a.principal
+ WHERE a.target = 'public.regress_act_call'::regclass
+ GROUP BY 1, 2 ORDER BY 1, 2;

@@ -69,6 +69,34 @@ SELECT :last_id + 1, at, principal, device, action, target, row_key, detail, pre
 SELECT ok, first_bad = :last_id + 1 AS found_replay FROM crmguard.verify_audit();
 ROLLBACK;
 
+-- Attack: who, when and what of a row rewritten (the acting principal, its
+-- device, the time, the action, its target and row): every column is under
+-- the hash, not only the detail
+BEGIN;
+UPDATE crmguard.audit SET principal = COALESCE(principal, 0) + 1 WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_principal_edit FROM crmguard.verify_audit();
+ROLLBACK;
+BEGIN;
+UPDATE crmguard.audit SET device = COALESCE(device, 0) + 1 WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_device_edit FROM crmguard.verify_audit();
+ROLLBACK;
+BEGIN;
+UPDATE crmguard.audit SET at = at - interval '1 day' WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_time_edit FROM crmguard.verify_audit();
+ROLLBACK;
+BEGIN;
+UPDATE crmguard.audit SET action = action || '_edited' WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_action_edit FROM crmguard.verify_audit();
+ROLLBACK;
+BEGIN;
+UPDATE crmguard.audit SET target = COALESCE(target, '') || 'edited' WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_target_edit FROM crmguard.verify_audit();
+ROLLBACK;
+BEGIN;
+UPDATE crmguard.audit SET row_key = COALESCE(row_key, '') || 'edited' WHERE id = :third_id;
+SELECT ok, first_bad = :third_id AS found_row_key_edit FROM crmguard.verify_audit();
+ROLLBACK;
+
 ALTER TABLE crmguard.audit ENABLE TRIGGER USER;
 SELECT * FROM crmguard.verify_audit();
 

@@ -87,6 +87,14 @@ SELECT crmguard.enrollment_code('dev_agent', '1 millisecond') AS brief_code \gse
 SELECT pg_sleep(0.01);
 SELECT public.regress_try(format('SELECT crmguard.enroll_device(%L, %L, %L)', :'brief_code', 'rogue PC', :'rogue_pk')) AS code_expired;
 SELECT public.regress_try($$SELECT crmguard.enrollment_code('dev_agent', '-1 day')$$) AS negative_validity;
+SELECT public.regress_try($$SELECT crmguard.enrollment_code('dev_agent', '0 s')$$) AS zero_validity;
+-- attack: a code kept after its principal was deactivated (a leaver's code)
+SELECT crmguard.enrollment_code('dev_other', '1 hour') AS leaver_code \gset
+UPDATE crmguard.principal SET active = false WHERE name = 'dev_other';
+SELECT public.regress_try(format('SELECT crmguard.enroll_device(%L, %L, %L)', :'leaver_code', 'rogue PC', :'rogue_pk')) AS code_of_deactivated_principal;
+-- and a deactivated principal gets no challenge to sign
+SELECT public.regress_try($$SELECT crmguard.device_challenge('dev_other')$$) AS challenge_for_deactivated;
+UPDATE crmguard.principal SET active = true WHERE name = 'dev_other';
 SELECT d.id = :agent_device AS enrolled, p.name, d.label, d.registered_via, d.revoked_at IS NULL AS live
   FROM crmguard.device d JOIN crmguard.principal p ON p.id = d.principal_id ORDER BY d.id;
 -- the code is stored only as a keyed hash, and is used
@@ -140,6 +148,12 @@ UPDATE public.regress_dev_customer SET name = name WHERE id = 1;
 SELECT public.regress_try(format('SELECT crmguard.attest_device(%s, %L)', :agent_device, :'sig')) AS replayed;
 -- the session stays attested
 SELECT count(*) AS still_attested FROM public.regress_dev_customer;
+-- attack: challenge_flood -- a principal has at most four challenges pending;
+-- a fifth replaces its oldest, which then attests nothing
+SELECT crmguard.device_challenge() AS first_ch \gset
+SELECT count(*) AS four_more FROM (SELECT crmguard.device_challenge() FROM generate_series(1, 4)) c;
+\set first_sig `crmguard-device sign --key /tmp/crmguard_regress_dev_agent.key :'first_ch'`
+SELECT public.regress_try(format('SELECT crmguard.attest_device(%s, %L)', :agent_device, :'first_sig')) AS oldest_of_five;
 RESET ROLE;
 
 -- attack: a challenge made for another principal, signed by this agent's device
@@ -210,6 +224,37 @@ SELECT count(*) AS token_after_revoke FROM public.regress_dev_customer;
 SELECT public.regress_try($$SELECT crmguard.require_attested()$$) AS gate_token_after_revoke;
 SELECT crmguard.assume(NULL);
 RESET ROLE;
+
+-- attack: device_moved_to_another_principal -- a superuser hands the device
+-- row to another principal: whoever attested with it is cut off at its next
+-- statement, as by a revocation
+SELECT crmguard.enrollment_code('dev_agent') AS code \gset
+\! rm -f /tmp/crmguard_regress_dev_agent.key
+\set agent_pk `crmguard-device keygen /tmp/crmguard_regress_dev_agent.key`
+SELECT crmguard.enroll_device(:'code', 'agent''s third PC', :'agent_pk') AS agent_device \gset
+SET ROLE regress_dev_agent;
+SELECT crmguard.device_challenge() AS ch \gset
+\set sig `crmguard-device sign --key /tmp/crmguard_regress_dev_agent.key :'ch'`
+SELECT crmguard.attest_device(:agent_device, :'sig') AS attested_third;
+SELECT count(*) AS before_move FROM public.regress_dev_customer;
+RESET ROLE;
+-- (already in the transaction that moves it, before it commits)
+BEGIN;
+UPDATE crmguard.device SET principal_id = (SELECT id FROM crmguard.principal WHERE name = 'dev_other')
+ WHERE id = :agent_device;
+SET LOCAL ROLE regress_dev_agent;
+SELECT count(*) AS after_move_same_transaction FROM public.regress_dev_customer;
+COMMIT;
+SET ROLE regress_dev_agent;
+SELECT count(*) AS after_move FROM public.regress_dev_customer;
+SELECT public.regress_try($$SELECT crmguard.require_attested()$$) AS gate_after_move;
+RESET ROLE;
+
+-- attestations are activity too: each committed one counts for its principal
+SELECT a.action, sum(a.n) AS n
+  FROM crmguard.activity_log a JOIN crmguard.principal p ON p.id = a.principal
+ WHERE p.name = 'dev_agent' AND a.target IS NULL
+ GROUP BY 1 ORDER BY 1;
 
 -- every step is in the audit log, refusals included
 DO $$

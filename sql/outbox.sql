@@ -27,6 +27,17 @@ SELECT state, attempts, idempotency_key IS NOT NULL AS has_key, count(*)
 -- the retry policy (superuser settings; a DBA may set them per role)
 SET crmguard.outbox_retry_delay = '1s';
 SET crmguard.outbox_max_attempts = 3;
+-- a policy with no attempt at all would leave every message pending forever
+SELECT public.regress_outbox_try('SET LOCAL crmguard.outbox_max_attempts = 0') AS zero_attempts;
+
+-- Attack: relay_sets_its_own_retry_policy -- the sender's role cannot give
+-- itself endless retries, or one attempt per message, or no backoff
+SET ROLE regress_relay;
+SELECT public.regress_outbox_try('SET LOCAL crmguard.outbox_max_attempts = 1000') AS relay_sets_max_attempts;
+SELECT public.regress_outbox_try('SET LOCAL crmguard.outbox_retry_delay = ''10ms''') AS relay_sets_retry_delay;
+SELECT current_setting('crmguard.outbox_max_attempts') AS max_attempts,
+       current_setting('crmguard.outbox_retry_delay') AS retry_delay;
+RESET ROLE;
 
 \set lease_a '''aaaaaaaa-0000-4000-8000-000000000001'''
 \set lease_b '''bbbbbbbb-0000-4000-8000-000000000002'''
