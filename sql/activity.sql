@@ -31,9 +31,10 @@ CREATE TABLE public.regress_act_part (id int) PARTITION BY RANGE (id);
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_act_visit, public.regress_act_untracked TO PUBLIC;
 GRANT USAGE ON SEQUENCE public.regress_act_visit_id_seq TO PUBLIC;
 
--- bad input: a view, a partitioned table, NULL; and tracking is for administrators
+-- bad input: a view, a partitioned table, an OID naming no table, NULL; and tracking is for administrators
 SELECT public.regress_try($$SELECT crmguard.track('public.regress_act_view')$$) AS view;
 SELECT public.regress_try($$SELECT crmguard.track('public.regress_act_part')$$) AS partitioned;
+SELECT public.regress_try($$SELECT crmguard.track(0)$$) AS no_relation;
 SELECT public.regress_try($$SELECT crmguard.track(NULL)$$) AS null_target;
 SET ROLE regress_act_anna;
 SELECT public.regress_try($$SELECT crmguard.track('public.regress_act_visit')$$) AS not_admin;

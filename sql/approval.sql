@@ -237,6 +237,7 @@ SELECT process, row_key, state FROM crmguard.approval_request WHERE id = :ferri;
 SELECT public.regress_try($$UPDATE public.regress_apv_deal SET discount = 11 WHERE id = 4$$) AS locked;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '4')$$) AS twice;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '99')$$) AS no_such_row;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval(0, '4')$$) AS no_such_table;
 RESET ROLE;
 SET ROLE regress_apv_mallory;
 SELECT public.regress_try(format('SELECT crmguard.recall(%s)', :ferri)) AS stranger_recalls;

@@ -187,6 +187,8 @@ SELECT c AS criteria, public.regress_compile(c, 'public.regress_shape') AS refus
     ('{"field": "doc", "op": "in", "value": ["{}"]}')) AS t(c);
 -- a target that has no columns to match
 SELECT crmguard.compile_criteria('crmguard.principal_id_seq', '{"field": "last_value", "op": ">", "value": 1}');
+-- a target that names no relation
+SELECT crmguard.value_fits_column(0, 'id', '1');
 -- previewing criteria is for administrators
 SET ROLE regress_nobody;
 SELECT crmguard.compile_criteria('public.regress_deal', '{"field": "city", "op": "=", "value": "Roma"}');

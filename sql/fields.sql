@@ -545,6 +545,40 @@ SELECT action, count(*) FROM crmguard.audit
  WHERE action IN ('enable_fields', 'define_field', 'drop_field') GROUP BY 1 ORDER BY 1;
 SELECT ok FROM crmguard.verify_audit();
 
+-- ---------------------------------------------------------------------------
+-- A table whose fields cannot be served is named schema-qualified; an OID
+-- that outlived its table (in a plan, a cache entry, a rule row) is named as
+-- an OID, never as "(null)"
+-- ---------------------------------------------------------------------------
+SET ROLE regress_fld_owner;
+CREATE TABLE public.regress_gone (id int PRIMARY KEY, fields jsonb NOT NULL DEFAULT '{}');
+GRANT SELECT ON public.regress_gone TO regress_fld_users;
+SELECT crmguard.enable_fields('public.regress_gone', 'fields');
+INSERT INTO public.regress_gone VALUES (1, '{}');
+RESET ROLE;
+-- a superuser may drop the key that names the rows (recorded, not refused): the fields fail closed
+ALTER TABLE public.regress_gone DROP CONSTRAINT regress_gone_pkey;
+SET ROLE regress_fld_tom;
+SELECT public.regress_fld_try($$SELECT fields FROM public.regress_gone$$) AS planned_read;
+SELECT public.regress_fld_try($$SELECT crmguard.field_values('public.regress_gone', '1')$$) AS field_values;
+RESET ROLE;
+SELECT 'public.regress_gone'::regclass::oid AS regress_gone_oid \gset
+DROP TABLE public.regress_gone;
+-- the projection functions get the OID their plan was made with, and any reader may call them
+SET ROLE regress_fld_tom;
+SELECT replace(public.regress_fld_try(format(q, :regress_gone_oid)), 'OID ' || :regress_gone_oid, 'OID <oid>') AS gone_table
+  FROM (VALUES ($$SELECT crmguard.fields_projection('{}', %s)$$),
+               ($$SELECT crmguard.fields_get_text('{"a": 1}', %s, 'a')$$),
+               ($$SELECT crmguard.fields_row(ROW(1), %s)$$),
+               ($$SELECT crmguard.field_values(%s, '1')$$),
+               ($$SELECT crmguard.set_field(%s, '1', 'a', 'b')$$)) AS v(q);
+RESET ROLE;
+-- a rule row that outlived its table: its cache entry is broken, and named by the OID
+INSERT INTO crmguard.field_table VALUES (:regress_gone_oid, 'fields', NULL, '\x00000000000000000000000000000000');
+SELECT replace(public.regress_fld_try(format($$SELECT crmguard.field_values(%s, '1')$$, :regress_gone_oid)),
+               'OID ' || :regress_gone_oid, 'OID <oid>') AS stale_rule;
+DELETE FROM crmguard.field_table WHERE target::oid = :regress_gone_oid;
+
 DROP TABLE public.regress_contact, public.regress_lead, public.regress_nokey, public.regress_notjson,
            public.regress_staging CASCADE;
 SELECT count(*) AS field_tables_left FROM crmguard.field_table;

@@ -59,6 +59,7 @@ ALTER TABLE public.regress_lead_tree OWNER TO regress_rev_owner;
 ALTER TABLE public.regress_lead_tree_child OWNER TO regress_rev_owner;
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_nokey', 'reviewer')$$);
+SELECT public.regress_try($$SELECT crmguard.enable_review(0, 'reviewer')$$) AS no_relation;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead_tree', 'reviewer')$$) AS inheritance_parent;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead_tree_child', 'reviewer')$$) AS inheritance_child;
 SELECT public.regress_try($$SELECT crmguard.enable_review('public.regress_lead', 'reviewer', '{email,nope}')$$);

@@ -348,6 +348,9 @@ SELECT public.regress_try($$SELECT crmguard.expose_by_owner('public.regress_vis_
 SELECT public.regress_try($$SELECT crmguard.expose_public('public.regress_vis_product', NULL)$$);
 SELECT public.regress_try($$SELECT crmguard.expose_public('public.regress_vis_product', 'agent')$$);
 SELECT public.regress_try($$SELECT crmguard.expose('public.no_such_table', 'bad', 'portal', '{"field": "id", "op": "=", "value": 1}')$$);
+-- an OID naming no table: no rule name to derive
+SELECT public.regress_try($$SELECT crmguard.expose_public(0, 'agent')$$);
+SELECT public.regress_try($$SELECT crmguard.expose_by_owner(0, 'owner_id', 'agent')$$);
 SELECT public.regress_try($$SELECT crmguard.unexpose('no such rule')$$);
 RESET ROLE;
 -- only the table's owner makes its rules, and PUBLIC cannot even call these

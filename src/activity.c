@@ -502,9 +502,11 @@ Datum
 crmguard_track_check(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
-	char		relkind = get_rel_relkind(relid);
+	char		relkind;
 
 	cg_require_preload();
+	cg_require_relation(relid);
+	relkind = get_rel_relkind(relid);
 	if (relkind == RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

@@ -157,6 +157,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("target and row_key must not be NULL")));
 	relid = PG_GETARG_OID(0);
 	key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	cg_require_relation(relid);
 	t = cg_approval_table(relid);
 	if (t == NULL || t->nprocesses == 0)
 		ereport(ERROR,

@@ -126,11 +126,13 @@ crmguard_value_fits_column(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	char	   *col = NameStr(*PG_GETARG_NAME(1));
-	AttrNumber	attno = get_attnum(relid, col);
+	AttrNumber	attno;
 	Oid			type;
 	int32		typmod;
 	Oid			collation;
 
+	cg_require_relation(relid);
+	attno = get_attnum(relid, col);
 	if (attno == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),

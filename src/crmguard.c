@@ -354,6 +354,65 @@ cg_catalog(void)
 }
 
 /*
+ * A relation that a SQL function's argument names must exist: a regclass
+ * made from a number ('12345'::regclass, or an OID kept after its table was
+ * dropped) names nothing.  Checked before any message names the relation.
+ */
+void
+cg_require_relation(Oid relid)
+{
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+}
+
+/*
+ * A relation as an error or log message names it: its kind and its name,
+ * schema-qualified and quoted where needed ("table public.contact"), or
+ * "relation with OID n" when the OID no longer names a relation (a plan, a
+ * cache entry or a rule can outlive the table it was made for).  Never NULL,
+ * and no error of its own: it is called while raising one.
+ */
+char *
+cg_relation_description(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Form_pg_class form;
+	const char *kind;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tuple))
+		return psprintf("relation with OID %u", relid);
+	form = (Form_pg_class) GETSTRUCT(tuple);
+	switch (form->relkind)
+	{
+		case RELKIND_RELATION:
+		case RELKIND_PARTITIONED_TABLE:
+			kind = "table";
+			break;
+		case RELKIND_VIEW:
+			kind = "view";
+			break;
+		case RELKIND_MATVIEW:
+			kind = "materialized view";
+			break;
+		case RELKIND_FOREIGN_TABLE:
+			kind = "foreign table";
+			break;
+		default:
+			kind = "relation";
+			break;
+	}
+	/* a schema dropped meanwhile leaves the bare name, never NULL */
+	result = psprintf("%s %s", kind,
+					  quote_qualified_identifier(get_namespace_name(form->relnamespace),
+												 NameStr(form->relname)));
+	ReleaseSysCache(tuple);
+	return result;
+}
+
+/*
  * Act as the owner of the extension's tables with a pinned search_path, so
  * privileged writes work for any caller and no planted object is resolved.
  * Only for crmguard's own catalogs: never read or cast anything of a user

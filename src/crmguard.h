@@ -54,6 +54,8 @@ typedef struct CgCatalog
 } CgCatalog;
 
 extern const CgCatalog *cg_catalog(void);
+extern void cg_require_relation(Oid relid);
+extern char *cg_relation_description(Oid relid);
 extern bool cg_catalog_has_row(const char *sql, int nargs, Oid *types, Datum *values);
 extern void cg_register_relcache_callback(RelcacheCallbackFunction function, Datum arg);
 typedef void (*CgCatalogRowFn) (Datum *values, bool *nulls, void *arg);

@@ -378,14 +378,19 @@ fld_table_or_error(Oid relid)
 	FieldsTable *t = fld_lookup(relid);
 
 	if (t == NULL)
+	{
+		cg_require_relation(relid);
 		ereport(ERROR,
 				(errcode(ERRCODE_CG_INVALID_RULE),
-				 errmsg("table %s has no contact fields", get_rel_name(relid)),
+				 errmsg("%s has no contact fields", cg_relation_description(relid)),
 				 errhint("Call crmguard.enable_fields() first.")));
+	}
+	/* a stale entry's table may be gone: its OID is then what names it */
 	if (t->broken)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("contact fields of table %s cannot be served: %s", get_rel_name(relid), t->broken)));
+				 errmsg("contact fields of %s cannot be served: %s",
+						cg_relation_description(relid), t->broken)));
 	return t;
 }
 

@@ -83,10 +83,11 @@ fld_projection_cache(FunctionCallInfo fcinfo, Oid relid)
 	c->relid = relid;
 	c->table = fld_lookup(relid);
 	c->generation = fld_generation;
+	/* relid comes from a plan or a caller: its table may be gone */
 	if (c->table == NULL || c->table->broken)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("contact fields of table %s cannot be served%s%s", get_rel_name(relid),
+				 errmsg("contact fields of %s cannot be served%s%s", cg_relation_description(relid),
 						c->table ? ": " : "", c->table ? c->table->broken : "")));
 	{
 		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
@@ -211,7 +212,7 @@ crmguard_fields_row(PG_FUNCTION_ARGS)
 	if (HeapTupleHeaderGetTypeId(th) != get_rel_type_id(c->relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("row is not of table %s", get_rel_name(c->relid))));
+				 errmsg("row is not of %s", cg_relation_description(c->relid))));
 	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(th), HeapTupleHeaderGetTypMod(th));
 	tuple.t_len = HeapTupleHeaderGetDatumLength(th);
 	ItemPointerSetInvalid(&tuple.t_self);
@@ -341,7 +342,7 @@ fields_var(Var *var, RewriteContext *ctx, Oid *relid)
 		!OidIsValid(fld_get_func) || !OidIsValid(fld_get_text_func))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("contact fields of table %s cannot be served%s%s", get_rel_name(rte->relid),
+				 errmsg("contact fields of %s cannot be served%s%s", cg_relation_description(rte->relid),
 						t->broken ? ": " : "", t->broken ? t->broken : "")));
 	*relid = rte->relid;
 	return t;

@@ -147,9 +147,8 @@ crmguard_enable_fields(PG_FUNCTION_ARGS)
 						errmsg("target and fields_column must not be NULL")));
 	relid = PG_GETARG_OID(0);
 	column = NameStr(*PG_GETARG_NAME(1));
+	cg_require_relation(relid);
 	relkind = get_rel_relkind(relid);
-	if (relkind == '\0')
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("relation with OID %u does not exist", relid)));
 	cg_require_table_owner(relid);
 	if (relkind != RELKIND_RELATION)
 		invalid_fields(relid, "only plain tables can hold contact fields (not partitioned tables, views or foreign tables)");
@@ -260,8 +259,7 @@ crmguard_define_field(PG_FUNCTION_ARGS)
 	relid = PG_GETARG_OID(0);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	type = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	if (get_rel_relkind(relid) == '\0')
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("relation with OID %u does not exist", relid)));
+	cg_require_relation(relid);
 	cg_require_table_owner(relid);
 	LockRelationOid(relid, ShareRowExclusiveLock);
 	t = fld_table_or_error(relid);
@@ -392,8 +390,7 @@ crmguard_drop_field(PG_FUNCTION_ARGS)
 	Datum		values[2];
 
 	cg_require_preload();
-	if (get_rel_relkind(relid) == '\0')
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("relation with OID %u does not exist", relid)));
+	cg_require_relation(relid);
 	cg_require_table_owner(relid);
 	LockRelationOid(relid, ShareRowExclusiveLock);
 	t = fld_table_or_error(relid);

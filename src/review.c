@@ -284,6 +284,7 @@ crmguard_draft_table_matches(PG_FUNCTION_ARGS)
 	int			nest;
 	int			i;
 
+	cg_require_relation(relid);
 	deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &nkeys);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -849,6 +850,7 @@ crmguard_enable_review(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_CG_INVALID_RULE), errmsg("invalid review: the table is NULL")));
 	relid = PG_GETARG_OID(0);
+	cg_require_relation(relid);
 	if (get_rel_relkind(relid) != RELKIND_RELATION)
 		invalid_review(relid, "only an ordinary table can be reviewed");
 	if (cg_in_inheritance_tree(relid))
@@ -932,8 +934,7 @@ crmguard_disable_review(PG_FUNCTION_ARGS)
 	Datum		values[1];
 
 	cg_require_preload();
-	if (get_rel_relkind(relid) == '\0')
-		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("relation with OID %u does not exist", relid)));
+	cg_require_relation(relid);
 	cg_require_table_owner(relid);
 	values[0] = ObjectIdGetDatum(relid);
 	cg_enter_owner(&priv);

@@ -106,12 +106,19 @@ check_audience(const char *rule, text *audience)
 		invalid_rule(rule, "the audience must name a CRM role");
 }
 
-/* Rule names of expose_public and expose_by_owner, derived from the target */
+/*
+ * Rule names of expose_public and expose_by_owner, derived from the target;
+ * a target that names no relation has no name to derive one from.
+ */
 static char *
 derived_name(Oid relid, const char *kind, const char *audience)
 {
+	char	   *relname = get_rel_name(relid);
+
+	if (relname == NULL)
+		invalid_rule("", psprintf("relation with OID %u does not exist", relid));
 	return psprintf("%s.%s %s %s", get_namespace_name(get_rel_namespace(relid)),
-					get_rel_name(relid), kind, audience);
+					relname, kind, audience);
 }
 
 /*
@@ -567,10 +574,7 @@ crmguard_visibility_predicate(PG_FUNCTION_ARGS)
 	int			n = 0;
 
 	cg_require_preload();
-	if (get_rel_relkind(relid) == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
+	cg_require_relation(relid);
 	p = subject_principal(fcinfo, 1, &id);
 	if (p != NULL)
 		p = cg_principal_by_name(p->name);	/* the cache may have been reloaded */
@@ -745,10 +749,7 @@ crmguard_why_visible(PG_FUNCTION_ARGS)
 				 errmsg("target and row_key must not be NULL")));
 	relid = PG_GETARG_OID(0);
 	row_key = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	if (get_rel_relkind(relid) == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
+	cg_require_relation(relid);
 	p = subject_principal(fcinfo, 2, &id);
 	who = p ? pstrdup(p->name) : NULL;
 	InitMaterializedSRF(fcinfo, 0);
