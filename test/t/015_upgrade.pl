@@ -13,7 +13,9 @@
 # dates...), and the update rewrites the keys of live challenges and pending
 # requests.  A date-keyed table, whose challenge and request were made under
 # DateStyle 'SQL, DMY', checks that rewrite: both keys name the same row
-# afterwards, the lock holds on it and on no other row.
+# afterwards, the lock holds on it and on no other row.  Another one, whose
+# keys were printed under 'SQL, MDY' and do not read under DMY, keeps its
+# keys, and the update says so.
 use strict;
 use warnings;
 use File::Basename qw(dirname);
@@ -98,6 +100,16 @@ my $setup = q{
         '{"field": "discount", "op": ">=", "value": 20}',
         '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
         on_approve => '[{"set": {"stage": "Approved"}}]', auto_submit => '{update}');
+    -- the same for a table whose keys a session printed month first
+    CREATE TABLE public.visit (day date PRIMARY KEY, owner_id bigint, phone text, status text DEFAULT 'Open',
+                               discount int DEFAULT 0);
+    INSERT INTO public.visit (day, owner_id, phone) VALUES ('2031-04-13', 3, '+39 347 555 0141');
+    GRANT SELECT, UPDATE ON public.visit TO regress_luca;
+    SELECT crmguard.create_otp_rule('Visit OTP', 'public.visit', 'status', '{Delivered}', 'phone',
+                                    delivery => 'manual', code_length => 5);
+    SELECT crmguard.create_approval_process('visit discount', 'public.visit',
+        '{"field": "discount", "op": ">=", "value": 20}',
+        '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', auto_submit => '{update}');
     -- the application's login role may issue tokens
     GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval) TO regress_app;
     -- a live challenge, a pending draft, a pending request
@@ -109,6 +121,10 @@ my $setup = q{
     SET DateStyle = 'SQL, DMY';
     SELECT crmguard.request_otp('public.slot', '03/04/2031', 'Delivered');
     UPDATE public.slot SET discount = 30 WHERE day = '03/04/2031';
+    -- and for 13 April 2031 by one that prints them month first ('04/13/2031')
+    SET DateStyle = 'SQL, MDY';
+    SELECT crmguard.request_otp('public.visit', '04/13/2031', 'Delivered');
+    UPDATE public.visit SET discount = 30 WHERE day = '04/13/2031';
     RESET DateStyle;
     RESET ROLE;
 };
@@ -133,6 +149,10 @@ is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.otp_challenge_state W
                               UNION ALL SELECT row_key FROM crmguard.approval_request_state WHERE id = $slot_request}),
    "03/04/2031\n03/04/2031",
    'date keys: 1.0 keeps the key of a challenge and a request as the DMY session printed it');
+my $visit_challenge = $node->safe_psql('crm', q{SELECT id FROM crmguard.otp_challenge WHERE state = 'pending' AND rule = 'Visit OTP'});
+my $visit_request = $node->safe_psql('crm', q{SELECT id FROM crmguard.approval_request WHERE state = 'pending' AND process = 'visit discount'});
+ok($visit_challenge && $visit_request, 'date keys: a challenge and a request made under MDY')
+  or diag("challenge '$visit_challenge', request '$visit_request'");
 ok($node->safe_psql('crm', 'SELECT count(*) FROM crmguard.audit') > 10, 'audit rows written by 1.0');
 
 # --- the 1.1 binaries over 1.0's, and a restart (what a package upgrade does) ---
@@ -163,6 +183,12 @@ like($err, qr/WARNING:  role regress_app may no longer execute crmguard\.issue_t
      'the update names the grants it could not keep');
 like($err, qr/GRANT EXECUTE ON FUNCTION crmguard\.issue_token\(text, interval, bigint, bytea\) TO regress_app;/,
      'and the statement that gives them back');
+# each table whose keys do not read as the update reads dates, with the reason and what follows
+like($err, qr/WARNING:  crmguard could not rewrite the keys of the pending approval requests of table public\.visit\nDETAIL:  [^\n]*"04\/13\/2031"\nHINT:  Their rows may change while the requests are pending; decide or recall them\.\n/,
+     'date keys: the update names the table whose request keys do not read under its DateStyle');
+like($err, qr/WARNING:  crmguard could not rewrite the keys of the live OTP challenges of table public\.visit\nDETAIL:  [^\n]*"04\/13\/2031"\nHINT:  Their codes no longer open a change; request new ones\.(\n|$)/,
+     'date keys: and the table whose challenge keys do not');
+unlike($err, qr/could not rewrite the keys of .* of table public\.slot/, 'date keys: no warning for the keys that read');
 is($node->safe_psql('crm', q{SELECT extversion FROM pg_extension WHERE extname = 'crmguard'}), '1.1',
    'the extension is at 1.1');
 
@@ -211,6 +237,9 @@ is($node->safe_psql('crm', 'SELECT status FROM public.deal WHERE id = 1'), 'Appr
    'the request made by 1.0 is approved and its action runs');
 
 # --- the date keys: rewritten in the ISO form, still naming 3 April -----------------------
+is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.otp_challenge_state WHERE id = $visit_challenge
+                              UNION ALL SELECT row_key FROM crmguard.approval_request_state WHERE id = $visit_request}),
+   "04/13/2031\n04/13/2031", 'date keys: keys that do not read are left as they were');
 is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.otp_challenge_state WHERE id = $slot_challenge}),
    '2031-04-03', 'date keys: the live challenge\'s key is printed again as ISO');
 is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.approval_request_state WHERE id = $slot_request}),
