@@ -1312,107 +1312,76 @@ GRANT EXECUTE ON FUNCTION crmguard.activity(timestamptz, timestamptz), crmguard.
 GRANT EXECUTE ON FUNCTION crmguard.claim_outbox(text, integer, uuid, interval),
       crmguard.mark_sent(bigint, text, uuid), crmguard.release_outbox(bigint, uuid) TO crmguard_relay;
 
--- Approval requests name their row by its key printed the same in every
--- session (DateStyle ISO, IntervalStyle postgres, TimeZone UTC,
--- extra_float_digits 1, bytea_output hex, lc_monetary C): 1.0 printed it as
--- the submitting session did, and the lock looks for the new text. Each
--- pending request's key is read as this session reads it and printed so; a
--- table whose keys do not convert (or would name one row twice) is left as
--- it was, with a WARNING.
+-- Approval requests and OTP challenges name their row by its key printed
+-- the same in every session (DateStyle ISO, IntervalStyle postgres, TimeZone
+-- UTC, extra_float_digits 1, bytea_output hex, lc_monetary C): 1.0 kept the
+-- key of a request as the submitting session printed it, and that of a
+-- challenge as the caller of request_otp spelt it ('08', or a date under its
+-- DateStyle); the lock and the guard look for the new text. The key of each
+-- pending request and live challenge is read as this session reads it and
+-- printed so. A table whose keys do not convert (or, for requests, would
+-- name one row twice) is left as it was, with a WARNING for each catalog:
+-- its rows may change while its requests are pending, and its live
+-- challenges are asked for again.
 DO $cg_keys$
 DECLARE
+    c record;
     t record;
-    s record;
     saved text[];
     pinned CONSTANT text[] := '{DateStyle,IntervalStyle,TimeZone,extra_float_digits,bytea_output,lc_monetary}';
     canonical CONSTANT text[] := '{"ISO, MDY",postgres,UTC,1,hex,C}';
 BEGIN
-    FOR t IN
-        SELECT DISTINCT r.target::pg_catalog.oid AS relid,
-               pg_catalog.format_type(a.atttypid, a.atttypmod) AS keytype
-          FROM crmguard.approval_request_state r
-          JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid
-                                    AND i.indisprimary AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
-          JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
-                                        AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
-         WHERE r.state OPERATOR(pg_catalog.=) 'pending'
+    -- each catalog, the query of its rows whose key is rewritten (id, target,
+    -- row_key), and what to say about a table whose keys it cannot rewrite
+    FOR c IN
+        SELECT v.catalog, v.keys, v.warning, v.hint
+          FROM (VALUES
+            (1, 'crmguard.approval_request_state',
+             'SELECT s.id, s.target, s.row_key FROM crmguard.approval_request_state s'
+             ' WHERE s.state OPERATOR(pg_catalog.=) ''pending''',
+             'crmguard could not rewrite the keys of the pending approval requests of table %s',
+             'Their rows may change while the requests are pending; decide or recall them.'),
+            (2, 'crmguard.otp_challenge_state',
+             'SELECT s.id, r.target, s.row_key FROM crmguard.otp_challenge_state s'
+             ' JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) s.rule_id'
+             ' WHERE s.consumed_at IS NULL',
+             'crmguard could not rewrite the keys of the live OTP challenges of table %s',
+             'Their codes no longer open a change; request new ones.')
+          ) AS v (n, catalog, keys, warning, hint)
+         ORDER BY v.n
     LOOP
-        BEGIN
-            EXECUTE pg_catalog.format('CREATE TEMPORARY TABLE cg_request_keys ON COMMIT DROP AS'
-                                      ' SELECT id, CAST(row_key AS %s) AS k FROM crmguard.approval_request_state'
-                                      ' WHERE target OPERATOR(pg_catalog.=) %s::pg_catalog.oid::pg_catalog.regclass'
-                                      ' AND state OPERATOR(pg_catalog.=) ''pending''', t.keytype, t.relid);
-            saved := ARRAY(SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(pinned) n);
-            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
-                PERFORM pg_catalog.set_config(pinned[i], canonical[i], true);
-            END LOOP;
-            UPDATE crmguard.approval_request_state r SET row_key = k.k::pg_catalog.text
-              FROM pg_temp.cg_request_keys k
-             WHERE r.id OPERATOR(pg_catalog.=) k.id AND r.row_key OPERATOR(pg_catalog.<>) k.k::pg_catalog.text;
-            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
-                PERFORM pg_catalog.set_config(pinned[i], saved[i], true);
-            END LOOP;
-            DROP TABLE pg_temp.cg_request_keys;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'crmguard could not rewrite the keys of the pending approval requests of table %',
-                t.relid::pg_catalog.regclass
-                USING DETAIL = SQLERRM,
-                      HINT = 'Their rows may change while the requests are pending; decide or recall them.';
-        END;
+        FOR t IN EXECUTE pg_catalog.format(
+            'SELECT DISTINCT l.target::pg_catalog.oid AS relid,'
+            ' pg_catalog.format_type(a.atttypid, a.atttypmod) AS keytype FROM (%s) l'
+            ' JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) l.target::pg_catalog.oid'
+            ' AND i.indisprimary AND i.indnkeyatts OPERATOR(pg_catalog.=) 1'
+            ' JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid'
+            ' AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]', c.keys)
+        LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE TEMPORARY TABLE cg_keys ON COMMIT DROP AS'
+                                          ' SELECT l.id, CAST(l.row_key AS %s) AS k FROM (%s) l'
+                                          ' WHERE l.target OPERATOR(pg_catalog.=) %s::pg_catalog.oid::pg_catalog.regclass',
+                                          t.keytype, c.keys, t.relid);
+                saved := ARRAY(SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(pinned) n);
+                FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                    PERFORM pg_catalog.set_config(pinned[i], canonical[i], true);
+                END LOOP;
+                EXECUTE pg_catalog.format('UPDATE %s s SET row_key = k.k::pg_catalog.text FROM pg_temp.cg_keys k'
+                                          ' WHERE s.id OPERATOR(pg_catalog.=) k.id'
+                                          ' AND s.row_key OPERATOR(pg_catalog.<>) k.k::pg_catalog.text', c.catalog);
+                FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
+                    PERFORM pg_catalog.set_config(pinned[i], saved[i], true);
+                END LOOP;
+                DROP TABLE pg_temp.cg_keys;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING USING MESSAGE = pg_catalog.format(c.warning, t.relid::pg_catalog.regclass),
+                                    DETAIL = SQLERRM, HINT = c.hint;
+            END;
+        END LOOP;
     END LOOP;
 END
 $cg_keys$;
-
--- OTP challenges name their row by its key printed the same way: 1.0 kept the
--- key as the caller of request_otp spelt it ('08', or a date under its
--- DateStyle), and the guard now looks for the fixed text. Each live
--- challenge's key is read as this session reads it and printed so; a table
--- whose keys do not convert is left as it was, with a WARNING (its live
--- challenges are asked for again).
-DO $cg_challenge_keys$
-DECLARE
-    t record;
-    saved text[];
-    pinned CONSTANT text[] := '{DateStyle,IntervalStyle,TimeZone,extra_float_digits,bytea_output,lc_monetary}';
-    canonical CONSTANT text[] := '{"ISO, MDY",postgres,UTC,1,hex,C}';
-BEGIN
-    FOR t IN
-        SELECT DISTINCT r.target::pg_catalog.oid AS relid,
-               pg_catalog.format_type(a.atttypid, a.atttypmod) AS keytype
-          FROM crmguard.otp_challenge_state c
-          JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id
-          JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) r.target::pg_catalog.oid
-                                    AND i.indisprimary AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
-          JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
-                                        AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
-         WHERE c.consumed_at IS NULL
-    LOOP
-        BEGIN
-            EXECUTE pg_catalog.format('CREATE TEMPORARY TABLE cg_challenge_keys ON COMMIT DROP AS'
-                                      ' SELECT c.id, CAST(c.row_key AS %s) AS k FROM crmguard.otp_challenge_state c'
-                                      ' JOIN crmguard.otp_rule r ON r.id OPERATOR(pg_catalog.=) c.rule_id'
-                                      ' WHERE r.target OPERATOR(pg_catalog.=) %s::pg_catalog.oid::pg_catalog.regclass'
-                                      ' AND c.consumed_at IS NULL', t.keytype, t.relid);
-            saved := ARRAY(SELECT pg_catalog.current_setting(n) FROM pg_catalog.unnest(pinned) n);
-            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
-                PERFORM pg_catalog.set_config(pinned[i], canonical[i], true);
-            END LOOP;
-            UPDATE crmguard.otp_challenge_state c SET row_key = k.k::pg_catalog.text
-              FROM pg_temp.cg_challenge_keys k
-             WHERE c.id OPERATOR(pg_catalog.=) k.id AND c.row_key OPERATOR(pg_catalog.<>) k.k::pg_catalog.text;
-            FOR i IN 1 .. pg_catalog.array_length(pinned, 1) LOOP
-                PERFORM pg_catalog.set_config(pinned[i], saved[i], true);
-            END LOOP;
-            DROP TABLE pg_temp.cg_challenge_keys;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'crmguard could not rewrite the keys of the live OTP challenges of table %',
-                t.relid::pg_catalog.regclass
-                USING DETAIL = SQLERRM,
-                      HINT = 'Their codes no longer open a change; request new ones.';
-        END;
-    END LOOP;
-END
-$cg_challenge_keys$;
 
 -- Criteria values are read and printed with fixed settings (DateStyle ISO,
 -- MDY, TimeZone UTC...), whoever compiles them: compiled criteria of 1.0 hold

@@ -7,6 +7,15 @@
 #
 # Release 1.0 is built from the repository's history (commit ea410f4) into a
 # private copy of this PostgreSQL installation.
+#
+# Row keys: 1.0 named the row of an OTP challenge or approval request by its
+# key as the session printed it; 1.1 prints keys with fixed settings (ISO
+# dates...), and the update rewrites the keys of live challenges and pending
+# requests.  A date-keyed table, whose challenge and request were made under
+# DateStyle 'SQL, DMY', checks that rewrite: both keys name the same row
+# afterwards, the lock holds on it and on no other row.  Another one, whose
+# keys were printed under 'SQL, MDY' and do not read under DMY, keeps its
+# keys, and the update says so.
 use strict;
 use warnings;
 use File::Basename qw(dirname);
@@ -78,6 +87,29 @@ my $setup = q{
         '{"field": "discount", "op": ">=", "value": 20}',
         '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
         on_approve => '[{"set": {"status": "Approved"}}]', auto_submit => '{update}');
+    -- a table keyed by a date, with an OTP rule and an approval process;
+    -- 3 April and 4 March 2031 print alike under DMY and MDY ('03/04/2031')
+    CREATE TABLE public.slot (day date PRIMARY KEY, owner_id bigint, phone text, status text DEFAULT 'Open',
+                              discount int DEFAULT 0, stage text DEFAULT 'Draft');
+    INSERT INTO public.slot (day, owner_id, phone) VALUES ('2031-04-03', 3, '+39 347 555 0131'),
+                                                          ('2031-03-04', 3, '+39 347 555 0132');
+    GRANT SELECT, UPDATE ON public.slot TO regress_luca, regress_anna;
+    SELECT crmguard.create_otp_rule('Slot OTP', 'public.slot', 'status', '{Delivered}', 'phone',
+                                    delivery => 'manual', code_length => 5);
+    SELECT crmguard.create_approval_process('slot discount', 'public.slot',
+        '{"field": "discount", "op": ">=", "value": 20}',
+        '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
+        on_approve => '[{"set": {"stage": "Approved"}}]', auto_submit => '{update}');
+    -- the same for a table whose keys a session printed month first
+    CREATE TABLE public.visit (day date PRIMARY KEY, owner_id bigint, phone text, status text DEFAULT 'Open',
+                               discount int DEFAULT 0);
+    INSERT INTO public.visit (day, owner_id, phone) VALUES ('2031-04-13', 3, '+39 347 555 0141');
+    GRANT SELECT, UPDATE ON public.visit TO regress_luca;
+    SELECT crmguard.create_otp_rule('Visit OTP', 'public.visit', 'status', '{Delivered}', 'phone',
+                                    delivery => 'manual', code_length => 5);
+    SELECT crmguard.create_approval_process('visit discount', 'public.visit',
+        '{"field": "discount", "op": ">=", "value": 20}',
+        '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]', auto_submit => '{update}');
     -- the application's login role may issue tokens
     GRANT EXECUTE ON FUNCTION crmguard.issue_token(text, interval) TO regress_app;
     -- a live challenge, a pending draft, a pending request
@@ -85,6 +117,15 @@ my $setup = q{
     SELECT crmguard.request_otp('public.delivery', '1', 'Delivered');
     INSERT INTO public.lead VALUES (1, 'Rossi', '+39 02 1234');
     UPDATE public.deal SET discount = 30 WHERE id = 1;
+    -- the same for 3 April 2031, by a session that prints dates day first
+    SET DateStyle = 'SQL, DMY';
+    SELECT crmguard.request_otp('public.slot', '03/04/2031', 'Delivered');
+    UPDATE public.slot SET discount = 30 WHERE day = '03/04/2031';
+    -- and for 13 April 2031 by one that prints them month first ('04/13/2031')
+    SET DateStyle = 'SQL, MDY';
+    SELECT crmguard.request_otp('public.visit', '04/13/2031', 'Delivered');
+    UPDATE public.visit SET discount = 30 WHERE day = '04/13/2031';
+    RESET DateStyle;
     RESET ROLE;
 };
 $node->safe_psql('postgres', q{
@@ -94,13 +135,24 @@ $node->safe_psql('postgres', q{
 $node->safe_psql('crm', $setup);
 is($node->safe_psql('crm', q{SELECT extversion FROM pg_extension WHERE extname = 'crmguard'}), '1.0',
    'release 1.0 is installed');
-my $code = $node->safe_psql('crm', q{SELECT substring(body FROM 'code is ([0-9]+)') FROM crmguard.outbox ORDER BY id DESC LIMIT 1});
+my $code = $node->safe_psql('crm', q{SELECT substring(body FROM 'code is ([0-9]+)') FROM crmguard.outbox
+                                       WHERE recipient = '+39 347 555 0123' ORDER BY id DESC LIMIT 1});
 like($code, qr/^[0-9]{5}$/, 'the live challenge\'s code is in the outbox');
-my $challenge = $node->safe_psql('crm', q{SELECT id FROM crmguard.otp_challenge WHERE state = 'pending'});
+my $challenge = $node->safe_psql('crm', q{SELECT id FROM crmguard.otp_challenge WHERE state = 'pending' AND rule = 'Delivery OTP'});
 my $draft = $node->safe_psql('crm', q{SELECT id FROM crmguard.draft_state WHERE state = 'pending'});
-my $request = $node->safe_psql('crm', q{SELECT id FROM crmguard.approval_request WHERE state = 'pending'});
+my $request = $node->safe_psql('crm', q{SELECT id FROM crmguard.approval_request WHERE state = 'pending' AND process = 'discount'});
 ok($challenge && $draft && $request, 'a pending challenge, draft and approval request')
   or diag("challenge '$challenge', draft '$draft', request '$request'");
+my $slot_challenge = $node->safe_psql('crm', q{SELECT id FROM crmguard.otp_challenge WHERE state = 'pending' AND rule = 'Slot OTP'});
+my $slot_request = $node->safe_psql('crm', q{SELECT id FROM crmguard.approval_request WHERE state = 'pending' AND process = 'slot discount'});
+is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.otp_challenge_state WHERE id = $slot_challenge
+                              UNION ALL SELECT row_key FROM crmguard.approval_request_state WHERE id = $slot_request}),
+   "03/04/2031\n03/04/2031",
+   'date keys: 1.0 keeps the key of a challenge and a request as the DMY session printed it');
+my $visit_challenge = $node->safe_psql('crm', q{SELECT id FROM crmguard.otp_challenge WHERE state = 'pending' AND rule = 'Visit OTP'});
+my $visit_request = $node->safe_psql('crm', q{SELECT id FROM crmguard.approval_request WHERE state = 'pending' AND process = 'visit discount'});
+ok($visit_challenge && $visit_request, 'date keys: a challenge and a request made under MDY')
+  or diag("challenge '$visit_challenge', request '$visit_request'");
 ok($node->safe_psql('crm', 'SELECT count(*) FROM crmguard.audit') > 10, 'audit rows written by 1.0');
 
 # --- the 1.1 binaries over 1.0's, and a restart (what a package upgrade does) ---
@@ -123,12 +175,20 @@ like($err, qr/ALTER EXTENSION crmguard UPDATE/, 'and the hint says what to run')
 is($node->safe_psql('crm', 'SELECT status FROM public.delivery WHERE id = 2'), 'Out', 'the row did not change');
 
 # --- the update -------------------------------------------------------------------
-($ret, $out, $err) = $node->psql('crm', 'ALTER EXTENSION crmguard UPDATE');
+# The update reads each stored key as its own session reads the key's type:
+# it runs with the DateStyle the reps' sessions printed dates with.
+($ret, $out, $err) = $node->psql('crm', q{SET DateStyle = 'SQL, DMY'; ALTER EXTENSION crmguard UPDATE});
 is($ret, 0, 'ALTER EXTENSION crmguard UPDATE') or diag($err);
 like($err, qr/WARNING:  role regress_app may no longer execute crmguard\.issue_token\(text,interval\)/,
      'the update names the grants it could not keep');
 like($err, qr/GRANT EXECUTE ON FUNCTION crmguard\.issue_token\(text, interval, bigint, bytea\) TO regress_app;/,
      'and the statement that gives them back');
+# each table whose keys do not read as the update reads dates, with the reason and what follows
+like($err, qr/WARNING:  crmguard could not rewrite the keys of the pending approval requests of table public\.visit\nDETAIL:  [^\n]*"04\/13\/2031"\nHINT:  Their rows may change while the requests are pending; decide or recall them\.\n/,
+     'date keys: the update names the table whose request keys do not read under its DateStyle');
+like($err, qr/WARNING:  crmguard could not rewrite the keys of the live OTP challenges of table public\.visit\nDETAIL:  [^\n]*"04\/13\/2031"\nHINT:  Their codes no longer open a change; request new ones\.(\n|$)/,
+     'date keys: and the table whose challenge keys do not');
+unlike($err, qr/could not rewrite the keys of .* of table public\.slot/, 'date keys: no warning for the keys that read');
 is($node->safe_psql('crm', q{SELECT extversion FROM pg_extension WHERE extname = 'crmguard'}), '1.1',
    'the extension is at 1.1');
 
@@ -175,6 +235,61 @@ like($err, qr/locked by pending approval request/, 'the approval lock still hold
 $node->safe_psql('crm', qq{SET ROLE regress_anna; SELECT crmguard.approve($request)});
 is($node->safe_psql('crm', 'SELECT status FROM public.deal WHERE id = 1'), 'Approved',
    'the request made by 1.0 is approved and its action runs');
+
+# --- the date keys: rewritten in the ISO form, still naming 3 April -----------------------
+is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.otp_challenge_state WHERE id = $visit_challenge
+                              UNION ALL SELECT row_key FROM crmguard.approval_request_state WHERE id = $visit_request}),
+   "04/13/2031\n04/13/2031", 'date keys: keys that do not read are left as they were');
+is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.otp_challenge_state WHERE id = $slot_challenge}),
+   '2031-04-03', 'date keys: the live challenge\'s key is printed again as ISO');
+is($node->safe_psql('crm', qq{SELECT row_key FROM crmguard.approval_request_state WHERE id = $slot_request}),
+   '2031-04-03', 'date keys: the pending request\'s key is printed again as ISO');
+# the lock, whatever the DateStyle of the session that changes the row
+for my $style (['ISO, MDY', '2031-04-03'], ['SQL, DMY', '03/04/2031'])
+{
+    my ($datestyle, $day) = @$style;
+    ($ret, $out, $err) = $node->psql('crm', qq{SET ROLE regress_luca; SET DateStyle = '$datestyle';
+        UPDATE public.slot SET discount = 50 WHERE day = '$day'},
+        extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+    like($err, qr/CG010: row 2031-04-03 of table slot is locked by pending approval request $slot_request\b/,
+         "date keys: the pending request of 1.0 still locks its row (DateStyle $datestyle)");
+}
+is($node->safe_psql('crm', q{SELECT discount FROM public.slot WHERE day = '2031-04-03'}), '30',
+   'date keys: the locked row did not change');
+($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; UPDATE public.slot SET status = 'Closed' WHERE day = '2031-03-04'});
+is($ret, 0, 'date keys: the row the DMY text names under MDY is not locked') or diag($err);
+($ret, $out, $err) = $node->psql('crm', qq{SET ROLE regress_anna; SELECT crmguard.approve($slot_request)});
+is($ret, 0, 'date keys: the manager approves the request made by 1.0') or diag($err);
+is($node->safe_psql('crm', q{SELECT string_agg(day || ' ' || stage, ',' ORDER BY day) FROM public.slot}),
+   '2031-03-04 Draft,2031-04-03 Approved',
+   'date keys: the approved request\'s action runs on its own row');
+# The challenge's code died with the restart (1.0 kept its attempt counter in
+# shared memory), so no code of 1.0 opens a change after the update.  What
+# remains is which row the challenge names: the guard reports it void for
+# 3 April's change, and knows of no challenge for 4 March's.
+is($node->safe_psql('crm', qq{SELECT row_key || ' ' || state FROM crmguard.otp_challenge WHERE id = $slot_challenge}),
+   '2031-04-03 void', 'date keys: the challenge of 1.0 names its row, and is void');
+($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; SET DateStyle = 'SQL, DMY';
+    UPDATE public.slot SET status = 'Delivered' WHERE day = '03/04/2031'},
+    extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/CG001: OTP required.*DETAIL:  No live code exists for this change: challenge $slot_challenge is void/s,
+     'date keys: the guard finds the challenge of 1.0 for its row');
+($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca;
+    UPDATE public.slot SET status = 'Delivered' WHERE day = '2031-03-04'},
+    extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/CG001: OTP required.*DETAIL:  No code has been requested for this change\./s,
+     'date keys: and not for the other row');
+# a new code, asked for as the DMY session spells the row, opens its change
+my $slot_challenge2 = $node->safe_psql('crm', q{SET ROLE regress_luca; SET DateStyle = 'SQL, DMY';
+    SELECT crmguard.request_otp('public.slot', '03/04/2031', 'Delivered')});
+my $slot_code2 = $node->safe_psql('crm', q{SELECT substring(body FROM 'code is ([0-9]+)') FROM crmguard.outbox
+                                            WHERE recipient = '+39 347 555 0131' ORDER BY id DESC LIMIT 1});
+$node->safe_psql('crm', qq{SET ROLE regress_luca; BEGIN;
+    SELECT crmguard.verify_otp($slot_challenge2, '$slot_code2');
+    UPDATE public.slot SET status = 'Delivered' WHERE day = '2031-04-03'; COMMIT});
+is($node->safe_psql('crm', q{SELECT string_agg(day || ' ' || status, ',' ORDER BY day) FROM public.slot}),
+   '2031-03-04 Closed,2031-04-03 Delivered',
+   'date keys: a new code for the row lets its change through');
 
 is($node->safe_psql('crm', 'SELECT ok FROM crmguard.verify_audit()'), 't',
    'the audit chain of 1.0 and 1.1 verifies');
