@@ -144,6 +144,8 @@ extern void cg_audit_write(int64 principal, TimestampTz at, const char *action,
 						   const char *target, const char *row_key,
 						   const char *detail_json);
 extern void cg_audit_run_job(const char *data, int len);
+extern void cg_audit_shmem_request(void);
+extern void cg_audit_shmem_startup(void);
 extern void cg_audit_write_summary(int64 principal, const char *action, const char *role,
 								   int64 count, TimestampTz first_at, TimestampTz last_at);
 
