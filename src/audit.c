@@ -117,6 +117,7 @@ typedef struct ChainSegment
 typedef struct ChainDatabase
 {
 	Oid			dboid;			/* InvalidOid: free */
+	Oid			audit_rel;		/* the log they belong to (the extension may be made again) */
 	int			nsegments;
 	ChainSegment segments[CHAIN_SEGMENTS];
 } ChainDatabase;
@@ -163,13 +164,22 @@ chain_database(bool take)
 		ChainDatabase *d = &chain_shared->databases[i];
 
 		if (d->dboid == MyDatabaseId)
+		{
+			/* segments of a dropped log: ids of this one start afresh */
+			if (d->audit_rel != cg_catalog()->audit_rel)
+			{
+				d->audit_rel = cg_catalog()->audit_rel;
+				d->nsegments = 0;
+			}
 			return d;
+		}
 		if (free_slot == NULL && (d->dboid == InvalidOid || d->nsegments == 0))
 			free_slot = d;
 	}
 	if (take && free_slot != NULL)
 	{
 		free_slot->dboid = MyDatabaseId;
+		free_slot->audit_rel = cg_catalog()->audit_rel;
 		free_slot->nsegments = 0;
 		return free_slot;
 	}
@@ -188,7 +198,7 @@ chain_database(bool take)
 typedef struct ChainClaims
 {
 	int			n;
-	int64		values[CHAIN_SEGMENTS * 4];
+	int64		values[(CHAIN_SEGMENTS + 1) * 4];	/* and a seal */
 	int64		link_id;		/* the newest segment in progress: 0 if none */
 	unsigned char link_hash[CG_HASH_BYTES];
 	int64		max_id;			/* the highest id handed out so far */
@@ -289,6 +299,7 @@ typedef struct PendingEntry
 	const char *row_key;
 	const char *detail;			/* a JSON object's text, or NULL */
 	Jsonb	   *jsonb;			/* or the object itself */
+	const int64 *seal;			/* a segment to name rolled back (xid, first, last), or NULL */
 } PendingEntry;
 
 /* One audit row as the hash sees it */
@@ -569,6 +580,14 @@ audit_write_entries(PendingEntry **entries, int n)
 			/* the first entry names what it chains over; the rest link to it */
 			if (done + i == 0)
 			{
+				if (e->seal && claims.n < CHAIN_SEGMENTS + 1)
+				{
+					claims.values[claims.n * 4] = e->seal[0];
+					claims.values[claims.n * 4 + 1] = e->seal[1];
+					claims.values[claims.n * 4 + 2] = e->seal[2];
+					claims.values[claims.n * 4 + 3] = 1;
+					claims.n++;
+				}
 				row.nclaims = claims.n;
 				row.claims = claims.values;
 			}
@@ -799,6 +818,7 @@ cg_audit(const char *action, const char *target, const char *row_key,
 	e->target = copy_or_null(target);
 	e->row_key = copy_or_null(row_key);
 	e->detail = NULL;
+	e->seal = NULL;
 	e->jsonb = palloc(VARSIZE(merged));
 	memcpy(e->jsonb, merged, VARSIZE(merged));
 	pending = lappend(pending, e);
@@ -911,6 +931,43 @@ cg_audit_run_job(const char *data, int len)
 					*row_key ? row_key : NULL, detail);
 }
 
+/*
+ * A segment named in flight whose transaction, verify_audit found, never
+ * committed, and that no row names rolled back: after a crash, no writer
+ * knew of it.  The commit log tells only until VACUUM truncates it, so the
+ * worker writes an entry that names the segment rolled back, for good.
+ */
+static void
+queue_seal(int64 fxid, int64 first_id, int64 last_id)
+{
+	int64		data[3] = {fxid, first_id, last_id};
+
+	if (!RecoveryInProgress())
+		(void) cg_enqueue(CG_JOB_AUDIT_SEAL, (const char *) data, sizeof(data));
+}
+
+/* The worker's half of queue_seal */
+void
+cg_audit_run_seal(const char *data, int len)
+{
+	int64		seal[3];
+	PendingEntry e;
+	PendingEntry *entries[1] = {&e};
+	char	   *detail;
+
+	if (len != sizeof(seal))
+		return;
+	memcpy(seal, data, sizeof(seal));
+	detail = psprintf("{\"xid\": " INT64_FORMAT ", \"first_id\": " INT64_FORMAT ", \"last_id\": " INT64_FORMAT "}",
+					  seal[0], seal[1], seal[2]);
+	memset(&e, 0, sizeof(e));
+	e.at = GetCurrentTimestamp();
+	e.action = "audit_gap_sealed";
+	e.detail = detail;
+	e.seal = seal;
+	audit_write_entries(entries, 1);
+}
+
 PG_FUNCTION_INFO_V1(crmguard_audit_event);
 Datum
 crmguard_audit_event(PG_FUNCTION_ARGS)
@@ -967,6 +1024,8 @@ xact_unseen(int64 fxid, Snapshot snapshot)
 typedef struct GapCheck
 {
 	int64		fxid;			/* named in flight: it must have rolled back */
+	int64		first_id;		/* its segment */
+	int64		last_id;
 	int64		row_id;			/* the row that named it */
 } GapCheck;
 
@@ -993,6 +1052,8 @@ gap_explained(int64 after, int64 before, const int64 *claims, int nclaims, int64
 				*checks = repalloc(*checks, sizeof(GapCheck) * *maxchecks);
 			}
 			(*checks)[*nchecks].fxid = claims[c * 4];
+			(*checks)[*nchecks].first_id = claims[c * 4 + 1];
+			(*checks)[*nchecks].last_id = claims[c * 4 + 2];
 			(*checks)[(*nchecks)++].row_id = row_id;
 		}
 		next = claims[c * 4 + 2] + 1;
@@ -1162,8 +1223,12 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 			continue;
 		for (j = 0; j < nrolled && !named; j++)
 			named = rolled_back[j] == checks[i].fxid;
-		if (!named && !xact_unseen(checks[i].fxid, snapshot) && !xact_rolled_back(checks[i].fxid))
+		if (named || xact_unseen(checks[i].fxid, snapshot))
+			continue;
+		if (!xact_rolled_back(checks[i].fxid))
 			first_bad = checks[i].row_id;
+		else
+			queue_seal(checks[i].fxid, checks[i].first_id, checks[i].last_id);
 	}
 
 	UnregisterSnapshot(snapshot);
