@@ -1053,6 +1053,11 @@ COMMENT ON FUNCTION crmguard.in_team_support(internal) IS 'internal: planner sup
 COMMENT ON FUNCTION crmguard.principal_changed() IS 'internal: trigger on crmguard.principal; refuses manager cycles and tells every backend to reload principals';
 COMMENT ON FUNCTION crmguard.rules_changed() IS 'internal: statement trigger on each rule table; tells every backend to reload its cached rules at commit';
 COMMENT ON TABLE crmguard.audit IS 'append-only log of guarded actions; each row chained to the previous by a keyed BLAKE2b hash';
+-- The chain lock is no longer held through a commit's flush: a writer links to
+-- entries still committing and names what it chained over (rows of 1.0 have
+-- none, and hash as before)
+ALTER TABLE crmguard.audit ADD COLUMN in_flight bigint[];
+COMMENT ON COLUMN crmguard.audit.in_flight IS 'segments chained over before their transactions committed: (xid, first id, last id, rolled back 0/1) repeated; verify_audit accepts missing ids only where a row names them so and that transaction did not commit';
 COMMENT ON FUNCTION crmguard.audit_event(text, text, text, jsonb) IS 'append an event to the audit log as the current principal';
 COMMENT ON FUNCTION crmguard.verify_audit() IS 'recompute the audit chain; first_bad is the first altered, inserted or deleted-after row';
 COMMENT ON FUNCTION crmguard.audit_append_only() IS 'internal: trigger keeping crmguard.audit append-only for everyone but a superuser';

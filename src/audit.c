@@ -4,11 +4,18 @@
  *		chained to the one before by a BLAKE2b hash keyed with the server key.
  *
  * Accepted actions wait in backend memory and are chained just before their
- * transaction commits; writers serialise on the chain lock (held only from
- * there to the commit) and read the chain head with the latest snapshot, so
- * concurrent writers never fork the chain in any isolation level.  The
- * chain lock is no lock of the table: nothing a user can lock on crmguard's
- * objects (ANALYZE, LOCK TABLE, SELECT ... FOR SHARE) makes a commit wait.
+ * transaction commits, under the chain lock.  The lock is held only while the
+ * entries are linked and inserted, not through the commit's flush: the next
+ * writer links to them while their transaction is still committing (a segment
+ * "in flight", known from shared memory), so audited commits flush together
+ * as PostgreSQL's group commit does, instead of one after another.  A
+ * transaction can still fail after its entries were chained (a serialization
+ * failure at commit, a crash before its commit record): the next writer names
+ * every segment it chained over that had not committed (in_flight: its xid
+ * and ids), and verify_audit accepts a missing row only when a later row
+ * names it so and that transaction did not commit.  The chain lock is no lock
+ * of the table: nothing a user can lock on crmguard's objects (ANALYZE, LOCK
+ * TABLE, SELECT ... FOR SHARE) makes a commit wait.
  * Refusals, whose transaction is about to roll back, go through the
  * worker's queue and are written in a transaction of their own: each
  * backend has slots of its own there, and a flood beyond them is written as
@@ -22,6 +29,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/transam.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -32,6 +40,11 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
+#include "storage/lwlock.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "utils/array.h"
+#include "utils/fmgrprotos.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -41,11 +54,12 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 #include "crmguard.h"
 
-#define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash"
-#define AUDIT_NCOLUMNS 10
+#define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash, in_flight"
+#define AUDIT_NCOLUMNS 11
 /* entries chained in one INSERT: a commit writes a few (the OTP cycle three) */
 #define AUDIT_BATCH 8
 
@@ -69,6 +83,210 @@ lock_audit_chain(void)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
+static void
+unlock_audit_chain(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, cg_catalog()->audit_rel,
+						 AUDIT_CHAIN_LOCK_KEY, AUDIT_CHAIN_LOCK_CLASS);
+	(void) LockRelease(&tag, ExclusiveLock, false);
+}
+
+/*
+ * Segments in flight: the entries one transaction chained, from the chain
+ * lock's release until a later writer learns how that transaction ended.
+ * Per database, in shared memory; a database's slot is free while nothing of
+ * its chain is in flight.  With no room (many databases writing at once, or
+ * more segments in flight than CHAIN_SEGMENTS) a writer keeps the chain lock
+ * to its commit, as a writer inside a subtransaction always does: no one
+ * chains over it then.
+ */
+#define CHAIN_DATABASES 64
+#define CHAIN_SEGMENTS 32
+
+typedef struct ChainSegment
+{
+	FullTransactionId fxid;
+	FullTransactionId claimed_by;	/* rolled back: the last writer to name it so */
+	int64		first_id;
+	int64		last_id;
+	unsigned char last_hash[CG_HASH_BYTES];
+} ChainSegment;
+
+typedef struct ChainDatabase
+{
+	Oid			dboid;			/* InvalidOid: free */
+	Oid			audit_rel;		/* the log they belong to (the extension may be made again) */
+	int			nsegments;
+	ChainSegment segments[CHAIN_SEGMENTS];
+} ChainDatabase;
+
+typedef struct ChainShared
+{
+	LWLock	   *lock;
+	ChainDatabase databases[CHAIN_DATABASES];
+} ChainShared;
+
+static ChainShared *chain_shared = NULL;
+
+void
+cg_audit_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(ChainShared)));
+	RequestNamedLWLockTranche("crmguard audit chain", 1);
+}
+
+void
+cg_audit_shmem_startup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	chain_shared = ShmemInitStruct("crmguard audit chain", sizeof(ChainShared), &found);
+	if (!found)
+	{
+		memset(chain_shared, 0, sizeof(ChainShared));
+		chain_shared->lock = &(GetNamedLWLockTranche("crmguard audit chain"))->lock;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* This database's slot, taken if asked and one is free; caller holds the lock */
+static ChainDatabase *
+chain_database(bool take)
+{
+	ChainDatabase *free_slot = NULL;
+	int			i;
+
+	for (i = 0; i < CHAIN_DATABASES; i++)
+	{
+		ChainDatabase *d = &chain_shared->databases[i];
+
+		if (d->dboid == MyDatabaseId)
+		{
+			/* segments of a dropped log: ids of this one start afresh */
+			if (d->audit_rel != cg_catalog()->audit_rel)
+			{
+				d->audit_rel = cg_catalog()->audit_rel;
+				d->nsegments = 0;
+			}
+			return d;
+		}
+		if (free_slot == NULL && (d->dboid == InvalidOid || d->nsegments == 0))
+			free_slot = d;
+	}
+	if (take && free_slot != NULL)
+	{
+		free_slot->dboid = MyDatabaseId;
+		free_slot->audit_rel = cg_catalog()->audit_rel;
+		free_slot->nsegments = 0;
+		return free_slot;
+	}
+	return NULL;
+}
+
+/*
+ * What a writer chains over, read under the chain lock: the segments of other
+ * transactions still in progress (the newest of them may be the link), and
+ * those that rolled back.  Both are named in the new entries (claims: xid,
+ * first id, last id, rolled back 0/1).  A committed segment is forgotten, its
+ * rows visible now; a rolled-back one once a committed writer has named it
+ * so (until then every writer names it: the one that did may roll back too).
+ * A segment of this transaction's own is visible to it like a committed one.
+ */
+typedef struct ChainClaims
+{
+	int			n;
+	int64		values[(CHAIN_SEGMENTS + 1) * 4];	/* and a seal */
+	int64		link_id;		/* the newest segment in progress: 0 if none */
+	unsigned char link_hash[CG_HASH_BYTES];
+	int64		max_id;			/* the highest id handed out so far */
+} ChainClaims;
+
+static bool
+xact_committed(FullTransactionId fxid)
+{
+	TransactionId xid = XidFromFullTransactionId(fxid);
+
+	return FullTransactionIdIsValid(fxid) && !TransactionIdIsInProgress(xid) &&
+		TransactionIdDidCommit(xid);
+}
+
+static void
+take_claims(ChainClaims *claims)
+{
+	FullTransactionId mine = GetTopFullTransactionId();
+	ChainDatabase *d;
+	int			i;
+	int			kept = 0;
+
+	memset(claims, 0, sizeof(ChainClaims));
+	if (chain_shared == NULL)
+		return;
+	LWLockAcquire(chain_shared->lock, LW_EXCLUSIVE);
+	d = chain_database(false);
+	for (i = 0; d != NULL && i < d->nsegments; i++)
+	{
+		ChainSegment *seg = &d->segments[i];
+		bool		in_progress;
+
+		claims->max_id = Max(claims->max_id, seg->last_id);
+		if (FullTransactionIdEquals(seg->fxid, mine))
+		{
+			d->segments[kept++] = *seg;
+			continue;
+		}
+		in_progress = TransactionIdIsInProgress(XidFromFullTransactionId(seg->fxid));
+		if (!in_progress && TransactionIdDidCommit(XidFromFullTransactionId(seg->fxid)))
+			continue;
+		if (!in_progress && xact_committed(seg->claimed_by))
+			continue;
+		claims->values[claims->n * 4] = (int64) U64FromFullTransactionId(seg->fxid);
+		claims->values[claims->n * 4 + 1] = seg->first_id;
+		claims->values[claims->n * 4 + 2] = seg->last_id;
+		claims->values[claims->n * 4 + 3] = in_progress ? 0 : 1;
+		claims->n++;
+		if (in_progress && seg->last_id > claims->link_id)
+		{
+			claims->link_id = seg->last_id;
+			memcpy(claims->link_hash, seg->last_hash, CG_HASH_BYTES);
+		}
+		if (!in_progress)
+			seg->claimed_by = mine;
+		d->segments[kept++] = *seg;
+	}
+	if (d != NULL)
+		d->nsegments = kept;
+	LWLockRelease(chain_shared->lock);
+}
+
+/* Record this transaction's new segment; false when there is no room for it */
+static bool
+track_segment(int64 first_id, int64 last_id, const unsigned char *last_hash)
+{
+	ChainDatabase *d;
+	bool		tracked = false;
+
+	if (chain_shared == NULL)
+		return false;
+	LWLockAcquire(chain_shared->lock, LW_EXCLUSIVE);
+	d = chain_database(true);
+	if (d != NULL && d->nsegments < CHAIN_SEGMENTS)
+	{
+		ChainSegment *seg = &d->segments[d->nsegments++];
+
+		seg->fxid = GetTopFullTransactionId();
+		seg->claimed_by = InvalidFullTransactionId;
+		seg->first_id = first_id;
+		seg->last_id = last_id;
+		memcpy(seg->last_hash, last_hash, CG_HASH_BYTES);
+		tracked = true;
+	}
+	LWLockRelease(chain_shared->lock);
+	return tracked;
+}
+
 /* An entry to chain: one an accepted action left for its commit, or the worker's */
 typedef struct PendingEntry
 {
@@ -81,6 +299,7 @@ typedef struct PendingEntry
 	const char *row_key;
 	const char *detail;			/* a JSON object's text, or NULL */
 	Jsonb	   *jsonb;			/* or the object itself */
+	const int64 *seal;			/* a segment to name rolled back (xid, first, last), or NULL */
 } PendingEntry;
 
 /* One audit row as the hash sees it */
@@ -96,6 +315,8 @@ typedef struct AuditRow
 	const char *target;
 	const char *row_key;
 	const char *detail;			/* canonical jsonb text, or NULL */
+	int			nclaims;		/* in_flight: segments chained over, 4 values each */
+	const int64 *claims;
 	unsigned char prev_hash[CG_HASH_BYTES];
 } AuditRow;
 
@@ -149,6 +370,16 @@ audit_row_hash(const AuditRow *row, unsigned char *out)
 	hash_str(&st, row->target);
 	hash_str(&st, row->row_key);
 	hash_str(&st, row->detail);
+	/* rows that chained over nothing hash as rows of 1.0 did */
+	if (row->nclaims > 0)
+	{
+		int			i;
+
+		hash_str(&st, "in_flight");
+		hash_int(&st, true, row->nclaims);
+		for (i = 0; i < row->nclaims * 4; i++)
+			hash_int(&st, true, row->claims[i]);
+	}
 	crypto_generichash_update(&st, row->prev_hash, CG_HASH_BYTES);
 	crypto_generichash_final(&st, out, CG_HASH_BYTES);
 }
@@ -172,7 +403,7 @@ insert_plan(int n)
 {
 	static SPIPlanPtr plans[AUDIT_BATCH];
 	static const Oid row_types[AUDIT_NCOLUMNS] = {INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID,
-	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID};
+	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID, INT8ARRAYOID};
 	StringInfoData sql;
 	Oid		   *types;
 	int			r;
@@ -264,30 +495,52 @@ read_chain_head(unsigned char *head_hash)
 	return head_id;
 }
 
+static Datum
+claims_datum(const ChainClaims *claims)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * claims->n * 4);
+	int			i;
+
+	for (i = 0; i < claims->n * 4; i++)
+		elems[i] = Int64GetDatum(claims->values[i]);
+	return PointerGetDatum(construct_array(elems, claims->n * 4, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
+}
+
 /*
- * Append entries to the chain, in order: read the head once under the
- * chain lock, link each entry to the one before, and insert them in as
- * few statements as AUDIT_BATCH allows.
+ * Append entries to the chain, in order: read the head once under the chain
+ * lock, link each entry to the one before, and insert them in as few
+ * statements as AUDIT_BATCH allows.  The head is the newest row committed or
+ * in flight; the first entry names what it chains over.
  */
 static void
 audit_write_entries(PendingEntry **entries, int n)
 {
 	CgPrivilegedContext priv;
+	ChainClaims claims;
 	unsigned char head_hash[CG_HASH_BYTES];
 	int64		head_id;
+	int64		first_id;
 	int			done;
 
 	/*
 	 * The table lock an INSERT takes (ROW EXCLUSIVE conflicts with nothing a
-	 * user can hold on crmguard.audit), then the chain lock, held to commit:
-	 * the next writer waits, then sees these rows as the head.
+	 * user can hold on crmguard.audit), then the chain lock: the next writer
+	 * waits for these entries to be linked and inserted, then links to them.
 	 */
 	LockRelationOid(cg_catalog()->audit_rel, RowExclusiveLock);
 	lock_audit_chain();
 
 	cg_enter_owner(&priv);
 	CommandCounterIncrement();
+	/* the segments first: one that commits meanwhile is in the head read next */
+	take_claims(&claims);
 	head_id = read_chain_head(head_hash);
+	if (claims.link_id > head_id)
+	{
+		head_id = claims.link_id;
+		memcpy(head_hash, claims.link_hash, CG_HASH_BYTES);
+	}
+	first_id = Max(head_id, claims.max_id) + 1;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	for (done = 0; done < n;)
@@ -308,7 +561,7 @@ audit_write_entries(PendingEntry **entries, int n)
 			Datum		detail = (Datum) 0;
 
 			memset(&row, 0, sizeof(row));
-			row.id = ++head_id;
+			row.id = first_id + done + i;
 			row.at = e->at;
 			row.has_principal = e->principal != 0;
 			row.principal = e->principal;
@@ -324,6 +577,20 @@ audit_write_entries(PendingEntry **entries, int n)
 			}
 			else
 				row.detail = canonical_json(e->detail, &detail);
+			/* the first entry names what it chains over; the rest link to it */
+			if (done + i == 0)
+			{
+				if (e->seal && claims.n < CHAIN_SEGMENTS + 1)
+				{
+					claims.values[claims.n * 4] = e->seal[0];
+					claims.values[claims.n * 4 + 1] = e->seal[1];
+					claims.values[claims.n * 4 + 2] = e->seal[2];
+					claims.values[claims.n * 4 + 3] = 1;
+					claims.n++;
+				}
+				row.nclaims = claims.n;
+				row.claims = claims.values;
+			}
 			memcpy(row.prev_hash, head_hash, CG_HASH_BYTES);
 			audit_row_hash(&row, hash);
 
@@ -342,6 +609,8 @@ audit_write_entries(PendingEntry **entries, int n)
 			nl[7] = row.detail ? ' ' : 'n';
 			v[8] = bytea_datum(row.prev_hash, CG_HASH_BYTES);
 			v[9] = bytea_datum(hash, CG_HASH_BYTES);
+			v[10] = row.nclaims > 0 ? claims_datum(&claims) : (Datum) 0;
+			nl[10] = row.nclaims > 0 ? ' ' : 'n';
 			memcpy(head_hash, hash, CG_HASH_BYTES);
 		}
 		if (SPI_execute_plan(insert_plan(batch), values, nulls, false, 0) != SPI_OK_INSERT)
@@ -350,6 +619,16 @@ audit_write_entries(PendingEntry **entries, int n)
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);
+
+	/*
+	 * Linked and inserted: the next writer may go on while this transaction
+	 * commits, once the segment is known in flight.  Inside a subtransaction
+	 * (which could roll the rows back under a committing transaction) or
+	 * with no room to track it, the lock stays to the commit.
+	 */
+	if (GetCurrentTransactionNestLevel() == 1 &&
+		track_segment(first_id, first_id + n - 1, head_hash))
+		unlock_audit_chain();
 }
 
 /* Append one entry with the device the principal acted through (0: none) */
@@ -539,6 +818,7 @@ cg_audit(const char *action, const char *target, const char *row_key,
 	e->target = copy_or_null(target);
 	e->row_key = copy_or_null(row_key);
 	e->detail = NULL;
+	e->seal = NULL;
 	e->jsonb = palloc(VARSIZE(merged));
 	memcpy(e->jsonb, merged, VARSIZE(merged));
 	pending = lappend(pending, e);
@@ -651,6 +931,43 @@ cg_audit_run_job(const char *data, int len)
 					*row_key ? row_key : NULL, detail);
 }
 
+/*
+ * A segment named in flight whose transaction, verify_audit found, never
+ * committed, and that no row names rolled back: after a crash, no writer
+ * knew of it.  The commit log tells only until VACUUM truncates it, so the
+ * worker writes an entry that names the segment rolled back, for good.
+ */
+static void
+queue_seal(int64 fxid, int64 first_id, int64 last_id)
+{
+	int64		data[3] = {fxid, first_id, last_id};
+
+	if (!RecoveryInProgress())
+		(void) cg_enqueue(CG_JOB_AUDIT_SEAL, (const char *) data, sizeof(data));
+}
+
+/* The worker's half of queue_seal */
+void
+cg_audit_run_seal(const char *data, int len)
+{
+	int64		seal[3];
+	PendingEntry e;
+	PendingEntry *entries[1] = {&e};
+	char	   *detail;
+
+	if (len != sizeof(seal))
+		return;
+	memcpy(seal, data, sizeof(seal));
+	detail = psprintf("{\"xid\": " INT64_FORMAT ", \"first_id\": " INT64_FORMAT ", \"last_id\": " INT64_FORMAT "}",
+					  seal[0], seal[1], seal[2]);
+	memset(&e, 0, sizeof(e));
+	e.at = GetCurrentTimestamp();
+	e.action = "audit_gap_sealed";
+	e.detail = detail;
+	e.seal = seal;
+	audit_write_entries(entries, 1);
+}
+
 PG_FUNCTION_INFO_V1(crmguard_audit_event);
 Datum
 crmguard_audit_event(PG_FUNCTION_ARGS)
@@ -677,10 +994,81 @@ text_or_null(HeapTuple tup, TupleDesc desc, int col)
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
+/* Did this transaction end without committing?  False when too old to tell */
+static bool
+xact_rolled_back(int64 fxid)
+{
+	LOCAL_FCINFO(status_call, 1);
+	Datum		status;
+
+	InitFunctionCallInfoData(*status_call, NULL, 1, InvalidOid, NULL, NULL);
+	status_call->args[0].value = FullTransactionIdGetDatum(FullTransactionIdFromU64((uint64) fxid));
+	status_call->args[0].isnull = false;
+	status = pg_xact_status(status_call);
+	return !status_call->isnull && strcmp(TextDatumGetCString(status), "aborted") == 0;
+}
+
+/* Was this transaction still running for the snapshot (its rows unseen by it)? */
+static bool
+xact_unseen(int64 fxid, Snapshot snapshot)
+{
+	uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
+
+	/* beyond the reach of 32-bit xids: long over */
+	if ((uint64) fxid >= next || next - (uint64) fxid >= (uint64) 1 << 31)
+		return false;
+	return XidInMVCCSnapshot((TransactionId) (fxid & 0xFFFFFFFF), snapshot);
+}
+
+/* A gap's rows (after, before), all named by the row after it as a segment that did not commit */
+typedef struct GapCheck
+{
+	int64		fxid;			/* named in flight: it must have rolled back */
+	int64		first_id;		/* its segment */
+	int64		last_id;
+	int64		row_id;			/* the row that named it */
+} GapCheck;
+
+static bool
+gap_explained(int64 after, int64 before, const int64 *claims, int nclaims, int64 row_id,
+			  GapCheck **checks, int *nchecks, int *maxchecks)
+{
+	int64		next = after + 1;
+
+	while (next < before)
+	{
+		int			c;
+
+		for (c = 0; c < nclaims; c++)
+			if (claims[c * 4 + 1] <= next && next <= claims[c * 4 + 2])
+				break;
+		if (c == nclaims)
+			return false;
+		if (claims[c * 4 + 3] == 0)
+		{
+			if (*nchecks == *maxchecks)
+			{
+				*maxchecks *= 2;
+				*checks = repalloc(*checks, sizeof(GapCheck) * *maxchecks);
+			}
+			(*checks)[*nchecks].fxid = claims[c * 4];
+			(*checks)[*nchecks].first_id = claims[c * 4 + 1];
+			(*checks)[*nchecks].last_id = claims[c * 4 + 2];
+			(*checks)[(*nchecks)++].row_id = row_id;
+		}
+		next = claims[c * 4 + 2] + 1;
+	}
+	return true;
+}
+
 /*
- * Walk the chain in id order and report the first row whose id, link or
- * hash does not match: an edited row, a forged insert, or the row after a
- * deleted one.
+ * Walk the chain in id order and report the first row whose link or hash
+ * does not match: an edited row, a forged insert, or the row after a deleted
+ * one.  A row may follow missing ids only where it names them as a segment
+ * it chained over, and the transaction of that segment did not commit: it
+ * named it rolled back, a later row did, or the commit log says so; or it
+ * was still running for the snapshot the rows are read with.  Nothing waits:
+ * an auditor's call never holds up a commit.
  */
 PG_FUNCTION_INFO_V1(crmguard_verify_audit);
 Datum
@@ -691,31 +1079,43 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 	Datum		result[2];
 	bool		result_nulls[2] = {false, true};
 	Portal		portal;
+	Snapshot	snapshot;
 	unsigned char prev[CG_HASH_BYTES];
-	int64		expected_id = 1;
+	int64		prev_id = 0;
 	int64		first_bad = 0;
+	int			i;
+	int64	   *rolled_back;
+	int			nrolled = 0;
+	int			maxrolled = 16;
+	GapCheck   *checks;
+	int			nchecks = 0;
+	int			maxchecks = 16;
 
 	cg_require_preload();
 	if (get_call_result_type(fcinfo, NULL, &result_desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	rolled_back = palloc(sizeof(int64) * maxrolled);
+	checks = palloc(sizeof(GapCheck) * maxchecks);
 	memset(prev, 0, sizeof(prev));
 	cg_enter_owner(&priv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(snapshot);
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT " AUDIT_COLUMNS " FROM crmguard.audit ORDER BY id",
 									   0, NULL, NULL, NULL, true, 0);
 	while (first_bad == 0)
 	{
-		uint64		i;
+		uint64		r;
 
 		SPI_cursor_fetch(portal, true, 1000);
 		if (SPI_processed == 0)
 			break;
-		for (i = 0; i < SPI_processed && first_bad == 0; i++)
+		for (r = 0; r < SPI_processed && first_bad == 0; r++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
+			HeapTuple	tup = SPI_tuptable->vals[r];
 			TupleDesc	desc = SPI_tuptable->tupdesc;
 			AuditRow	row;
 			bool		isnull;
@@ -723,6 +1123,9 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 			bytea	   *stored_prev;
 			bytea	   *stored_hash;
 			unsigned char hash[CG_HASH_BYTES];
+			int64	   *claims = NULL;
+			int			nvalues = 0;
+			int			c;
 
 			memset(&row, 0, sizeof(row));
 			row.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
@@ -743,27 +1146,92 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 
 				row.detail = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 			}
-			memcpy(row.prev_hash, prev, CG_HASH_BYTES);
-			audit_row_hash(&row, hash);
+			d = SPI_getbinval(tup, desc, 11, &isnull);
+			if (!isnull)
+			{
+				ArrayType  *a = DatumGetArrayTypeP(d);
+				Datum	   *elems;
+				bool	   *elem_nulls;
+
+				deconstruct_array(a, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE,
+								  &elems, &elem_nulls, &nvalues);
+				claims = palloc(sizeof(int64) * Max(nvalues, 1));
+				for (c = 0; c < nvalues; c++)
+					claims[c] = elem_nulls[c] ? -1 : DatumGetInt64(elems[c]);
+				/* a malformed list is hashed as it is, and fails below */
+				if (nvalues % 4 != 0 || nvalues == 0 || ARR_NDIM(a) != 1)
+				{
+					first_bad = row.id;
+					break;
+				}
+				row.nclaims = nvalues / 4;
+				row.claims = claims;
+				for (c = 0; c < row.nclaims; c++)
+					if (claims[c * 4 + 3] == 1)
+					{
+						if (nrolled == maxrolled)
+						{
+							maxrolled *= 2;
+							rolled_back = repalloc(rolled_back, sizeof(int64) * maxrolled);
+						}
+						rolled_back[nrolled++] = claims[c * 4];
+					}
+			}
 
 			stored_prev = DatumGetByteaPP(SPI_getbinval(tup, desc, 9, &isnull));
-			if (isnull || VARSIZE_ANY_EXHDR(stored_prev) != CG_HASH_BYTES ||
-				sodium_memcmp(VARDATA_ANY(stored_prev), prev, CG_HASH_BYTES) != 0)
+			if (isnull || VARSIZE_ANY_EXHDR(stored_prev) != CG_HASH_BYTES)
+			{
 				first_bad = row.id;
+				break;
+			}
+			memcpy(row.prev_hash, VARDATA_ANY(stored_prev), CG_HASH_BYTES);
+			if (row.id == prev_id + 1)
+			{
+				if (sodium_memcmp(row.prev_hash, prev, CG_HASH_BYTES) != 0)
+					first_bad = row.id;
+			}
+			else if (row.id <= prev_id ||
+					 !gap_explained(prev_id, row.id, row.claims, row.nclaims, row.id,
+									&checks, &nchecks, &maxchecks))
+				first_bad = row.id;
+			audit_row_hash(&row, hash);
 			stored_hash = DatumGetByteaPP(SPI_getbinval(tup, desc, 10, &isnull));
 			if (isnull || VARSIZE_ANY_EXHDR(stored_hash) != CG_HASH_BYTES ||
-				sodium_memcmp(VARDATA_ANY(stored_hash), hash, CG_HASH_BYTES) != 0 ||
-				row.id != expected_id)
+				sodium_memcmp(VARDATA_ANY(stored_hash), hash, CG_HASH_BYTES) != 0)
 				first_bad = row.id;
 
 			memcpy(prev, hash, CG_HASH_BYTES);
-			expected_id = row.id + 1;
+			prev_id = row.id;
 		}
 	}
 	SPI_cursor_close(portal);
+	PopActiveSnapshot();
 	SPI_finish();
 	cg_leave_owner(&priv);
 
+	/*
+	 * Rows that followed a gap named in progress: that transaction must have
+	 * rolled back, or still be unseen by the snapshot the rows were read
+	 * with (its rows, if it commits, are for the next verify_audit).
+	 */
+	for (i = 0; i < nchecks; i++)
+	{
+		bool		named = false;
+		int			j;
+
+		if (first_bad != 0 && checks[i].row_id >= first_bad)
+			continue;
+		for (j = 0; j < nrolled && !named; j++)
+			named = rolled_back[j] == checks[i].fxid;
+		if (named || xact_unseen(checks[i].fxid, snapshot))
+			continue;
+		if (!xact_rolled_back(checks[i].fxid))
+			first_bad = checks[i].row_id;
+		else
+			queue_seal(checks[i].fxid, checks[i].first_id, checks[i].last_id);
+	}
+
+	UnregisterSnapshot(snapshot);
 	result[0] = BoolGetDatum(first_bad == 0);
 	if (first_bad != 0)
 	{

@@ -66,6 +66,7 @@ crmguard_shmem_request(void)
 	cg_otp_shmem_request();
 	cg_device_shmem_request();
 	cg_approval_shmem_request();
+	cg_audit_shmem_request();
 }
 #endif
 
@@ -78,6 +79,7 @@ crmguard_shmem_startup(void)
 	cg_otp_shmem_startup();
 	cg_device_shmem_startup();
 	cg_approval_shmem_startup();
+	cg_audit_shmem_startup();
 }
 
 /*
@@ -180,6 +182,7 @@ _PG_init(void)
 	cg_otp_shmem_request();
 	cg_device_shmem_request();
 	cg_approval_shmem_request();
+	cg_audit_shmem_request();
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = crmguard_shmem_startup;

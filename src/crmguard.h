@@ -146,15 +146,21 @@ extern void cg_audit_write(int64 principal, TimestampTz at, const char *action,
 						   const char *target, const char *row_key,
 						   const char *detail_json);
 extern void cg_audit_run_job(const char *data, int len);
+extern void cg_audit_run_seal(const char *data, int len);
+extern void cg_audit_shmem_request(void);
+extern void cg_audit_shmem_startup(void);
 extern void cg_audit_write_summary(int64 principal, const char *action, const char *role,
 								   int64 count, TimestampTz first_at, TimestampTz last_at);
 
 /* worker.c: shared memory queue and background worker */
+#define CG_JOB_BYTES		2048	/* the largest job's data */
 typedef enum CgJobKind
 {
 	CG_JOB_AUDIT = 1,
 	CG_JOB_OTP_ISSUE = 2,
-	CG_JOB_WAKE = 3				/* start the worker: approvals have timeouts to watch */
+	CG_JOB_WAKE = 3,			/* start the worker: approvals have timeouts to watch */
+	CG_JOB_NOTIFY = 4,			/* NOTIFY crmguard_outbox, the channel as payload */
+	CG_JOB_AUDIT_SEAL = 5		/* name a segment of the audit chain rolled back */
 } CgJobKind;
 
 extern void cg_worker_shmem_request(void);

@@ -6,9 +6,10 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "executor/spi.h"
+#include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -16,6 +17,74 @@
 #include "utils/uuid.h"
 
 #include "crmguard.h"
+
+/*
+ * The channels this transaction queued messages for.  Senders are woken with
+ * NOTIFY crmguard_outbox, but not from the transaction itself: PostgreSQL
+ * holds a cluster-wide lock from a notifying transaction's pre-commit to its
+ * end, flush included, so every transaction that queued a message would
+ * commit one after another.  After the commit, the database's worker is asked
+ * to notify instead (one announcement per channel waiting); a wake-up lost
+ * to a full queue leaves the message to the senders' next poll.
+ */
+static List *announce = NIL;	/* of char *, in TopTransactionContext */
+static bool announce_registered = false;
+
+static void
+announce_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (announce != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that queued crmguard outbox messages")));
+			break;
+		case XACT_EVENT_COMMIT:
+			/* no error may escape a committed transaction: a full queue is skipped */
+			foreach(lc, announce)
+			{
+				const char *channel = (const char *) lfirst(lc);
+
+				(void) cg_enqueue(CG_JOB_NOTIFY, channel, strlen(channel) + 1);
+			}
+			announce = NIL;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			announce = NIL;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Wake the senders of this channel once the transaction commits */
+static void
+announce_at_commit(const char *channel)
+{
+	MemoryContext old;
+	ListCell   *lc;
+
+	if (strlen(channel) + 1 > CG_JOB_BYTES)
+		return;					/* no such channel name fits a payload: left to the poll */
+	if (!announce_registered)
+	{
+		RegisterXactCallback(announce_xact_callback, NULL);
+		announce_registered = true;
+	}
+	foreach(lc, announce)
+		if (strcmp((const char *) lfirst(lc), channel) == 0)
+			return;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	announce = lappend(announce, pstrdup(channel));
+	MemoryContextSwitchTo(old);
+}
 
 /* Retry policy read by crmguard.mark_sent (SQL) */
 static int	outbox_max_attempts = 8;
@@ -158,7 +227,7 @@ cg_outbox_put_with(const char *channel, const char *recipient, const char *subje
 	SPI_finish();
 	cg_leave_owner(&priv);
 
-	/* delivered at commit, so senders never see a message that rolled back */
-	Async_Notify("crmguard_outbox", channel);
+	/* after commit, so senders never hear of a message that rolled back */
+	announce_at_commit(channel);
 	return id;
 }

@@ -23,9 +23,11 @@
  */
 #include "postgres.h"
 
+
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/async.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "access/xlog.h"
@@ -40,6 +42,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/acl.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
@@ -48,7 +51,6 @@
 
 #include "crmguard.h"
 
-#define CG_JOB_BYTES		2048
 #define CG_MAX_WORKERS		16
 #define CG_QUEUE_PER_DATABASE	64	/* jobs one database may have waiting */
 #define CG_QUEUE_LEN		(CG_MAX_WORKERS * CG_QUEUE_PER_DATABASE)
@@ -60,6 +62,7 @@
 #define CG_FLOOD_REFUSALS	64		/* more refusals than this from a backend... */
 #define CG_FLOOD_WINDOW_MS	10000	/* ...in this time are a flood */
 #define CG_SLOT_WAIT_MS		2000	/* below that, wait this long for a slot */
+#define CG_NOTIFY_GAP_MS	10		/* outbox NOTIFYs of one worker at most this often */
 #define CG_LEAVE_WAIT_MS	5000	/* a worker asked to leave its database is waited for this long */
 
 typedef struct CgJob
@@ -255,8 +258,11 @@ cg_enqueue(CgJobKind kind, const char *data, int len)
 
 		if (other->dboid != MyDatabaseId)
 			continue;
-		/* one wake-up waiting is enough */
-		if (kind == CG_JOB_WAKE && other->kind == CG_JOB_WAKE)
+		/* one wake-up waiting is enough, one announcement of a channel, one seal of a segment */
+		if (kind == other->kind &&
+			(kind == CG_JOB_WAKE ||
+			 ((kind == CG_JOB_NOTIFY || kind == CG_JOB_AUDIT_SEAL) &&
+			  other->len == len && memcmp(other->data, data, len) == 0)))
 		{
 			(void) ensure_worker_locked(MyDatabaseId);
 			LWLockRelease(shared->lock);
@@ -796,11 +802,20 @@ job_step(void *arg)
 		case CG_JOB_AUDIT:
 			cg_audit_run_job(job->data, job->len);
 			break;
+		case CG_JOB_AUDIT_SEAL:
+			cg_audit_run_seal(job->data, job->len);
+			break;
 		case CG_JOB_OTP_ISSUE:
 			cg_otp_run_job(job->data, job->len);
 			break;
 		case CG_JOB_WAKE:
 			break;				/* the tick after it does the work */
+		case CG_JOB_NOTIFY:
+			/* delivered when this job's transaction commits; a wake-up needs no flush */
+			(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
+			Async_Notify("crmguard_outbox", job->data);
+			break;
 	}
 	return true;
 }
@@ -826,6 +841,8 @@ crmguard_worker_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	TimestampTz idle_since = GetCurrentTimestamp();
+	TimestampTz last_tick = 0;
+	TimestampTz last_notify = 0;
 	int			i;
 
 	pqsignal(SIGTERM, worker_sigterm);
@@ -853,6 +870,8 @@ crmguard_worker_main(Datum arg)
 		CgJob		audit[8];
 		CgAuditSummary summary;
 		bool		busy = true;
+		bool		only_notified = true;	/* this round's jobs were all NOTIFYs */
+		bool		any_job = false;
 		long		timeout = 10000L;
 
 		CHECK_FOR_INTERRUPTS();
@@ -866,22 +885,51 @@ crmguard_worker_main(Datum arg)
 				(void) in_transaction(job_step, &audit[k], "crmguard audit");
 			if (!got_sigterm && dequeue(&job))
 			{
+				/*
+				 * Outbox wake-ups come one per committed message; spaced out,
+				 * those queued meanwhile are one (enqueue folds them).
+				 */
+				if (job.kind == CG_JOB_NOTIFY)
+				{
+					long		secs;
+					int			usecs;
+
+					TimestampDifference(last_notify, GetCurrentTimestamp(), &secs, &usecs);
+					if (secs == 0 && usecs < CG_NOTIFY_GAP_MS * 1000)
+						pg_usleep(CG_NOTIFY_GAP_MS * 1000L - usecs);
+					last_notify = GetCurrentTimestamp();
+				}
 				(void) in_transaction(job_step, &job, "crmguard job");
 				busy = true;
+				any_job = true;
+				only_notified &= job.kind == CG_JOB_NOTIFY;
 			}
 			while (!got_sigterm && take_summary(&summary))
 			{
 				(void) in_transaction(summary_step, &summary, "crmguard audit summary");
 				busy = true;
+				only_notified = false;
 			}
+			if (n > 0)
+				only_notified = false;
 			if (busy)
 				idle_since = GetCurrentTimestamp();
 		}
 		if (summaries_pending())
 			timeout = CG_SUMMARY_QUIET_MS / 4;
-		if (!got_sigterm && !RecoveryInProgress() &&
-			in_transaction(tick_step, NULL, "crmguard approval timeouts"))
-			idle_since = GetCurrentTimestamp();	/* stay while requests wait on a clock */
+		/*
+		 * Approval timeouts, after each round; but a round of outbox wake-ups
+		 * alone (one per committed message, under load) looks at most once
+		 * a second.
+		 */
+		if (!(any_job && only_notified &&
+			  !TimestampDifferenceExceeds(last_tick, GetCurrentTimestamp(), 1000)) &&
+			!got_sigterm && !RecoveryInProgress())
+		{
+			last_tick = GetCurrentTimestamp();
+			if (in_transaction(tick_step, NULL, "crmguard approval timeouts"))
+				idle_since = GetCurrentTimestamp();	/* stay while requests wait on a clock */
+		}
 		if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(), CG_IDLE_EXIT_MS) &&
 			release_if_idle())
 			break;

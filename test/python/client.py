@@ -322,6 +322,55 @@ check(switched_form == (["t"], []) and as_form == (["0"], []),
       "bound again after a named statement switched to a principal of the same team without the role, it shows no note")
 raw.sock.close()
 
+# --- a sender waits for NOTIFY crmguard_outbox --------------------------------
+# A queued message (here a one-time code) wakes the senders with NOTIFY
+# crmguard_outbox, its payload the channel to claim, only once the transaction
+# that queued it committed: the database's worker notifies after the commit,
+# so that transactions queueing messages do not commit one after another on
+# PostgreSQL's notify lock.
+import select
+
+cur.execute("""
+    CREATE TABLE public.py_notify (id bigint PRIMARY KEY, phone text, status text);
+    INSERT INTO public.py_notify VALUES (1, '+39 347 555 0199', 'Out for delivery');
+    SELECT crmguard.create_otp_rule('py notify', 'public.py_notify', 'status', ARRAY['Delivered'],
+                                    'phone', channel => 'whatsapp', delivery => 'manual');
+""")
+sender = connect(autocommit=True)
+sender.cursor().execute("LISTEN crmguard_outbox")
+
+
+def heard(seconds):
+    """The notifications the sender receives within this many seconds."""
+    deadline = time.time() + seconds
+    got = []
+    while time.time() < deadline:
+        if select.select([sender], [], [], max(0.0, deadline - time.time())) != ([], [], []):
+            sender.poll()
+            while sender.notifies:
+                got.append(sender.notifies.pop(0))
+            if got:
+                break
+    return got
+
+
+requester = connect()
+r = requester.cursor()
+r.execute("SELECT pg_backend_pid()")
+requester_pid = r.fetchone()[0]
+r.execute("SELECT crmguard.request_otp('public.py_notify', '1', 'Delivered')")
+check(heard(0.5) == [], "no sender hears of a code before its transaction commits")
+requester.commit()
+got = heard(10)
+check([n.channel for n in got] == ["crmguard_outbox"] and [n.payload for n in got] == ["whatsapp"],
+      "after the commit the sender hears crmguard_outbox, the channel as payload")
+check(got and got[0].pid != requester_pid, "the notification comes from the worker, not the committing session")
+r.execute("SELECT crmguard.request_otp('public.py_notify', '1', 'Delivered')")
+requester.rollback()
+check(heard(1.5) == [], "a request that rolls back wakes no one")
+requester.close()
+sender.close()
+
 for conn in (app, form, other, tx, dba):
     conn.close()
 print("1..%d" % len(results))
