@@ -152,58 +152,6 @@ cg_audit_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* This database's slot, taken if asked and one is free; caller holds the lock */
-static ChainDatabase *
-chain_database(bool take)
-{
-	ChainDatabase *free_slot = NULL;
-	int			i;
-
-	for (i = 0; i < CHAIN_DATABASES; i++)
-	{
-		ChainDatabase *d = &chain_shared->databases[i];
-
-		if (d->dboid == MyDatabaseId)
-		{
-			/* segments of a dropped log: ids of this one start afresh */
-			if (d->audit_rel != cg_catalog()->audit_rel)
-			{
-				d->audit_rel = cg_catalog()->audit_rel;
-				d->nsegments = 0;
-			}
-			return d;
-		}
-		if (free_slot == NULL && (d->dboid == InvalidOid || d->nsegments == 0))
-			free_slot = d;
-	}
-	if (take && free_slot != NULL)
-	{
-		free_slot->dboid = MyDatabaseId;
-		free_slot->audit_rel = cg_catalog()->audit_rel;
-		free_slot->nsegments = 0;
-		return free_slot;
-	}
-	return NULL;
-}
-
-/*
- * What a writer chains over, read under the chain lock: the segments of other
- * transactions still in progress (the newest of them may be the link), and
- * those that rolled back.  Both are named in the new entries (claims: xid,
- * first id, last id, rolled back 0/1).  A committed segment is forgotten, its
- * rows visible now; a rolled-back one once a committed writer has named it
- * so (until then every writer names it: the one that did may roll back too).
- * A segment of this transaction's own is visible to it like a committed one.
- */
-typedef struct ChainClaims
-{
-	int			n;
-	int64		values[(CHAIN_SEGMENTS + 1) * 4];	/* and a seal */
-	int64		link_id;		/* the newest segment in progress: 0 if none */
-	unsigned char link_hash[CG_HASH_BYTES];
-	int64		max_id;			/* the highest id handed out so far */
-} ChainClaims;
-
 /*
  * How a tracked transaction ended, as far as the commit log still tells.  A
  * segment stays in shared memory until the next writer of its database: in
@@ -247,6 +195,80 @@ xact_end(FullTransactionId fxid)
 	LWLockRelease(XactTruncationLock);
 	return end;
 }
+
+/* This database's slot, taken if asked and one is free; caller holds the lock */
+static ChainDatabase *
+chain_database(bool take)
+{
+	ChainDatabase *free_slot = NULL;
+	int			i;
+
+	for (i = 0; i < CHAIN_DATABASES; i++)
+	{
+		ChainDatabase *d = &chain_shared->databases[i];
+
+		if (d->dboid == MyDatabaseId)
+		{
+			/* segments of a dropped log: ids of this one start afresh */
+			if (d->audit_rel != cg_catalog()->audit_rel)
+			{
+				d->audit_rel = cg_catalog()->audit_rel;
+				d->nsegments = 0;
+			}
+			return d;
+		}
+		if (free_slot == NULL && (d->dboid == InvalidOid || d->nsegments == 0))
+			free_slot = d;
+	}
+	/*
+	 * A database's last segments stay until its next writer: with no free
+	 * slot, take one whose segments all committed (their rows are in that
+	 * log's head) or are forgotten.  Otherwise a cluster's first
+	 * CHAIN_DATABASES audited databases kept every slot for good, and every
+	 * other database's audited commits flushed one after another.
+	 */
+	for (i = 0; take && free_slot == NULL && i < CHAIN_DATABASES; i++)
+	{
+		ChainDatabase *d = &chain_shared->databases[i];
+		int			j;
+
+		for (j = 0; j < d->nsegments; j++)
+		{
+			XactEnd		end = xact_end(d->segments[j].fxid);
+
+			if (end != XACT_COMMITTED && end != XACT_FORGOTTEN)
+				break;
+		}
+		if (j == d->nsegments)
+			free_slot = d;
+	}
+	if (take && free_slot != NULL)
+	{
+		free_slot->dboid = MyDatabaseId;
+		free_slot->audit_rel = cg_catalog()->audit_rel;
+		free_slot->nsegments = 0;
+		return free_slot;
+	}
+	return NULL;
+}
+
+/*
+ * What a writer chains over, read under the chain lock: the segments of other
+ * transactions still in progress (the newest of them may be the link), and
+ * those that rolled back.  Both are named in the new entries (claims: xid,
+ * first id, last id, rolled back 0/1).  A committed segment is forgotten, its
+ * rows visible now; a rolled-back one once a committed writer has named it
+ * so (until then every writer names it: the one that did may roll back too).
+ * A segment of this transaction's own is visible to it like a committed one.
+ */
+typedef struct ChainClaims
+{
+	int			n;
+	int64		values[(CHAIN_SEGMENTS + 1) * 4];	/* and a seal */
+	int64		link_id;		/* the newest segment in progress: 0 if none */
+	unsigned char link_hash[CG_HASH_BYTES];
+	int64		max_id;			/* the highest id handed out so far */
+} ChainClaims;
 
 static void
 take_claims(ChainClaims *claims)
