@@ -152,6 +152,50 @@ cg_audit_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/*
+ * How a tracked transaction ended, as far as the commit log still tells.  A
+ * segment stays in shared memory until the next writer of its database: in
+ * a database audited rarely, that may be after VACUUM truncated the commit
+ * log past its xid, whose status can no longer be read (asked anyway,
+ * every audited commit of that database would fail until a restart).  Such
+ * a transaction is long over, its end untold: XACT_FORGOTTEN.
+ */
+typedef enum XactEnd
+{
+	XACT_RUNNING,
+	XACT_COMMITTED,
+	XACT_ABORTED,
+	XACT_FORGOTTEN
+} XactEnd;
+
+static XactEnd
+xact_end(FullTransactionId fxid)
+{
+	uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
+	TransactionId xid = XidFromFullTransactionId(fxid);
+	XactEnd		end;
+
+	if (!FullTransactionIdIsValid(fxid) || U64FromFullTransactionId(fxid) >= next ||
+		next - U64FromFullTransactionId(fxid) >= (uint64) 1 << 31)
+		return XACT_FORGOTTEN;
+	/* the commit log is not truncated under this lock (as pg_xact_status) */
+	LWLockAcquire(XactTruncationLock, LW_SHARED);
+#if PG_VERSION_NUM >= 170000
+	if (TransactionIdPrecedes(xid, TransamVariables->oldestClogXid))
+#else
+	if (TransactionIdPrecedes(xid, ShmemVariableCache->oldestClogXid))
+#endif
+		end = XACT_FORGOTTEN;
+	else if (TransactionIdIsInProgress(xid))
+		end = XACT_RUNNING;
+	else if (TransactionIdDidCommit(xid))
+		end = XACT_COMMITTED;
+	else
+		end = XACT_ABORTED;
+	LWLockRelease(XactTruncationLock);
+	return end;
+}
+
 /* This database's slot, taken if asked and one is free; caller holds the lock */
 static ChainDatabase *
 chain_database(bool take)
@@ -174,6 +218,28 @@ chain_database(bool take)
 			return d;
 		}
 		if (free_slot == NULL && (d->dboid == InvalidOid || d->nsegments == 0))
+			free_slot = d;
+	}
+	/*
+	 * A database's last segments stay until its next writer: with no free
+	 * slot, take one whose segments all committed (their rows are in that
+	 * log's head) or are forgotten.  Otherwise a cluster's first
+	 * CHAIN_DATABASES audited databases kept every slot for good, and every
+	 * other database's audited commits flushed one after another.
+	 */
+	for (i = 0; take && free_slot == NULL && i < CHAIN_DATABASES; i++)
+	{
+		ChainDatabase *d = &chain_shared->databases[i];
+		int			j;
+
+		for (j = 0; j < d->nsegments; j++)
+		{
+			XactEnd		end = xact_end(d->segments[j].fxid);
+
+			if (end != XACT_COMMITTED && end != XACT_FORGOTTEN)
+				break;
+		}
+		if (j == d->nsegments)
 			free_slot = d;
 	}
 	if (take && free_slot != NULL)
@@ -204,15 +270,6 @@ typedef struct ChainClaims
 	int64		max_id;			/* the highest id handed out so far */
 } ChainClaims;
 
-static bool
-xact_committed(FullTransactionId fxid)
-{
-	TransactionId xid = XidFromFullTransactionId(fxid);
-
-	return FullTransactionIdIsValid(fxid) && !TransactionIdIsInProgress(xid) &&
-		TransactionIdDidCommit(xid);
-}
-
 static void
 take_claims(ChainClaims *claims)
 {
@@ -229,6 +286,7 @@ take_claims(ChainClaims *claims)
 	for (i = 0; d != NULL && i < d->nsegments; i++)
 	{
 		ChainSegment *seg = &d->segments[i];
+		XactEnd		end;
 		bool		in_progress;
 
 		claims->max_id = Max(claims->max_id, seg->last_id);
@@ -237,10 +295,18 @@ take_claims(ChainClaims *claims)
 			d->segments[kept++] = *seg;
 			continue;
 		}
-		in_progress = TransactionIdIsInProgress(XidFromFullTransactionId(seg->fxid));
-		if (!in_progress && TransactionIdDidCommit(XidFromFullTransactionId(seg->fxid)))
+		end = xact_end(seg->fxid);
+
+		/*
+		 * Committed, its rows are in the head read next.  Forgotten by the
+		 * commit log: never named rolled back on a guess (a committed
+		 * segment's rows would then go unmissed), nor in progress; what
+		 * named it in flight is for verify_audit and the seals it left.
+		 */
+		if (end == XACT_COMMITTED || end == XACT_FORGOTTEN)
 			continue;
-		if (!in_progress && xact_committed(seg->claimed_by))
+		in_progress = end == XACT_RUNNING;
+		if (!in_progress && xact_end(seg->claimed_by) == XACT_COMMITTED)
 			continue;
 		claims->values[claims->n * 4] = (int64) U64FromFullTransactionId(seg->fxid);
 		claims->values[claims->n * 4 + 1] = seg->first_id;
