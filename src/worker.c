@@ -235,6 +235,21 @@ ensure_worker_locked(Oid dboid)
 	return true;
 }
 
+/* Does this announcement already name the channel?  Its data: names, each ending in NUL */
+static bool
+job_names(const CgJob *job, const char *channel)
+{
+	int			at = 0;
+
+	while (at < job->len)
+	{
+		if (strcmp(job->data + at, channel) == 0)
+			return true;
+		at += strlen(job->data + at) + 1;
+	}
+	return false;
+}
+
 /*
  * Queue a job for this database's worker; false when this database's share
  * of the queue is full or it has no worker to drain it (a job no worker
@@ -258,11 +273,27 @@ cg_enqueue(CgJobKind kind, const char *data, int len)
 
 		if (other->dboid != MyDatabaseId)
 			continue;
-		/* one wake-up waiting is enough, one announcement of a channel, one seal of a segment */
+		/*
+		 * One announcement waiting per database, naming each channel once
+		 * (a database's outbox wake-ups never take its share of the queue
+		 * from other jobs; past CG_JOB_BYTES of names, senders that wake on
+		 * any announcement are woken anyway).
+		 */
+		if (kind == CG_JOB_NOTIFY && other->kind == CG_JOB_NOTIFY)
+		{
+			if (!job_names(other, data) && other->len + len <= CG_JOB_BYTES)
+			{
+				memcpy(other->data + other->len, data, len);
+				other->len += len;
+			}
+			(void) ensure_worker_locked(MyDatabaseId);
+			LWLockRelease(shared->lock);
+			return true;
+		}
+		/* one wake-up waiting is enough, one seal of a segment */
 		if (kind == other->kind &&
 			(kind == CG_JOB_WAKE ||
-			 ((kind == CG_JOB_NOTIFY || kind == CG_JOB_AUDIT_SEAL) &&
-			  other->len == len && memcmp(other->data, data, len) == 0)))
+			 (kind == CG_JOB_AUDIT_SEAL && other->len == len && memcmp(other->data, data, len) == 0)))
 		{
 			(void) ensure_worker_locked(MyDatabaseId);
 			LWLockRelease(shared->lock);
@@ -814,7 +845,15 @@ job_step(void *arg)
 			/* delivered when this job's transaction commits; a wake-up needs no flush */
 			(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
 									 GUC_ACTION_LOCAL, true, 0, false);
-			Async_Notify("crmguard_outbox", job->data);
+			{
+				int			at = 0;
+
+				while (at < job->len)
+				{
+					Async_Notify("crmguard_outbox", job->data + at);
+					at += strlen(job->data + at) + 1;
+				}
+			}
 			break;
 	}
 	return true;

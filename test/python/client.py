@@ -368,6 +368,22 @@ check(got and got[0].pid != requester_pid, "the notification comes from the work
 r.execute("SELECT crmguard.request_otp('public.py_notify', '1', 'Delivered')")
 requester.rollback()
 check(heard(1.5) == [], "a request that rolls back wakes no one")
+# codes for two channels in one transaction: each channel is named once
+cur.execute("""
+    CREATE TABLE public.py_notify_mail (id bigint PRIMARY KEY, email text, status text);
+    INSERT INTO public.py_notify_mail VALUES (1, 'ada@example.com', 'Open');
+    SELECT crmguard.create_otp_rule('py notify mail', 'public.py_notify_mail', 'status', ARRAY['Closed'],
+                                    'email', channel => 'email', delivery => 'manual');
+""")
+r.execute("SELECT crmguard.request_otp('public.py_notify', '1', 'Delivered')")
+r.execute("SELECT crmguard.request_otp('public.py_notify_mail', '1', 'Closed')")
+requester.commit()
+got = heard(10)
+deadline = time.time() + 3
+while len(got) < 2 and time.time() < deadline:
+    got += heard(deadline - time.time())
+check(sorted(n.payload for n in got) == ["email", "whatsapp"],
+      "a transaction that queued codes for two channels wakes each channel's senders once")
 requester.close()
 sender.close()
 
