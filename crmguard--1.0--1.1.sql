@@ -1056,7 +1056,8 @@ COMMENT ON TABLE crmguard.audit IS 'append-only log of guarded actions; each row
 -- The chain lock is no longer held through a commit's flush: a writer links to
 -- entries still committing and names what it chained over (rows of 1.0 have
 -- none, and hash as before)
-ALTER TABLE crmguard.audit ADD COLUMN in_flight bigint[];
+ALTER TABLE crmguard.audit ADD COLUMN in_flight bigint[], ADD COLUMN in_flight_cluster bigint;
+COMMENT ON COLUMN crmguard.audit.in_flight_cluster IS 'with in_flight: the system identifier of the cluster that chained the row; in another cluster (a restored dump) its xids are not asked of the commit log';
 COMMENT ON COLUMN crmguard.audit.in_flight IS 'segments chained over before their transactions committed: (xid, first id, last id, rolled back 0/1) repeated; verify_audit accepts missing ids only where a row names them so and that transaction did not commit';
 COMMENT ON FUNCTION crmguard.audit_event(text, text, text, jsonb) IS 'append an event to the audit log as the current principal';
 COMMENT ON FUNCTION crmguard.verify_audit() IS 'recompute the audit chain; first_bad is the first altered, inserted or deleted-after row';

@@ -58,8 +58,8 @@
 
 #include "crmguard.h"
 
-#define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash, in_flight"
-#define AUDIT_NCOLUMNS 11
+#define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash, in_flight, in_flight_cluster"
+#define AUDIT_NCOLUMNS 12
 /* entries chained in one INSERT: a commit writes a few (the OTP cycle three) */
 #define AUDIT_BATCH 8
 
@@ -383,6 +383,7 @@ typedef struct AuditRow
 	const char *detail;			/* canonical jsonb text, or NULL */
 	int			nclaims;		/* in_flight: segments chained over, 4 values each */
 	const int64 *claims;
+	int64		cluster;		/* with claims: the system identifier of the cluster they are of */
 	unsigned char prev_hash[CG_HASH_BYTES];
 } AuditRow;
 
@@ -445,6 +446,7 @@ audit_row_hash(const AuditRow *row, unsigned char *out)
 		hash_int(&st, true, row->nclaims);
 		for (i = 0; i < row->nclaims * 4; i++)
 			hash_int(&st, true, row->claims[i]);
+		hash_int(&st, true, row->cluster);
 	}
 	crypto_generichash_update(&st, row->prev_hash, CG_HASH_BYTES);
 	crypto_generichash_final(&st, out, CG_HASH_BYTES);
@@ -469,7 +471,7 @@ insert_plan(int n)
 {
 	static SPIPlanPtr plans[AUDIT_BATCH];
 	static const Oid row_types[AUDIT_NCOLUMNS] = {INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID,
-	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID, INT8ARRAYOID};
+	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID, INT8ARRAYOID, INT8OID};
 	StringInfoData sql;
 	Oid		   *types;
 	int			r;
@@ -656,6 +658,7 @@ audit_write_entries(PendingEntry **entries, int n)
 				}
 				row.nclaims = claims.n;
 				row.claims = claims.values;
+				row.cluster = (int64) GetSystemIdentifier();
 			}
 			memcpy(row.prev_hash, head_hash, CG_HASH_BYTES);
 			audit_row_hash(&row, hash);
@@ -677,6 +680,8 @@ audit_write_entries(PendingEntry **entries, int n)
 			v[9] = bytea_datum(hash, CG_HASH_BYTES);
 			v[10] = row.nclaims > 0 ? claims_datum(&claims) : (Datum) 0;
 			nl[10] = row.nclaims > 0 ? ' ' : 'n';
+			v[11] = Int64GetDatum(row.cluster);
+			nl[11] = row.nclaims > 0 ? ' ' : 'n';
 			memcpy(head_hash, hash, CG_HASH_BYTES);
 		}
 		if (SPI_execute_plan(insert_plan(batch), values, nulls, false, 0) != SPI_OK_INSERT)
@@ -1093,11 +1098,12 @@ typedef struct GapCheck
 	int64		first_id;		/* its segment */
 	int64		last_id;
 	int64		row_id;			/* the row that named it */
+	bool		local;			/* named by this cluster: its commit log tells */
 } GapCheck;
 
 static bool
 gap_explained(int64 after, int64 before, const int64 *claims, int nclaims, int64 row_id,
-			  GapCheck **checks, int *nchecks, int *maxchecks)
+			  bool local, GapCheck **checks, int *nchecks, int *maxchecks)
 {
 	int64		next = after + 1;
 
@@ -1120,6 +1126,7 @@ gap_explained(int64 after, int64 before, const int64 *claims, int nclaims, int64
 			(*checks)[*nchecks].fxid = claims[c * 4];
 			(*checks)[*nchecks].first_id = claims[c * 4 + 1];
 			(*checks)[*nchecks].last_id = claims[c * 4 + 2];
+			(*checks)[*nchecks].local = local;
 			(*checks)[(*nchecks)++].row_id = row_id;
 		}
 		next = claims[c * 4 + 2] + 1;
@@ -1133,7 +1140,10 @@ gap_explained(int64 after, int64 before, const int64 *claims, int nclaims, int64
  * one.  A row may follow missing ids only where it names them as a segment
  * it chained over, and the transaction of that segment did not commit: it
  * named it rolled back, a later row did, or the commit log says so; or it
- * was still running for the snapshot the rows are read with.  Nothing waits:
+ * was still running for the snapshot the rows are read with.  The commit
+ * log is asked only about rows this cluster chained (in_flight_cluster): in
+ * a log restored into another cluster, the same xids name other
+ * transactions, which anyone could have roll back.  Nothing waits:
  * an auditor's call never holds up a commit.
  */
 PG_FUNCTION_INFO_V1(crmguard_verify_audit);
@@ -1212,6 +1222,8 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 
 				row.detail = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 			}
+			d = SPI_getbinval(tup, desc, 12, &isnull);
+			row.cluster = isnull ? 0 : DatumGetInt64(d);
 			d = SPI_getbinval(tup, desc, 11, &isnull);
 			if (!isnull)
 			{
@@ -1258,6 +1270,7 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 			}
 			else if (row.id <= prev_id ||
 					 !gap_explained(prev_id, row.id, row.claims, row.nclaims, row.id,
+									row.cluster == (int64) GetSystemIdentifier(),
 									&checks, &nchecks, &maxchecks))
 				first_bad = row.id;
 			audit_row_hash(&row, hash);
@@ -1289,7 +1302,15 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 			continue;
 		for (j = 0; j < nrolled && !named; j++)
 			named = rolled_back[j] == checks[i].fxid;
-		if (named || xact_unseen(checks[i].fxid, snapshot))
+		if (named)
+			continue;
+		/* restored from another cluster: its xids mean nothing to this commit log */
+		if (!checks[i].local)
+		{
+			first_bad = checks[i].row_id;
+			continue;
+		}
+		if (xact_unseen(checks[i].fxid, snapshot))
 			continue;
 		if (!xact_rolled_back(checks[i].fxid))
 			first_bad = checks[i].row_id;

@@ -15,10 +15,13 @@ CREATE TABLE crmguard.audit (
     hash      bytea NOT NULL,
     -- segments of the chain this row was chained over while their transactions
     -- had not committed: (xid, first id, last id, rolled back 0/1), repeated
-    in_flight bigint[]
+    in_flight bigint[],
+    -- with in_flight: the system identifier of the cluster whose xids they are
+    in_flight_cluster bigint
 );
 COMMENT ON TABLE crmguard.audit IS 'append-only log of guarded actions; each row chained to the previous by a keyed BLAKE2b hash';
 COMMENT ON COLUMN crmguard.audit.in_flight IS 'segments chained over before their transactions committed: (xid, first id, last id, rolled back 0/1) repeated; verify_audit accepts missing ids only where a row names them so and that transaction did not commit';
+COMMENT ON COLUMN crmguard.audit.in_flight_cluster IS 'with in_flight: the system identifier of the cluster that chained the row; in another cluster (a restored dump) its xids are not asked of the commit log';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.audit', '');
 
 CREATE FUNCTION crmguard.audit_append_only() RETURNS trigger
