@@ -327,6 +327,24 @@ take_claims(ChainClaims *claims)
 	LWLockRelease(chain_shared->lock);
 }
 
+/* Is this segment still known in flight (its next writer will name how it ended)? */
+static bool
+segment_tracked(int64 fxid)
+{
+	ChainDatabase *d;
+	bool		found = false;
+	int			i;
+
+	if (chain_shared == NULL)
+		return false;
+	LWLockAcquire(chain_shared->lock, LW_EXCLUSIVE);
+	d = chain_database(false);
+	for (i = 0; d != NULL && i < d->nsegments && !found; i++)
+		found = (int64) U64FromFullTransactionId(d->segments[i].fxid) == fxid;
+	LWLockRelease(chain_shared->lock);
+	return found;
+}
+
 /* Record this transaction's new segment; false when there is no room for it */
 static bool
 track_segment(int64 first_id, int64 last_id, const unsigned char *last_hash)
@@ -1004,8 +1022,8 @@ cg_audit_run_job(const char *data, int len)
 
 /*
  * A segment named in flight whose transaction, verify_audit found, never
- * committed, and that no row names rolled back: after a crash, no writer
- * knew of it.  The commit log tells only until VACUUM truncates it, so the
+ * committed, that no row names rolled back, and that shared memory no
+ * longer knows (a crash, or its slot given up): no writer will name it.  The commit log tells only until VACUUM truncates it, so the
  * worker writes an entry that names the segment rolled back, for good.
  */
 static void
@@ -1013,7 +1031,8 @@ queue_seal(int64 fxid, int64 first_id, int64 last_id)
 {
 	int64		data[3] = {fxid, first_id, last_id};
 
-	if (!RecoveryInProgress())
+	/* one still known in flight is named rolled back by the next writer */
+	if (!RecoveryInProgress() && !segment_tracked(fxid))
 		(void) cg_enqueue(CG_JOB_AUDIT_SEAL, (const char *) data, sizeof(data));
 }
 
