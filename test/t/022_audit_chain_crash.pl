@@ -10,38 +10,18 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AuditChainTest;
 
 my $node = PostgreSQL::Test::Cluster->new('audit_crash');
 $node->init;
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'crmguard'");
 $node->start;
-$node->safe_psql('postgres', q{
-    CREATE EXTENSION crmguard;
-    CREATE ROLE rep;
-    CREATE TABLE public.note (id int PRIMARY KEY);
-    GRANT INSERT ON public.note TO rep;
-    SELECT crmguard.add_principal('rep', '{agent}', db_role => 'rep');
-    SELECT crmguard.track('public.note');
-    SELECT crmguard.audit_event('before');
-});
-
-# the activity count at commit waits for this lock: the first transaction's
-# entries are chained, its commit record not yet written
-my $lock = $node->background_psql('postgres');
-$lock->query_safe('BEGIN; LOCK TABLE crmguard.activity_log IN EXCLUSIVE MODE;');
-my $held = $node->background_psql('postgres', on_error_stop => 0);
-$held->query_until(qr/committing/, q{
-    BEGIN;
-    SELECT crmguard.audit_event('held');
-    SET LOCAL ROLE rep;
-    INSERT INTO public.note VALUES (1);
-    RESET ROLE;
-    \echo committing
-    COMMIT;
-});
-ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_locks
-      WHERE relation = 'crmguard.activity_log'::regclass AND NOT granted}),
-   'the first commit waits after its entries were chained');
+$node->safe_psql('postgres', 'CREATE EXTENSION crmguard');
+prepare_held_commit($node, 'postgres');
+# the first transaction's entries are chained, its commit record not yet written
+my ($lock, $held) = hold_commit_after_chaining($node, 'postgres');
 $node->safe_psql('postgres', q{SELECT crmguard.audit_event('over it')});
 is($node->safe_psql('postgres', q{SELECT in_flight[4] FROM crmguard.audit WHERE action = 'over it'}),
    '0', 'a writer commits meanwhile, naming the segment in flight');

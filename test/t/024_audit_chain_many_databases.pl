@@ -10,6 +10,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AuditChainTest;
 
 my $node = PostgreSQL::Test::Cluster->new('audit_many_db');
 $node->init;
@@ -27,31 +30,8 @@ for my $i (1 .. 64)
     $node->safe_psql("busy$i", q{SELECT crmguard.audit_event('one')});
 }
 $node->safe_psql('postgres', 'CREATE DATABASE crm');
-$node->safe_psql('crm', q{
-    CREATE ROLE rep;
-    CREATE TABLE public.note (id int PRIMARY KEY);
-    GRANT INSERT ON public.note TO rep;
-    SELECT crmguard.add_principal('rep', '{agent}', db_role => 'rep');
-    SELECT crmguard.track('public.note');
-    SELECT crmguard.audit_event('before');
-});
-
-# a commit held after its entries were chained (its activity count waits on a lock)
-my $lock = $node->background_psql('crm');
-$lock->query_safe('BEGIN; LOCK TABLE crmguard.activity_log IN EXCLUSIVE MODE;');
-my $held = $node->background_psql('crm', on_error_stop => 0);
-$held->query_until(qr/committing/, q{
-    BEGIN;
-    SELECT crmguard.audit_event('held');
-    SET LOCAL ROLE rep;
-    INSERT INTO public.note VALUES (1);
-    RESET ROLE;
-    \echo committing
-    COMMIT;
-});
-ok($node->poll_query_until('crm', q{SELECT count(*) = 1 FROM pg_locks
-      WHERE relation = 'crmguard.activity_log'::regclass AND NOT granted}),
-   'the commit waits after its entries were chained');
+prepare_held_commit($node, 'crm');
+my ($lock, $held) = hold_commit_after_chaining($node, 'crm');
 
 my ($ret, $out, $err) = $node->psql('crm', q{
     SET lock_timeout = '3s';

@@ -9,6 +9,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AuditChainTest;
 
 my $burn = PostgreSQL::Test::Utils::tempdir() . '/burn.sql';
 open(my $fh, '>', $burn) or die;
@@ -30,35 +33,14 @@ $a->init;
 $a->append_conf('postgresql.conf', "shared_preload_libraries = 'crmguard'");
 $a->start;
 $a->safe_psql('postgres', 'CREATE DATABASE crm');
-$a->safe_psql('crm', q{
-    CREATE EXTENSION crmguard;
-    CREATE ROLE rep;
-    CREATE TABLE public.note (id int PRIMARY KEY);
-    GRANT INSERT ON public.note TO rep;
-    SELECT crmguard.add_principal('rep', '{agent}', db_role => 'rep');
-    SELECT crmguard.track('public.note');
-    SELECT crmguard.audit_event('before');
-});
+$a->safe_psql('crm', 'CREATE EXTENSION crmguard');
+prepare_held_commit($a, 'crm');
 # the held transaction's xid, well above what the copy's restore will use
 burn_to($a, 20000);
 
 # a commit held after chaining (its activity count waits for a lock), and a
 # writer that commits over it, naming it in flight; then it commits too
-my $lock = $a->background_psql('crm');
-$lock->query_safe('BEGIN; LOCK TABLE crmguard.activity_log IN EXCLUSIVE MODE;');
-my $held = $a->background_psql('crm');
-$held->query_until(qr/committing/, q{
-    BEGIN;
-    SELECT crmguard.audit_event('held');
-    SET LOCAL ROLE rep;
-    INSERT INTO public.note VALUES (1);
-    RESET ROLE;
-    \echo committing
-    COMMIT;
-});
-ok($a->poll_query_until('crm', q{SELECT count(*) = 1 FROM pg_locks
-      WHERE relation = 'crmguard.activity_log'::regclass AND NOT granted}),
-   'the held commit waits after chaining');
+my ($lock, $held) = hold_commit_after_chaining($a, 'crm');
 $a->safe_psql('crm', q{SELECT crmguard.audit_event('over it')});
 $lock->query_safe('COMMIT;');
 ok($a->poll_query_until('crm', q{SELECT count(*) = 1 FROM crmguard.audit WHERE action = 'held'}),
