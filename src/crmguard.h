@@ -167,6 +167,7 @@ extern void cg_worker_shmem_request(void);
 extern void cg_worker_shmem_startup(void);
 extern void cg_worker_register(void);
 extern bool cg_enqueue(CgJobKind kind, const char *data, int len);
+extern bool cg_enqueue_after_commit(CgJobKind kind, const char *data, int len);
 extern Oid	cg_worker_database_to_leave(Node *parsetree);
 extern bool cg_worker_leave(Oid dboid);
 extern void cg_worker_return(Oid dboid, bool was_there);

@@ -44,12 +44,15 @@ announce_xact_callback(XactEvent event, void *arg)
 						 errmsg("cannot prepare a transaction that queued crmguard outbox messages")));
 			break;
 		case XACT_EVENT_COMMIT:
-			/* no error may escape a committed transaction: a full queue is skipped */
+			/*
+			 * No error may escape a committed transaction: a full queue (or
+			 * a name too long for a job) is left to the senders' poll.
+			 */
 			foreach(lc, announce)
 			{
 				const char *channel = (const char *) lfirst(lc);
 
-				(void) cg_enqueue(CG_JOB_NOTIFY, channel, strlen(channel) + 1);
+				(void) cg_enqueue_after_commit(CG_JOB_NOTIFY, channel, strlen(channel) + 1);
 			}
 			announce = NIL;
 			break;
@@ -71,8 +74,6 @@ announce_at_commit(const char *channel)
 	MemoryContext old;
 	ListCell   *lc;
 
-	if (strlen(channel) + 1 > CG_JOB_BYTES)
-		return;					/* no such channel name fits a payload: left to the poll */
 	if (!announce_registered)
 	{
 		RegisterXactCallback(announce_xact_callback, NULL);

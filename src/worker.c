@@ -235,6 +235,8 @@ ensure_worker_locked(Oid dboid)
 	return true;
 }
 
+static bool enqueue_job(CgJobKind kind, const char *data, int len);
+
 /* Does this announcement already name the channel?  Its data: names, each ending in NUL */
 static bool
 job_names(const CgJob *job, const char *channel)
@@ -258,13 +260,30 @@ job_names(const CgJob *job, const char *channel)
 bool
 cg_enqueue(CgJobKind kind, const char *data, int len)
 {
-	CgJob	   *job;
-	uint64		i;
-	int			mine = 0;
-
 	cg_require_preload();
 	if (len > CG_JOB_BYTES)
 		elog(ERROR, "crmguard job of %d bytes exceeds %d", len, CG_JOB_BYTES);
+	return enqueue_job(kind, data, len);
+}
+
+/*
+ * The same from a transaction that has committed, where no error may be
+ * raised (an outbox wake-up): false instead of an error.
+ */
+bool
+cg_enqueue_after_commit(CgJobKind kind, const char *data, int len)
+{
+	if (!cg_preloaded || len > CG_JOB_BYTES)
+		return false;
+	return enqueue_job(kind, data, len);
+}
+
+static bool
+enqueue_job(CgJobKind kind, const char *data, int len)
+{
+	CgJob	   *job;
+	uint64		i;
+	int			mine = 0;
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	for (i = shared->head; i < shared->tail; i++)

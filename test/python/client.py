@@ -384,6 +384,16 @@ while len(got) < 2 and time.time() < deadline:
     got += heard(deadline - time.time())
 check(sorted(n.payload for n in got) == ["email", "whatsapp"],
       "a transaction that queued codes for two channels wakes each channel's senders once")
+# a prepared transaction's message would wake no sender at COMMIT PREPARED
+error = None
+try:
+    r.execute("SELECT crmguard.request_otp('public.py_notify', '1', 'Delivered')")
+    r.execute("PREPARE TRANSACTION 'py_notify'")
+except psycopg2.Error as e:
+    error = e
+requester.rollback()
+check(error is not None and error.pgcode == "0A000" and "cannot prepare a transaction" in error.pgerror,
+      "a transaction that queued a code cannot be prepared (0A000)")
 requester.close()
 sender.close()
 
