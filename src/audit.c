@@ -44,7 +44,6 @@
 #include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/array.h"
-#include "utils/fmgrprotos.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -54,7 +53,6 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-#include "utils/xid8.h"
 
 #include "crmguard.h"
 
@@ -168,15 +166,22 @@ typedef enum XactEnd
 	XACT_FORGOTTEN
 } XactEnd;
 
+/* Is this xid of the last 2^31, where its 32-bit form names it alone? */
+static bool
+xid_in_reach(uint64 fxid)
+{
+	uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
+
+	return fxid != 0 && fxid < next && next - fxid < (uint64) 1 << 31;
+}
+
 static XactEnd
 xact_end(FullTransactionId fxid)
 {
-	uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
 	TransactionId xid = XidFromFullTransactionId(fxid);
 	XactEnd		end;
 
-	if (!FullTransactionIdIsValid(fxid) || U64FromFullTransactionId(fxid) >= next ||
-		next - U64FromFullTransactionId(fxid) >= (uint64) 1 << 31)
+	if (!FullTransactionIdIsValid(fxid) || !xid_in_reach(U64FromFullTransactionId(fxid)))
 		return XACT_FORGOTTEN;
 	/* the commit log is not truncated under this lock (as pg_xact_status) */
 	LWLockAcquire(XactTruncationLock, LW_SHARED);
@@ -1084,28 +1089,12 @@ text_or_null(HeapTuple tup, TupleDesc desc, int col)
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
-/* Did this transaction end without committing?  False when too old to tell */
-static bool
-xact_rolled_back(int64 fxid)
-{
-	LOCAL_FCINFO(status_call, 1);
-	Datum		status;
-
-	InitFunctionCallInfoData(*status_call, NULL, 1, InvalidOid, NULL, NULL);
-	status_call->args[0].value = FullTransactionIdGetDatum(FullTransactionIdFromU64((uint64) fxid));
-	status_call->args[0].isnull = false;
-	status = pg_xact_status(status_call);
-	return !status_call->isnull && strcmp(TextDatumGetCString(status), "aborted") == 0;
-}
-
 /* Was this transaction still running for the snapshot (its rows unseen by it)? */
 static bool
 xact_unseen(int64 fxid, Snapshot snapshot)
 {
-	uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
-
 	/* beyond the reach of 32-bit xids: long over */
-	if ((uint64) fxid >= next || next - (uint64) fxid >= (uint64) 1 << 31)
+	if (!xid_in_reach((uint64) fxid))
 		return false;
 	return XidInMVCCSnapshot((TransactionId) (fxid & 0xFFFFFFFF), snapshot);
 }
@@ -1331,7 +1320,7 @@ crmguard_verify_audit(PG_FUNCTION_ARGS)
 		}
 		if (xact_unseen(checks[i].fxid, snapshot))
 			continue;
-		if (!xact_rolled_back(checks[i].fxid))
+		if (xact_end(FullTransactionIdFromU64((uint64) checks[i].fxid)) != XACT_ABORTED)
 			first_bad = checks[i].row_id;
 		else
 			queue_seal(checks[i].fxid, checks[i].first_id, checks[i].last_id);
