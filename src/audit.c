@@ -58,8 +58,8 @@
 
 #define AUDIT_COLUMNS "id, at, principal, device, action, target, row_key, detail, prev_hash, hash, in_flight, in_flight_cluster"
 #define AUDIT_NCOLUMNS 12
-/* entries chained in one INSERT: a commit writes a few (the OTP cycle three) */
-#define AUDIT_BATCH 8
+static const char *const audit_columns[AUDIT_NCOLUMNS] = {"id", "at", "principal", "device", "action",
+	"target", "row_key", "detail", "prev_hash", "hash", "in_flight", "in_flight_cluster"};
 
 /*
  * The chain lock of this database's audit log: an advisory-style lock in a
@@ -489,40 +489,6 @@ canonical_json(const char *json, Datum *jsonb)
 }
 
 /* The INSERT of n chained rows, prepared once per backend and n */
-static SPIPlanPtr
-insert_plan(int n)
-{
-	static SPIPlanPtr plans[AUDIT_BATCH];
-	static const Oid row_types[AUDIT_NCOLUMNS] = {INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID,
-	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID, INT8ARRAYOID, INT8OID};
-	StringInfoData sql;
-	Oid		   *types;
-	int			r;
-	int			c;
-
-	Assert(n >= 1 && n <= AUDIT_BATCH);
-	if (plans[n - 1] != NULL)
-		return plans[n - 1];
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "INSERT INTO crmguard.audit (" AUDIT_COLUMNS ") VALUES ");
-	types = palloc(sizeof(Oid) * AUDIT_NCOLUMNS * n);
-	for (r = 0; r < n; r++)
-	{
-		appendStringInfoString(&sql, r ? ", (" : "(");
-		for (c = 0; c < AUDIT_NCOLUMNS; c++)
-		{
-			appendStringInfo(&sql, c ? ", $%d" : "$%d", r * AUDIT_NCOLUMNS + c + 1);
-			types[r * AUDIT_NCOLUMNS + c] = row_types[c];
-		}
-		appendStringInfoChar(&sql, ')');
-	}
-	plans[n - 1] = SPI_prepare(sql.data, AUDIT_NCOLUMNS * n, types);
-	if (plans[n - 1] == NULL)
-		elog(ERROR, "SPI_prepare failed");
-	SPI_keepplan(plans[n - 1]);
-	return plans[n - 1];
-}
-
 static Datum
 bytea_datum(const unsigned char *bytes, int len)
 {
@@ -599,19 +565,20 @@ claims_datum(const ChainClaims *claims)
 
 /*
  * Append entries to the chain, in order: read the head once under the chain
- * lock, link each entry to the one before, and insert them in as few
- * statements as AUDIT_BATCH allows.  The head is the newest row committed or
- * in flight; the first entry names what it chains over.
+ * lock, link each entry to the one before, and insert them together, without
+ * a statement.  The head is the newest row committed or in flight; the first
+ * entry names what it chains over.
  */
 static void
 audit_write_entries(PendingEntry **entries, int n)
 {
-	CgPrivilegedContext priv;
 	ChainClaims claims;
 	unsigned char head_hash[CG_HASH_BYTES];
 	int64		head_id;
 	int64		first_id;
-	int			done;
+	Datum	   *values;
+	bool	   *nulls;
+	int			i;
 
 	/*
 	 * The table lock an INSERT takes (ROW EXCLUSIVE conflicts with nothing a
@@ -621,7 +588,6 @@ audit_write_entries(PendingEntry **entries, int n)
 	LockRelationOid(cg_catalog()->audit_rel, RowExclusiveLock);
 	lock_audit_chain();
 
-	cg_enter_owner(&priv);
 	CommandCounterIncrement();
 	/* the segments first: one that commits meanwhile is in the head read next */
 	take_claims(&claims);
@@ -632,87 +598,75 @@ audit_write_entries(PendingEntry **entries, int n)
 		memcpy(head_hash, claims.link_hash, CG_HASH_BYTES);
 	}
 	first_id = Max(head_id, claims.max_id) + 1;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	for (done = 0; done < n;)
+	values = palloc(sizeof(Datum) * AUDIT_NCOLUMNS * n);
+	nulls = palloc0(sizeof(bool) * AUDIT_NCOLUMNS * n);
+	for (i = 0; i < n; i++)
 	{
-		int			batch = Min(n - done, AUDIT_BATCH);
-		Datum	   *values = palloc(sizeof(Datum) * AUDIT_NCOLUMNS * batch);
-		char	   *nulls = palloc(AUDIT_NCOLUMNS * batch);
-		int			i;
+		PendingEntry *e = entries[i];
+		Datum	   *v = values + i * AUDIT_NCOLUMNS;
+		bool	   *nl = nulls + i * AUDIT_NCOLUMNS;
+		AuditRow	row;
+		unsigned char hash[CG_HASH_BYTES];
+		Datum		detail = (Datum) 0;
 
-		memset(nulls, ' ', AUDIT_NCOLUMNS * batch);
-		for (i = 0; i < batch; i++)
+		memset(&row, 0, sizeof(row));
+		row.id = first_id + i;
+		row.at = e->at;
+		row.has_principal = e->principal != 0;
+		row.principal = e->principal;
+		row.has_device = e->device != 0;
+		row.device = e->device;
+		row.action = e->action;
+		row.target = e->target;
+		row.row_key = e->row_key;
+		if (e->jsonb)
 		{
-			PendingEntry *e = entries[done + i];
-			Datum	   *v = values + i * AUDIT_NCOLUMNS;
-			char	   *nl = nulls + i * AUDIT_NCOLUMNS;
-			AuditRow	row;
-			unsigned char hash[CG_HASH_BYTES];
-			Datum		detail = (Datum) 0;
-
-			memset(&row, 0, sizeof(row));
-			row.id = first_id + done + i;
-			row.at = e->at;
-			row.has_principal = e->principal != 0;
-			row.principal = e->principal;
-			row.has_device = e->device != 0;
-			row.device = e->device;
-			row.action = e->action;
-			row.target = e->target;
-			row.row_key = e->row_key;
-			if (e->jsonb)
-			{
-				row.detail = JsonbToCString(NULL, &e->jsonb->root, VARSIZE(e->jsonb));
-				detail = JsonbPGetDatum(e->jsonb);
-			}
-			else
-				row.detail = canonical_json(e->detail, &detail);
-			/* the first entry names what it chains over; the rest link to it */
-			if (done + i == 0)
-			{
-				if (e->seal && claims.n < CHAIN_SEGMENTS + 1)
-				{
-					claims.values[claims.n * 4] = e->seal[0];
-					claims.values[claims.n * 4 + 1] = e->seal[1];
-					claims.values[claims.n * 4 + 2] = e->seal[2];
-					claims.values[claims.n * 4 + 3] = 1;
-					claims.n++;
-				}
-				row.nclaims = claims.n;
-				row.claims = claims.values;
-				row.cluster = (int64) GetSystemIdentifier();
-			}
-			memcpy(row.prev_hash, head_hash, CG_HASH_BYTES);
-			audit_row_hash(&row, hash);
-
-			v[0] = Int64GetDatum(row.id);
-			v[1] = TimestampTzGetDatum(row.at);
-			v[2] = Int64GetDatum(row.principal);
-			nl[2] = row.has_principal ? ' ' : 'n';
-			v[3] = Int64GetDatum(row.device);
-			nl[3] = row.has_device ? ' ' : 'n';
-			v[4] = CStringGetTextDatum(e->action);
-			v[5] = e->target ? CStringGetTextDatum(e->target) : (Datum) 0;
-			nl[5] = e->target ? ' ' : 'n';
-			v[6] = e->row_key ? CStringGetTextDatum(e->row_key) : (Datum) 0;
-			nl[6] = e->row_key ? ' ' : 'n';
-			v[7] = detail;
-			nl[7] = row.detail ? ' ' : 'n';
-			v[8] = bytea_datum(row.prev_hash, CG_HASH_BYTES);
-			v[9] = bytea_datum(hash, CG_HASH_BYTES);
-			v[10] = row.nclaims > 0 ? claims_datum(&claims) : (Datum) 0;
-			nl[10] = row.nclaims > 0 ? ' ' : 'n';
-			v[11] = Int64GetDatum(row.cluster);
-			nl[11] = row.nclaims > 0 ? ' ' : 'n';
-			memcpy(head_hash, hash, CG_HASH_BYTES);
+			row.detail = JsonbToCString(NULL, &e->jsonb->root, VARSIZE(e->jsonb));
+			detail = JsonbPGetDatum(e->jsonb);
 		}
-		if (SPI_execute_plan(insert_plan(batch), values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not append to the audit log");
-		done += batch;
+		else
+			row.detail = canonical_json(e->detail, &detail);
+		/* the first entry names what it chains over; the rest link to it */
+		if (i == 0)
+		{
+			if (e->seal && claims.n < CHAIN_SEGMENTS + 1)
+			{
+				claims.values[claims.n * 4] = e->seal[0];
+				claims.values[claims.n * 4 + 1] = e->seal[1];
+				claims.values[claims.n * 4 + 2] = e->seal[2];
+				claims.values[claims.n * 4 + 3] = 1;
+				claims.n++;
+			}
+			row.nclaims = claims.n;
+			row.claims = claims.values;
+			row.cluster = (int64) GetSystemIdentifier();
+		}
+		memcpy(row.prev_hash, head_hash, CG_HASH_BYTES);
+		audit_row_hash(&row, hash);
+
+		v[0] = Int64GetDatum(row.id);
+		v[1] = TimestampTzGetDatum(row.at);
+		v[2] = Int64GetDatum(row.principal);
+		nl[2] = !row.has_principal;
+		v[3] = Int64GetDatum(row.device);
+		nl[3] = !row.has_device;
+		v[4] = CStringGetTextDatum(e->action);
+		v[5] = e->target ? CStringGetTextDatum(e->target) : (Datum) 0;
+		nl[5] = e->target == NULL;
+		v[6] = e->row_key ? CStringGetTextDatum(e->row_key) : (Datum) 0;
+		nl[6] = e->row_key == NULL;
+		v[7] = detail;
+		nl[7] = row.detail == NULL;
+		v[8] = bytea_datum(row.prev_hash, CG_HASH_BYTES);
+		v[9] = bytea_datum(hash, CG_HASH_BYTES);
+		v[10] = row.nclaims > 0 ? claims_datum(&claims) : (Datum) 0;
+		nl[10] = row.nclaims == 0;
+		v[11] = Int64GetDatum(row.cluster);
+		nl[11] = row.nclaims == 0;
+		memcpy(head_hash, hash, CG_HASH_BYTES);
 	}
-	SPI_finish();
-	cg_leave_owner(&priv);
+	/* without a statement: the log has no foreign keys, and no triggers on INSERT */
+	cg_insert_catalog_rows(cg_catalog()->audit_rel, AUDIT_NCOLUMNS, audit_columns, n, values, nulls);
 
 	/*
 	 * Linked and inserted: the next writer may go on while this transaction

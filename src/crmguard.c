@@ -24,6 +24,7 @@
 #include "utils/snapmgr.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -677,6 +678,25 @@ cg_catalog_never_written(Oid relid)
 	return empty;
 }
 
+/* The number of a column of one of crmguard's catalogs, which must exist */
+static AttrNumber
+catalog_column(Relation rel, const char *column)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			a;
+
+	for (a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), column) == 0)
+			return att->attnum;
+	}
+	elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is missing",
+		 column, RelationGetRelationName(rel));
+	return InvalidAttrNumber;	/* keep compiler quiet */
+}
+
 /*
  * Each row of one of crmguard's own catalogs, read straight from the heap
  * with snapshot: fn gets the values of the named columns, valid until it
@@ -690,7 +710,6 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
 				CgCatalogRowFn fn, void *arg)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
 	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
 	Datum	   *values = palloc(sizeof(Datum) * ncolumns);
 	bool	   *nulls = palloc(sizeof(bool) * ncolumns);
@@ -701,19 +720,7 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
 
 	for (i = 0; i < ncolumns; i++)
 	{
-		int			a;
-
-		attnums[i] = InvalidAttrNumber;
-		for (a = 0; a < desc->natts; a++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, a);
-
-			if (!att->attisdropped && strcmp(NameStr(att->attname), columns[i]) == 0)
-				attnums[i] = att->attnum;
-		}
-		if (attnums[i] == InvalidAttrNumber)
-			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is missing",
-				 columns[i], RelationGetRelationName(rel));
+		attnums[i] = catalog_column(rel, columns[i]);
 		last = Max(last, attnums[i]);
 	}
 	snapshot = RegisterSnapshot(snapshot);
@@ -736,6 +743,84 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
 	pfree(attnums);
 	pfree(values);
 	pfree(nulls);
+}
+
+/*
+ * Append rows to one of crmguard's own catalogs without a statement: heap
+ * tuples and their index entries, as PostgreSQL writes its system catalogs.
+ * For the rows the hot paths add (audit entries, approval history): there,
+ * a statement's executor start, its foreign-key check and the table's CHECK
+ * expressions, which PostgreSQL reads anew for every statement, cost
+ * several times the insert itself.
+ *
+ * values and nulls hold nrows rows of the ncolumns named columns.  A column
+ * with a default must be named (left out, it would be a silent NULL); NOT
+ * NULL and unique indexes are enforced here as a statement would.  What is
+ * not checked, and is the caller's to ensure: the table's CHECK constraints
+ * (callers write fixed words of crmguard's own code) and its foreign keys
+ * (the caller holds the row referred to).  Triggers do not fire, as on
+ * system catalogs.  The rows are visible to the next command.
+ */
+void
+cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, int nrows,
+					   const Datum *values, const bool *nulls)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
+	bool	   *named = palloc0(sizeof(bool) * desc->natts);
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *info = makeNode(ResultRelInfo);
+	TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
+	CommandId	cid = GetCurrentCommandId(true);
+	int			r;
+	int			i;
+
+	for (i = 0; i < ncolumns; i++)
+	{
+		attnums[i] = catalog_column(rel, columns[i]);
+		named[attnums[i] - 1] = true;
+	}
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && !named[i] && att->atthasdef)
+			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" has a default and no value",
+				 NameStr(att->attname), RelationGetRelationName(rel));
+	}
+	InitResultRelInfo(info, rel, 1, NULL, 0);
+	ExecOpenIndices(info, false);
+	for (r = 0; r < nrows; r++)
+	{
+		ExecClearTuple(slot);
+		memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
+		for (i = 0; i < ncolumns; i++)
+		{
+			slot->tts_values[attnums[i] - 1] = values[r * ncolumns + i];
+			slot->tts_isnull[attnums[i] - 1] = nulls != NULL && nulls[r * ncolumns + i];
+		}
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (slot->tts_isnull[i] && att->attnotnull && !att->attisdropped)
+				ereport(ERROR,
+						(errcode(ERRCODE_NOT_NULL_VIOLATION),
+						 errmsg("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
+								NameStr(att->attname), RelationGetRelationName(rel))));
+		}
+		ExecStoreVirtualTuple(slot);
+		table_tuple_insert(rel, slot, cid, 0, NULL);
+		if (info->ri_NumIndices > 0)
+			list_free(ExecInsertIndexTuples(info, slot, estate, false, false, NULL, NIL));
+		ResetPerTupleExprContext(estate);
+	}
+	ExecCloseIndices(info);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
 }
 
 /*

@@ -61,6 +61,8 @@ extern void cg_register_relcache_callback(RelcacheCallbackFunction function, Dat
 typedef void (*CgCatalogRowFn) (Datum *values, bool *nulls, void *arg);
 extern void cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *columns,
 							CgCatalogRowFn fn, void *arg);
+extern void cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns,
+								   int nrows, const Datum *values, const bool *nulls);
 extern Oid	cg_function_oid(const char *name, int nargs, const Oid *argtypes);
 
 typedef struct CgPrivilegedContext
