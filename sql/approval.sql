@@ -481,6 +481,31 @@ SELECT state FROM crmguard.approval_request_state WHERE id = :budget;
 DELETE FROM crmguard.outbox WHERE subject = 'A budget waits for you';
 DROP TABLE public.regress_apv_budget;
 
+-- history lines are appended without a statement (as to a system catalog):
+-- a comment too long for a page is stored out of line and reads back whole,
+-- the deciding transaction sees its line at once, and an INSERT trigger
+-- added by hand would not fire, so it is refused rather than skipped
+SET ROLE regress_apv_marco;
+UPDATE public.regress_apv_deal SET discount = 35 WHERE id = 3;
+SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3') AS bianchi2 \gset
+RESET ROLE;
+BEGIN;
+SET LOCAL ROLE regress_apv_anna;
+SELECT crmguard.reject(:bianchi2, repeat('a fleet deal needs a three-year contract; ', 5000));
+SELECT jsonb_path_query_array(history, '$[*].event') AS events FROM crmguard.approval_request WHERE id = :bianchi2;
+RESET ROLE;
+SELECT event, length(comment) AS comment_length, principal = :anna_id AS by_anna
+  FROM crmguard.approval_history WHERE request = :bianchi2 ORDER BY id;
+COMMIT;
+CREATE FUNCTION public.regress_apv_forward() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+CREATE TRIGGER forward AFTER INSERT ON crmguard.approval_history
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS history_with_a_trigger;
+RESET ROLE;
+DROP TRIGGER forward ON crmguard.approval_history;
+DROP FUNCTION public.regress_apv_forward();
+
 -- a column a process names cannot be renamed away
 SET ROLE regress_apv_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal RENAME COLUMN discount TO rebate$$) AS rename_criteria_column;

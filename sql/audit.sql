@@ -123,3 +123,21 @@ SELECT count(*) AS broken_links
   FROM crmguard.audit a JOIN crmguard.audit b ON b.id = a.id + 1
  WHERE b.prev_hash <> a.hash;
 SELECT * FROM crmguard.verify_audit();
+
+-- entries are appended without a statement, as to a system catalog: an
+-- INSERT trigger added by hand would not fire, so the commit is refused
+-- rather than the trigger skipped
+CREATE FUNCTION public.regress_forward_audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+CREATE TRIGGER forward AFTER INSERT ON crmguard.audit FOR EACH ROW EXECUTE FUNCTION public.regress_forward_audit();
+SELECT crmguard.audit_event('forwarded');
+DROP TRIGGER forward ON crmguard.audit;
+DROP FUNCTION public.regress_forward_audit();
+SELECT count(*) AS forwarded_written FROM crmguard.audit WHERE action = 'forwarded';
+
+-- a read-only transaction could not write its entries at commit: an audited
+-- action is refused at once, not done and then left unaudited
+BEGIN READ ONLY;
+SELECT crmguard.audit_event('read_only');
+ROLLBACK;
+SELECT count(*) AS read_only_written FROM crmguard.audit WHERE action = 'read_only';
+SELECT * FROM crmguard.verify_audit();

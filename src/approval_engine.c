@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "access/stratnum.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
@@ -20,11 +21,13 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/timestamp.h"
+#include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "crmguard.h"
 #include "approval.h"
@@ -253,6 +256,8 @@ add_history(int64 request, int step, int64 principal, int64 on_behalf_of, const 
 {
 	static const char *const columns[8] = {"id", "request", "at", "step", "principal",
 	"on_behalf_of", "event", "comment"};
+	static const Oid types[8] = {INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID,
+	TEXTOID, TEXTOID};
 	Oid			schema = cg_catalog()->schema;
 	Oid			seq = get_relname_relid("approval_history_id_seq", schema);
 	Oid			history = get_relname_relid("approval_history", schema);
@@ -272,7 +277,7 @@ add_history(int64 request, int step, int64 principal, int64 on_behalf_of, const 
 	values[6] = CStringGetTextDatum(event);
 	values[7] = comment ? CStringGetTextDatum(comment) : (Datum) 0;
 	nulls[7] = comment == NULL;
-	cg_insert_catalog_rows(history, 8, columns, 1, values, nulls);
+	cg_insert_catalog_rows(history, 8, columns, types, 1, values, nulls);
 }
 
 /* Who already approved the request's current step (themselves or through a delegate) */
@@ -1015,6 +1020,135 @@ step_name(Jsonb *steps, int n)
  * oldest first.  Read from approval_waiting by approver: the cost follows
  * what waits for this principal, not the history.
  */
+/* One request waiting for an approver my_approvals() answers for */
+typedef struct Waiting
+{
+	int64		request;
+	int64		approver;
+	int64		process;
+	Oid			target;
+	text	   *row_key;
+	int			current_step;
+	int64		submitted_by;	/* 0: none */
+	TimestampTz submitted_at;
+} Waiting;
+
+typedef struct WaitingList
+{
+	Waiting    *items;
+	int			n;
+	int			size;
+	int64		me;
+	Waiting    *current;		/* the wait whose request is being read */
+} WaitingList;
+
+/* an approval_waiting row: a request waits for an approver */
+static void
+collect_wait(Datum *values, bool *nulls, void *arg)
+{
+	WaitingList *list = arg;
+
+	if (list->n == list->size)
+	{
+		list->size = list->size ? list->size * 2 : 16;
+		list->items = list->items ? repalloc(list->items, sizeof(Waiting) * list->size)
+			: palloc(sizeof(Waiting) * list->size);
+	}
+	memset(&list->items[list->n], 0, sizeof(Waiting));
+	list->items[list->n].request = DatumGetInt64(values[0]);
+	list->items[list->n].approver = DatumGetInt64(values[1]);
+	list->n++;
+}
+
+/* its request: kept (process set) when pending and not submitted by the approver asking */
+static void
+read_waiting_request(Datum *values, bool *nulls, void *arg)
+{
+	WaitingList *list = arg;
+	Waiting    *w = list->current;
+	int64		submitted_by = nulls[5] ? 0 : DatumGetInt64(values[5]);
+
+	if (strcmp(TextDatumGetCString(values[0]), "pending") != 0 ||
+		(!nulls[5] && submitted_by == list->me))
+		return;
+	w->process = DatumGetInt64(values[1]);
+	w->target = DatumGetObjectId(values[2]);
+	w->row_key = DatumGetTextPCopy(values[3]);
+	w->current_step = DatumGetInt32(values[4]);
+	w->submitted_by = submitted_by;
+	w->submitted_at = DatumGetTimestampTz(values[6]);
+}
+
+/* oldest submission first, then by request and approver */
+static int
+waiting_cmp(const void *a, const void *b)
+{
+	const Waiting *x = a;
+	const Waiting *y = b;
+
+	if (x->submitted_at != y->submitted_at)
+		return x->submitted_at < y->submitted_at ? -1 : 1;
+	if (x->request != y->request)
+		return x->request < y->request ? -1 : 1;
+	if (x->approver != y->approver)
+		return x->approver < y->approver ? -1 : 1;
+	return 0;
+}
+
+/*
+ * The pending requests that wait for any of the approvers, read through
+ * the catalogs' indexes, not by a statement: this is every approver's
+ * inbox, read on every visit.  From what waits for an approver to its
+ * request, never the other way: the index of requests by state keeps an
+ * entry for every request decided since the last vacuum.  A plain index
+ * scan also marks the entries of decided waits dead as it passes them.
+ */
+static WaitingList
+waiting_for(int64 me, const int64 *approvers, int napprovers)
+{
+	static const char *const wait_columns[2] = {"request", "approver"};
+	static const char *const request_columns[7] = {"state", "process", "target", "row_key",
+	"current_step", "submitted_by", "submitted_at"};
+	Oid			schema = cg_catalog()->schema;
+	Oid			waiting = get_relname_relid("approval_waiting", schema);
+	Oid			requests = get_relname_relid("approval_request_state", schema);
+	WaitingList list = {NULL, 0, 0, me, NULL};
+	Snapshot	snapshot;
+	CgCatalogScan *scan;
+	ScanKeyData key;
+	int			kept = 0;
+	int			i;
+
+	if (!OidIsValid(waiting) || !OidIsValid(requests))
+		elog(ERROR, "crmguard.approval_waiting or crmguard.approval_request_state does not exist");
+	/* as a statement would: what this transaction wrote so far, and what others committed */
+	CommandCounterIncrement();
+	snapshot = GetTransactionSnapshot();
+	scan = cg_catalog_scan_begin(waiting, "approval_waiting_approver_idx", 1, snapshot,
+								 2, wait_columns);
+	for (i = 0; i < napprovers; i++)
+	{
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(approvers[i]));
+		cg_catalog_scan_run(scan, &key, collect_wait, &list);
+	}
+	cg_catalog_scan_end(scan);
+	scan = cg_catalog_scan_begin(requests, "approval_request_state_pkey", 1, snapshot,
+								 7, request_columns);
+	for (i = 0; i < list.n; i++)
+	{
+		list.current = &list.items[i];
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(list.items[i].request));
+		cg_catalog_scan_run(scan, &key, read_waiting_request, &list);
+		if (list.items[i].process != 0)
+			list.items[kept++] = list.items[i];
+	}
+	cg_catalog_scan_end(scan);
+	list.n = kept;
+	if (list.n > 1)
+		qsort(list.items, list.n, sizeof(Waiting), waiting_cmp);
+	return list;
+}
+
 PG_FUNCTION_INFO_V1(crmguard_my_approvals);
 Datum
 crmguard_my_approvals(PG_FUNCTION_ARGS)
@@ -1025,9 +1159,10 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 	int			ncapacity = 1;
 	List	   *processes = NIL;
 	CgPrivilegedContext priv;
-	Oid			types[2] = {INT8OID, INT8ARRAYOID};
-	Datum		values[2];
-	uint64		i;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	WaitingList waits;
+	int			i;
 
 	cg_require_preload();
 	cg_require_attested();
@@ -1050,68 +1185,34 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not read crmguard.delegation");
 	capacity = palloc(sizeof(int64) * (SPI_processed + 1));
 	capacity[0] = me;
-	for (i = 0; i < SPI_processed; i++)
+	for (i = 0; i < (int) SPI_processed; i++)
 		capacity[ncapacity++] = int64_column(i, 1);
 
-	values[1] = PointerGetDatum(id_array(capacity, ncapacity));
-
-	/*
-	 * From what waits for me to its request, never the other way: the
-	 * pending-request index keeps an entry for every request decided since
-	 * the last vacuum, and a bitmap scan of it read them all (a busy
-	 * approver's list slowed down with every decision).  A plain index scan
-	 * also marks the entries of decided waits dead as it passes them.
-	 */
-	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	if (run(PLAN_MY_APPROVALS,
-			"SELECT r.id, r.process, r.target::pg_catalog.oid, r.row_key, r.current_step, r.submitted_by,"
-			"       r.submitted_at, w.approver"
-			"  FROM crmguard.approval_waiting w"
-			"  CROSS JOIN LATERAL (SELECT r.* FROM crmguard.approval_request_state r"
-			"                       WHERE r.id OPERATOR(pg_catalog.=) w.request"
-			"                         AND r.state OPERATOR(pg_catalog.=) 'pending'"
-			"                         AND r.submitted_by IS DISTINCT FROM $1 OFFSET 0) r"
-			" WHERE w.approver OPERATOR(pg_catalog.=) ANY ($2)"
-			" ORDER BY r.submitted_at, r.id, w.approver",
-			2, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_waiting");
+	waits = waiting_for(me, capacity, ncapacity);
+	for (i = 0; i < waits.n; i++)
 	{
-		SPITupleTable *rows = SPI_tuptable;
-		uint64		nrows = SPI_processed;
+		Waiting    *w = &waits.items[i];
+		Datum		out[8];
+		bool		nulls[8] = {false};
+		ProcessSeen *ps = process_seen(&processes, w->process);
+		const CgPrincipal *who;
+		char	   *step;
 
-		for (i = 0; i < nrows; i++)
-		{
-			Datum		out[8];
-			bool		nulls[8] = {false};
-			bool		isnull;
-			ProcessSeen *ps;
-			const CgPrincipal *who;
-			char	   *step;
-			int64		submitter;
-			int64		approver;
-
-			SPI_tuptable = rows;
-			out[0] = column(i, 1, &isnull);
-			ps = process_seen(&processes, int64_column(i, 2));
-			out[1] = CStringGetTextDatum(ps->name);
-			SPI_tuptable = rows;
-			out[2] = column(i, 3, &isnull);
-			out[3] = column(i, 4, &isnull);
-			step = step_name(ps->steps, DatumGetInt32(column(i, 5, &isnull)));
-			nulls[4] = step == NULL;
-			out[4] = step ? CStringGetTextDatum(step) : (Datum) 0;
-			submitter = int64_column(i, 6);
-			who = submitter ? cg_principal_by_id(submitter) : NULL;
-			nulls[5] = who == NULL;
-			out[5] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
-			out[6] = column(i, 7, &nulls[6]);
-			approver = int64_column(i, 8);
-			who = approver != me ? cg_principal_by_id(approver) : NULL;
-			nulls[7] = who == NULL;
-			out[7] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
-		}
+		out[0] = Int64GetDatum(w->request);
+		out[1] = CStringGetTextDatum(ps->name);
+		out[2] = ObjectIdGetDatum(w->target);
+		out[3] = PointerGetDatum(w->row_key);
+		step = step_name(ps->steps, w->current_step);
+		nulls[4] = step == NULL;
+		out[4] = step ? CStringGetTextDatum(step) : (Datum) 0;
+		who = w->submitted_by ? cg_principal_by_id(w->submitted_by) : NULL;
+		nulls[5] = who == NULL;
+		out[5] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
+		out[6] = TimestampTzGetDatum(w->submitted_at);
+		who = w->approver != me ? cg_principal_by_id(w->approver) : NULL;
+		nulls[7] = who == NULL;
+		out[7] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
 	}
 	SPI_finish();
 	cg_leave_owner(&priv);

@@ -60,6 +60,8 @@
 #define AUDIT_NCOLUMNS 12
 static const char *const audit_columns[AUDIT_NCOLUMNS] = {"id", "at", "principal", "device", "action",
 	"target", "row_key", "detail", "prev_hash", "hash", "in_flight", "in_flight_cluster"};
+static const Oid audit_types[AUDIT_NCOLUMNS] = {INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID,
+	TEXTOID, TEXTOID, JSONBOID, BYTEAOID, BYTEAOID, INT8ARRAYOID, INT8OID};
 
 /*
  * The chain lock of this database's audit log: an advisory-style lock in a
@@ -488,7 +490,6 @@ canonical_json(const char *json, Datum *jsonb)
 	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 }
 
-/* The INSERT of n chained rows, prepared once per backend and n */
 static Datum
 bytea_datum(const unsigned char *bytes, int len)
 {
@@ -576,6 +577,8 @@ audit_write_entries(PendingEntry **entries, int n)
 	unsigned char head_hash[CG_HASH_BYTES];
 	int64		head_id;
 	int64		first_id;
+	MemoryContext rows_context;
+	MemoryContext old;
 	Datum	   *values;
 	bool	   *nulls;
 	int			i;
@@ -598,6 +601,10 @@ audit_write_entries(PendingEntry **entries, int n)
 		memcpy(head_hash, claims.link_hash, CG_HASH_BYTES);
 	}
 	first_id = Max(head_id, claims.max_id) + 1;
+	/* a procedure's COMMITs run this in the procedure's context: free what it builds */
+	rows_context = AllocSetContextCreate(CurrentMemoryContext, "crmguard audit rows",
+										 ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(rows_context);
 	values = palloc(sizeof(Datum) * AUDIT_NCOLUMNS * n);
 	nulls = palloc0(sizeof(bool) * AUDIT_NCOLUMNS * n);
 	for (i = 0; i < n; i++)
@@ -666,7 +673,10 @@ audit_write_entries(PendingEntry **entries, int n)
 		memcpy(head_hash, hash, CG_HASH_BYTES);
 	}
 	/* without a statement: the log has no foreign keys, and no triggers on INSERT */
-	cg_insert_catalog_rows(cg_catalog()->audit_rel, AUDIT_NCOLUMNS, audit_columns, n, values, nulls);
+	cg_insert_catalog_rows(cg_catalog()->audit_rel, AUDIT_NCOLUMNS, audit_columns, audit_types,
+						   n, values, nulls);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(rows_context);
 
 	/*
 	 * Linked and inserted: the next writer may go on while this transaction
@@ -845,6 +855,11 @@ cg_audit(const char *action, const char *target, const char *row_key,
 						action, target ? target : "-", p ? p->id : (int64) 0)));
 		return;
 	}
+	/*
+	 * A read-only transaction cannot write its entries at commit: refused
+	 * now, before the action's result is returned unaudited.
+	 */
+	PreventCommandIfReadOnly("an audited crmguard action");
 	/*
 	 * The table lock the commit will need, taken now: a commit then waits
 	 * for no lock of the table, even one queued behind a lock held open.

@@ -16,6 +16,7 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "access/tableam.h"
 #include "executor/tuptable.h"
@@ -698,51 +699,152 @@ catalog_column(Relation rel, const char *column)
 }
 
 /*
- * Each row of one of crmguard's own catalogs, read straight from the heap
- * with snapshot: fn gets the values of the named columns, valid until it
- * returns.  The per-backend caches load this way, not by SPI, because on a
- * fresh connection the parse and plan of a query cost several times the
- * scan of a small catalog.  No privilege is checked: these are crmguard's
+ * A scan of one of crmguard's own catalogs visible to a snapshot, straight
+ * from the heap, or through one of its indexes where keys hold, handing fn
+ * the values of the named columns (valid until fn returns).  An index scan
+ * may be run again with other keys: the point reads of a hot path open the
+ * table and index once.  No privilege is checked: these are crmguard's
  * catalogs, read for crmguard, never a user's table.
+ */
+struct CgCatalogScan
+{
+	Relation	rel;
+	Relation	index;			/* NULL: a heap scan */
+	Snapshot	snapshot;
+	int			ncolumns;
+	AttrNumber *attnums;
+	AttrNumber	last;
+	Datum	   *values;
+	bool	   *nulls;
+	TupleTableSlot *slot;
+	IndexScanDesc iscan;
+	int			nkeys;
+};
+
+CgCatalogScan *
+cg_catalog_scan_begin(Oid relid, const char *index_name, int nkeys, Snapshot snapshot,
+					  int ncolumns, const char *const *columns)
+{
+	CgCatalogScan *scan = palloc0(sizeof(CgCatalogScan));
+	int			i;
+
+	scan->rel = table_open(relid, AccessShareLock);
+	if (index_name)
+	{
+		Oid			index = get_relname_relid(index_name, RelationGetNamespace(scan->rel));
+
+		if (!OidIsValid(index))
+			elog(ERROR, "index \"%s\" of crmguard's catalogs does not exist", index_name);
+		scan->index = index_open(index, AccessShareLock);
+	}
+	scan->ncolumns = ncolumns;
+	scan->attnums = palloc(sizeof(AttrNumber) * ncolumns);
+	scan->values = palloc(sizeof(Datum) * ncolumns);
+	scan->nulls = palloc(sizeof(bool) * ncolumns);
+	for (i = 0; i < ncolumns; i++)
+	{
+		scan->attnums[i] = catalog_column(scan->rel, columns[i]);
+		scan->last = Max(scan->last, scan->attnums[i]);
+	}
+	scan->snapshot = RegisterSnapshot(snapshot);
+	scan->slot = table_slot_create(scan->rel, NULL);
+	scan->nkeys = nkeys;
+	if (scan->index)
+		scan->iscan = index_beginscan(scan->rel, scan->index, scan->snapshot, nkeys, 0);
+	return scan;
+}
+
+static void
+catalog_row(CgCatalogScan *scan, CgCatalogRowFn fn, void *arg)
+{
+	int			i;
+
+	slot_getsomeattrs(scan->slot, scan->last);
+	for (i = 0; i < scan->ncolumns; i++)
+	{
+		scan->values[i] = scan->slot->tts_values[scan->attnums[i] - 1];
+		scan->nulls[i] = scan->slot->tts_isnull[scan->attnums[i] - 1];
+	}
+	fn(scan->values, scan->nulls, arg);
+}
+
+/* Each row where keys hold (an index scan), or each row (a heap scan: keys NULL) */
+void
+cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *arg)
+{
+	if (scan->index)
+	{
+		index_rescan(scan->iscan, keys, scan->nkeys, NULL, 0);
+		while (index_getnext_slot(scan->iscan, ForwardScanDirection, scan->slot))
+			catalog_row(scan, fn, arg);
+	}
+	else
+	{
+		TableScanDesc heap = table_beginscan(scan->rel, scan->snapshot, 0, NULL);
+
+		while (table_scan_getnextslot(heap, ForwardScanDirection, scan->slot))
+			catalog_row(scan, fn, arg);
+		table_endscan(heap);
+	}
+}
+
+void
+cg_catalog_scan_end(CgCatalogScan *scan)
+{
+	if (scan->index)
+	{
+		index_endscan(scan->iscan);
+		index_close(scan->index, AccessShareLock);
+	}
+	ExecDropSingleTupleTableSlot(scan->slot);
+	UnregisterSnapshot(scan->snapshot);
+	table_close(scan->rel, AccessShareLock);
+	pfree(scan->attnums);
+	pfree(scan->values);
+	pfree(scan->nulls);
+	pfree(scan);
+}
+
+/*
+ * Each row of one of crmguard's own catalogs, read straight from the heap
+ * with snapshot.  The per-backend caches load this way, not by SPI, because
+ * on a fresh connection the parse and plan of a query cost several times
+ * the scan of a small catalog.
  */
 void
 cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *columns,
 				CgCatalogRowFn fn, void *arg)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
-	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
-	Datum	   *values = palloc(sizeof(Datum) * ncolumns);
-	bool	   *nulls = palloc(sizeof(bool) * ncolumns);
-	AttrNumber	last = 0;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
+	CgCatalogScan *scan = cg_catalog_scan_begin(relid, NULL, 0, snapshot, ncolumns, columns);
+
+	cg_catalog_scan_run(scan, NULL, fn, arg);
+	cg_catalog_scan_end(scan);
+}
+
+/*
+ * A trigger, rule or row security policy on one of crmguard's catalogs that
+ * an INSERT statement would obey: added by hand, never by crmguard (its own
+ * foreign keys' checks are internal triggers, and their callers hold the
+ * rows referred to).
+ */
+static void
+refuse_what_a_statement_would_run(Relation rel)
+{
+	TriggerDesc *triggers = rel->trigdesc;
 	int			i;
 
-	for (i = 0; i < ncolumns; i++)
-	{
-		attnums[i] = catalog_column(rel, columns[i]);
-		last = Max(last, attnums[i]);
-	}
-	snapshot = RegisterSnapshot(snapshot);
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	slot = table_slot_create(rel, NULL);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		slot_getsomeattrs(slot, last);
-		for (i = 0; i < ncolumns; i++)
-		{
-			values[i] = slot->tts_values[attnums[i] - 1];
-			nulls[i] = slot->tts_isnull[attnums[i] - 1];
-		}
-		fn(values, nulls, arg);
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	pfree(attnums);
-	pfree(values);
-	pfree(nulls);
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relhasrules ||
+		rel->rd_rel->relrowsecurity)
+		elog(ERROR, "crmguard catalog \"%s\" is not a plain table without rules and row security",
+			 RelationGetRelationName(rel));
+	for (i = 0; triggers && i < triggers->numtriggers; i++)
+		if (!triggers->triggers[i].tgisinternal && TRIGGER_FOR_INSERT(triggers->triggers[i].tgtype))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("crmguard catalog \"%s\" has an INSERT trigger \"%s\"",
+							RelationGetRelationName(rel), triggers->triggers[i].tgname),
+					 errdetail("crmguard appends to it without a statement, as to a system catalog: its triggers would not fire."),
+					 errhint("Drop the trigger; follow the table with logical decoding instead.")));
 }
 
 /*
@@ -753,46 +855,62 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
  * expressions, which PostgreSQL reads anew for every statement, cost
  * several times the insert itself.
  *
- * values and nulls hold nrows rows of the ncolumns named columns.  A column
- * with a default must be named (left out, it would be a silent NULL); NOT
- * NULL and unique indexes are enforced here as a statement would.  What is
- * not checked, and is the caller's to ensure: the table's CHECK constraints
- * (callers write fixed words of crmguard's own code) and its foreign keys
- * (the caller holds the row referred to).  Triggers do not fire, as on
- * system catalogs.  The rows are visible to the next command.
+ * values and nulls hold nrows rows of the ncolumns named columns, of the
+ * given types.  A column with a default must be named (left out, it would
+ * be a silent NULL); NOT NULL and unique indexes are enforced here as a
+ * statement would, and a read-only transaction is refused as a statement
+ * would be.  What is not checked, and is the caller's to ensure: the
+ * table's CHECK constraints (callers write fixed words of crmguard's own
+ * code) and its foreign keys (the caller holds the row referred to).
+ * Anything a statement would run that this cannot (a trigger, a rule, row
+ * security, a deferred unique check) is refused, not skipped: it was added
+ * to crmguard's catalog by hand.  The rows are visible to the next command.
  */
 void
-cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, int nrows,
-					   const Datum *values, const bool *nulls)
+cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, const Oid *types,
+					   int nrows, const Datum *values, const bool *nulls)
 {
+	EState	   *estate = CreateExecutorState();
+	MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
 	Relation	rel = table_open(relid, RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
 	bool	   *named = palloc0(sizeof(bool) * desc->natts);
-	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *info = makeNode(ResultRelInfo);
 	TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
-	CommandId	cid = GetCurrentCommandId(true);
+	CommandId	cid;
 	int			r;
 	int			i;
 
+	PreventCommandIfReadOnly("INSERT");
+	PreventCommandIfParallelMode("INSERT");
+	refuse_what_a_statement_would_run(rel);
 	for (i = 0; i < ncolumns; i++)
 	{
+		Form_pg_attribute att;
+
 		attnums[i] = catalog_column(rel, columns[i]);
+		att = TupleDescAttr(desc, attnums[i] - 1);
+		if (att->atttypid != types[i] || att->atttypmod != -1)
+			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is not of type %s",
+				 columns[i], RelationGetRelationName(rel), format_type_be(types[i]));
 		named[attnums[i] - 1] = true;
 	}
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attisdropped && !named[i] && att->atthasdef)
+		if (!att->attisdropped && !named[i] && (att->atthasdef || att->attidentity))
 			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" has a default and no value",
 				 NameStr(att->attname), RelationGetRelationName(rel));
 	}
-	InitResultRelInfo(info, rel, 1, NULL, 0);
+	InitResultRelInfo(info, rel, 0, NULL, 0);
 	ExecOpenIndices(info, false);
+	cid = GetCurrentCommandId(true);
 	for (r = 0; r < nrows; r++)
 	{
+		List	   *recheck;
+
 		ExecClearTuple(slot);
 		memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
 		for (i = 0; i < ncolumns; i++)
@@ -812,14 +930,21 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, int 
 		}
 		ExecStoreVirtualTuple(slot);
 		table_tuple_insert(rel, slot, cid, 0, NULL);
-		if (info->ri_NumIndices > 0)
-			list_free(ExecInsertIndexTuples(info, slot, estate, false, false, NULL, NIL));
+#if PG_VERSION_NUM >= 160000
+		recheck = ExecInsertIndexTuples(info, slot, estate, false, false, NULL, NIL, false);
+#else
+		recheck = ExecInsertIndexTuples(info, slot, estate, false, false, NULL, NIL);
+#endif
+		if (recheck != NIL)
+			elog(ERROR, "crmguard catalog \"%s\" has a deferred unique index",
+				 RelationGetRelationName(rel));
 		ResetPerTupleExprContext(estate);
 	}
 	ExecCloseIndices(info);
 	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
 	table_close(rel, NoLock);
+	MemoryContextSwitchTo(old);
+	FreeExecutorState(estate);
 	CommandCounterIncrement();
 }
 

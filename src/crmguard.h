@@ -9,6 +9,7 @@
 #ifndef CRMGUARD_H
 #define CRMGUARD_H
 
+#include "access/skey.h"
 #include "datatype/timestamp.h"
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
@@ -61,8 +62,15 @@ extern void cg_register_relcache_callback(RelcacheCallbackFunction function, Dat
 typedef void (*CgCatalogRowFn) (Datum *values, bool *nulls, void *arg);
 extern void cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *columns,
 							CgCatalogRowFn fn, void *arg);
+typedef struct CgCatalogScan CgCatalogScan;
+extern CgCatalogScan *cg_catalog_scan_begin(Oid relid, const char *index_name, int nkeys,
+											Snapshot snapshot, int ncolumns,
+											const char *const *columns);
+extern void cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *arg);
+extern void cg_catalog_scan_end(CgCatalogScan *scan);
 extern void cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns,
-								   int nrows, const Datum *values, const bool *nulls);
+								   const Oid *types, int nrows, const Datum *values,
+								   const bool *nulls);
 extern Oid	cg_function_oid(const char *name, int nargs, const Oid *argtypes);
 
 typedef struct CgPrivilegedContext
