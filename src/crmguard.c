@@ -774,6 +774,11 @@ cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *
 {
 	if (scan->index)
 	{
+		int			i;
+
+		/* compared as the index orders its columns, not in ScanKeyInit's "C" */
+		for (i = 0; i < scan->nkeys; i++)
+			keys[i].sk_collation = scan->index->rd_indcollation[keys[i].sk_attno - 1];
 		index_rescan(scan->iscan, keys, scan->nkeys, NULL, 0);
 		while (index_getnext_slot(scan->iscan, ForwardScanDirection, scan->slot))
 			catalog_row(scan, fn, arg);

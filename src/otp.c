@@ -20,6 +20,7 @@
 #include <sodium.h>
 
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -36,12 +37,14 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
@@ -594,6 +597,41 @@ typedef struct LiveChallenge
 	int64		void_id;		/* not live: the newest such challenge was void */
 } LiveChallenge;
 
+/* A scan of a row's challenges for one value: the newest live one of a principal */
+typedef struct LiveScan
+{
+	int64		principal;
+	TimestampTz now;
+	int64		id;				/* 0: none yet */
+	char	   *masked;
+	int			resends;
+	TimestampTz since;			/* the recipient changes after this one count */
+	bool		recent;
+} LiveScan;
+
+static void
+newest_live(Datum *values, bool *nulls, void *arg)
+{
+	LiveScan   *scan = arg;
+	int64		id = DatumGetInt64(values[0]);
+
+	if ((nulls[1] ? 0 : DatumGetInt64(values[1])) != scan->principal || !nulls[2] ||
+		DatumGetTimestampTz(values[3]) <= scan->now || id <= scan->id)
+		return;
+	scan->id = id;
+	scan->masked = MemoryContextStrdup(CurTransactionContext, TextDatumGetCString(values[4]));
+	scan->resends = DatumGetInt32(values[5]);
+}
+
+static void
+recent_change(Datum *values, bool *nulls, void *arg)
+{
+	LiveScan   *scan = arg;
+
+	if (DatumGetTimestampTz(values[0]) > scan->since)
+		scan->recent = true;
+}
+
 /*
  * The newest unused, unexpired challenge of a row, value and principal,
  * whose attempt counter shared memory holds.  One without a counter is
@@ -602,79 +640,74 @@ typedef struct LiveChallenge
  * live for the guard, request_otp or pending_challenge either, and
  * verify_otp refuses it, so all four describe it the same way.
  *
- * With recent, the same statement also answers whether the row's recipient
- * was set or changed within the rule's recipient_cooldown (changes of this
- * transaction count too: they are visible here): a code is about to be
- * issued, and one statement costs less than two.
+ * With recent, also whether the row's recipient was set or changed within
+ * the rule's recipient_cooldown (changes of this transaction count too: they
+ * are visible here): a code is about to be issued.
+ *
+ * Both are read through crmguard's indexes, not by statements: request_otp
+ * and the guard run this on every code and every gated change.  As a
+ * statement would, it sees what this transaction wrote so far.
  */
 static bool
 find_live_challenge(const OtpRule *rule, Oid relid, const char *row_key, const char *to_value,
 					int64 principal, LiveChallenge *out, bool *recent)
 {
-	CgPrivilegedContext priv;
-	Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, INT8OID, BOOLOID, OIDOID, INTERVALOID};
-	Datum		values[7];
-	bool		found;
-	bool		isnull;
+	static const char *const challenge_columns[6] = {"id", "principal", "consumed_at", "expires_at",
+	"recipient_masked", "resends"};
+	static const char *const change_columns[1] = {"changed_at"};
+	Oid			schema = cg_catalog()->schema;
+	Oid			challenges = get_relname_relid("otp_challenge_state", schema);
+	Oid			changes = get_relname_relid("otp_recipient_change", schema);
 	bool		check_recent = recent != NULL &&
 		(rule->recipient_cooldown.time != 0 || rule->recipient_cooldown.day != 0 ||
 		 rule->recipient_cooldown.month != 0);
+	LiveScan	live;
+	ScanKeyData keys[3];
+	Snapshot	snapshot;
+	CgCatalogScan *scan;
+	bool		found;
 
-	values[0] = Int64GetDatum(rule->id);
-	values[1] = CStringGetTextDatum(row_key);
-	values[2] = CStringGetTextDatum(to_value);
-	values[3] = Int64GetDatum(principal);
-	values[4] = BoolGetDatum(check_recent);
-	values[5] = ObjectIdGetDatum(relid);
-	values[6] = IntervalPGetDatum(&rule->recipient_cooldown);
-	out->void_id = 0;
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (cg_execute_kept("SELECT l.id, l.recipient_masked, l.resends,"
-							  " $5 AND EXISTS (SELECT 1 FROM crmguard.otp_recipient_change r"
-							  "  WHERE r.target::pg_catalog.oid OPERATOR(pg_catalog.=) $6"
-							  "  AND r.row_key OPERATOR(pg_catalog.=) $2"
-							  "  AND r.changed_at OPERATOR(pg_catalog.>)"
-							  "  (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $7))"
-							  " FROM (VALUES (1)) AS one (x) LEFT JOIN"
-							  " (SELECT c.id, c.recipient_masked, c.resends FROM crmguard.otp_challenge_state c"
-							  "  WHERE c.rule_id OPERATOR(pg_catalog.=) $1"
-							  "  AND c.row_key OPERATOR(pg_catalog.=) $2"
-							  "  AND c.to_value OPERATOR(pg_catalog.=) $3"
-							  "  AND COALESCE(c.principal, 0) OPERATOR(pg_catalog.=) $4"
-							  "  AND c.consumed_at IS NULL"
-							  "  AND c.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()"
-							  "  ORDER BY c.id DESC LIMIT 1) AS l ON true",
-							  7, types, values, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read OTP challenges");
+	if (!OidIsValid(challenges) || !OidIsValid(changes))
+		elog(ERROR, "crmguard.otp_challenge_state or crmguard.otp_recipient_change does not exist");
+	memset(&live, 0, sizeof(live));
+	live.principal = principal;
+	live.now = GetCurrentTimestamp();
+	CommandCounterIncrement();
+	snapshot = GetTransactionSnapshot();
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(rule->id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(row_key));
+	ScanKeyInit(&keys[2], 3, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(to_value));
+	scan = cg_catalog_scan_begin(challenges, "otp_challenge_live_idx", 3, snapshot,
+								 6, challenge_columns);
+	cg_catalog_scan_run(scan, keys, newest_live, &live);
+	cg_catalog_scan_end(scan);
+
+	if (check_recent)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
-
-		found = !isnull;
-		if (found)
-		{
-			MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
-
-			out->id = DatumGetInt64(id);
-			out->masked = SPI_getvalue(tup, desc, 2);
-			out->masked = pstrdup(out->masked ? out->masked : "");
-			out->resends = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-			MemoryContextSwitchTo(old);
-		}
-		if (recent)
-			*recent = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		live.since = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+															 TimestampTzGetDatum(live.now),
+															 IntervalPGetDatum(&rule->recipient_cooldown)));
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(row_key));
+		scan = cg_catalog_scan_begin(changes, "otp_recipient_change_row_idx", 2, snapshot,
+									 1, change_columns);
+		cg_catalog_scan_run(scan, keys, recent_change, &live);
+		cg_catalog_scan_end(scan);
 	}
-	SPI_finish();
-	cg_leave_owner(&priv);
+	if (recent)
+		*recent = live.recent;
+
+	out->void_id = 0;
+	found = live.id != 0;
 	if (found)
 	{
 		int			attempts;
 		bool		locked;
 
+		out->id = live.id;
+		out->masked = live.masked;
+		out->resends = live.resends;
 		found = otp_attempts_get(out->id, &attempts, &locked);
 		if (!found)
 			out->void_id = out->id;
@@ -1645,19 +1678,52 @@ verify_refused(int sqlstate, int64 challenge, const char *reason, const char *me
 			 hint ? errhint("%s", hint) : 0));
 }
 
+/* A challenge as verify_otp reads it */
+typedef struct ChallengeRead
+{
+	bool		found;
+	int64		rule_id;
+	char	   *row_key;		/* in TopTransactionContext */
+	char	   *to_value;
+	int64		principal;		/* 0: none */
+	unsigned char code_hash[CG_HASH_BYTES];	/* zeros: not a hash */
+	bool		used;
+	TimestampTz expires_at;
+} ChallengeRead;
+
+static void
+read_challenge(Datum *values, bool *nulls, void *arg)
+{
+	ChallengeRead *read = arg;
+	bytea	   *h = DatumGetByteaPP(values[4]);
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+	read->found = true;
+	read->rule_id = DatumGetInt64(values[0]);
+	read->row_key = TextDatumGetCString(values[1]);
+	read->to_value = TextDatumGetCString(values[2]);
+	MemoryContextSwitchTo(old);
+	read->principal = nulls[3] ? 0 : DatumGetInt64(values[3]);
+	if (VARSIZE_ANY_EXHDR(h) == CG_HASH_BYTES)
+		memcpy(read->code_hash, VARDATA_ANY(h), CG_HASH_BYTES);
+	read->used = !nulls[5];
+	read->expires_at = DatumGetTimestampTz(values[6]);
+}
+
 PG_FUNCTION_INFO_V1(crmguard_verify_otp);
 Datum
 crmguard_verify_otp(PG_FUNCTION_ARGS)
 {
 	int64		challenge = PG_GETARG_INT64(0);
 	char	   *code = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	CgPrivilegedContext priv;
+	static const char *const challenge_columns[7] = {"rule_id", "row_key", "to_value", "principal",
+	"code_hash", "consumed_at", "expires_at"};
+	ChallengeRead read;
+	ScanKeyData key;
+	CgCatalogScan *scan;
 	const CgPrincipal *p;
 	int64		principal;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
 	bool		found;
-	bool		isnull;
 	int64		rule_id = 0;
 	int64		owner = 0;
 	char	   *row_key = NULL;
@@ -1678,38 +1744,25 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 	p = cg_current_principal();
 	principal = p ? p->id : 0;
 
-	values[0] = Int64GetDatum(challenge);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (cg_execute_kept("SELECT rule_id, row_key, to_value, COALESCE(principal, 0), code_hash,"
-							  " consumed_at IS NOT NULL,"
-							  " expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
-							  " FROM crmguard.otp_challenge_state WHERE id OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the OTP challenge");
-	found = SPI_processed > 0;
+	/* by its key, through the index: as the statement's snapshot sees it */
+	memset(&read, 0, sizeof(read));
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(challenge));
+	scan = cg_catalog_scan_begin(get_relname_relid("otp_challenge_state", cg_catalog()->schema),
+								 "otp_challenge_state_pkey", 1, GetActiveSnapshot(),
+								 7, challenge_columns);
+	cg_catalog_scan_run(scan, &key, read_challenge, &read);
+	cg_catalog_scan_end(scan);
+	found = read.found;
 	if (found)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bytea	   *h;
-
-		old = MemoryContextSwitchTo(TopTransactionContext);
-		rule_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		row_key = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		to_value = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-		MemoryContextSwitchTo(old);
-		owner = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-		h = DatumGetByteaPP(SPI_getbinval(tup, desc, 5, &isnull));
-		memset(stored, 0, sizeof(stored));
-		if (VARSIZE_ANY_EXHDR(h) == CG_HASH_BYTES)
-			memcpy(stored, VARDATA_ANY(h), CG_HASH_BYTES);
-		used = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-		expired = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		rule_id = read.rule_id;
+		row_key = read.row_key;
+		to_value = read.to_value;
+		owner = read.principal;
+		memcpy(stored, read.code_hash, CG_HASH_BYTES);
+		used = read.used;
+		expired = read.expires_at <= GetCurrentTimestamp();
 	}
-	SPI_finish();
-	cg_leave_owner(&priv);
 
 	if (!found)
 		verify_refused(ERRCODE_UNDEFINED_OBJECT, challenge, "unknown",
