@@ -827,6 +827,50 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
 }
 
 /*
+ * Lock the row of one of crmguard's catalogs that index_name finds where
+ * keys hold, as a foreign key's check locks the row it refers to (FOR KEY
+ * SHARE, its newest version): nobody deletes it or changes its key until
+ * this transaction ends.  For rows appended without a statement, whose
+ * foreign key is not checked.  False when no such row is there any more.
+ */
+bool
+cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
+{
+	Relation	rel = table_open(relid, RowShareLock);
+	Oid			index = get_relname_relid(index_name, RelationGetNamespace(rel));
+	Relation	irel;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		locked = false;
+	int			i;
+
+	if (!OidIsValid(index))
+		elog(ERROR, "index \"%s\" of crmguard's catalogs does not exist", index_name);
+	irel = index_open(index, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+	for (i = 0; i < nkeys; i++)
+		keys[i].sk_collation = irel->rd_indcollation[keys[i].sk_attno - 1];
+	scan = index_beginscan(rel, irel, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		TM_FailureData tmfd;
+
+		locked = table_tuple_lock(rel, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
+								  LockTupleKeyShare, LockWaitBlock,
+								  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd) == TM_Ok;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(irel, AccessShareLock);
+	table_close(rel, NoLock);
+	return locked;
+}
+
+/*
  * A trigger, rule or row security policy on one of crmguard's catalogs that
  * an INSERT statement would obey: added by hand, never by crmguard (its own
  * foreign keys' checks are internal triggers, and their callers hold the

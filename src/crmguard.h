@@ -68,6 +68,7 @@ extern CgCatalogScan *cg_catalog_scan_begin(Oid relid, const char *index_name, i
 											const char *const *columns);
 extern void cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *arg);
 extern void cg_catalog_scan_end(CgCatalogScan *scan);
+extern bool cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys);
 extern void cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns,
 								   const Oid *types, int nrows, const Datum *values,
 								   const bool *nulls);
@@ -192,9 +193,6 @@ extern int64 cg_outbox_put(const char *channel, const char *recipient,
 extern int64 cg_outbox_put_expiring(const char *channel, const char *recipient,
 									const char *subject, const char *body,
 									TimestampTz expires_at);
-extern int64 cg_outbox_put_with(const char *channel, const char *recipient, const char *subject,
-								const char *body, TimestampTz expires_at, const char *with_sql,
-								int nargs, const Oid *types, const Datum *values, const char *nulls);
 
 /* criteria.c: jsonb criteria -> SQL boolean expression over a table's columns */
 extern char *cg_criteria_compile(Oid relid, Jsonb *criteria);

@@ -520,8 +520,7 @@ interval_text(const Interval *iv)
 /*
  * Issue a code for a challenge (new, or a resend of a live one), in the
  * current transaction: store its keyed hash, start counting attempts, and
- * queue the message.  The code itself lives only in the outbox message; the
- * challenge row and the message are written by one statement.
+ * queue the message.  The code itself lives only in the outbox message.
  */
 static void
 send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
@@ -533,11 +532,6 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 	bytea	   *hash_datum = palloc(VARHDRSZ + CG_HASH_BYTES);
 	TimestampTz expires_at;
 	char	   *body;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	static const Oid new_types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID,
-	BYTEAOID, TIMESTAMPTZOID};
-	static const Oid resend_types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
 
 	generate_code(rule->code_type, rule->code_length, code);
 	code_hash(challenge, code, hash);
@@ -552,34 +546,60 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 
 	if (is_new)
 	{
+		static const char *const columns[10] = {"id", "rule_id", "row_key", "to_value", "principal",
+		"recipient_masked", "code_hash", "created_at", "expires_at", "resends"};
+		static const Oid types[10] = {INT8OID, INT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, BYTEAOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID};
+		Datum		values[10];
+		bool		nulls[10] = {false};
+		ScanKeyData key;
+
+		/*
+		 * Appended without a statement, so without the foreign key's check:
+		 * the rule's row is locked as that check locks it, and a rule dropped
+		 * meanwhile refuses the code.
+		 */
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(rule->id));
+		if (!cg_lock_catalog_row(cg_catalog()->otp_rule_rel, "otp_rule_pkey", 1, &key))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("OTP rule \"%s\" was dropped", rule->name)));
 		values[0] = Int64GetDatum(challenge);
 		values[1] = Int64GetDatum(rule->id);
 		values[2] = CStringGetTextDatum(row_key);
 		values[3] = CStringGetTextDatum(to_value);
 		values[4] = Int64GetDatum(principal);
-		nulls[4] = principal ? ' ' : 'n';
+		nulls[4] = principal == 0;
 		values[5] = CStringGetTextDatum(mask_recipient(recipient));
 		values[6] = PointerGetDatum(hash_datum);
-		values[7] = TimestampTzGetDatum(expires_at);
-		cg_outbox_put_with(rule->channel, recipient, rule->name, body, expires_at,
-						   "INSERT INTO crmguard.otp_challenge_state"
-						   " (id, rule_id, row_key, to_value, principal, recipient_masked,"
-						   "  code_hash, expires_at)"
-						   " VALUES ($6, $7, $8, $9, $10, $11, $12, $13)",
-						   8, new_types, values, nulls);
+		values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
+		values[8] = TimestampTzGetDatum(expires_at);
+		values[9] = Int32GetDatum(0);
+		cg_insert_catalog_rows(get_relname_relid("otp_challenge_state", cg_catalog()->schema),
+							   10, columns, types, 1, values, nulls);
 	}
 	else
 	{
+		CgPrivilegedContext priv;
+		Oid			types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
+		Datum		values[3];
+
 		values[0] = Int64GetDatum(challenge);
 		values[1] = PointerGetDatum(hash_datum);
 		values[2] = TimestampTzGetDatum(expires_at);
-		cg_outbox_put_with(rule->channel, recipient, rule->name, body, expires_at,
-						   "UPDATE crmguard.otp_challenge_state c"
-						   " SET code_hash = $7, expires_at = $8,"
-						   "  resends = c.resends OPERATOR(pg_catalog.+) 1"
-						   " WHERE c.id OPERATOR(pg_catalog.=) $6",
-						   3, resend_types, values, NULL);
+		cg_enter_owner(&priv);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (cg_execute_kept("UPDATE crmguard.otp_challenge_state c"
+							" SET code_hash = $2, expires_at = $3,"
+							"  resends = c.resends OPERATOR(pg_catalog.+) 1"
+							" WHERE c.id OPERATOR(pg_catalog.=) $1",
+							3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not re-send the OTP challenge");
+		SPI_finish();
+		cg_leave_owner(&priv);
 	}
+	cg_outbox_put_expiring(rule->channel, recipient, rule->name, body, expires_at);
 	sodium_memzero(body, strlen(body));
 
 	otp_attempts_register(challenge, principal, rule->max_attempts, expires_at, undo_on_abort);

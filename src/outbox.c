@@ -8,10 +8,11 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
+#include "commands/sequence.h"
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -148,85 +149,52 @@ cg_outbox_put(const char *channel, const char *recipient, const char *subject,
 /*
  * The same for a message that is void after expires_at (0: never), such as
  * a one-time code: claim_outbox never hands it out later, and erases it.
+ * Appended without a statement (cg_insert_catalog_rows): a code is queued
+ * on every request, and the statement cost several times the row.  The
+ * columns the table defaults are given as its defaults would: the next id,
+ * the transaction's start, no attempts, pending, a random idempotency key.
  */
 int64
 cg_outbox_put_expiring(const char *channel, const char *recipient, const char *subject,
 					   const char *body, TimestampTz expires_at)
 {
-	return cg_outbox_put_with(channel, recipient, subject, body, expires_at, NULL, 0, NULL, NULL, NULL);
-}
-
-#define OUTBOX_PUT_PLANS 4
-
-/*
- * The same, with with_sql (a data-modifying statement on crmguard's own
- * tables, or NULL) run in the same statement as a CTE, so that a message and
- * the row it belongs with (a challenge and its code) are written together at
- * the cost of one.  Its parameters are numbered from $6; the message's are
- * $1 to $5.  Runs as the extension's owner.
- */
-int64
-cg_outbox_put_with(const char *channel, const char *recipient, const char *subject,
-				   const char *body, TimestampTz expires_at, const char *with_sql,
-				   int nargs, const Oid *types, const Datum *values, const char *nulls)
-{
-	static const Oid put_types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	static char *plan_with[OUTBOX_PUT_PLANS];
-	static SPIPlanPtr plans[OUTBOX_PUT_PLANS];
-	static int	nplans = 0;
-	CgPrivilegedContext priv;
-	SPIPlanPtr	plan = NULL;
-	Oid		   *all_types = palloc(sizeof(Oid) * (5 + nargs));
-	Datum	   *all_values = palloc(sizeof(Datum) * (5 + nargs));
-	char	   *all_nulls = palloc(5 + nargs);
-	bool		isnull;
+	static const char *const columns[9] = {"id", "channel", "recipient", "subject", "body",
+	"created_at", "attempts", "state", "idempotency_key"};
+	static const char *const expiring_columns[10] = {"id", "channel", "recipient", "subject",
+	"body", "created_at", "attempts", "state", "idempotency_key", "expires_at"};
+	static const Oid types[10] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	INT4OID, TEXTOID, UUIDOID, TIMESTAMPTZOID};
+	Oid			schema = cg_catalog()->schema;
+	Oid			outbox = get_relname_relid("outbox", schema);
+	Oid			seq = get_relname_relid("outbox_id_seq", schema);
+	pg_uuid_t  *key = palloc(sizeof(pg_uuid_t));
+	Datum		values[10];
+	bool		nulls[10] = {false};
 	int64		id;
-	int			i;
 
-	memcpy(all_types, put_types, sizeof(put_types));
-	all_values[0] = CStringGetTextDatum(channel);
-	all_values[1] = CStringGetTextDatum(recipient);
-	all_values[2] = subject ? CStringGetTextDatum(subject) : (Datum) 0;
-	all_values[3] = CStringGetTextDatum(body);
-	all_values[4] = TimestampTzGetDatum(expires_at);
-	memset(all_nulls, ' ', 5 + nargs);
-	all_nulls[2] = subject ? ' ' : 'n';
-	all_nulls[4] = expires_at ? ' ' : 'n';
-	for (i = 0; i < nargs; i++)
-	{
-		all_types[5 + i] = types[i];
-		all_values[5 + i] = values[i];
-		if (nulls)
-			all_nulls[5 + i] = nulls[i];
-	}
-
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	for (i = 0; i < nplans && plan == NULL; i++)
-		if (with_sql ? plan_with[i] && strcmp(plan_with[i], with_sql) == 0 : plan_with[i] == NULL)
-			plan = plans[i];
-	if (plan == NULL)
-	{
-		char	   *sql = psprintf("%s%s%sINSERT INTO crmguard.outbox (channel, recipient, subject, body, expires_at)"
-								   " VALUES ($1, $2, $3, $4, $5) RETURNING id",
-								   with_sql ? "WITH w AS (" : "", with_sql ? with_sql : "",
-								   with_sql ? ") " : "");
-
-		plan = SPI_prepare(sql, 5 + nargs, all_types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed");
-		if (nplans < OUTBOX_PUT_PLANS && SPI_keepplan(plan) == 0)
-		{
-			plan_with[nplans] = with_sql ? MemoryContextStrdup(TopMemoryContext, with_sql) : NULL;
-			plans[nplans++] = plan;
-		}
-	}
-	if (SPI_execute_plan(plan, all_values, all_nulls, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not queue an outbox message");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	cg_leave_owner(&priv);
+	if (!OidIsValid(outbox) || !OidIsValid(seq))
+		elog(ERROR, "crmguard.outbox or its id sequence does not exist");
+	if (!pg_strong_random(key->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random idempotency key")));
+	key->data[6] = (key->data[6] & 0x0f) | 0x40;	/* version 4 */
+	key->data[8] = (key->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+	/* crmguard's own sequence, whoever queues the message */
+	id = nextval_internal(seq, false);
+	values[0] = Int64GetDatum(id);
+	values[1] = CStringGetTextDatum(channel);
+	values[2] = CStringGetTextDatum(recipient);
+	values[3] = subject ? CStringGetTextDatum(subject) : (Datum) 0;
+	nulls[3] = subject == NULL;
+	values[4] = CStringGetTextDatum(body);
+	values[5] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[6] = Int32GetDatum(0);
+	values[7] = CStringGetTextDatum("pending");
+	values[8] = UUIDPGetDatum(key);
+	values[9] = TimestampTzGetDatum(expires_at);
+	cg_insert_catalog_rows(outbox, expires_at ? 10 : 9, expires_at ? expiring_columns : columns,
+						   types, 1, values, nulls);
 
 	/* after commit, so senders never hear of a message that rolled back */
 	announce_at_commit(channel);
