@@ -227,6 +227,15 @@ SET ROLE regress_dora;
 SELECT public.regress_try($$SELECT crmguard.request_otp('public.regress_delivery', '1', 'Delivered')$$);
 RESET ROLE;
 
+-- codes and their challenges are written without a statement (as a system
+-- catalog's rows): a constraint added by hand to the outbox would not be
+-- checked, so no code is queued while one is there
+ALTER TABLE crmguard.outbox ADD CONSTRAINT regress_italian_numbers CHECK (recipient LIKE '+39%') NOT VALID;
+SET ROLE regress_luca;
+SELECT public.regress_try($$SELECT crmguard.request_otp('public.regress_delivery', '1', 'Delivered')$$) AS outbox_with_a_constraint;
+RESET ROLE;
+ALTER TABLE crmguard.outbox DROP CONSTRAINT regress_italian_numbers;
+
 -- expiry
 SELECT crmguard.create_otp_rule('Quick OTP', 'public.regress_delivery', 'status', '{Lost}',
                                 'phone', delivery => 'manual', valid_for => '200 milliseconds');

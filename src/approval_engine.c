@@ -1014,12 +1014,6 @@ step_name(Jsonb *steps, int n)
 	return member_text(JsonbValueToJsonb(step), "name");
 }
 
-/*
- * The pending requests waiting for the acting principal, or for a principal
- * whose approvals it holds by delegation (on_behalf_of names that one),
- * oldest first.  Read from approval_waiting by approver: the cost follows
- * what waits for this principal, not the history.
- */
 /* One request waiting for an approver my_approvals() answers for */
 typedef struct Waiting
 {
@@ -1149,6 +1143,12 @@ waiting_for(int64 me, const int64 *approvers, int napprovers)
 	return list;
 }
 
+/*
+ * The pending requests waiting for the acting principal, or for a principal
+ * whose approvals it holds by delegation (on_behalf_of names that one),
+ * oldest first.  Read from approval_waiting by approver: the cost follows
+ * what waits for this principal, not the history.
+ */
 PG_FUNCTION_INFO_V1(crmguard_my_approvals);
 Datum
 crmguard_my_approvals(PG_FUNCTION_ARGS)

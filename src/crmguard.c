@@ -698,6 +698,23 @@ catalog_column(Relation rel, const char *column)
 	return InvalidAttrNumber;	/* keep compiler quiet */
 }
 
+/* The index of one of crmguard's catalogs named index_name, ready and with nkeys key columns */
+static Relation
+open_catalog_index(Relation rel, const char *index_name, int nkeys)
+{
+	Oid			index = get_relname_relid(index_name, RelationGetNamespace(rel));
+	Relation	irel;
+
+	if (!OidIsValid(index))
+		elog(ERROR, "index \"%s\" of crmguard's catalogs does not exist", index_name);
+	irel = index_open(index, AccessShareLock);
+	if (irel->rd_index->indrelid != RelationGetRelid(rel) || !irel->rd_index->indisvalid ||
+		!irel->rd_index->indisready || irel->rd_index->indnkeyatts < nkeys)
+		elog(ERROR, "index \"%s\" is not a usable index of crmguard catalog \"%s\"",
+			 index_name, RelationGetRelationName(rel));
+	return irel;
+}
+
 /*
  * A scan of one of crmguard's own catalogs visible to a snapshot, straight
  * from the heap, or through one of its indexes where keys hold, handing fn
@@ -730,13 +747,7 @@ cg_catalog_scan_begin(Oid relid, const char *index_name, int nkeys, Snapshot sna
 
 	scan->rel = table_open(relid, AccessShareLock);
 	if (index_name)
-	{
-		Oid			index = get_relname_relid(index_name, RelationGetNamespace(scan->rel));
-
-		if (!OidIsValid(index))
-			elog(ERROR, "index \"%s\" of crmguard's catalogs does not exist", index_name);
-		scan->index = index_open(index, AccessShareLock);
-	}
+		scan->index = open_catalog_index(scan->rel, index_name, nkeys);
 	scan->ncolumns = ncolumns;
 	scan->attnums = palloc(sizeof(AttrNumber) * ncolumns);
 	scan->values = palloc(sizeof(Datum) * ncolumns);
@@ -810,6 +821,18 @@ cg_catalog_scan_end(CgCatalogScan *scan)
 	pfree(scan);
 }
 
+/* The rows where keys hold, through index_name: one scan, opened and closed */
+void
+cg_scan_catalog_by_key(Oid relid, const char *index_name, int nkeys, ScanKey keys,
+					   Snapshot snapshot, int ncolumns, const char *const *columns,
+					   CgCatalogRowFn fn, void *arg)
+{
+	CgCatalogScan *scan = cg_catalog_scan_begin(relid, index_name, nkeys, snapshot, ncolumns, columns);
+
+	cg_catalog_scan_run(scan, keys, fn, arg);
+	cg_catalog_scan_end(scan);
+}
+
 /*
  * Each row of one of crmguard's own catalogs, read straight from the heap
  * with snapshot.  The per-backend caches load this way, not by SPI, because
@@ -829,27 +852,23 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
 /*
  * Lock the row of one of crmguard's catalogs that index_name finds where
  * keys hold, as a foreign key's check locks the row it refers to (FOR KEY
- * SHARE, its newest version): nobody deletes it or changes its key until
+ * SHARE, as ri_triggers.c does): nobody deletes it or changes its key until
  * this transaction ends.  For rows appended without a statement, whose
- * foreign key is not checked.  False when no such row is there any more.
+ * foreign key is not checked.  False when no such row is there any more;
+ * under REPEATABLE READ or SERIALIZABLE, a row changed or deleted since the
+ * transaction's snapshot is a serialization failure, as in the key's check.
  */
 bool
 cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 {
 	Relation	rel = table_open(relid, RowShareLock);
-	Oid			index = get_relname_relid(index_name, RelationGetNamespace(rel));
-	Relation	irel;
-	Snapshot	snapshot;
+	Relation	irel = open_catalog_index(rel, index_name, nkeys);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	IndexScanDesc scan;
-	TupleTableSlot *slot;
 	bool		locked = false;
 	int			i;
 
-	if (!OidIsValid(index))
-		elog(ERROR, "index \"%s\" of crmguard's catalogs does not exist", index_name);
-	irel = index_open(index, AccessShareLock);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	slot = table_slot_create(rel, NULL);
 	for (i = 0; i < nkeys; i++)
 		keys[i].sk_collation = irel->rd_indcollation[keys[i].sk_attno - 1];
 	scan = index_beginscan(rel, irel, snapshot, nkeys, 0);
@@ -857,10 +876,28 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 	if (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		TM_FailureData tmfd;
+		TM_Result	result;
 
-		locked = table_tuple_lock(rel, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
+		result = table_tuple_lock(rel, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
 								  LockTupleKeyShare, LockWaitBlock,
-								  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd) == TM_Ok;
+								  TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS |
+								  (IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION),
+								  &tmfd);
+		if ((result == TM_Updated || result == TM_Deleted) && IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+		locked = result == TM_Ok;
+		/* the newest version, when another transaction changed the row: is it still the key's? */
+		for (i = 0; locked && tmfd.traversed && i < nkeys; i++)
+		{
+			bool		isnull;
+			Datum		value = slot_getattr(slot, irel->rd_index->indkey.values[keys[i].sk_attno - 1],
+											 &isnull);
+
+			locked = !isnull && DatumGetBool(FunctionCall2Coll(&keys[i].sk_func, keys[i].sk_collation,
+															   value, keys[i].sk_argument));
+		}
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -871,15 +908,43 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 }
 
 /*
- * A trigger, rule or row security policy on one of crmguard's catalogs that
- * an INSERT statement would obey: added by hand, never by crmguard (its own
- * foreign keys' checks are internal triggers, and their callers hold the
- * rows referred to).
+ * The constraints crmguard gives the catalogs it writes without a
+ * statement, whose values and referenced rows the writers ensure.
+ */
+static const char *const ensured_constraints[] = {
+	"outbox_state_check", "otp_challenge_state_rule_id_fkey",
+	"approval_history_event_check", "approval_history_request_fkey", NULL
+};
+
+static void
+refuse_constraint(Relation rel, const char *name)
+{
+	int			i;
+
+	for (i = 0; ensured_constraints[i]; i++)
+		if (strcmp(ensured_constraints[i], name) == 0)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("crmguard catalog \"%s\" has a constraint \"%s\" crmguard did not make",
+					RelationGetRelationName(rel), name),
+			 errdetail("crmguard writes the table without a statement, as a system catalog: the constraint would not be checked."),
+			 errhint("Drop the constraint.")));
+}
+
+/*
+ * What an INSERT or UPDATE statement on one of crmguard's catalogs would
+ * obey and a write without one cannot: a trigger, a rule, row security, a
+ * constraint added by hand.  Refused, not skipped.  (crmguard's own foreign
+ * keys' checks are internal triggers, and their writers hold the rows
+ * referred to.)
  */
 static void
-refuse_what_a_statement_would_run(Relation rel)
+refuse_what_a_statement_would_run(Relation rel, CmdType command)
 {
 	TriggerDesc *triggers = rel->trigdesc;
+	TupleConstr *constr = RelationGetDescr(rel)->constr;
+	ListCell   *lc;
 	int			i;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relhasrules ||
@@ -887,13 +952,70 @@ refuse_what_a_statement_would_run(Relation rel)
 		elog(ERROR, "crmguard catalog \"%s\" is not a plain table without rules and row security",
 			 RelationGetRelationName(rel));
 	for (i = 0; triggers && i < triggers->numtriggers; i++)
-		if (!triggers->triggers[i].tgisinternal && TRIGGER_FOR_INSERT(triggers->triggers[i].tgtype))
+		if (!triggers->triggers[i].tgisinternal &&
+			(command == CMD_INSERT ? TRIGGER_FOR_INSERT(triggers->triggers[i].tgtype)
+			 : TRIGGER_FOR_UPDATE(triggers->triggers[i].tgtype)))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("crmguard catalog \"%s\" has an INSERT trigger \"%s\"",
-							RelationGetRelationName(rel), triggers->triggers[i].tgname),
-					 errdetail("crmguard appends to it without a statement, as to a system catalog: its triggers would not fire."),
+					 errmsg("crmguard catalog \"%s\" has an %s trigger \"%s\"",
+							RelationGetRelationName(rel), command == CMD_INSERT ? "INSERT" : "UPDATE",
+							triggers->triggers[i].tgname),
+					 errdetail("crmguard writes the table without a statement, as a system catalog: its triggers would not fire."),
 					 errhint("Drop the trigger; follow the table with logical decoding instead.")));
+	for (i = 0; constr && i < constr->num_check; i++)
+		refuse_constraint(rel, constr->check[i].ccname);
+	foreach(lc, RelationGetFKeyList(rel))
+	{
+		char	   *name = get_constraint_name(((ForeignKeyCacheInfo *) lfirst(lc))->conoid);
+
+		if (name)
+			refuse_constraint(rel, name);
+	}
+}
+
+/*
+ * The numbers of the named columns of one of crmguard's catalogs about to be
+ * written without a statement (command): each must be of the given type,
+ * and the write must be one a statement could make here.
+ */
+static AttrNumber *
+writable_columns(Relation rel, CmdType command, int ncolumns, const char *const *columns,
+				 const Oid *types)
+{
+	const char *what = command == CMD_INSERT ? "INSERT" : "UPDATE";
+	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
+	int			i;
+
+	PreventCommandIfReadOnly(what);
+	PreventCommandIfParallelMode(what);
+	refuse_what_a_statement_would_run(rel, command);
+	for (i = 0; i < ncolumns; i++)
+	{
+		Form_pg_attribute att;
+
+		attnums[i] = catalog_column(rel, columns[i]);
+		att = TupleDescAttr(RelationGetDescr(rel), attnums[i] - 1);
+		if (att->atttypid != types[i] || att->atttypmod != -1)
+			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is not of type %s",
+				 columns[i], RelationGetRelationName(rel), format_type_be(types[i]));
+	}
+	return attnums;
+}
+
+/*
+ * The end of a write without a statement: indexes and table closed (the
+ * table's lock kept to the end of the transaction, as a statement's), the
+ * write's memory freed, and the rows visible to the next command.
+ */
+static void
+end_write(EState *estate, ResultRelInfo *info, MemoryContext old)
+{
+	ExecCloseIndices(info);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	table_close(info->ri_RelationDesc, NoLock);
+	MemoryContextSwitchTo(old);
+	FreeExecutorState(estate);
+	CommandCounterIncrement();
 }
 
 /*
@@ -912,8 +1034,8 @@ refuse_what_a_statement_would_run(Relation rel)
  * table's CHECK constraints (callers write fixed words of crmguard's own
  * code) and its foreign keys (the caller holds the row referred to).
  * Anything a statement would run that this cannot (a trigger, a rule, row
- * security, a deferred unique check) is refused, not skipped: it was added
- * to crmguard's catalog by hand.  The rows are visible to the next command.
+ * security, a constraint, a deferred unique check) is refused, not skipped:
+ * it was added to crmguard's catalog by hand.  The rows are visible to the next command.
  */
 void
 cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, const Oid *types,
@@ -923,7 +1045,7 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, cons
 	MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
 	Relation	rel = table_open(relid, RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
-	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
+	AttrNumber *attnums = writable_columns(rel, CMD_INSERT, ncolumns, columns, types);
 	bool	   *named = palloc0(sizeof(bool) * desc->natts);
 	ResultRelInfo *info = makeNode(ResultRelInfo);
 	TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
@@ -931,20 +1053,8 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, cons
 	int			r;
 	int			i;
 
-	PreventCommandIfReadOnly("INSERT");
-	PreventCommandIfParallelMode("INSERT");
-	refuse_what_a_statement_would_run(rel);
 	for (i = 0; i < ncolumns; i++)
-	{
-		Form_pg_attribute att;
-
-		attnums[i] = catalog_column(rel, columns[i]);
-		att = TupleDescAttr(desc, attnums[i] - 1);
-		if (att->atttypid != types[i] || att->atttypmod != -1)
-			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is not of type %s",
-				 columns[i], RelationGetRelationName(rel), format_type_be(types[i]));
 		named[attnums[i] - 1] = true;
-	}
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -989,12 +1099,125 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, cons
 				 RelationGetRelationName(rel));
 		ResetPerTupleExprContext(estate);
 	}
-	ExecCloseIndices(info);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	table_close(rel, NoLock);
-	MemoryContextSwitchTo(old);
-	FreeExecutorState(estate);
+	end_write(estate, info, old);
+}
+
+/*
+ * Set columns of the row of one of crmguard's catalogs that index_name finds
+ * where keys hold, if it qualifies (test gets the test_columns' values), as
+ * UPDATE ... WHERE does without a statement: seeing what this transaction
+ * wrote so far; a row another transaction is updating is waited for and, in
+ * READ COMMITTED, read again as that one left it; under REPEATABLE READ or
+ * SERIALIZABLE such a row is a serialization failure, as PostgreSQL's own.
+ * The same checks and refusals as cg_insert_catalog_rows.  Returns whether
+ * the row was updated.
+ */
+bool
+cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys,
+					  int ntest, const char *const *test_columns, CgCatalogRowTest test, void *arg,
+					  int ncolumns, const char *const *columns, const Oid *types,
+					  const Datum *values, const bool *nulls)
+{
+	EState	   *estate = CreateExecutorState();
+	MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Relation	irel = open_catalog_index(rel, index_name, nkeys);
+	ResultRelInfo *info = makeNode(ResultRelInfo);
+	TupleTableSlot *current = table_slot_create(rel, &estate->es_tupleTable);
+	TupleTableSlot *next = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
+	AttrNumber *set_attnums = writable_columns(rel, CMD_UPDATE, ncolumns, columns, types);
+	AttrNumber *test_attnums = palloc(sizeof(AttrNumber) * ntest);
+	Datum	   *test_values = palloc(sizeof(Datum) * ntest);
+	bool	   *test_nulls = palloc(sizeof(bool) * ntest);
+	Snapshot	snapshot;
+	bool		updated = false;
+	int			i;
+
+	for (i = 0; i < ncolumns; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, set_attnums[i] - 1);
+
+		if (nulls != NULL && nulls[i] && att->attnotnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
+							columns[i], RelationGetRelationName(rel))));
+	}
+	for (i = 0; i < ntest; i++)
+		test_attnums[i] = catalog_column(rel, test_columns[i]);
+	for (i = 0; i < nkeys; i++)
+		keys[i].sk_collation = irel->rd_indcollation[keys[i].sk_attno - 1];
+	InitResultRelInfo(info, rel, 0, NULL, 0);
+	ExecOpenIndices(info, false);
+
 	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	for (;;)
+	{
+		IndexScanDesc scan = index_beginscan(rel, irel, snapshot, nkeys, 0);
+		bool		found;
+		TM_FailureData tmfd;
+		LockTupleMode lockmode;
+		TM_Result	result;
+#if PG_VERSION_NUM >= 160000
+		TU_UpdateIndexes update_indexes;
+#else
+		bool		update_indexes;
+#endif
+
+		index_rescan(scan, keys, nkeys, NULL, 0);
+		found = index_getnext_slot(scan, ForwardScanDirection, current);
+		index_endscan(scan);
+		if (!found)
+			break;
+		slot_getallattrs(current);
+		for (i = 0; i < ntest; i++)
+		{
+			test_values[i] = current->tts_values[test_attnums[i] - 1];
+			test_nulls[i] = current->tts_isnull[test_attnums[i] - 1];
+		}
+		if (!test(test_values, test_nulls, arg))
+			break;
+		ExecClearTuple(next);
+		memcpy(next->tts_values, current->tts_values, sizeof(Datum) * desc->natts);
+		memcpy(next->tts_isnull, current->tts_isnull, sizeof(bool) * desc->natts);
+		for (i = 0; i < ncolumns; i++)
+		{
+			next->tts_values[set_attnums[i] - 1] = values[i];
+			next->tts_isnull[set_attnums[i] - 1] = nulls != NULL && nulls[i];
+		}
+		ExecStoreVirtualTuple(next);
+		result = table_tuple_update(rel, &current->tts_tid, next, GetCurrentCommandId(true), snapshot,
+									InvalidSnapshot, true, &tmfd, &lockmode, &update_indexes);
+		if (result == TM_Ok)
+		{
+#if PG_VERSION_NUM >= 160000
+			if (update_indexes != TU_None && info->ri_NumIndices > 0)
+				list_free(ExecInsertIndexTuples(info, next, estate, true, false, NULL, NIL,
+												update_indexes == TU_Summarizing));
+#else
+			if (update_indexes && info->ri_NumIndices > 0)
+				list_free(ExecInsertIndexTuples(info, next, estate, true, false, NULL, NIL));
+#endif
+			updated = true;
+			break;
+		}
+		if ((result == TM_Updated || result == TM_Deleted) && IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent %s",
+							result == TM_Updated ? "update" : "delete")));
+		if (result != TM_Updated)
+			break;				/* deleted meanwhile, or changed by this command */
+		/* another transaction updated it and committed: read it again as it is now */
+		UnregisterSnapshot(snapshot);
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+	}
+	UnregisterSnapshot(snapshot);
+	index_close(irel, AccessShareLock);
+	end_write(estate, info, old);
+	return updated;
 }
 
 /*

@@ -583,6 +583,7 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		CgPrivilegedContext priv;
 		Oid			types[3] = {INT8OID, BYTEAOID, TIMESTAMPTZOID};
 		Datum		values[3];
+		bool		resent;
 
 		values[0] = Int64GetDatum(challenge);
 		values[1] = PointerGetDatum(hash_datum);
@@ -593,11 +594,18 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		if (cg_execute_kept("UPDATE crmguard.otp_challenge_state c"
 							" SET code_hash = $2, expires_at = $3,"
 							"  resends = c.resends OPERATOR(pg_catalog.+) 1"
-							" WHERE c.id OPERATOR(pg_catalog.=) $1",
+							" WHERE c.id OPERATOR(pg_catalog.=) $1 AND c.consumed_at IS NULL",
 							3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not re-send the OTP challenge");
+		resent = SPI_processed == 1;
 		SPI_finish();
 		cg_leave_owner(&priv);
+		/* used, or purged, since it was found live: no code for it */
+		if (!resent)
+			ereport(ERROR,
+					(errcode(ERRCODE_CG_OTP_EXPIRED),
+					 errmsg("OTP challenge " INT64_FORMAT " was used meanwhile", challenge),
+					 errhint("Request a new code.")));
 	}
 	cg_outbox_put_expiring(rule->channel, recipient, rule->name, body, expires_at);
 	sodium_memzero(body, strlen(body));
@@ -684,7 +692,6 @@ find_live_challenge(const OtpRule *rule, Oid relid, const char *row_key, const c
 	LiveScan	live;
 	ScanKeyData keys[3];
 	Snapshot	snapshot;
-	CgCatalogScan *scan;
 	bool		found;
 
 	if (!OidIsValid(challenges) || !OidIsValid(changes))
@@ -698,10 +705,8 @@ find_live_challenge(const OtpRule *rule, Oid relid, const char *row_key, const c
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(rule->id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(row_key));
 	ScanKeyInit(&keys[2], 3, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(to_value));
-	scan = cg_catalog_scan_begin(challenges, "otp_challenge_live_idx", 3, snapshot,
-								 6, challenge_columns);
-	cg_catalog_scan_run(scan, keys, newest_live, &live);
-	cg_catalog_scan_end(scan);
+	cg_scan_catalog_by_key(challenges, "otp_challenge_live_idx", 3, keys, snapshot,
+						   6, challenge_columns, newest_live, &live);
 
 	if (check_recent)
 	{
@@ -710,10 +715,8 @@ find_live_challenge(const OtpRule *rule, Oid relid, const char *row_key, const c
 															 IntervalPGetDatum(&rule->recipient_cooldown)));
 		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
 		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(row_key));
-		scan = cg_catalog_scan_begin(changes, "otp_recipient_change_row_idx", 2, snapshot,
-									 1, change_columns);
-		cg_catalog_scan_run(scan, keys, recent_change, &live);
-		cg_catalog_scan_end(scan);
+		cg_scan_catalog_by_key(changes, "otp_recipient_change_row_idx", 2, keys, snapshot,
+							   1, change_columns, recent_change, &live);
 	}
 	if (recent)
 		*recent = live.recent;
@@ -887,29 +890,37 @@ find_or_await_challenge(const OtpRule *rule, Oid relid, const char *row_key, con
 	return false;
 }
 
-/* Use up a challenge verified in this transaction: one code, one change */
+/* a challenge not used yet (cg_update_catalog_row's test) */
+static bool
+unconsumed(Datum *values, bool *nulls, void *arg)
+{
+	return nulls[0];
+}
+
+/*
+ * Use up a challenge verified in this transaction: one code, one change.
+ * Of two transactions that verified the same code, the second waits for the
+ * first and finds the challenge used.
+ */
 static void
 consume(Verified *v, const OtpRule *rule, Relation rel)
 {
-	CgPrivilegedContext priv;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	uint64		updated;
+	static const char *const test_columns[1] = {"consumed_at"};
+	static const char *const columns[1] = {"consumed_at"};
+	static const Oid types[1] = {TIMESTAMPTZOID};
+	Datum		now = TimestampTzGetDatum(GetCurrentTimestamp());
+	ScanKeyData key;
+	bool		updated;
 
-	values[0] = Int64GetDatum(v->challenge);
-	cg_enter_owner(&priv);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (cg_execute_kept("UPDATE crmguard.otp_challenge_state SET consumed_at = pg_catalog.clock_timestamp()"
-							  " WHERE id OPERATOR(pg_catalog.=) $1 AND consumed_at IS NULL",
-							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not consume the OTP challenge");
-	updated = SPI_processed;
-	SPI_finish();
-	cg_leave_owner(&priv);
+	/* UPDATE ... SET consumed_at = now WHERE id = challenge AND consumed_at IS NULL */
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(v->challenge));
+	updated = cg_update_catalog_row(get_relname_relid("otp_challenge_state", cg_catalog()->schema),
+									"otp_challenge_state_pkey", 1, &key,
+									1, test_columns, unconsumed, NULL,
+									1, columns, types, &now, NULL);
 
 	verified = list_delete_ptr(verified, v);
-	if (updated == 0)
+	if (!updated)
 	{
 		cg_audit_durable("otp_refused", RelationGetRelationName(rel), v->row_key,
 						 audit_detail(rule->name, v->challenge, v->to_value, "already used"));
@@ -1740,7 +1751,6 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 	"code_hash", "consumed_at", "expires_at"};
 	ChallengeRead read;
 	ScanKeyData key;
-	CgCatalogScan *scan;
 	const CgPrincipal *p;
 	int64		principal;
 	bool		found;
@@ -1767,11 +1777,9 @@ crmguard_verify_otp(PG_FUNCTION_ARGS)
 	/* by its key, through the index: as the statement's snapshot sees it */
 	memset(&read, 0, sizeof(read));
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(challenge));
-	scan = cg_catalog_scan_begin(get_relname_relid("otp_challenge_state", cg_catalog()->schema),
-								 "otp_challenge_state_pkey", 1, GetActiveSnapshot(),
-								 7, challenge_columns);
-	cg_catalog_scan_run(scan, &key, read_challenge, &read);
-	cg_catalog_scan_end(scan);
+	cg_scan_catalog_by_key(get_relname_relid("otp_challenge_state", cg_catalog()->schema),
+						   "otp_challenge_state_pkey", 1, &key, GetActiveSnapshot(),
+						   7, challenge_columns, read_challenge, &read);
 	found = read.found;
 	if (found)
 	{
