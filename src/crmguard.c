@@ -863,11 +863,15 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 {
 	Relation	rel = table_open(relid, RowShareLock);
 	Relation	irel = open_catalog_index(rel, index_name, nkeys);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot;
 	IndexScanDesc scan;
 	bool		locked = false;
 	int			i;
+
+	/* as the key's check reads: what this transaction wrote, and its snapshot */
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 
 	for (i = 0; i < nkeys; i++)
 		keys[i].sk_collation = irel->rd_indcollation[keys[i].sk_attno - 1];
@@ -886,7 +890,10 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 		if ((result == TM_Updated || result == TM_Deleted) && IsolationUsesXactSnapshot())
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
+					 errmsg("could not serialize access due to concurrent %s",
+							result == TM_Updated ? "update" : "delete")));
+		if (result == TM_Invisible)
+			elog(ERROR, "attempted to lock invisible tuple");
 		locked = result == TM_Ok;
 		/* the newest version, when another transaction changed the row: is it still the key's? */
 		for (i = 0; locked && tmfd.traversed && i < nkeys; i++)
@@ -944,6 +951,7 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command)
 {
 	TriggerDesc *triggers = rel->trigdesc;
 	TupleConstr *constr = RelationGetDescr(rel)->constr;
+	List	   *keys = NIL;
 	ListCell   *lc;
 	int			i;
 
@@ -964,13 +972,19 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command)
 					 errhint("Drop the trigger; follow the table with logical decoding instead.")));
 	for (i = 0; constr && i < constr->num_check; i++)
 		refuse_constraint(rel, constr->check[i].ccname);
+	/* the relcache's list may be rebuilt by a catalog read: its OIDs first */
 	foreach(lc, RelationGetFKeyList(rel))
+		keys = lappend_oid(keys, ((ForeignKeyCacheInfo *) lfirst(lc))->conoid);
+	foreach(lc, keys)
 	{
-		char	   *name = get_constraint_name(((ForeignKeyCacheInfo *) lfirst(lc))->conoid);
+		char	   *name = get_constraint_name(lfirst_oid(lc));
 
 		if (name)
 			refuse_constraint(rel, name);
 	}
+	list_free(keys);
+	if (command == CMD_UPDATE && constr && constr->has_generated_stored)
+		elog(ERROR, "crmguard catalog \"%s\" has a generated column", RelationGetRelationName(rel));
 }
 
 /*
@@ -989,6 +1003,7 @@ writable_columns(Relation rel, CmdType command, int ncolumns, const char *const 
 	PreventCommandIfReadOnly(what);
 	PreventCommandIfParallelMode(what);
 	refuse_what_a_statement_would_run(rel, command);
+	CheckCmdReplicaIdentity(rel, command);
 	for (i = 0; i < ncolumns; i++)
 	{
 		Form_pg_attribute att;
@@ -1193,13 +1208,20 @@ cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys
 		if (result == TM_Ok)
 		{
 #if PG_VERSION_NUM >= 160000
+			List	   *recheck = NIL;
+
 			if (update_indexes != TU_None && info->ri_NumIndices > 0)
-				list_free(ExecInsertIndexTuples(info, next, estate, true, false, NULL, NIL,
-												update_indexes == TU_Summarizing));
+				recheck = ExecInsertIndexTuples(info, next, estate, true, false, NULL, NIL,
+												update_indexes == TU_Summarizing);
 #else
+			List	   *recheck = NIL;
+
 			if (update_indexes && info->ri_NumIndices > 0)
-				list_free(ExecInsertIndexTuples(info, next, estate, true, false, NULL, NIL));
+				recheck = ExecInsertIndexTuples(info, next, estate, true, false, NULL, NIL);
 #endif
+			if (recheck != NIL)
+				elog(ERROR, "crmguard catalog \"%s\" has a deferred unique index",
+					 RelationGetRelationName(rel));
 			updated = true;
 			break;
 		}
