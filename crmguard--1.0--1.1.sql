@@ -617,16 +617,24 @@ $$;
 -- waits for whom in a small table instead of a GIN index over every request
 DROP INDEX crmguard.approval_request_approvers_idx;
 CREATE TABLE crmguard.approval_waiting (
-    approver bigint NOT NULL,
-    request  bigint NOT NULL
+    approver     bigint NOT NULL,
+    request      bigint NOT NULL,
+    process      bigint NOT NULL,
+    target       regclass NOT NULL,
+    row_key      text NOT NULL,
+    current_step integer NOT NULL,
+    submitted_by bigint,
+    submitted_at timestamptz NOT NULL
 );
 CREATE INDEX approval_waiting_approver_idx ON crmguard.approval_waiting (approver, request);
 CREATE INDEX approval_waiting_request_idx ON crmguard.approval_waiting (request);
 COMMENT ON TABLE crmguard.approval_waiting IS 'pending approval requests by the approvers they still wait for; kept by a trigger on crmguard.approval_request_state';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_waiting', '');
 -- the approvers of 1.0's pending requests who have not approved their step yet
-INSERT INTO crmguard.approval_waiting (approver, request)
-SELECT DISTINCT a, r.id FROM crmguard.approval_request_state r, pg_catalog.unnest(r.approvers) a
+INSERT INTO crmguard.approval_waiting (approver, request, process, target, row_key, current_step,
+                                       submitted_by, submitted_at)
+SELECT DISTINCT a, r.id, r.process, r.target, r.row_key, r.current_step, r.submitted_by, r.submitted_at
+  FROM crmguard.approval_request_state r, pg_catalog.unnest(r.approvers) a
  WHERE r.state OPERATOR(pg_catalog.=) 'pending' AND a IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h
                     WHERE h.request OPERATOR(pg_catalog.=) r.id AND h.step OPERATOR(pg_catalog.=) r.current_step
@@ -634,7 +642,8 @@ SELECT DISTINCT a, r.id FROM crmguard.approval_request_state r, pg_catalog.unnes
                       AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) a);
 DROP TRIGGER approval_request_cache_invalidate ON crmguard.approval_request_state;
 CREATE TRIGGER approval_request_cache_invalidate
-    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step OR DELETE
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step,
+                           submitted_by, submitted_at OR DELETE
     ON crmguard.approval_request_state
     FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
 CREATE TRIGGER approval_request_cache_truncate

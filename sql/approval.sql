@@ -506,6 +506,27 @@ RESET ROLE;
 DROP TRIGGER forward ON crmguard.approval_history;
 DROP FUNCTION public.regress_apv_forward();
 
+-- an inbox shows what the waiting list carries of each request: a change
+-- to a pending request (here by a DBA) shows at once, and emptying the
+-- request table empties every inbox
+SET ROLE regress_apv_marco;
+UPDATE public.regress_apv_deal SET discount = 36 WHERE id = 3;
+SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3') AS bianchi3 \gset
+RESET ROLE;
+UPDATE crmguard.approval_request_state SET submitted_at = '2020-01-02 03:04:05+00' WHERE id = :bianchi3;
+BEGIN;
+SET LOCAL ROLE regress_apv_anna;
+SELECT row_key, step, submitted_by, submitted_at AT TIME ZONE 'UTC' AS submitted_at
+  FROM crmguard.my_approvals() WHERE request = :bianchi3;
+RESET ROLE;
+TRUNCATE crmguard.approval_request_state CASCADE;
+SET LOCAL ROLE regress_apv_anna;
+SELECT count(*) AS inbox_after_truncate FROM crmguard.my_approvals();
+ROLLBACK;
+SET ROLE regress_apv_anna;
+SELECT crmguard.reject(:bianchi3, 'not now');
+RESET ROLE;
+
 -- a column a process names cannot be renamed away
 SET ROLE regress_apv_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_apv_deal RENAME COLUMN discount TO rebate$$) AS rename_criteria_column;

@@ -1033,44 +1033,36 @@ typedef struct WaitingList
 	int			n;
 	int			size;
 	int64		me;
-	Waiting    *current;		/* the wait whose request is being read */
 } WaitingList;
 
-/* an approval_waiting row: a request waits for an approver */
+/*
+ * an approval_waiting row: a request waits for an approver; it carries what
+ * an inbox shows of the request.  A principal's own submissions never wait
+ * for it (resolve() leaves the submitter out), nor wait here by delegation.
+ */
 static void
 collect_wait(Datum *values, bool *nulls, void *arg)
 {
 	WaitingList *list = arg;
+	Waiting    *w;
 
+	if (!nulls[6] && DatumGetInt64(values[6]) == list->me)
+		return;
 	if (list->n == list->size)
 	{
 		list->size = list->size ? list->size * 2 : 16;
 		list->items = list->items ? repalloc(list->items, sizeof(Waiting) * list->size)
 			: palloc(sizeof(Waiting) * list->size);
 	}
-	memset(&list->items[list->n], 0, sizeof(Waiting));
-	list->items[list->n].request = DatumGetInt64(values[0]);
-	list->items[list->n].approver = DatumGetInt64(values[1]);
-	list->n++;
-}
-
-/* its request: kept (process set) when pending and not submitted by the approver asking */
-static void
-read_waiting_request(Datum *values, bool *nulls, void *arg)
-{
-	WaitingList *list = arg;
-	Waiting    *w = list->current;
-	int64		submitted_by = nulls[5] ? 0 : DatumGetInt64(values[5]);
-
-	if (strcmp(TextDatumGetCString(values[0]), "pending") != 0 ||
-		(!nulls[5] && submitted_by == list->me))
-		return;
-	w->process = DatumGetInt64(values[1]);
-	w->target = DatumGetObjectId(values[2]);
-	w->row_key = DatumGetTextPCopy(values[3]);
-	w->current_step = DatumGetInt32(values[4]);
-	w->submitted_by = submitted_by;
-	w->submitted_at = DatumGetTimestampTz(values[6]);
+	w = &list->items[list->n++];
+	w->request = DatumGetInt64(values[0]);
+	w->approver = DatumGetInt64(values[1]);
+	w->process = DatumGetInt64(values[2]);
+	w->target = DatumGetObjectId(values[3]);
+	w->row_key = DatumGetTextPCopy(values[4]);
+	w->current_step = DatumGetInt32(values[5]);
+	w->submitted_by = nulls[6] ? 0 : DatumGetInt64(values[6]);
+	w->submitted_at = DatumGetTimestampTz(values[7]);
 }
 
 /* oldest submission first, then by request and approver */
@@ -1090,54 +1082,38 @@ waiting_cmp(const void *a, const void *b)
 }
 
 /*
- * The pending requests that wait for any of the approvers, read through
- * the catalogs' indexes, not by a statement: this is every approver's
- * inbox, read on every visit.  From what waits for an approver to its
- * request, never the other way: the index of requests by state keeps an
- * entry for every request decided since the last vacuum.  A plain index
- * scan also marks the entries of decided waits dead as it passes them.
+ * The pending requests that wait for any of the approvers, read through the
+ * waiting list's index by approver, not by a statement: this is every
+ * approver's inbox, read on every visit.  The list holds pending requests
+ * only (the request table's trigger keeps it), so its cost follows what
+ * waits, not the history.  A plain index scan also marks the entries of
+ * decided waits dead as it passes them.
  */
 static WaitingList
 waiting_for(int64 me, const int64 *approvers, int napprovers)
 {
-	static const char *const wait_columns[2] = {"request", "approver"};
-	static const char *const request_columns[7] = {"state", "process", "target", "row_key",
+	static const char *const wait_columns[8] = {"request", "approver", "process", "target", "row_key",
 	"current_step", "submitted_by", "submitted_at"};
-	Oid			schema = cg_catalog()->schema;
-	Oid			waiting = get_relname_relid("approval_waiting", schema);
-	Oid			requests = get_relname_relid("approval_request_state", schema);
-	WaitingList list = {NULL, 0, 0, me, NULL};
+	Oid			waiting = get_relname_relid("approval_waiting", cg_catalog()->schema);
+	WaitingList list = {NULL, 0, 0, me};
 	Snapshot	snapshot;
 	CgCatalogScan *scan;
 	ScanKeyData key;
-	int			kept = 0;
 	int			i;
 
-	if (!OidIsValid(waiting) || !OidIsValid(requests))
-		elog(ERROR, "crmguard.approval_waiting or crmguard.approval_request_state does not exist");
+	if (!OidIsValid(waiting))
+		elog(ERROR, "crmguard.approval_waiting does not exist");
 	/* as a statement would: what this transaction wrote so far, and what others committed */
 	CommandCounterIncrement();
 	snapshot = GetTransactionSnapshot();
 	scan = cg_catalog_scan_begin(waiting, "approval_waiting_approver_idx", 1, snapshot,
-								 2, wait_columns);
+								 8, wait_columns);
 	for (i = 0; i < napprovers; i++)
 	{
 		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(approvers[i]));
 		cg_catalog_scan_run(scan, &key, collect_wait, &list);
 	}
 	cg_catalog_scan_end(scan);
-	scan = cg_catalog_scan_begin(requests, "approval_request_state_pkey", 1, snapshot,
-								 7, request_columns);
-	for (i = 0; i < list.n; i++)
-	{
-		list.current = &list.items[i];
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(list.items[i].request));
-		cg_catalog_scan_run(scan, &key, read_waiting_request, &list);
-		if (list.items[i].process != 0)
-			list.items[kept++] = list.items[i];
-	}
-	cg_catalog_scan_end(scan);
-	list.n = kept;
 	if (list.n > 1)
 		qsort(list.items, list.n, sizeof(Waiting), waiting_cmp);
 	return list;

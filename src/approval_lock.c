@@ -1167,11 +1167,15 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 {
 	bool		old_pending = request_pending(td, old);
 	bool		new_pending = request_pending(td, new);
-	bool		changed = old == NULL || new == NULL || request_differs(td, old, new, "id") ||
-		request_differs(td, old, new, "approvers") || request_differs(td, old, new, "current_step");
+	static const char *const carried[] = {"id", "approvers", "current_step", "process", "target",
+	"row_key", "submitted_by", "submitted_at"};
+	bool		changed = old == NULL || new == NULL;
 	CgPrivilegedContext priv;
 	bool		isnull;
+	int			i;
 
+	for (i = 0; !changed && i < (int) lengthof(carried); i++)
+		changed = request_differs(td, old, new, carried[i]);
 	if (!(old_pending && (changed || !new_pending)) && !(new_pending && (changed || !old_pending)))
 		return;
 	cg_enter_owner(&priv);
@@ -1190,19 +1194,27 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 	}
 	if (new_pending && (changed || !old_pending))
 	{
-		Oid			types[3] = {INT8OID, INT8ARRAYOID, INT4OID};
-		Datum		values[3];
+		static const char *const columns[8] = {"id", "approvers", "current_step", "process",
+		"target", "row_key", "submitted_by", "submitted_at"};
+		Oid			types[8] = {INT8OID, INT8ARRAYOID, INT4OID, INT8OID, OIDOID, TEXTOID,
+		INT8OID, TIMESTAMPTZOID};
+		Datum		values[8];
+		char		nulls[8];
 
-		values[0] = request_column(td, new, "id", &isnull);
-		values[1] = request_column(td, new, "approvers", &isnull);
-		values[2] = request_column(td, new, "current_step", &isnull);
-		if (cg_execute_kept("INSERT INTO crmguard.approval_waiting (approver, request)"
-							" SELECT DISTINCT a, $1 FROM pg_catalog.unnest($2) a WHERE a IS NOT NULL"
+		for (i = 0; i < 8; i++)
+		{
+			values[i] = request_column(td, new, columns[i], &isnull);
+			nulls[i] = isnull ? 'n' : ' ';
+		}
+		if (cg_execute_kept("INSERT INTO crmguard.approval_waiting (approver, request, process, target,"
+							" row_key, current_step, submitted_by, submitted_at)"
+							" SELECT DISTINCT a, $1, $4, $5, $6, $3, $7, $8 FROM pg_catalog.unnest($2) a"
+							" WHERE a IS NOT NULL"
 							" AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h"
 							"  WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $3"
 							"  AND h.event OPERATOR(pg_catalog.=) 'approved'"
 							"  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) a)",
-							3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							8, types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not update crmguard.approval_waiting");
 	}
 	SPI_finish();
@@ -1230,10 +1242,19 @@ crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event))
 	{
 		Oid			signal = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+		CgPrivilegedContext priv;
 
 		if (OidIsValid(signal))
 			CacheInvalidateRelcacheByRelid(signal);
 		touched_all = true;
+		/* no request waits any more: the waiting list carries what it showed of them */
+		cg_enter_owner(&priv);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (cg_execute_kept("DELETE FROM crmguard.approval_waiting", 0, NULL, NULL, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not update crmguard.approval_waiting");
+		SPI_finish();
+		cg_leave_owner(&priv);
 		return PointerGetDatum(NULL);
 	}
 	ensure_cache_context();		/* registers the commit callback */

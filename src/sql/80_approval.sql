@@ -67,7 +67,8 @@ CREATE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_requests_changed';
 COMMENT ON FUNCTION crmguard.approval_requests_changed() IS 'internal: row and TRUNCATE trigger on approval requests; keeps approval_waiting and moves the lock clocks of the keys whose requests start or end';
 CREATE TRIGGER approval_request_cache_invalidate
-    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step OR DELETE
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step,
+                           submitted_by, submitted_at OR DELETE
     ON crmguard.approval_request_state
     FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
 CREATE TRIGGER approval_request_cache_truncate
@@ -77,10 +78,17 @@ CREATE TRIGGER approval_request_cache_truncate
 -- Who a pending request waits for: one row per approver of its current step
 -- who has not approved it yet, kept by the trigger above (and by approve()).
 -- Small (pending requests only), read by approver: my_approvals() costs what
--- waits for the caller, whatever the history.
+-- waits for the caller, whatever the history. It carries what an inbox shows
+-- of its request, so an inbox is one index scan, not one lookup per request.
 CREATE TABLE crmguard.approval_waiting (
-    approver bigint NOT NULL,
-    request  bigint NOT NULL
+    approver     bigint NOT NULL,
+    request      bigint NOT NULL,
+    process      bigint NOT NULL,
+    target       regclass NOT NULL,
+    row_key      text NOT NULL,
+    current_step integer NOT NULL,
+    submitted_by bigint,
+    submitted_at timestamptz NOT NULL
 );
 CREATE INDEX approval_waiting_approver_idx ON crmguard.approval_waiting (approver, request);
 CREATE INDEX approval_waiting_request_idx ON crmguard.approval_waiting (request);
