@@ -963,12 +963,15 @@ crmguard_approval_finish(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------------
  */
 
-/* A process's name and steps, fetched once per call */
+/* A process's name and step names, fetched once per call, as the rows show them */
 typedef struct ProcessSeen
 {
 	int64		id;
-	char	   *name;
+	text	   *name;
 	Jsonb	   *steps;
+	int			nsteps;
+	text	  **step_names;		/* NULL entry: not looked at yet, or no name */
+	bool	   *step_seen;
 } ProcessSeen;
 
 static ProcessSeen *
@@ -992,8 +995,11 @@ process_seen(List **seen, int64 id)
 		elog(ERROR, "approval process " INT64_FORMAT " does not exist", id);
 	ps = palloc(sizeof(ProcessSeen));
 	ps->id = id;
-	ps->name = TextDatumGetCString(column(0, 1, &isnull));
+	ps->name = DatumGetTextPCopy(column(0, 1, &isnull));
 	ps->steps = jsonb_column(0, 2);
+	ps->nsteps = ps->steps != NULL && JB_ROOT_IS_ARRAY(ps->steps) ? JB_ROOT_COUNT(ps->steps) : 0;
+	ps->step_names = palloc0(sizeof(text *) * (ps->nsteps + 1));
+	ps->step_seen = palloc0(sizeof(bool) * (ps->nsteps + 1));
 	*seen = lappend(*seen, ps);
 	SPI_tuptable = save;
 	SPI_processed = nsave;
@@ -1173,14 +1179,22 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 		ProcessSeen *ps = process_seen(&processes, w->process);
 		const CgPrincipal *who;
 		char	   *step;
+		text	   *step_text;
 
 		out[0] = Int64GetDatum(w->request);
-		out[1] = CStringGetTextDatum(ps->name);
+		out[1] = PointerGetDatum(ps->name);
 		out[2] = ObjectIdGetDatum(w->target);
 		out[3] = PointerGetDatum(w->row_key);
-		step = step_name(ps->steps, w->current_step);
-		nulls[4] = step == NULL;
-		out[4] = step ? CStringGetTextDatum(step) : (Datum) 0;
+		if (w->current_step >= 0 && w->current_step < ps->nsteps && !ps->step_seen[w->current_step])
+		{
+			step = step_name(ps->steps, w->current_step);
+			ps->step_names[w->current_step] = step ? cstring_to_text(step) : NULL;
+			ps->step_seen[w->current_step] = true;
+		}
+		step_text = w->current_step >= 0 && w->current_step < ps->nsteps ?
+			ps->step_names[w->current_step] : NULL;
+		nulls[4] = step_text == NULL;
+		out[4] = PointerGetDatum(step_text);
 		who = w->submitted_by ? cg_principal_by_id(w->submitted_by) : NULL;
 		nulls[5] = who == NULL;
 		out[5] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
