@@ -121,6 +121,20 @@ UPDATE public.regress_delivery SET status = 'Delivered' WHERE id IN (1, 2);
 ROLLBACK;
 RESET ROLE;
 
+-- verify and change in one statement (one round trip less): the code in the
+-- UPDATE's own WHERE clause unlocks its row, and still only its row
+SET ROLE regress_luca;
+BEGIN;
+SELECT public.regress_try(format($$UPDATE public.regress_delivery SET status = 'Delivered'
+                                    WHERE id = 1 AND crmguard.verify_otp(3, %L)$$, :'code2')) AS row_1_with_row_2s_code;
+ROLLBACK;
+BEGIN;
+UPDATE public.regress_delivery SET status = 'Delivered'
+ WHERE id = 2 AND crmguard.verify_otp(3, :'code2') RETURNING id, status;
+ROLLBACK;
+RESET ROLE;
+SELECT id, state FROM crmguard.otp_challenge WHERE id = 3;
+
 -- a code verified by one principal does not unlock another principal's update
 SET ROLE regress_anna;
 SELECT public.regress_try(format($$SELECT crmguard.verify_otp(3, %L)$$, :'code2'));
