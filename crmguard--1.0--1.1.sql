@@ -629,7 +629,6 @@ CREATE TABLE crmguard.approval_waiting (
 CREATE INDEX approval_waiting_approver_idx ON crmguard.approval_waiting (approver, request);
 CREATE INDEX approval_waiting_request_idx ON crmguard.approval_waiting (request);
 COMMENT ON TABLE crmguard.approval_waiting IS 'pending approval requests by the approvers they still wait for; kept by a trigger on crmguard.approval_request_state';
-SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_waiting', '');
 -- the approvers of 1.0's pending requests who have not approved their step yet
 INSERT INTO crmguard.approval_waiting (approver, request, process, target, row_key, current_step,
                                        submitted_by, submitted_at)

@@ -93,7 +93,7 @@ CREATE TABLE crmguard.approval_waiting (
 CREATE INDEX approval_waiting_approver_idx ON crmguard.approval_waiting (approver, request);
 CREATE INDEX approval_waiting_request_idx ON crmguard.approval_waiting (request);
 COMMENT ON TABLE crmguard.approval_waiting IS 'pending approval requests by the approvers they still wait for; kept by a trigger on crmguard.approval_request_state';
-SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_waiting', '');
+-- derived data, not dumped: a restore of the requests rebuilds it through the trigger
 
 CREATE SEQUENCE crmguard.approval_history_id_seq;
 CREATE TABLE crmguard.approval_history (

@@ -62,6 +62,9 @@ like($err, qr/locked by pending approval request/, 'the restored pending row is 
 # whoever the step waits for (the worker may have escalated it before the clock stopped)
 my $approver = $node->safe_psql('crm_restored', q{SELECT p.name FROM crmguard.approval_request_state r,
     crmguard.principal p WHERE r.row_key = '2' AND p.id = r.approvers[1]});
+is($node->safe_psql('crm_restored', qq{SET ROLE regress_$approver;
+    SELECT string_agg(format('%s:%s', row_key, submitted_by), ',') FROM crmguard.my_approvals()}),
+   '2:luca', 'the restored request waits in its approver\'s inbox, once');
 $node->safe_psql('crm_restored', qq{SET ROLE regress_$approver;
     SELECT crmguard.approve((SELECT id FROM crmguard.approval_request WHERE row_key = '2'))});
 is($node->safe_psql('crm_restored', q{SELECT status FROM deal WHERE id = 2}), 'Approved',

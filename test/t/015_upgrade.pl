@@ -232,6 +232,13 @@ is($node->safe_psql('crm', 'SELECT count(*) FROM public.lead'), '1', 'a new inse
 
 ($ret, $out, $err) = $node->psql('crm', q{SET ROLE regress_luca; UPDATE public.deal SET discount = 50 WHERE id = 1});
 like($err, qr/locked by pending approval request/, 'the approval lock still holds');
+# the upgrade filled the inbox's waiting list, with the keys as rewritten
+is($node->safe_psql('crm', q{SET ROLE regress_anna;
+       SELECT string_agg(format('%s:%s:%s', request, process, row_key), ',' ORDER BY request) FROM crmguard.my_approvals()}),
+   $node->safe_psql('crm', q{SELECT string_agg(format('%s:%s:%s', r.id, p.process_name, r.row_key), ',' ORDER BY r.id)
+       FROM crmguard.approval_request_state r JOIN crmguard.approval_process p ON p.id = r.process
+      WHERE r.state = 'pending'}),
+   'the requests made by 1.0 wait in the manager\'s inbox');
 $node->safe_psql('crm', qq{SET ROLE regress_anna; SELECT crmguard.approve($request)});
 is($node->safe_psql('crm', 'SELECT status FROM public.deal WHERE id = 1'), 'Approved',
    'the request made by 1.0 is approved and its action runs');
