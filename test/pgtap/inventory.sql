@@ -58,12 +58,14 @@ SELECT set_eq(
     ARRAY['draft:SELECT', 'approval_request:SELECT'],
     'PUBLIC reads two views, crmguard.draft and crmguard.approval_request, each filtered by who is acting');
 
--- every table and sequence is registered for pg_dump
-SELECT is_empty(
-    $$SELECT c.relname FROM pg_class c
+-- every table and sequence is registered for pg_dump, but for the waiting
+-- list, which a restore of the requests rebuilds (dumped, it came back twice)
+SELECT set_eq(
+    $$SELECT c.relname::text FROM pg_class c
        WHERE c.relnamespace = 'crmguard'::regnamespace AND c.relkind IN ('r', 'S')
          AND NOT c.oid = ANY (SELECT unnest(extconfig) FROM pg_extension WHERE extname = 'crmguard')$$,
-    'every crmguard table and sequence is in pg_extension_config_dump');
+    ARRAY['approval_waiting'],
+    'every crmguard table and sequence is in pg_extension_config_dump but the derived approval_waiting');
 
 SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'crmguard'), false,
           'the extension is not relocatable');
