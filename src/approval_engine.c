@@ -1020,6 +1020,23 @@ step_name(Jsonb *steps, int n)
 	return member_text(JsonbValueToJsonb(step), "name");
 }
 
+/* Step n's name as an inbox row shows it (NULL: none), made once per call */
+static text *
+process_step_text(ProcessSeen *ps, int n)
+{
+	char	   *name;
+
+	if (n < 0 || n >= ps->nsteps)
+		return NULL;
+	if (!ps->step_seen[n])
+	{
+		name = step_name(ps->steps, n);
+		ps->step_names[n] = name ? cstring_to_text(name) : NULL;
+		ps->step_seen[n] = true;
+	}
+	return ps->step_names[n];
+}
+
 /* One request waiting for an approver my_approvals() answers for */
 typedef struct Waiting
 {
@@ -1178,21 +1195,13 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 		bool		nulls[8] = {false};
 		ProcessSeen *ps = process_seen(&processes, w->process);
 		const CgPrincipal *who;
-		char	   *step;
 		text	   *step_text;
 
 		out[0] = Int64GetDatum(w->request);
 		out[1] = PointerGetDatum(ps->name);
 		out[2] = ObjectIdGetDatum(w->target);
 		out[3] = PointerGetDatum(w->row_key);
-		if (w->current_step >= 0 && w->current_step < ps->nsteps && !ps->step_seen[w->current_step])
-		{
-			step = step_name(ps->steps, w->current_step);
-			ps->step_names[w->current_step] = step ? cstring_to_text(step) : NULL;
-			ps->step_seen[w->current_step] = true;
-		}
-		step_text = w->current_step >= 0 && w->current_step < ps->nsteps ?
-			ps->step_names[w->current_step] : NULL;
+		step_text = process_step_text(ps, w->current_step);
 		nulls[4] = step_text == NULL;
 		out[4] = PointerGetDatum(step_text);
 		who = w->submitted_by ? cg_principal_by_id(w->submitted_by) : NULL;

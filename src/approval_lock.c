@@ -1167,7 +1167,8 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 {
 	bool		old_pending = request_pending(td, old);
 	bool		new_pending = request_pending(td, new);
-	static const char *const carried[] = {"id", "approvers", "current_step", "process", "target",
+	/* the request's columns its waits are made from */
+	static const char *const carried[8] = {"id", "approvers", "current_step", "process", "target",
 	"row_key", "submitted_by", "submitted_at"};
 	bool		changed = old == NULL || new == NULL;
 	CgPrivilegedContext priv;
@@ -1194,16 +1195,15 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 	}
 	if (new_pending && (changed || !old_pending))
 	{
-		static const char *const columns[8] = {"id", "approvers", "current_step", "process",
-		"target", "row_key", "submitted_by", "submitted_at"};
-		Oid			types[8] = {INT8OID, INT8ARRAYOID, INT4OID, INT8OID, OIDOID, TEXTOID,
-		INT8OID, TIMESTAMPTZOID};
-		Datum		values[8];
-		char		nulls[8];
+		/* $1 .. $8: the carried columns, in their order */
+		Oid			types[lengthof(carried)] = {INT8OID, INT8ARRAYOID, INT4OID, INT8OID, OIDOID,
+		TEXTOID, INT8OID, TIMESTAMPTZOID};
+		Datum		values[lengthof(carried)];
+		char		nulls[lengthof(carried)];
 
-		for (i = 0; i < 8; i++)
+		for (i = 0; i < (int) lengthof(carried); i++)
 		{
-			values[i] = request_column(td, new, columns[i], &isnull);
+			values[i] = request_column(td, new, carried[i], &isnull);
 			nulls[i] = isnull ? 'n' : ' ';
 		}
 		if (cg_execute_kept("INSERT INTO crmguard.approval_waiting (approver, request, process, target,"
@@ -1214,7 +1214,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 							"  WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $3"
 							"  AND h.event OPERATOR(pg_catalog.=) 'approved'"
 							"  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) a)",
-							8, types, values, nulls, false, 0) != SPI_OK_INSERT)
+							lengthof(carried), types, values, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not update crmguard.approval_waiting");
 	}
 	SPI_finish();
