@@ -369,9 +369,17 @@ RESET ROLE;
 SET ROLE regress_apv_mara;
 SELECT crmguard.approve(:fair);
 SELECT crmguard.approve(:failing);
+-- an "all" step: who approved it leaves the inbox, the others still see it
+SELECT count(*) AS fair_in_maras_inbox FROM crmguard.my_approvals() WHERE request = :fair;
 RESET ROLE;
 SELECT state, cardinality(approvers) AS approvers, required FROM crmguard.approval_request_state WHERE id IN (:fair, :failing) ORDER BY id;
+-- a DBA's change to the request rebuilds its inbox entries: still not Mara's
+UPDATE crmguard.approval_request_state SET submitted_at = submitted_at - interval '1 minute' WHERE id = :fair;
+SET ROLE regress_apv_mara;
+SELECT count(*) AS fair_in_maras_inbox_after_rebuild FROM crmguard.my_approvals() WHERE request = :fair;
+RESET ROLE;
 SET ROLE regress_apv_franca;
+SELECT count(*) AS fair_in_francas_inbox FROM crmguard.my_approvals() WHERE request = :fair;
 SELECT crmguard.approve(:fair);
 SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :failing)) AS failing_call;
 RESET ROLE;

@@ -64,6 +64,8 @@ extern SPIPlanPtr cg_approval_plan(int slot, const char *sql, int nargs, Oid *ty
 /* approval.c */
 extern void cg_approval_run_actions(RequestInfo *r, Jsonb *actions);
 extern Jsonb *cg_approval_current_row(RequestInfo *r);
+extern int64 *cg_approval_ids(ArrayType *a, int *n);
+extern int64 *cg_approval_approved_by(int64 request, int step, int *n);
 
 /* approval_engine.c */
 extern int64 cg_approval_submit(int64 process, const char *key, Jsonb *data,
@@ -76,9 +78,7 @@ enum
 	PLAN_PENDING_KEY,
 	PLAN_ANY_PENDING,
 	PLAN_PROCESSES,
-	PLAN_REQUEST,
 	PLAN_DELEGATES,
-	PLAN_APPROVED,
 	PLAN_FINISH,
 	PLAN_STEP,
 	PLAN_PENDING_ROW,
@@ -89,7 +89,6 @@ enum
 	PLAN_ROLE,
 	PLAN_NAMED,
 	PLAN_PRINCIPAL,
-	PLAN_NOT_WAITING,
 	PLAN_PROCESS_NAME,
 	PLAN_DELEGATORS,
 	NUM_APPROVAL_PLANS

@@ -45,6 +45,7 @@ typedef struct Request
 	Jsonb	   *on_approve;
 	Jsonb	   *on_reject;
 	Datum		editable;		/* text[] */
+	bool		found;			/* load_request: its process was read */
 } Request;
 
 /* Run a kept plan on crmguard's catalogs; the caller is the owner, in SPI */
@@ -91,8 +92,9 @@ id_array(int64 *ids, int n)
 	return construct_array(d, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
-static int64 *
-array_ids(ArrayType *a, int *n)
+/* The non-null ids of an int8[] */
+int64 *
+cg_approval_ids(ArrayType *a, int *n)
 {
 	Datum	   *elems;
 	bool	   *nulls;
@@ -177,47 +179,76 @@ acting_principal(void)
  * ---------------------------------------------------------------------------
  */
 
-/* The request, locked for this transaction; NULL when there is none */
+/* A request's own columns, from its row as locked */
+static void
+request_columns(Datum *values, bool *nulls, void *arg)
+{
+	Request    *q = (Request *) arg;
+
+	q->process = DatumGetInt64(values[0]);
+	q->info.relid = DatumGetObjectId(values[1]);
+	q->info.key = TextDatumGetCString(values[2]);
+	q->row_data = DatumGetJsonbPCopy(values[3]);
+	q->info.state = TextDatumGetCString(values[4]);
+	q->current_step = DatumGetInt32(values[5]);
+	q->info.approvers = DatumGetArrayTypePCopy(values[6]);
+	q->required = DatumGetInt32(values[7]);
+	q->info.submitted_by = nulls[8] ? 0 : DatumGetInt64(values[8]);
+}
+
+/* Its process version's columns */
+static void
+process_columns(Datum *values, bool *nulls, void *arg)
+{
+	Request    *q = (Request *) arg;
+	Datum	   *names;
+	int			n;
+	int			i;
+
+	q->steps = DatumGetJsonbPCopy(values[0]);
+	q->on_approve = DatumGetJsonbPCopy(values[1]);
+	q->on_reject = DatumGetJsonbPCopy(values[2]);
+	/* name[] as text[], as the actions compare column names */
+	deconstruct_array(DatumGetArrayTypeP(values[3]), NAMEOID, NAMEDATALEN, false, TYPALIGN_CHAR,
+					  &names, NULL, &n);
+	for (i = 0; i < n; i++)
+		names[i] = CStringGetTextDatum(NameStr(*DatumGetName(names[i])));
+	q->editable = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+	q->info.process = TextDatumGetCString(values[4]);
+	q->version = DatumGetInt32(values[5]);
+	q->info.run_as = DatumGetObjectId(values[6]);
+	q->found = true;
+}
+
+/*
+ * The request, locked for this transaction as SELECT ... FOR UPDATE locks
+ * it, and its process version; NULL when there is none.  Without a
+ * statement: every decision starts here.
+ */
 static Request *
 load_request(int64 id)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	Request    *q;
-	bool		isnull;
-	Datum		d;
+	static const char *const request[9] = {"process", "target", "row_key", "row_data", "state",
+	"current_step", "approvers", "required", "submitted_by"};
+	static const char *const process[7] = {"steps", "on_approve", "on_reject", "editable_columns",
+	"process_name", "version", "run_as"};
+	Oid			schema = cg_catalog()->schema;
+	Request    *q = palloc0(sizeof(Request));
+	ScanKeyData key;
 
-	values[0] = Int64GetDatum(id);
-	if (run(PLAN_REQUEST,
-			"SELECT r.process, r.target::pg_catalog.oid, r.row_key, r.row_data, r.state, r.current_step,"
-			" r.approvers, r.required, r.submitted_by, p.steps, p.on_approve, p.on_reject,"
-			" p.editable_columns::pg_catalog.text[], p.process_name, p.version, p.run_as::pg_catalog.oid"
-			" FROM crmguard.approval_request_state r"
-			" JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-			" WHERE r.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF r",
-			1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the approval request");
-	if (SPI_processed == 0)
-		return NULL;
-	q = palloc0(sizeof(Request));
 	q->info.id = id;
-	q->process = int64_column(0, 1);
-	q->info.relid = DatumGetObjectId(column(0, 2, &isnull));
-	q->info.key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	q->row_data = jsonb_column(0, 4);
-	q->info.state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
-	q->current_step = DatumGetInt32(column(0, 6, &isnull));
-	q->info.approvers = DatumGetArrayTypePCopy(column(0, 7, &isnull));
-	q->required = DatumGetInt32(column(0, 8, &isnull));
-	q->info.submitted_by = int64_column(0, 9);
-	q->steps = jsonb_column(0, 10);
-	q->on_approve = jsonb_column(0, 11);
-	q->on_reject = jsonb_column(0, 12);
-	d = column(0, 13, &isnull);
-	q->editable = PointerGetDatum(DatumGetArrayTypePCopy(d));
-	q->info.process = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 14);
-	q->version = DatumGetInt32(column(0, 15, &isnull));
-	q->info.run_as = DatumGetObjectId(column(0, 16, &isnull));
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	if (!cg_lock_catalog_row(get_relname_relid("approval_request_state", schema),
+							 "approval_request_state_pkey", 1, &key, LockTupleExclusive,
+							 lengthof(request), request, request_columns, q))
+		return NULL;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(q->process));
+	cg_scan_catalog_by_key(get_relname_relid("approval_process", schema), "approval_process_pkey",
+						   1, &key, GetTransactionSnapshot(), lengthof(process), process,
+						   process_columns, q);
+	/* the foreign key keeps a request's process: without it, as the join did, no request */
+	if (!q->found)
+		return NULL;
 	q->info.pk = cg_primary_key_column(q->info.relid);
 	return q;
 }
@@ -281,33 +312,64 @@ add_history(int64 request, int step, int64 principal, int64 on_behalf_of, const 
 }
 
 /* Who already approved the request's current step (themselves or through a delegate) */
+typedef struct ApprovedBy
+{
+	int			step;
+	int64	   *ids;
+	int			n;
+	int			size;
+} ApprovedBy;
+
+static void
+collect_approval(Datum *values, bool *nulls, void *arg)
+{
+	ApprovedBy *a = (ApprovedBy *) arg;
+	int64		who;
+
+	if (nulls[0] || nulls[1] || DatumGetInt32(values[0]) != a->step ||
+		strcmp(TextDatumGetCString(values[1]), "approved") != 0)
+		return;
+	if (nulls[2] && nulls[3])
+		return;
+	who = DatumGetInt64(values[nulls[2] ? 3 : 2]);
+	if (has_id(a->ids, a->n, who))
+		return;
+	if (a->n == a->size)
+	{
+		a->size *= 2;
+		a->ids = repalloc(a->ids, sizeof(int64) * a->size);
+	}
+	a->ids[a->n++] = who;
+}
+
+/*
+ * The approvers who approved a step of a request, each once: the history
+ * read by request, as a statement would see it (what this transaction wrote
+ * so far, and what others committed).  No statement: the rebuild of the
+ * waiting list and every decision ask this.
+ */
+int64 *
+cg_approval_approved_by(int64 request, int step, int *n)
+{
+	static const char *const columns[4] = {"step", "event", "on_behalf_of", "principal"};
+	Oid			history = get_relname_relid("approval_history", cg_catalog()->schema);
+	ApprovedBy	a = {step, palloc(sizeof(int64) * 4), 0, 4};
+	ScanKeyData key;
+
+	if (!OidIsValid(history))
+		elog(ERROR, "crmguard.approval_history does not exist");
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(request));
+	CommandCounterIncrement();
+	cg_scan_catalog_by_key(history, "approval_history_request_idx", 1, &key, GetTransactionSnapshot(),
+						   4, columns, collect_approval, &a);
+	*n = a.n;
+	return a.ids;
+}
+
 static int64 *
 approved_by(Request *q, int *n)
 {
-	Oid			types[2] = {INT8OID, INT4OID};
-	Datum		values[2];
-	int64	   *ids;
-	uint64		i;
-
-	values[0] = Int64GetDatum(q->info.id);
-	values[1] = Int32GetDatum(q->current_step);
-	if (run(PLAN_APPROVED,
-			"SELECT DISTINCT COALESCE(h.on_behalf_of, h.principal) FROM crmguard.approval_history h"
-			" WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $2"
-			" AND h.event OPERATOR(pg_catalog.=) 'approved'",
-			2, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the approval history");
-	ids = palloc(sizeof(int64) * Max(SPI_processed, 1));
-	*n = 0;
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		Datum		d = column(i, 1, &isnull);
-
-		if (!isnull)
-			ids[(*n)++] = DatumGetInt64(d);
-	}
-	return ids;
+	return cg_approval_approved_by(q->info.id, q->current_step, n);
 }
 
 static void
@@ -620,7 +682,7 @@ static int64
 decider(Request *q, int64 acting, int64 **approved, int *napproved)
 {
 	int			n;
-	int64	   *approvers = array_ids(q->info.approvers, &n);
+	int64	   *approvers = cg_approval_ids(q->info.approvers, &n);
 	int64		best = 0;
 	int			best_rank = 0;
 	uint64		i;
@@ -856,15 +918,12 @@ crmguard_approve(PG_FUNCTION_ARGS)
 	else
 	{
 		/* the step waits for the others only */
-		Oid			types[2] = {INT8OID, INT8OID};
-		Datum		values[2];
+		ScanKeyData keys[2];
 
-		values[0] = Int64GetDatum(id);
-		values[1] = Int64GetDatum(approver);
-		if (run(PLAN_NOT_WAITING,
-				"DELETE FROM crmguard.approval_waiting WHERE request OPERATOR(pg_catalog.=) $1"
-				" AND approver OPERATOR(pg_catalog.=) $2", 2, types, values, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not update crmguard.approval_waiting");
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(approver));
+		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+		(void) cg_delete_catalog_rows(get_relname_relid("approval_waiting", cg_catalog()->schema),
+									  "approval_waiting_approver_idx", 2, keys);
 	}
 	decision_end(&priv);
 	PG_RETURN_VOID();

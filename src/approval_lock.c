@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_class.h"
@@ -32,6 +33,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -1172,6 +1174,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 	"row_key", "submitted_by", "submitted_at"};
 	bool		changed = old == NULL || new == NULL;
 	CgPrivilegedContext priv;
+	Oid			waiting;
 	bool		isnull;
 	int			i;
 
@@ -1179,45 +1182,69 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 		changed = request_differs(td, old, new, carried[i]);
 	if (!(old_pending && (changed || !new_pending)) && !(new_pending && (changed || !old_pending)))
 		return;
+	waiting = get_relname_relid("approval_waiting", cg_catalog()->schema);
+	if (!OidIsValid(waiting))
+		elog(ERROR, "crmguard.approval_waiting does not exist");
+	/* written without a statement, as crmguard's other derived rows */
 	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	if (old_pending && (changed || !new_pending))
 	{
-		Oid			types[1] = {INT8OID};
-		Datum		values[1];
+		ScanKeyData key;
 
-		values[0] = request_column(td, old, "id", &isnull);
-		if (cg_execute_kept("DELETE FROM crmguard.approval_waiting WHERE request OPERATOR(pg_catalog.=) $1",
-							1, types, values, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not update crmguard.approval_waiting");
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, request_column(td, old, "id", &isnull));
+		(void) cg_delete_catalog_rows(waiting, "approval_waiting_request_idx", 1, &key);
 	}
 	if (new_pending && (changed || !old_pending))
 	{
-		/* $1 .. $8: the carried columns, in their order */
-		Oid			types[lengthof(carried)] = {INT8OID, INT8ARRAYOID, INT4OID, INT8OID, OIDOID,
-		TEXTOID, INT8OID, TIMESTAMPTZOID};
-		Datum		values[lengthof(carried)];
-		char		nulls[lengthof(carried)];
+		static const char *const columns[8] = {"approver", "request", "process", "target",
+		"row_key", "current_step", "submitted_by", "submitted_at"};
+		static const Oid types[8] = {INT8OID, INT8OID, INT8OID, REGCLASSOID, TEXTOID, INT4OID,
+		INT8OID, TIMESTAMPTZOID};
+		/* the carried columns each wait column takes, in columns' order (approver aside) */
+		static const int from[8] = {-1, 0, 3, 4, 5, 2, 6, 7};
+		Datum		carried_values[lengthof(carried)];
+		bool		carried_nulls[lengthof(carried)];
+		int64	   *approvers = NULL;
+		int			napprovers = 0;
+		int64	   *approved;
+		int			napproved;
+		Datum	   *values;
+		bool	   *nulls;
+		int			nrows = 0;
 
 		for (i = 0; i < (int) lengthof(carried); i++)
+			carried_values[i] = request_column(td, new, carried[i], &carried_nulls[i]);
+		if (!carried_nulls[1])
+			approvers = cg_approval_ids(DatumGetArrayTypeP(carried_values[1]), &napprovers);
+		approved = cg_approval_approved_by(DatumGetInt64(carried_values[0]),
+										   carried_nulls[2] ? 0 : DatumGetInt32(carried_values[2]),
+										   &napproved);
+		values = palloc(sizeof(Datum) * lengthof(columns) * Max(napprovers, 1));
+		nulls = palloc(sizeof(bool) * lengthof(columns) * Max(napprovers, 1));
+		for (i = 0; i < napprovers; i++)
 		{
-			values[i] = request_column(td, new, carried[i], &isnull);
-			nulls[i] = isnull ? 'n' : ' ';
+			int			c;
+			int			k;
+
+			for (k = 0; k < napproved && approved[k] != approvers[i]; k++)
+				;
+			if (k < napproved)
+				continue;		/* approved this step already: waited for no more */
+			for (k = 0; k < i && approvers[k] != approvers[i]; k++)
+				;
+			if (k < i)
+				continue;		/* named twice: one wait */
+			for (c = 0; c < (int) lengthof(columns); c++)
+			{
+				values[nrows * lengthof(columns) + c] = c == 0 ? Int64GetDatum(approvers[i])
+					: carried_values[from[c]];
+				nulls[nrows * lengthof(columns) + c] = c == 0 ? false : carried_nulls[from[c]];
+			}
+			nrows++;
 		}
-		if (cg_execute_kept("INSERT INTO crmguard.approval_waiting (approver, request, process, target,"
-							" row_key, current_step, submitted_by, submitted_at)"
-							" SELECT DISTINCT a, $1, $4, $5, $6, $3, $7, $8 FROM pg_catalog.unnest($2) a"
-							" WHERE a IS NOT NULL"
-							" AND NOT EXISTS (SELECT 1 FROM crmguard.approval_history h"
-							"  WHERE h.request OPERATOR(pg_catalog.=) $1 AND h.step OPERATOR(pg_catalog.=) $3"
-							"  AND h.event OPERATOR(pg_catalog.=) 'approved'"
-							"  AND COALESCE(h.on_behalf_of, h.principal) OPERATOR(pg_catalog.=) a)",
-							lengthof(carried), types, values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not update crmguard.approval_waiting");
+		if (nrows > 0)
+			cg_insert_catalog_rows(waiting, lengthof(columns), columns, types, nrows, values, nulls);
 	}
-	SPI_finish();
 	cg_leave_owner(&priv);
 }
 

@@ -851,15 +851,19 @@ cg_scan_catalog(Oid relid, Snapshot snapshot, int ncolumns, const char *const *c
 
 /*
  * Lock the row of one of crmguard's catalogs that index_name finds where
- * keys hold, as a foreign key's check locks the row it refers to (FOR KEY
- * SHARE, as ri_triggers.c does): nobody deletes it or changes its key until
- * this transaction ends.  For rows appended without a statement, whose
- * foreign key is not checked.  False when no such row is there any more;
- * under REPEATABLE READ or SERIALIZABLE, a row changed or deleted since the
- * transaction's snapshot is a serialization failure, as in the key's check.
+ * keys hold, in mode: as a foreign key's check locks the row it refers to
+ * (LockTupleKeyShare, as ri_triggers.c does: nobody deletes it or changes
+ * its key until this transaction ends; for rows appended without a
+ * statement, whose foreign key is not checked), or as SELECT ... FOR UPDATE
+ * (LockTupleExclusive).  False when no such row is there any more; under
+ * REPEATABLE READ or SERIALIZABLE, a row changed or deleted since the
+ * transaction's snapshot is a serialization failure, as in a statement.
+ * When it is locked, fn (if any) gets the named columns of the version
+ * locked, the newest (valid until fn returns).
  */
 bool
-cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
+cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys, LockTupleMode mode,
+					int ncolumns, const char *const *columns, CgCatalogRowFn fn, void *arg)
 {
 	Relation	rel = table_open(relid, RowShareLock);
 	Relation	irel = open_catalog_index(rel, index_name, nkeys);
@@ -883,7 +887,7 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 		TM_Result	result;
 
 		result = table_tuple_lock(rel, &slot->tts_tid, snapshot, slot, GetCurrentCommandId(false),
-								  LockTupleKeyShare, LockWaitBlock,
+								  mode, LockWaitBlock,
 								  TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS |
 								  (IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION),
 								  &tmfd);
@@ -905,6 +909,21 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys)
 			locked = !isnull && DatumGetBool(FunctionCall2Coll(&keys[i].sk_func, keys[i].sk_collation,
 															   value, keys[i].sk_argument));
 		}
+	}
+	if (locked && fn != NULL)
+	{
+		Datum	   *values = palloc(sizeof(Datum) * Max(ncolumns, 1));
+		bool	   *nulls = palloc(sizeof(bool) * Max(ncolumns, 1));
+
+		slot_getallattrs(slot);
+		for (i = 0; i < ncolumns; i++)
+		{
+			AttrNumber	attnum = catalog_column(rel, columns[i]);
+
+			values[i] = slot->tts_values[attnum - 1];
+			nulls[i] = slot->tts_isnull[attnum - 1];
+		}
+		fn(values, nulls, arg);
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -1240,6 +1259,79 @@ cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys
 	index_close(irel, AccessShareLock);
 	end_write(estate, info, old);
 	return updated;
+}
+
+/*
+ * Delete the rows of one of crmguard's catalogs that index_name finds where
+ * keys hold, as DELETE ... WHERE does without a statement, seeing what this
+ * transaction wrote so far.  For derived rows whose writers hold the row
+ * they derive from (the waiting list's, under its request's row lock): a
+ * row another transaction changed meanwhile was changed by hand, and is a
+ * serialization failure, to be retried, at any isolation level.  The same
+ * refusals as cg_insert_catalog_rows (a DELETE trigger, a rule, row
+ * security).  Returns the number of rows deleted.
+ */
+uint64
+cg_delete_catalog_rows(Oid relid, const char *index_name, int nkeys, ScanKey keys)
+{
+	EState	   *estate = CreateExecutorState();
+	MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	Relation	irel = open_catalog_index(rel, index_name, nkeys);
+	ResultRelInfo *info = makeNode(ResultRelInfo);
+	TupleTableSlot *slot = table_slot_create(rel, &estate->es_tupleTable);
+	TriggerDesc *triggers = rel->trigdesc;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	uint64		deleted = 0;
+	int			i;
+
+	PreventCommandIfReadOnly("DELETE");
+	PreventCommandIfParallelMode("DELETE");
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relhasrules ||
+		rel->rd_rel->relrowsecurity)
+		elog(ERROR, "crmguard catalog \"%s\" is not a plain table without rules and row security",
+			 RelationGetRelationName(rel));
+	for (i = 0; triggers && i < triggers->numtriggers; i++)
+		if (TRIGGER_FOR_DELETE(triggers->triggers[i].tgtype))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("crmguard catalog \"%s\" has a DELETE trigger \"%s\"",
+							RelationGetRelationName(rel), triggers->triggers[i].tgname),
+					 errdetail("crmguard writes the table without a statement, as a system catalog: its triggers would not fire."),
+					 errhint("Drop the trigger; follow the table with logical decoding instead.")));
+	CheckCmdReplicaIdentity(rel, CMD_DELETE);
+	for (i = 0; i < nkeys; i++)
+		keys[i].sk_collation = irel->rd_indcollation[keys[i].sk_attno - 1];
+	InitResultRelInfo(info, rel, 0, NULL, 0);
+
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	scan = index_beginscan(rel, irel, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		TM_FailureData tmfd;
+		TM_Result	result;
+
+		result = table_tuple_delete(rel, &slot->tts_tid, GetCurrentCommandId(true), snapshot,
+									InvalidSnapshot, true, &tmfd, false);
+		if (result == TM_Ok)
+			deleted++;
+		else if (result == TM_Updated || result == TM_Deleted)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent %s",
+							result == TM_Updated ? "update" : "delete")));
+		else if (result != TM_SelfModified)
+			elog(ERROR, "unexpected result %d deleting from crmguard catalog \"%s\"",
+				 (int) result, RelationGetRelationName(rel));
+	}
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	index_close(irel, AccessShareLock);
+	end_write(estate, info, old);
+	return deleted;
 }
 
 /*

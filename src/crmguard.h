@@ -11,6 +11,7 @@
 
 #include "access/skey.h"
 #include "datatype/timestamp.h"
+#include "nodes/lockoptions.h"
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "storage/lockdefs.h"
@@ -76,7 +77,10 @@ extern bool cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, 
 								  int ntest, const char *const *test_columns, CgCatalogRowTest test,
 								  void *arg, int ncolumns, const char *const *columns,
 								  const Oid *types, const Datum *values, const bool *nulls);
-extern bool cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys);
+extern uint64 cg_delete_catalog_rows(Oid relid, const char *index_name, int nkeys, ScanKey keys);
+extern bool cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys,
+								LockTupleMode mode, int ncolumns, const char *const *columns,
+								CgCatalogRowFn fn, void *arg);
 extern void cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns,
 								   const Oid *types, int nrows, const Datum *values,
 								   const bool *nulls);

@@ -560,7 +560,8 @@ send_code(const OtpRule *rule, int64 challenge, bool is_new, int64 principal,
 		 * meanwhile refuses the code.
 		 */
 		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(rule->id));
-		if (!cg_lock_catalog_row(cg_catalog()->otp_rule_rel, "otp_rule_pkey", 1, &key))
+		if (!cg_lock_catalog_row(cg_catalog()->otp_rule_rel, "otp_rule_pkey", 1, &key,
+								 LockTupleKeyShare, 0, NULL, NULL, NULL))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("OTP rule \"%s\" was dropped", rule->name)));
