@@ -44,8 +44,9 @@ typedef struct Request
 	Jsonb	   *steps;
 	Jsonb	   *on_approve;
 	Jsonb	   *on_reject;
+	Jsonb	   *on_submit;
 	Datum		editable;		/* text[] */
-	bool		found;			/* load_request: its process was read */
+	bool		found;			/* read_process: the process was there */
 } Request;
 
 /* Run a kept plan on crmguard's catalogs; the caller is the owner, in SPI */
@@ -196,7 +197,7 @@ request_columns(Datum *values, bool *nulls, void *arg)
 	q->info.submitted_by = nulls[8] ? 0 : DatumGetInt64(values[8]);
 }
 
-/* Its process version's columns */
+/* A process version's columns, as a request uses them */
 static void
 process_columns(Datum *values, bool *nulls, void *arg)
 {
@@ -205,19 +206,42 @@ process_columns(Datum *values, bool *nulls, void *arg)
 	int			n;
 	int			i;
 
-	q->steps = DatumGetJsonbPCopy(values[0]);
-	q->on_approve = DatumGetJsonbPCopy(values[1]);
-	q->on_reject = DatumGetJsonbPCopy(values[2]);
+	q->info.relid = DatumGetObjectId(values[0]);
+	q->steps = DatumGetJsonbPCopy(values[1]);
+	q->on_approve = DatumGetJsonbPCopy(values[2]);
+	q->on_reject = DatumGetJsonbPCopy(values[3]);
+	q->on_submit = DatumGetJsonbPCopy(values[4]);
 	/* name[] as text[], as the actions compare column names */
-	deconstruct_array(DatumGetArrayTypeP(values[3]), NAMEOID, NAMEDATALEN, false, TYPALIGN_CHAR,
+	deconstruct_array(DatumGetArrayTypeP(values[5]), NAMEOID, NAMEDATALEN, false, TYPALIGN_CHAR,
 					  &names, NULL, &n);
 	for (i = 0; i < n; i++)
 		names[i] = CStringGetTextDatum(NameStr(*DatumGetName(names[i])));
 	q->editable = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-	q->info.process = TextDatumGetCString(values[4]);
-	q->version = DatumGetInt32(values[5]);
-	q->info.run_as = DatumGetObjectId(values[6]);
+	q->info.process = TextDatumGetCString(values[6]);
+	q->version = DatumGetInt32(values[7]);
+	q->info.run_as = DatumGetObjectId(values[8]);
 	q->found = true;
+}
+
+/*
+ * Read the request's process version (q->process) into q, as a statement
+ * would see it; false when there is none.  Without a statement: every
+ * submit and decision reads it.
+ */
+static bool
+read_process(Request *q)
+{
+	static const char *const columns[9] = {"target", "steps", "on_approve", "on_reject", "on_submit",
+	"editable_columns", "process_name", "version", "run_as"};
+	ScanKeyData key;
+
+	q->found = false;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(q->process));
+	CommandCounterIncrement();
+	cg_scan_catalog_by_key(get_relname_relid("approval_process", cg_catalog()->schema),
+						   "approval_process_pkey", 1, &key, GetTransactionSnapshot(),
+						   lengthof(columns), columns, process_columns, q);
+	return q->found;
 }
 
 /*
@@ -230,25 +254,22 @@ load_request(int64 id)
 {
 	static const char *const request[9] = {"process", "target", "row_key", "row_data", "state",
 	"current_step", "approvers", "required", "submitted_by"};
-	static const char *const process[7] = {"steps", "on_approve", "on_reject", "editable_columns",
-	"process_name", "version", "run_as"};
-	Oid			schema = cg_catalog()->schema;
 	Request    *q = palloc0(sizeof(Request));
+	Oid			relid;
 	ScanKeyData key;
 
 	q->info.id = id;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	if (!cg_lock_catalog_row(get_relname_relid("approval_request_state", schema),
+	if (!cg_lock_catalog_row(get_relname_relid("approval_request_state", cg_catalog()->schema),
 							 "approval_request_state_pkey", 1, &key, LockTupleExclusive,
 							 lengthof(request), request, request_columns, q))
 		return NULL;
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(q->process));
-	cg_scan_catalog_by_key(get_relname_relid("approval_process", schema), "approval_process_pkey",
-						   1, &key, GetTransactionSnapshot(), lengthof(process), process,
-						   process_columns, q);
+	/* the request's own table, not its process's (the same but for a DBA's edit) */
+	relid = q->info.relid;
 	/* the foreign key keeps a request's process: without it, as the join did, no request */
-	if (!q->found)
+	if (!read_process(q))
 		return NULL;
+	q->info.relid = relid;
 	q->info.pk = cg_primary_key_column(q->info.relid);
 	return q;
 }
@@ -397,19 +418,12 @@ audit_request(Request *q, const char *action, int automatic)
 static bool
 principal_row(int64 id, bool *active, int64 *manager)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	bool		isnull;
+	const CgPrincipal *p = cg_principal_by_id(id);
 
-	values[0] = Int64GetDatum(id);
-	if (run(PLAN_PRINCIPAL,
-			"SELECT active, manager_id FROM crmguard.principal WHERE id OPERATOR(pg_catalog.=) $1",
-			1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.principal");
-	if (SPI_processed == 0)
+	if (p == NULL)
 		return false;
-	*active = DatumGetBool(column(0, 1, &isnull));
-	*manager = int64_column(0, 2);
+	*active = p->active;
+	*manager = p->manager_id;
 	return true;
 }
 
@@ -747,6 +761,30 @@ row_now(Request *q)
  * ---------------------------------------------------------------------------
  */
 
+/* The pending request of a row, 0 for none (the partial unique index), as a statement would see it */
+static void
+pending_id(Datum *values, bool *nulls, void *arg)
+{
+	if (!nulls[1] && strcmp(TextDatumGetCString(values[1]), "pending") == 0)
+		*(int64 *) arg = DatumGetInt64(values[0]);
+}
+
+static int64
+pending_request(Oid relid, const char *key)
+{
+	static const char *const columns[2] = {"id", "state"};
+	ScanKeyData keys[2];
+	int64		id = 0;
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(key));
+	CommandCounterIncrement();
+	cg_scan_catalog_by_key(get_relname_relid("approval_request_state", cg_catalog()->schema),
+						   "approval_request_pending_idx", 2, keys, GetTransactionSnapshot(),
+						   lengthof(columns), columns, pending_id, &id);
+	return id;
+}
+
 /*
  * Submit a row (as the caller saw it) to a process: called by
  * submit_for_approval and the auto-submit trigger.  automatic: an existing
@@ -768,44 +806,25 @@ cg_approval_submit(int64 process, const char *key, Jsonb *data, const char *comm
 	int64		acting = acting_principal();
 	Jsonb	   *on_submit;
 	Jsonb	   *row;
-	bool		isnull;
+	int64		pending;
 
 	cg_enter_owner(&priv);
 	cg_approval_planner_settings();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	values[0] = Int64GetDatum(process);
-	if (run(PLAN_PROCESS,
-			"SELECT target::pg_catalog.oid, editable_columns::pg_catalog.text[], process_name, version,"
-			" on_submit, steps, run_as::pg_catalog.oid FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) $1",
-			1, types, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "approval process " INT64_FORMAT " does not exist", process);
 	q = palloc0(sizeof(Request));
 	q->process = process;
-	q->info.relid = DatumGetObjectId(column(0, 1, &isnull));
-	q->editable = PointerGetDatum(DatumGetArrayTypePCopy(column(0, 2, &isnull)));
-	q->info.process = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	q->version = DatumGetInt32(column(0, 4, &isnull));
-	on_submit = jsonb_column(0, 5);
-	q->steps = jsonb_column(0, 6);
-	q->info.run_as = DatumGetObjectId(column(0, 7, &isnull));
+	if (!read_process(q))
+		elog(ERROR, "approval process " INT64_FORMAT " does not exist", process);
+	on_submit = q->on_submit;
 	q->info.key = pstrdup(key);
 	q->info.pk = cg_primary_key_column(q->info.relid);
 	q->info.submitted_by = acting;
 	q->info.state = "pending";
 
-	values[0] = ObjectIdGetDatum(q->info.relid);
-	values[1] = CStringGetTextDatum(key);
-	if (run(PLAN_OPEN_REQUEST,
-			"SELECT id FROM crmguard.approval_request_state"
-			" WHERE target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND row_key OPERATOR(pg_catalog.=) $2"
-			" AND state OPERATOR(pg_catalog.=) 'pending'",
-			2, (Oid[]) {OIDOID, TEXTOID}, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_request_state");
-	if (SPI_processed == 1)
+	pending = pending_request(q->info.relid, key);
+	if (pending != 0)
 	{
-		int64		pending = int64_column(0, 1);
-
 		if (!automatic)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
