@@ -378,7 +378,12 @@ UPDATE crmguard.approval_request_state SET submitted_at = submitted_at - interva
 SET ROLE regress_apv_mara;
 SELECT count(*) AS fair_in_maras_inbox_after_rebuild FROM crmguard.my_approvals() WHERE request = :fair;
 RESET ROLE;
+-- a decision in a read-only transaction is refused at once (25006), as its
+-- lock on the request would be a write
 SET ROLE regress_apv_franca;
+BEGIN READ ONLY;
+SELECT crmguard.approve(:fair);
+ROLLBACK;
 SELECT count(*) AS fair_in_francas_inbox FROM crmguard.my_approvals() WHERE request = :fair;
 SELECT crmguard.approve(:fair);
 SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :failing)) AS failing_call;

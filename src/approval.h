@@ -64,10 +64,10 @@ extern SPIPlanPtr cg_approval_plan(int slot, const char *sql, int nargs, Oid *ty
 /* approval.c */
 extern void cg_approval_run_actions(RequestInfo *r, Jsonb *actions);
 extern Jsonb *cg_approval_current_row(RequestInfo *r);
-extern int64 *cg_approval_ids(ArrayType *a, int *n);
-extern int64 *cg_approval_approved_by(int64 request, int step, int *n);
 
 /* approval_engine.c */
+extern int64 *cg_approval_ids(ArrayType *a, int *n);
+extern int64 *cg_approval_approved_by(int64 request, int step, int *n);
 extern int64 cg_approval_submit(int64 process, const char *key, Jsonb *data,
 								const char *comment, bool automatic);
 

@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "access/stratnum.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
@@ -48,6 +49,17 @@ typedef struct Request
 	Datum		editable;		/* text[] */
 	bool		found;			/* read_process: the process was there */
 } Request;
+
+/* One of crmguard's approval catalogs, by name: there, or a clear error */
+static Oid
+approval_catalog(const char *name)
+{
+	Oid			relid = get_relname_relid(name, cg_catalog()->schema);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "crmguard.%s does not exist", name);
+	return relid;
+}
 
 /* Run a kept plan on crmguard's catalogs; the caller is the owner, in SPI */
 static int
@@ -203,7 +215,9 @@ process_columns(Datum *values, bool *nulls, void *arg)
 {
 	Request    *q = (Request *) arg;
 	Datum	   *names;
+	bool	   *name_nulls;
 	int			n;
+	int			lower_bound = 1;
 	int			i;
 
 	q->info.relid = DatumGetObjectId(values[0]);
@@ -211,12 +225,14 @@ process_columns(Datum *values, bool *nulls, void *arg)
 	q->on_approve = DatumGetJsonbPCopy(values[2]);
 	q->on_reject = DatumGetJsonbPCopy(values[3]);
 	q->on_submit = DatumGetJsonbPCopy(values[4]);
-	/* name[] as text[], as the actions compare column names */
+	/* name[] as text[] (the actions compare column names), as the cast makes it */
 	deconstruct_array(DatumGetArrayTypeP(values[5]), NAMEOID, NAMEDATALEN, false, TYPALIGN_CHAR,
-					  &names, NULL, &n);
+					  &names, &name_nulls, &n);
 	for (i = 0; i < n; i++)
-		names[i] = CStringGetTextDatum(NameStr(*DatumGetName(names[i])));
-	q->editable = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+		if (!name_nulls[i])
+			names[i] = CStringGetTextDatum(NameStr(*DatumGetName(names[i])));
+	q->editable = PointerGetDatum(construct_md_array(names, name_nulls, 1, &n, &lower_bound,
+													 TEXTOID, -1, false, TYPALIGN_INT));
 	q->info.process = TextDatumGetCString(values[6]);
 	q->version = DatumGetInt32(values[7]);
 	q->info.run_as = DatumGetObjectId(values[8]);
@@ -238,7 +254,7 @@ read_process(Request *q)
 	q->found = false;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(q->process));
 	CommandCounterIncrement();
-	cg_scan_catalog_by_key(get_relname_relid("approval_process", cg_catalog()->schema),
+	cg_scan_catalog_by_key(approval_catalog("approval_process"),
 						   "approval_process_pkey", 1, &key, GetTransactionSnapshot(),
 						   lengthof(columns), columns, process_columns, q);
 	return q->found;
@@ -260,7 +276,7 @@ load_request(int64 id)
 
 	q->info.id = id;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	if (!cg_lock_catalog_row(get_relname_relid("approval_request_state", cg_catalog()->schema),
+	if (!cg_lock_catalog_row(approval_catalog("approval_request_state"),
 							 "approval_request_state_pkey", 1, &key, LockTupleExclusive,
 							 lengthof(request), request, request_columns, q))
 		return NULL;
@@ -310,14 +326,11 @@ add_history(int64 request, int step, int64 principal, int64 on_behalf_of, const 
 	"on_behalf_of", "event", "comment"};
 	static const Oid types[8] = {INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID,
 	TEXTOID, TEXTOID};
-	Oid			schema = cg_catalog()->schema;
-	Oid			seq = get_relname_relid("approval_history_id_seq", schema);
-	Oid			history = get_relname_relid("approval_history", schema);
+	Oid			seq = approval_catalog("approval_history_id_seq");
+	Oid			history = approval_catalog("approval_history");
 	Datum		values[8];
 	bool		nulls[8] = {false};
 
-	if (!OidIsValid(seq) || !OidIsValid(history))
-		elog(ERROR, "crmguard.approval_history or its id sequence does not exist");
 	values[0] = Int64GetDatum(nextval_internal(seq, true));
 	values[1] = Int64GetDatum(request);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
@@ -373,16 +386,35 @@ int64 *
 cg_approval_approved_by(int64 request, int step, int *n)
 {
 	static const char *const columns[4] = {"step", "event", "on_behalf_of", "principal"};
-	Oid			history = get_relname_relid("approval_history", cg_catalog()->schema);
+	Oid			history = approval_catalog("approval_history");
 	ApprovedBy	a = {step, palloc(sizeof(int64) * 4), 0, 4};
 	ScanKeyData key;
 
-	if (!OidIsValid(history))
-		elog(ERROR, "crmguard.approval_history does not exist");
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(request));
 	CommandCounterIncrement();
 	cg_scan_catalog_by_key(history, "approval_history_request_idx", 1, &key, GetTransactionSnapshot(),
 						   4, columns, collect_approval, &a);
+
+	/*
+	 * Under REPEATABLE READ or SERIALIZABLE, an approval committed after this
+	 * transaction's snapshot is not seen, though the request is locked now:
+	 * counted short, the step would hold every approval it needs and wait
+	 * for nobody.  Such a decision is a serialization failure, to be retried,
+	 * as a concurrent change of a row locked FOR UPDATE is.
+	 */
+	if (IsolationUsesXactSnapshot())
+	{
+		ApprovedBy	latest = {step, palloc(sizeof(int64) * 4), 0, 4};
+
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(request));
+		cg_scan_catalog_by_key(history, "approval_history_request_idx", 1, &key, GetLatestSnapshot(),
+							   4, columns, collect_approval, &latest);
+		if (latest.n != a.n)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to a concurrent approval of request " INT64_FORMAT,
+							request)));
+	}
 	*n = a.n;
 	return a.ids;
 }
@@ -779,7 +811,7 @@ pending_request(Oid relid, const char *key)
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(key));
 	CommandCounterIncrement();
-	cg_scan_catalog_by_key(get_relname_relid("approval_request_state", cg_catalog()->schema),
+	cg_scan_catalog_by_key(approval_catalog("approval_request_state"),
 						   "approval_request_pending_idx", 2, keys, GetTransactionSnapshot(),
 						   lengthof(columns), columns, pending_id, &id);
 	return id;
@@ -941,7 +973,7 @@ crmguard_approve(PG_FUNCTION_ARGS)
 
 		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(approver));
 		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-		(void) cg_delete_catalog_rows(get_relname_relid("approval_waiting", cg_catalog()->schema),
+		(void) cg_delete_catalog_rows(approval_catalog("approval_waiting"),
 									  "approval_waiting_approver_idx", 2, keys);
 	}
 	decision_end(&priv);
@@ -1195,15 +1227,13 @@ waiting_for(int64 me, const int64 *approvers, int napprovers)
 {
 	static const char *const wait_columns[8] = {"request", "approver", "process", "target", "row_key",
 	"current_step", "submitted_by", "submitted_at"};
-	Oid			waiting = get_relname_relid("approval_waiting", cg_catalog()->schema);
+	Oid			waiting = approval_catalog("approval_waiting");
 	WaitingList list = {NULL, 0, 0, me};
 	Snapshot	snapshot;
 	CgCatalogScan *scan;
 	ScanKeyData key;
 	int			i;
 
-	if (!OidIsValid(waiting))
-		elog(ERROR, "crmguard.approval_waiting does not exist");
 	/* as a statement would: what this transaction wrote so far, and what others committed */
 	CommandCounterIncrement();
 	snapshot = GetTransactionSnapshot();

@@ -865,13 +865,22 @@ bool
 cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys, LockTupleMode mode,
 					int ncolumns, const char *const *columns, CgCatalogRowFn fn, void *arg)
 {
-	Relation	rel = table_open(relid, RowShareLock);
-	Relation	irel = open_catalog_index(rel, index_name, nkeys);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Relation	rel;
+	Relation	irel;
+	TupleTableSlot *slot;
 	Snapshot	snapshot;
 	IndexScanDesc scan;
 	bool		locked = false;
 	int			i;
+
+	/* a row lock is a write, refused as a statement's is */
+	PreventCommandIfReadOnly(mode == LockTupleExclusive ? "SELECT FOR UPDATE" :
+							 mode == LockTupleNoKeyExclusive ? "SELECT FOR NO KEY UPDATE" :
+							 mode == LockTupleShare ? "SELECT FOR SHARE" : "SELECT FOR KEY SHARE");
+	PreventCommandIfParallelMode("SELECT FOR UPDATE");
+	rel = table_open(relid, RowShareLock);
+	irel = open_catalog_index(rel, index_name, nkeys);
+	slot = table_slot_create(rel, NULL);
 
 	/* as the key's check reads: what this transaction wrote, and its snapshot */
 	CommandCounterIncrement();
