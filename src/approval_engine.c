@@ -85,15 +85,6 @@ int64_column(int row, int col)
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
-static Jsonb *
-jsonb_column(int row, int col)
-{
-	bool		isnull;
-	Datum		d = column(row, col, &isnull);
-
-	return isnull ? NULL : DatumGetJsonbPCopy(d);
-}
-
 static ArrayType *
 id_array(int64 *ids, int n)
 {
@@ -720,6 +711,84 @@ step_done(Request *q)
 }
 
 /*
+ * Delegations in force now (the transaction's start, as now() in the
+ * queries they replace), read without a statement: every decision and every
+ * inbox asks.
+ */
+typedef struct Delegations
+{
+	int64		to;				/* the delegate asked about */
+	int64		except;			/* a delegator left out (0: none) */
+	int64	   *ids;
+	int			n;
+	int			size;
+} Delegations;
+
+static void
+collect_delegation(Datum *values, bool *nulls, void *arg)
+{
+	Delegations *d = (Delegations *) arg;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	int64		principal = DatumGetInt64(values[0]);
+
+	if (DatumGetInt64(values[1]) != d->to || principal == d->except ||
+		now < DatumGetTimestampTz(values[2]) || now >= DatumGetTimestampTz(values[3]))
+		return;
+	if (d->n == d->size)
+	{
+		d->size *= 2;
+		d->ids = repalloc(d->ids, sizeof(int64) * d->size);
+	}
+	d->ids[d->n++] = principal;
+}
+
+static int
+id_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * Who delegated their approvals to "to" now: of the candidates (by the
+ * table's key, one look-up each), or of everyone (candidates NULL: a scan of
+ * the table, which holds one row per principal away).  In key order.
+ */
+static int64 *
+delegators(int64 to, int64 except, const int64 *candidates, int ncandidates, int *n)
+{
+	static const char *const columns[4] = {"principal", "to_principal", "since", "until"};
+	Oid			delegation = approval_catalog("delegation");
+	Delegations d = {to, except, palloc(sizeof(int64) * 4), 0, 4};
+
+	CommandCounterIncrement();
+	if (candidates == NULL)
+		cg_scan_catalog(delegation, GetTransactionSnapshot(), lengthof(columns), columns,
+						collect_delegation, &d);
+	else
+	{
+		CgCatalogScan *scan = cg_catalog_scan_begin(delegation, "delegation_pkey", 1,
+													GetTransactionSnapshot(), lengthof(columns),
+													columns);
+		ScanKeyData key;
+		int			i;
+
+		for (i = 0; i < ncandidates; i++)
+		{
+			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(candidates[i]));
+			cg_catalog_scan_run(scan, &key, collect_delegation, &d);
+		}
+		cg_catalog_scan_end(scan);
+	}
+	if (d.n > 1)
+		qsort(d.ids, d.n, sizeof(int64), id_cmp);
+	*n = d.n;
+	return d.ids;
+}
+
+/*
  * The capacity in which the acting principal decides a pending request: as
  * an approver of the current step, or as the delegate of one; itself first,
  * and one that has not yet approved this step.
@@ -729,9 +798,16 @@ decider(Request *q, int64 acting, int64 **approved, int *napproved)
 {
 	int			n;
 	int64	   *approvers = cg_approval_ids(q->info.approvers, &n);
+	int64	   *distinct = palloc(sizeof(int64) * Max(n, 1));
+	int			ndistinct = 0;
 	int64		best = 0;
 	int			best_rank = 0;
-	uint64		i;
+	int			i;
+
+	/* each approver once: a delegation is looked up by its key */
+	for (i = 0; i < n; i++)
+		if (!has_id(distinct, ndistinct, approvers[i]))
+			distinct[ndistinct++] = approvers[i];
 
 	*approved = approved_by(q, napproved);
 	if (acting != 0 && has_id(approvers, n, acting))
@@ -741,21 +817,12 @@ decider(Request *q, int64 acting, int64 **approved, int *napproved)
 	}
 	if (acting != 0)
 	{
-		Oid			types[2] = {INT8OID, INT8ARRAYOID};
-		Datum		values[2];
+		int			ndelegators;
+		int64	   *by = delegators(acting, 0, distinct, ndistinct, &ndelegators);
 
-		values[0] = Int64GetDatum(acting);
-		values[1] = PointerGetDatum(q->info.approvers);
-		if (run(PLAN_DELEGATES,
-				"SELECT d.principal FROM crmguard.delegation d"
-				" WHERE d.to_principal OPERATOR(pg_catalog.=) $1 AND d.principal OPERATOR(pg_catalog.=) ANY ($2)"
-				" AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until"
-				" ORDER BY d.principal",
-				2, types, values, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read crmguard.delegation");
-		for (i = 0; i < SPI_processed; i++)
+		for (i = 0; i < ndelegators; i++)
 		{
-			int64		who = int64_column(i, 1);
+			int64		who = by[i];
 			int			rank = has_id(*approved, *napproved, who) ? 3 : 1;
 
 			if (best == 0 || rank < best_rank)
@@ -1089,30 +1156,22 @@ process_seen(List **seen, int64 id)
 {
 	ListCell   *lc;
 	ProcessSeen *ps;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-	SPITupleTable *save = SPI_tuptable;
-	uint64		nsave = SPI_processed;
-	bool		isnull;
+	Request		q = {0};
 
 	foreach(lc, *seen)
 		if (((ProcessSeen *) lfirst(lc))->id == id)
 			return lfirst(lc);
-	values[0] = Int64GetDatum(id);
-	if (run(PLAN_PROCESS_NAME,
-			"SELECT process_name, steps FROM crmguard.approval_process WHERE id OPERATOR(pg_catalog.=) $1",
-			1, types, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	q.process = id;
+	if (!read_process(&q))
 		elog(ERROR, "approval process " INT64_FORMAT " does not exist", id);
 	ps = palloc(sizeof(ProcessSeen));
 	ps->id = id;
-	ps->name = DatumGetTextPCopy(column(0, 1, &isnull));
-	ps->steps = jsonb_column(0, 2);
+	ps->name = cstring_to_text(q.info.process);
+	ps->steps = q.steps;
 	ps->nsteps = ps->steps != NULL && JB_ROOT_IS_ARRAY(ps->steps) ? JB_ROOT_COUNT(ps->steps) : 0;
 	ps->step_names = palloc0(sizeof(text *) * (ps->nsteps + 1));
 	ps->step_seen = palloc0(sizeof(bool) * (ps->nsteps + 1));
 	*seen = lappend(*seen, ps);
-	SPI_tuptable = save;
-	SPI_processed = nsave;
 	return ps;
 }
 
@@ -1266,8 +1325,8 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 	int			ncapacity = 1;
 	List	   *processes = NIL;
 	CgPrivilegedContext priv;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
+	int64	   *by;
+	int			nby;
 	WaitingList waits;
 	int			i;
 
@@ -1279,21 +1338,12 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 
 	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	/* me, and whoever delegated their approvals to me for now */
-	values[0] = Int64GetDatum(me);
-	if (run(PLAN_DELEGATORS,
-			"SELECT DISTINCT d.principal FROM crmguard.delegation d"
-			" WHERE d.to_principal OPERATOR(pg_catalog.=) $1 AND d.principal OPERATOR(pg_catalog.<>) $1"
-			" AND pg_catalog.now() OPERATOR(pg_catalog.>=) d.since AND pg_catalog.now() OPERATOR(pg_catalog.<) d.until",
-			1, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.delegation");
-	capacity = palloc(sizeof(int64) * (SPI_processed + 1));
+	by = delegators(me, me, NULL, 0, &nby);
+	capacity = palloc(sizeof(int64) * (nby + 1));
 	capacity[0] = me;
-	for (i = 0; i < (int) SPI_processed; i++)
-		capacity[ncapacity++] = int64_column(i, 1);
+	for (i = 0; i < nby; i++)
+		capacity[ncapacity++] = by[i];
 
 	waits = waiting_for(me, capacity, ncapacity);
 	for (i = 0; i < waits.n; i++)
@@ -1321,7 +1371,6 @@ crmguard_my_approvals(PG_FUNCTION_ARGS)
 		out[7] = who ? CStringGetTextDatum(who->name) : (Datum) 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
 	}
-	SPI_finish();
 	cg_leave_owner(&priv);
 	return (Datum) 0;
 }
