@@ -68,19 +68,15 @@ extern Jsonb *cg_approval_current_row(RequestInfo *r);
 /* approval_engine.c */
 extern int64 *cg_approval_ids(ArrayType *a, int *n);
 extern int64 *cg_approval_approved_by(int64 request, int step, int *n);
+extern bool cg_approval_editable_columns(int64 process, Datum *editable);
 extern int64 cg_approval_submit(int64 process, const char *key, Jsonb *data,
 								const char *comment, bool automatic);
 
 /* slots of the kept plans on crmguard's own catalogs */
 enum
 {
-	PLAN_PENDING_OF_TABLE,
-	PLAN_PENDING_KEY,
-	PLAN_ANY_PENDING,
-	PLAN_PROCESSES,
 	PLAN_FINISH,
 	PLAN_STEP,
-	PLAN_PENDING_ROW,
 	PLAN_INSERT_REQUEST,
 	PLAN_ROW_DATA,
 	PLAN_ROLE,

@@ -236,7 +236,7 @@ process_columns(Datum *values, bool *nulls, void *arg)
  * submit and decision reads it.
  */
 static bool
-read_process(Request *q)
+read_process_as_of(Request *q, Snapshot snapshot)
 {
 	static const char *const columns[9] = {"target", "steps", "on_approve", "on_reject", "on_submit",
 	"editable_columns", "process_name", "version", "run_as"};
@@ -244,11 +244,34 @@ read_process(Request *q)
 
 	q->found = false;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(q->process));
-	CommandCounterIncrement();
 	cg_scan_catalog_by_key(approval_catalog("approval_process"),
-						   "approval_process_pkey", 1, &key, GetTransactionSnapshot(),
+						   "approval_process_pkey", 1, &key, snapshot,
 						   lengthof(columns), columns, process_columns, q);
 	return q->found;
+}
+
+static bool
+read_process(Request *q)
+{
+	CommandCounterIncrement();
+	return read_process_as_of(q, GetTransactionSnapshot());
+}
+
+/*
+ * approval_lock.c: the editable columns (text[]) of a process version, as
+ * the latest snapshot has it; false when there is none.  No command
+ * counter step: the lock asks in the middle of an UPDATE.
+ */
+bool
+cg_approval_editable_columns(int64 process, Datum *editable)
+{
+	Request		q = {0};
+
+	q.process = process;
+	if (!read_process_as_of(&q, GetLatestSnapshot()))
+		return false;
+	*editable = q.editable;
+	return true;
 }
 
 /*

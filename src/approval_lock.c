@@ -392,13 +392,82 @@ ensure_cache_context(void)
 }
 
 /* The current processes of every table, with the latest snapshot */
+typedef struct ProcessRow
+{
+	Oid			relid;
+	int32		position;
+	int64		id;
+	Jsonb	   *criteria;		/* NULL: every row */
+	Datum		auto_submit;	/* text[] */
+} ProcessRow;
+
+typedef struct ProcessRows
+{
+	ProcessRow *rows;
+	int			n;
+	int			size;
+} ProcessRows;
+
+static void
+collect_process(Datum *values, bool *nulls, void *arg)
+{
+	ProcessRows *list = (ProcessRows *) arg;
+	ProcessRow *row;
+
+	if (!DatumGetBool(values[5]))
+		return;					/* an older version, or dropped */
+	if (list->n == list->size)
+	{
+		list->size = list->size ? list->size * 2 : 16;
+		list->rows = list->rows ? repalloc(list->rows, sizeof(ProcessRow) * list->size)
+			: palloc(sizeof(ProcessRow) * list->size);
+	}
+	row = &list->rows[list->n++];
+	row->relid = DatumGetObjectId(values[0]);
+	row->position = DatumGetInt32(values[1]);
+	row->id = DatumGetInt64(values[2]);
+	row->criteria = nulls[3] ? NULL : DatumGetJsonbPCopy(values[3]);
+	row->auto_submit = PointerGetDatum(DatumGetArrayTypePCopy(values[4]));
+}
+
+/* by table, then in their order on it */
+static int
+process_row_cmp(const void *a, const void *b)
+{
+	const ProcessRow *x = a;
+	const ProcessRow *y = b;
+
+	if (x->relid != y->relid)
+		return x->relid < y->relid ? -1 : 1;
+	return x->position < y->position ? -1 : x->position > y->position ? 1 : 0;
+}
+
+/* a pending request with a step timeout, which the worker must watch */
+static bool
+times_out(Datum *values, bool *nulls, void *arg)
+{
+	return !nulls[0] && strcmp(TextDatumGetCString(values[0]), "pending") == 0 && !nulls[1];
+}
+
+/*
+ * Read without statements, straight from the catalogs: the first write of
+ * a fresh connection to a table with processes pays for this load.
+ */
 static void
 load_processes(void)
 {
+	static const char *const columns[6] = {"target", "position", "id", "entry_criteria",
+	"auto_submit", "current"};
+	static const char *const timeout_columns[2] = {"state", "step_timeout"};
 	CgPrivilegedContext priv;
 	HASHCTL		ctl;
 	MemoryContext old;
-	uint64		i;
+	ProcessRows list = {NULL, 0, 0};
+	Snapshot	snapshot;
+	CgCatalogScan *scan;
+	Oid			requests;
+	bool		timeouts;
+	int			i;
 
 	ensure_cache_context();
 	MemoryContextReset(cache_context);
@@ -409,52 +478,47 @@ load_processes(void)
 	tables = hash_create("crmguard approval tables", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	process_rel = get_relname_relid("approval_process", cg_catalog()->schema);
 	signal_rel = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
+	requests = get_relname_relid("approval_request_state", cg_catalog()->schema);
+	if (!OidIsValid(process_rel) || !OidIsValid(requests))
+		elog(ERROR, "crmguard.approval_process or crmguard.approval_request_state does not exist");
 	cache_valid = true;
 	loaded_in_recovery = RecoveryInProgress();
 
 	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute_plan(cg_approval_plan(PLAN_PROCESSES,
-										  "SELECT target::pg_catalog.oid, id, entry_criteria, auto_submit"
-										  " FROM crmguard.approval_process WHERE current ORDER BY target, position",
-										  0, NULL), NULL, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_process");
-	for (i = 0; i < SPI_processed; i++)
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	PushActiveSnapshot(snapshot);
+	cg_scan_catalog(process_rel, snapshot, lengthof(columns), columns, collect_process, &list);
+	if (list.n > 1)
+		qsort(list.rows, list.n, sizeof(ProcessRow), process_row_cmp);
+	for (i = 0; i < list.n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		Datum		criteria = SPI_getbinval(tup, desc, 3, &isnull);
-		char	   *compiled = cg_criteria_compile(relid, isnull ? NULL : DatumGetJsonbP(criteria));
+		ProcessRow *row = &list.rows[i];
+		char	   *compiled = cg_criteria_compile(row->relid, row->criteria);
 		int			nauto;
-		char	  **autos = text_array(SPI_getbinval(tup, desc, 4, &isnull), &nauto);
+		char	  **autos = text_array(row->auto_submit, &nauto);
 		ApprovalTable *t;
 		Process    *p;
 
 		old = MemoryContextSwitchTo(cache_context);
-		t = table_entry(relid);
+		t = table_entry(row->relid);
 		t->processes = t->processes ? repalloc(t->processes, sizeof(Process) * (t->nprocesses + 1))
 			: palloc(sizeof(Process));
 		p = &t->processes[t->nprocesses++];
-		p->id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		p->id = row->id;
 		p->compiled = pstrdup(compiled);
 		p->on_insert = contains(autos, nauto, "insert");
 		p->on_update = contains(autos, nauto, "update");
 		MemoryContextSwitchTo(old);
 	}
 	/* after a restart or a restore, the worker must watch the clocks again */
-	if (SPI_execute_plan(cg_approval_plan(PLAN_ANY_PENDING,
-										  "SELECT 1 FROM crmguard.approval_request_state"
-										  " WHERE state OPERATOR(pg_catalog.=) 'pending' AND step_timeout IS NOT NULL LIMIT 1",
-										  0, NULL), NULL, NULL, true, 1) == SPI_OK_SELECT &&
-		SPI_processed > 0 && !RecoveryInProgress())
+	scan = cg_catalog_scan_begin(requests, "approval_request_pending_idx", 0, snapshot,
+								 lengthof(timeout_columns), timeout_columns);
+	timeouts = cg_catalog_scan_find(scan, NULL, times_out, NULL);
+	cg_catalog_scan_end(scan);
+	if (timeouts && !RecoveryInProgress())
 		(void) cg_enqueue(CG_JOB_WAKE, "", 0);
 	PopActiveSnapshot();
-	SPI_finish();
+	UnregisterSnapshot(snapshot);
 	cg_leave_owner(&priv);
 }
 
@@ -489,15 +553,73 @@ pending_table(Oid relid)
 	return t;
 }
 
-static PendingRow *
-pending_row_from(HeapTuple tup, TupleDesc desc, const char *key)
+/*
+ * The pending requests of a table (of one row key, or all: key NULL), as
+ * the latest snapshot has them: through the partial unique index of
+ * pending requests, without a statement (a fresh connection's first write
+ * to a table with processes reads them all).
+ */
+typedef struct PendingItem
 {
-	bool		isnull;
+	int64		request;
+	int64		process;
+	char	   *key;
+} PendingItem;
+
+typedef struct PendingList
+{
+	PendingItem *items;
+	int			n;
+	int			size;
+} PendingList;
+
+static void
+collect_pending(Datum *values, bool *nulls, void *arg)
+{
+	PendingList *list = (PendingList *) arg;
+	PendingItem *item;
+
+	if (nulls[3] || strcmp(TextDatumGetCString(values[3]), "pending") != 0)
+		return;
+	if (list->n == list->size)
+	{
+		list->size = list->size ? list->size * 2 : 16;
+		list->items = list->items ? repalloc(list->items, sizeof(PendingItem) * list->size)
+			: palloc(sizeof(PendingItem) * list->size);
+	}
+	item = &list->items[list->n++];
+	item->request = DatumGetInt64(values[0]);
+	item->process = DatumGetInt64(values[1]);
+	item->key = TextDatumGetCString(values[2]);
+}
+
+static PendingList
+pending_requests(Oid relid, const char *key)
+{
+	static const char *const columns[4] = {"id", "process", "row_key", "state"};
+	Oid			requests = get_relname_relid("approval_request_state", cg_catalog()->schema);
+	PendingList list = {NULL, 0, 0};
+	ScanKeyData keys[2];
+
+	if (!OidIsValid(requests))
+		elog(ERROR, "crmguard.approval_request_state does not exist");
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	if (key != NULL)
+		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(key));
+	cg_scan_catalog_by_key(requests, "approval_request_pending_idx", key != NULL ? 2 : 1, keys,
+						   GetLatestSnapshot(), lengthof(columns), columns, collect_pending, &list);
+	return list;
+}
+
+/* A pending row as the lock keeps it, in the current memory context */
+static PendingRow *
+pending_row(const PendingItem *item, Datum editable)
+{
 	PendingRow *row = palloc(sizeof(PendingRow));
 
-	row->key = pstrdup(key);
-	row->request = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	row->editable = text_array(SPI_getbinval(tup, desc, 2, &isnull), &row->nedit);
+	row->key = pstrdup(item->key);
+	row->request = item->request;
+	row->editable = text_array(editable, &row->nedit);
 	return row;
 }
 
@@ -547,11 +669,13 @@ remember(ApprovalTable *t, const char *key, bool is_int, int64 ikey, PendingRow 
 static void
 load_pending(ApprovalTable *t)
 {
-	CgPrivilegedContext priv;
 	HASHCTL		ctl;
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
-	uint64		i;
+	PendingList list;
+	int64	   *processes;
+	Datum	   *editables;
+	int			nprocesses = 0;
+	int			npending = 0;
+	int			i;
 	MemoryContext old;
 
 	if (t->keys_context == NULL)
@@ -570,36 +694,36 @@ load_pending(ApprovalTable *t)
 	t->loaded_at = pg_atomic_read_u64(&clocks->clock);
 	pg_memory_barrier();
 
-	values[0] = ObjectIdGetDatum(t->relid);
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_OF_TABLE,
-										  "SELECT r.id, p.editable_columns::pg_catalog.text[], r.row_key"
-										  " FROM crmguard.approval_request_state r"
-										  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-										  " WHERE r.target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
-										  " AND r.state OPERATOR(pg_catalog.=) 'pending'",
-										  1, types), values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_request_state");
-	for (i = 0; i < SPI_processed; i++)
+	list = pending_requests(t->relid, NULL);
+	/* a table's requests are of a few process versions: each is read once */
+	processes = palloc(sizeof(int64) * Max(list.n, 1));
+	editables = palloc(sizeof(Datum) * Max(list.n, 1));
+	for (i = 0; i < list.n; i++)
 	{
-		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		PendingItem *item = &list.items[i];
 		int64		ikey;
-		bool		is_int = key_as_int(key, &ikey);
+		bool		is_int = key_as_int(item->key, &ikey);
+		Datum		editable;
 		PendingRow *row;
+		int			p;
 
+		for (p = 0; p < nprocesses && processes[p] != item->process; p++)
+			;
+		if (p == nprocesses)
+		{
+			/* a request's process is kept by its foreign key; without one, as the join had it, none */
+			if (!cg_approval_editable_columns(item->process, &editables[p]))
+				continue;
+			processes[nprocesses++] = item->process;
+		}
+		editable = editables[p];
 		old = MemoryContextSwitchTo(t->keys_context);
-		row = pending_row_from(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, key);
+		row = pending_row(item, editable);
 		MemoryContextSwitchTo(old);
-		remember(t, key, is_int, ikey, row, t->loaded_at);
+		remember(t, item->key, is_int, ikey, row, t->loaded_at);
+		npending++;
 	}
-	t->npending = (int) SPI_processed;
-	PopActiveSnapshot();
-	SPI_finish();
-	cg_leave_owner(&priv);
+	t->npending = npending;
 	t->loaded = true;
 }
 
@@ -607,37 +731,16 @@ load_pending(ApprovalTable *t)
 static PendingRow *
 read_key(ApprovalTable *t, const char *key)
 {
-	CgPrivilegedContext priv;
-	Oid			types[2] = {OIDOID, TEXTOID};
-	Datum		values[2];
-	PendingRow *row = NULL;
+	PendingList list = pending_requests(t->relid, key);
+	Datum		editable;
+	MemoryContext old;
+	PendingRow *row;
 
-	values[0] = ObjectIdGetDatum(t->relid);
-	values[1] = CStringGetTextDatum(key);
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_KEY,
-										  "SELECT r.id, p.editable_columns::pg_catalog.text[]"
-										  " FROM crmguard.approval_request_state r"
-										  " JOIN crmguard.approval_process p ON p.id OPERATOR(pg_catalog.=) r.process"
-										  " WHERE r.target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
-										  " AND r.row_key OPERATOR(pg_catalog.=) $2"
-										  " AND r.state OPERATOR(pg_catalog.=) 'pending'",
-										  2, types), values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_request_state");
-	if (SPI_processed == 1)
-	{
-		MemoryContext old = MemoryContextSwitchTo(t->keys_context);
-
-		row = pending_row_from(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, key);
-		MemoryContextSwitchTo(old);
-	}
-	PopActiveSnapshot();
-	SPI_finish();
-	cg_leave_owner(&priv);
+	if (list.n == 0 || !cg_approval_editable_columns(list.items[0].process, &editable))
+		return NULL;
+	old = MemoryContextSwitchTo(t->keys_context);
+	row = pending_row(&list.items[0], editable);
+	MemoryContextSwitchTo(old);
 	return row;
 }
 
@@ -742,33 +845,17 @@ find_pending(ApprovalTable *t, Oid keytype, Datum value)
 	return row;
 }
 
-/* Any pending request on the table, from the request table */
+/* The oldest pending request on the table, 0 for none, from the request table */
 static int64
 any_pending(Oid relid)
 {
-	CgPrivilegedContext priv;
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
+	PendingList list = pending_requests(relid, NULL);
 	int64		request = 0;
-	bool		isnull;
+	int			i;
 
-	values[0] = ObjectIdGetDatum(relid);
-	cg_enter_owner(&priv);
-	cg_approval_planner_settings();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetLatestSnapshot());
-	if (SPI_execute_plan(cg_approval_plan(PLAN_PENDING_ROW,
-										  "SELECT id FROM crmguard.approval_request_state"
-										  " WHERE target OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
-										  " AND state OPERATOR(pg_catalog.=) 'pending' ORDER BY id LIMIT 1",
-										  1, types), values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crmguard.approval_request_state");
-	if (SPI_processed == 1)
-		request = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	PopActiveSnapshot();
-	SPI_finish();
-	cg_leave_owner(&priv);
+	for (i = 0; i < list.n; i++)
+		if (request == 0 || list.items[i].request < request)
+			request = list.items[i].request;
 	return request;
 }
 

@@ -804,6 +804,31 @@ cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *
 	}
 }
 
+/* Whether a row where keys hold passes test: the scan stops at the first that does */
+bool
+cg_catalog_scan_find(CgCatalogScan *scan, ScanKey keys, CgCatalogRowTest test, void *arg)
+{
+	bool		found = false;
+	int			i;
+
+	if (scan->index == NULL)
+		elog(ERROR, "cg_catalog_scan_find needs an index scan");
+	for (i = 0; i < scan->nkeys; i++)
+		keys[i].sk_collation = scan->index->rd_indcollation[keys[i].sk_attno - 1];
+	index_rescan(scan->iscan, keys, scan->nkeys, NULL, 0);
+	while (!found && index_getnext_slot(scan->iscan, ForwardScanDirection, scan->slot))
+	{
+		slot_getsomeattrs(scan->slot, scan->last);
+		for (i = 0; i < scan->ncolumns; i++)
+		{
+			scan->values[i] = scan->slot->tts_values[scan->attnums[i] - 1];
+			scan->nulls[i] = scan->slot->tts_isnull[scan->attnums[i] - 1];
+		}
+		found = test(scan->values, scan->nulls, arg);
+	}
+	return found;
+}
+
 void
 cg_catalog_scan_end(CgCatalogScan *scan)
 {

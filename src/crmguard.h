@@ -69,10 +69,11 @@ extern CgCatalogScan *cg_catalog_scan_begin(Oid relid, const char *index_name, i
 											const char *const *columns);
 extern void cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *arg);
 extern void cg_catalog_scan_end(CgCatalogScan *scan);
+typedef bool (*CgCatalogRowTest) (Datum *values, bool *nulls, void *arg);
+extern bool cg_catalog_scan_find(CgCatalogScan *scan, ScanKey keys, CgCatalogRowTest test, void *arg);
 extern void cg_scan_catalog_by_key(Oid relid, const char *index_name, int nkeys, ScanKey keys,
 								   Snapshot snapshot, int ncolumns, const char *const *columns,
 								   CgCatalogRowFn fn, void *arg);
-typedef bool (*CgCatalogRowTest) (Datum *values, bool *nulls, void *arg);
 extern bool cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys,
 								  int ntest, const char *const *test_columns, CgCatalogRowTest test,
 								  void *arg, int ncolumns, const char *const *columns,
