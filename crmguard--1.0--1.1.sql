@@ -649,6 +649,13 @@ CREATE TRIGGER approval_request_cache_truncate
     AFTER TRUNCATE ON crmguard.approval_request_state
     FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_requests_changed();
 COMMENT ON VIEW crmguard.approval_pending_signal IS 'invalidated when the request table is emptied: backends read their row locks again';
+CREATE FUNCTION crmguard.approval_history_added() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_history_added';
+COMMENT ON FUNCTION crmguard.approval_history_added() IS 'internal: statement trigger on approval history added by a statement (a restore); approvers stop waiting for the steps they approved';
+CREATE TRIGGER approval_history_waiting
+    AFTER INSERT ON crmguard.approval_history
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_history_added();
 
 DROP FUNCTION crmguard.approval_resolve(jsonb, jsonb, bigint);
 DROP FUNCTION crmguard.approval_start_step(bigint, integer);

@@ -517,6 +517,16 @@ SET ROLE regress_apv_marco;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS history_with_a_trigger;
 RESET ROLE;
 DROP TRIGGER forward ON crmguard.approval_history;
+-- crmguard's own trigger on the history is known by its function, not its name
+DROP TRIGGER approval_history_waiting ON crmguard.approval_history;
+CREATE TRIGGER approval_history_waiting AFTER INSERT ON crmguard.approval_history
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS history_with_a_trigger_of_that_name;
+RESET ROLE;
+DROP TRIGGER approval_history_waiting ON crmguard.approval_history;
+CREATE TRIGGER approval_history_waiting AFTER INSERT ON crmguard.approval_history
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_history_added();
 DROP FUNCTION public.regress_apv_forward();
 
 -- an inbox shows what the waiting list carries of each request: a change

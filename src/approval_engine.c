@@ -1064,7 +1064,8 @@ crmguard_approve(PG_FUNCTION_ARGS)
 		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(approver));
 		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
 		(void) cg_delete_catalog_rows(approval_catalog("approval_waiting"),
-									  "approval_waiting_approver_idx", 2, keys);
+									  "approval_waiting_approver_idx", 2, keys,
+									  0, NULL, NULL, NULL);
 	}
 	decision_end(&priv);
 	PG_RETURN_VOID();

@@ -1279,7 +1279,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 		ScanKeyData key;
 
 		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, request_column(td, old, "id", &isnull));
-		(void) cg_delete_catalog_rows(waiting, "approval_waiting_request_idx", 1, &key);
+		(void) cg_delete_catalog_rows(waiting, "approval_waiting_request_idx", 1, &key, 0, NULL, NULL, NULL);
 	}
 	if (new_pending && (changed || !old_pending))
 	{
@@ -1397,6 +1397,86 @@ crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 		if (!isnull)
 			touch(DatumGetObjectId(target), TextDatumGetCString(key));
 	}
+	return PointerGetDatum(NULL);
+}
+
+/* a wait for the step the approval was of */
+static bool
+wait_of_step(Datum *values, bool *nulls, void *arg)
+{
+	return !nulls[0] && DatumGetInt32(values[0]) == *(int32 *) arg;
+}
+
+/*
+ * Approvals a statement adds to the history (a restore's COPY, which loads
+ * the requests first and their history after; a DBA's INSERT): who gave one
+ * no longer waits for the step it approved.  crmguard's own appends are
+ * written without a statement and keep the waiting list themselves; this
+ * trigger is the one cg_insert_catalog_rows lets stay on the history.
+ */
+PG_FUNCTION_INFO_V1(crmguard_approval_history_added);
+Datum
+crmguard_approval_history_added(PG_FUNCTION_ARGS)
+{
+	static const char *const step_column[1] = {"current_step"};
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	TupleTableSlot *slot;
+	CgPrivilegedContext priv;
+	Oid			waiting;
+	AttrNumber	request_att;
+	AttrNumber	step_att;
+	AttrNumber	event_att;
+	AttrNumber	principal_att;
+	AttrNumber	behalf_att;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(td->tg_event) || !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) ||
+		td->tg_newtable == NULL)
+		elog(ERROR, "crmguard_approval_history_added: must be fired AFTER INSERT FOR EACH STATEMENT with a new table");
+	cg_require_preload();
+	waiting = get_relname_relid("approval_waiting", cg_catalog()->schema);
+	if (!OidIsValid(waiting))
+		elog(ERROR, "crmguard.approval_waiting does not exist");
+	desc = RelationGetDescr(td->tg_relation);
+	request_att = SPI_fnumber(desc, "request");
+	step_att = SPI_fnumber(desc, "step");
+	event_att = SPI_fnumber(desc, "event");
+	principal_att = SPI_fnumber(desc, "principal");
+	behalf_att = SPI_fnumber(desc, "on_behalf_of");
+	if (request_att <= 0 || step_att <= 0 || event_att <= 0 || principal_att <= 0 || behalf_att <= 0)
+		elog(ERROR, "crmguard.approval_history is missing a column");
+	slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	cg_enter_owner(&priv);
+	tuplestore_rescan(td->tg_newtable);
+	while (tuplestore_gettupleslot(td->tg_newtable, true, false, slot))
+	{
+		bool		isnull;
+		bool		behalf_null;
+		Datum		event = slot_getattr(slot, event_att, &isnull);
+		Datum		request;
+		Datum		approver;
+		int32		step;
+		bool		request_null;
+		bool		step_null;
+		ScanKeyData keys[2];
+
+		if (isnull || strcmp(TextDatumGetCString(event), "approved") != 0)
+			continue;
+		request = slot_getattr(slot, request_att, &request_null);
+		step = DatumGetInt32(slot_getattr(slot, step_att, &step_null));
+		approver = slot_getattr(slot, behalf_att, &behalf_null);
+		if (behalf_null)
+			approver = slot_getattr(slot, principal_att, &isnull);
+		if (request_null || step_null || (behalf_null && isnull))
+			continue;
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, approver);
+		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, request);
+		(void) cg_delete_catalog_rows(waiting, "approval_waiting_approver_idx", 2, keys,
+									  1, step_column, wait_of_step, &step);
+	}
+	cg_leave_owner(&priv);
+	ExecDropSingleTupleTableSlot(slot);
 	return PointerGetDatum(NULL);
 }
 

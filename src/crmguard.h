@@ -78,7 +78,9 @@ extern bool cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, 
 								  int ntest, const char *const *test_columns, CgCatalogRowTest test,
 								  void *arg, int ncolumns, const char *const *columns,
 								  const Oid *types, const Datum *values, const bool *nulls);
-extern uint64 cg_delete_catalog_rows(Oid relid, const char *index_name, int nkeys, ScanKey keys);
+extern uint64 cg_delete_catalog_rows(Oid relid, const char *index_name, int nkeys, ScanKey keys,
+									  int ntest, const char *const *test_columns,
+									  CgCatalogRowTest test, void *arg);
 extern bool cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys,
 								LockTupleMode mode, int ncolumns, const char *const *columns,
 								CgCatalogRowFn fn, void *arg);

@@ -113,6 +113,17 @@ CREATE INDEX approval_history_request_idx ON crmguard.approval_history (request)
 COMMENT ON TABLE crmguard.approval_history IS 'every event of every approval request: submitted, approved, rejected, recalled, escalated, timed out';
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_history', '');
 SELECT pg_catalog.pg_extension_config_dump('crmguard.approval_history_id_seq', '');
+-- History a statement adds (a restore loads the requests, then their
+-- history; a DBA's INSERT): an approval takes its approver off the waiting
+-- list of the step it approved. crmguard's own appends are written without a
+-- statement and keep the list themselves.
+CREATE FUNCTION crmguard.approval_history_added() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'crmguard_approval_history_added';
+COMMENT ON FUNCTION crmguard.approval_history_added() IS 'internal: statement trigger on approval history added by a statement (a restore); approvers stop waiting for the steps they approved';
+CREATE TRIGGER approval_history_waiting
+    AFTER INSERT ON crmguard.approval_history
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_history_added();
 
 CREATE TABLE crmguard.delegation (
     principal    bigint PRIMARY KEY,     -- who is away
