@@ -730,7 +730,6 @@ struct CgCatalogScan
 	Snapshot	snapshot;
 	int			ncolumns;
 	AttrNumber *attnums;
-	AttrNumber	last;
 	Datum	   *values;
 	bool	   *nulls;
 	TupleTableSlot *slot;
@@ -755,7 +754,6 @@ cg_catalog_scan_begin(Oid relid, const char *index_name, int nkeys, Snapshot sna
 	for (i = 0; i < ncolumns; i++)
 	{
 		scan->attnums[i] = catalog_column(scan->rel, columns[i]);
-		scan->last = Max(scan->last, scan->attnums[i]);
 	}
 	scan->snapshot = RegisterSnapshot(snapshot);
 	scan->slot = table_slot_create(scan->rel, NULL);
@@ -765,17 +763,31 @@ cg_catalog_scan_begin(Oid relid, const char *index_name, int nkeys, Snapshot sna
 	return scan;
 }
 
+/*
+ * The values of the columns attnums names, from a slot (valid while the slot
+ * holds its row); the row is decoded up to the last of them only.
+ */
+static void
+slot_columns(TupleTableSlot *slot, int ncolumns, const AttrNumber *attnums, Datum *values, bool *nulls)
+{
+	AttrNumber	last = 0;
+	int			i;
+
+	for (i = 0; i < ncolumns; i++)
+		last = Max(last, attnums[i]);
+	if (last > 0)
+		slot_getsomeattrs(slot, last);
+	for (i = 0; i < ncolumns; i++)
+	{
+		values[i] = slot->tts_values[attnums[i] - 1];
+		nulls[i] = slot->tts_isnull[attnums[i] - 1];
+	}
+}
+
 static void
 catalog_row(CgCatalogScan *scan, CgCatalogRowFn fn, void *arg)
 {
-	int			i;
-
-	slot_getsomeattrs(scan->slot, scan->last);
-	for (i = 0; i < scan->ncolumns; i++)
-	{
-		scan->values[i] = scan->slot->tts_values[scan->attnums[i] - 1];
-		scan->nulls[i] = scan->slot->tts_isnull[scan->attnums[i] - 1];
-	}
+	slot_columns(scan->slot, scan->ncolumns, scan->attnums, scan->values, scan->nulls);
 	fn(scan->values, scan->nulls, arg);
 }
 
@@ -818,12 +830,7 @@ cg_catalog_scan_find(CgCatalogScan *scan, ScanKey keys, CgCatalogRowTest test, v
 	index_rescan(scan->iscan, keys, scan->nkeys, NULL, 0);
 	while (!found && index_getnext_slot(scan->iscan, ForwardScanDirection, scan->slot))
 	{
-		slot_getsomeattrs(scan->slot, scan->last);
-		for (i = 0; i < scan->ncolumns; i++)
-		{
-			scan->values[i] = scan->slot->tts_values[scan->attnums[i] - 1];
-			scan->nulls[i] = scan->slot->tts_isnull[scan->attnums[i] - 1];
-		}
+		slot_columns(scan->slot, scan->ncolumns, scan->attnums, scan->values, scan->nulls);
 		found = test(scan->values, scan->nulls, arg);
 	}
 	return found;
@@ -946,18 +953,17 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys, 
 	}
 	if (locked && fn != NULL)
 	{
+		AttrNumber *attnums = palloc(sizeof(AttrNumber) * Max(ncolumns, 1));
 		Datum	   *values = palloc(sizeof(Datum) * Max(ncolumns, 1));
 		bool	   *nulls = palloc(sizeof(bool) * Max(ncolumns, 1));
 
-		slot_getallattrs(slot);
 		for (i = 0; i < ncolumns; i++)
-		{
-			AttrNumber	attnum = catalog_column(rel, columns[i]);
-
-			values[i] = slot->tts_values[attnum - 1];
-			nulls[i] = slot->tts_isnull[attnum - 1];
-		}
+			attnums[i] = catalog_column(rel, columns[i]);
+		slot_columns(slot, ncolumns, attnums, values, nulls);
 		fn(values, nulls, arg);
+		pfree(attnums);
+		pfree(values);
+		pfree(nulls);
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -1252,12 +1258,8 @@ cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys
 		index_endscan(scan);
 		if (!found)
 			break;
-		slot_getallattrs(current);
-		for (i = 0; i < ntest; i++)
-		{
-			test_values[i] = current->tts_values[test_attnums[i] - 1];
-			test_nulls[i] = current->tts_isnull[test_attnums[i] - 1];
-		}
+		slot_getallattrs(current);	/* the new version copies every column */
+		slot_columns(current, ntest, test_attnums, test_values, test_nulls);
 		if (!test(test_values, test_nulls, arg))
 			break;
 		ExecClearTuple(next);
@@ -1370,12 +1372,7 @@ cg_delete_catalog_rows(Oid relid, const char *index_name, int nkeys, ScanKey key
 
 		if (test != NULL)
 		{
-			slot_getallattrs(slot);
-			for (i = 0; i < ntest; i++)
-			{
-				test_values[i] = slot->tts_values[test_attnums[i] - 1];
-				test_nulls[i] = slot->tts_isnull[test_attnums[i] - 1];
-			}
+			slot_columns(slot, ntest, test_attnums, test_values, test_nulls);
 			if (!test(test_values, test_nulls, arg))
 				continue;
 		}
