@@ -178,10 +178,17 @@ static TreeEdge *tree = NULL;	/* every principal with a manager, by manager */
 static int	tree_size = 0;
 static bool tree_valid = false;
 
+/*
+ * The cache is read as PostgreSQL reads its catalog caches: with the latest
+ * snapshot, not the statement's.  An entry read with an older snapshot
+ * after a change's invalidation arrived (a statement that waited for a
+ * lock meanwhile) would stay valid, and stale, for the rest of the session:
+ * no later invalidation comes for that change.
+ */
 static Snapshot
 principal_snapshot(void)
 {
-	return RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot());
+	return RegisterSnapshot(GetLatestSnapshot());
 }
 
 static void
