@@ -527,6 +527,28 @@ RESET ROLE;
 DROP TRIGGER approval_history_waiting ON crmguard.approval_history;
 CREATE TRIGGER approval_history_waiting AFTER INSERT ON crmguard.approval_history
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_history_added();
+-- a submit stores the row it saw without a statement: an UPDATE trigger on
+-- the requests that such a statement would fire (no column list, or one
+-- naming row_data) is refused; one on other columns would not fire
+CREATE TRIGGER forward AFTER UPDATE ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_an_update_trigger;
+RESET ROLE;
+DROP TRIGGER forward ON crmguard.approval_request_state;
+CREATE TRIGGER forward AFTER UPDATE OF row_data ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_a_row_data_trigger;
+RESET ROLE;
+DROP TRIGGER forward ON crmguard.approval_request_state;
+CREATE TRIGGER forward AFTER UPDATE OF decided_at ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+BEGIN;
+SET LOCAL ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_a_decided_at_trigger;
+ROLLBACK;
+DROP TRIGGER forward ON crmguard.approval_request_state;
 DROP FUNCTION public.regress_apv_forward();
 
 -- an inbox shows what the waiting list carries of each request: a change

@@ -907,6 +907,28 @@ pending_request(Oid relid, const char *key)
 	return id;
 }
 
+static bool
+any_version(Datum *values, bool *nulls, void *arg)
+{
+	return true;
+}
+
+/* A request's row_data (NULL: the row is gone, which its NOT NULL refuses) */
+static void
+store_row_data(int64 request, Jsonb *row)
+{
+	static const char *const columns[1] = {"row_data"};
+	static const Oid types[1] = {JSONBOID};
+	Datum		value = row ? JsonbPGetDatum(row) : (Datum) 0;
+	bool		isnull = row == NULL;
+	ScanKeyData key;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(request));
+	if (!cg_update_catalog_row(approval_catalog("approval_request_state"), "approval_request_state_pkey",
+							   1, &key, 0, NULL, any_version, NULL, 1, columns, types, &value, &isnull))
+		elog(ERROR, "approval request " INT64_FORMAT " vanished while it was submitted", request);
+}
+
 /*
  * Submit a row (as the caller saw it) to a process: called by
  * submit_for_approval and the auto-submit trigger.  automatic: an existing
@@ -984,15 +1006,13 @@ cg_approval_submit(int64 process, const char *key, Jsonb *data, const char *comm
 	audit_request(q, "approval_submitted", automatic);
 	cg_approval_run_actions(&q->info, on_submit);
 
-	/* the row as it stands once submitted (an on_submit action may have set a field) */
+	/*
+	 * The row as it stands once submitted (an on_submit action may have set
+	 * a field), written without a statement: no trigger of the request
+	 * table watches row_data.
+	 */
 	row = row_now(q);
-	values[0] = Int64GetDatum(q->info.id);
-	values[1] = row ? JsonbPGetDatum(row) : (Datum) 0;
-	nulls[1] = row ? ' ' : 'n';
-	if (run(PLAN_ROW_DATA,
-			"UPDATE crmguard.approval_request_state SET row_data = $2 WHERE id OPERATOR(pg_catalog.=) $1",
-			2, (Oid[]) {INT8OID, JSONBOID}, values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not update the approval request");
+	store_row_data(q->info.id, row);
 	SPI_finish();
 	cg_leave_owner(&priv);
 	return q->info.id;

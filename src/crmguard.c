@@ -979,7 +979,8 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys, 
  */
 static const char *const ensured_constraints[] = {
 	"outbox_state_check", "otp_challenge_state_rule_id_fkey",
-	"approval_history_event_check", "approval_history_request_fkey", NULL
+	"approval_history_event_check", "approval_history_request_fkey",
+	"approval_request_state_state_check", NULL
 };
 
 /*
@@ -1017,8 +1018,27 @@ refuse_constraint(Relation rel, const char *name)
  * keys' checks are internal triggers, and their writers hold the rows
  * referred to.)
  */
+/*
+ * Would an UPDATE setting these columns fire the trigger?  One with a
+ * column list (UPDATE OF) fires only when the statement sets one of them.
+ */
+static bool
+update_fires(const Trigger *trigger, int ncolumns, const AttrNumber *attnums)
+{
+	int			i;
+	int			j;
+
+	if (trigger->tgnattr == 0)
+		return true;
+	for (i = 0; i < trigger->tgnattr; i++)
+		for (j = 0; j < ncolumns; j++)
+			if (trigger->tgattr[i] == attnums[j])
+				return true;
+	return false;
+}
+
 static void
-refuse_what_a_statement_would_run(Relation rel, CmdType command)
+refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, const AttrNumber *attnums)
 {
 	TriggerDesc *triggers = rel->trigdesc;
 	TupleConstr *constr = RelationGetDescr(rel)->constr;
@@ -1033,7 +1053,8 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command)
 	for (i = 0; triggers && i < triggers->numtriggers; i++)
 		if (!triggers->triggers[i].tgisinternal &&
 			(command == CMD_INSERT ? TRIGGER_FOR_INSERT(triggers->triggers[i].tgtype)
-			 : TRIGGER_FOR_UPDATE(triggers->triggers[i].tgtype)) &&
+			 : TRIGGER_FOR_UPDATE(triggers->triggers[i].tgtype) &&
+			 update_fires(&triggers->triggers[i], ncolumns, attnums)) &&
 			!ensured_trigger(&triggers->triggers[i]))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1044,9 +1065,23 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command)
 					 errhint("Drop the trigger; follow the table with logical decoding instead.")));
 	for (i = 0; constr && i < constr->num_check; i++)
 		refuse_constraint(rel, constr->check[i].ccname);
-	/* the relcache's list may be rebuilt by a catalog read: its OIDs first */
+	/*
+	 * The relcache's list may be rebuilt by a catalog read: its OIDs first.
+	 * An UPDATE checks a foreign key only when it sets one of its columns.
+	 */
 	foreach(lc, RelationGetFKeyList(rel))
-		keys = lappend_oid(keys, ((ForeignKeyCacheInfo *) lfirst(lc))->conoid);
+	{
+		ForeignKeyCacheInfo *fk = (ForeignKeyCacheInfo *) lfirst(lc);
+		bool		checked = command != CMD_UPDATE;
+		int			k;
+		int			j;
+
+		for (k = 0; !checked && k < fk->nkeys; k++)
+			for (j = 0; j < ncolumns; j++)
+				checked |= fk->conkey[k] == attnums[j];
+		if (checked)
+			keys = lappend_oid(keys, fk->conoid);
+	}
 	foreach(lc, keys)
 	{
 		char	   *name = get_constraint_name(lfirst_oid(lc));
@@ -1074,8 +1109,6 @@ writable_columns(Relation rel, CmdType command, int ncolumns, const char *const 
 
 	PreventCommandIfReadOnly(what);
 	PreventCommandIfParallelMode(what);
-	refuse_what_a_statement_would_run(rel, command);
-	CheckCmdReplicaIdentity(rel, command);
 	for (i = 0; i < ncolumns; i++)
 	{
 		Form_pg_attribute att;
@@ -1086,6 +1119,8 @@ writable_columns(Relation rel, CmdType command, int ncolumns, const char *const 
 			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is not of type %s",
 				 columns[i], RelationGetRelationName(rel), format_type_be(types[i]));
 	}
+	refuse_what_a_statement_would_run(rel, command, ncolumns, attnums);
+	CheckCmdReplicaIdentity(rel, command);
 	return attnums;
 }
 
