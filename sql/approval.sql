@@ -549,6 +549,25 @@ SET LOCAL ROLE regress_apv_marco;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_a_decided_at_trigger;
 ROLLBACK;
 DROP TRIGGER forward ON crmguard.approval_request_state;
+-- a deferred foreign key is checked again for a row the transaction
+-- inserted, whatever the update sets: refused, not skipped
+ALTER TABLE crmguard.approval_request_state ADD CONSTRAINT regress_submitter_fkey
+    FOREIGN KEY (submitted_by) REFERENCES crmguard.principal (id) DEFERRABLE INITIALLY DEFERRED;
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_a_deferred_key;
+RESET ROLE;
+ALTER TABLE crmguard.approval_request_state DROP CONSTRAINT regress_submitter_fkey;
+-- the history's own trigger is accepted only as crmguard made it: the same
+-- function, for each row, is refused
+DROP TRIGGER approval_history_waiting ON crmguard.approval_history;
+CREATE TRIGGER approval_history_waiting AFTER INSERT ON crmguard.approval_history
+    FOR EACH ROW EXECUTE FUNCTION crmguard.approval_history_added();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS history_with_a_row_trigger_of_ours;
+RESET ROLE;
+DROP TRIGGER approval_history_waiting ON crmguard.approval_history;
+CREATE TRIGGER approval_history_waiting AFTER INSERT ON crmguard.approval_history
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_history_added();
 DROP FUNCTION public.regress_apv_forward();
 
 -- an inbox shows what the waiting list carries of each request: a change

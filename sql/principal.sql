@@ -87,3 +87,20 @@ SELECT crmguard.add_principal('mallory', '{admin}');
 SELECT crmguard.issue_token('dora');
 SELECT * FROM crmguard.principal;
 RESET ROLE;
+
+-- the principal cache loads in a parallel query's leader too (a new session:
+-- nothing cached yet); it read with a snapshot parallel mode forbids
+\c
+CREATE TABLE public.regress_parallel_rows AS SELECT g FROM generate_series(1, 1000) g;
+ANALYZE public.regress_parallel_rows;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+EXPLAIN (COSTS OFF) SELECT count(*), crmguard.current_principal() FROM public.regress_parallel_rows;
+SELECT count(*), crmguard.current_principal() IS NULL AS nobody FROM public.regress_parallel_rows;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+DROP TABLE public.regress_parallel_rows;

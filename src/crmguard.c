@@ -15,6 +15,8 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
+#include "catalog/pg_constraint.h"
+#include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -991,8 +993,26 @@ static const char *const ensured_constraints[] = {
 static bool
 ensured_trigger(const Trigger *trigger)
 {
-	return strcmp(trigger->tgname, "approval_history_waiting") == 0 &&
-		trigger->tgfoid == cg_function_oid("approval_history_added", 0, NULL);
+	HeapTuple	proc;
+	Datum		src;
+	bool		isnull;
+	bool		ours;
+
+	if (strcmp(trigger->tgname, "approval_history_waiting") != 0 ||
+		TRIGGER_FOR_ROW(trigger->tgtype) || !TRIGGER_FOR_AFTER(trigger->tgtype) ||
+		TRIGGER_FOR_UPDATE(trigger->tgtype) || TRIGGER_FOR_DELETE(trigger->tgtype) ||
+		TRIGGER_FOR_TRUNCATE(trigger->tgtype) || trigger->tgqual != NULL ||
+		trigger->tgfoid != cg_function_oid("approval_history_added", 0, NULL))
+		return false;
+	/* the function itself, not a replacement of the same name in another language */
+	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tgfoid));
+	if (!HeapTupleIsValid(proc))
+		return false;
+	src = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_prosrc, &isnull);
+	ours = ((Form_pg_proc) GETSTRUCT(proc))->prolang == ClanguageId && !isnull &&
+		strcmp(TextDatumGetCString(src), "crmguard_approval_history_added") == 0;
+	ReleaseSysCache(proc);
+	return ours;
 }
 
 static void
@@ -1043,6 +1063,7 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
 	TriggerDesc *triggers = rel->trigdesc;
 	TupleConstr *constr = RelationGetDescr(rel)->constr;
 	List	   *keys = NIL;
+	List	   *unset = NIL;		/* keys on columns not set: checked if deferrable */
 	ListCell   *lc;
 	int			i;
 
@@ -1081,7 +1102,26 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
 				checked |= fk->conkey[k] == attnums[j];
 		if (checked)
 			keys = lappend_oid(keys, fk->conoid);
+		else
+			unset = lappend_oid(unset, fk->conoid);
 	}
+	/*
+	 * A deferred key is checked again for a row this transaction inserted,
+	 * set columns or not (its INSERT's check then finds that version dead):
+	 * refused unless ensured, as if set.
+	 */
+	foreach(lc, unset)
+	{
+		HeapTuple	con = SearchSysCache1(CONSTROID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+		if (HeapTupleIsValid(con))
+		{
+			if (((Form_pg_constraint) GETSTRUCT(con))->condeferrable)
+				keys = lappend_oid(keys, lfirst_oid(lc));
+			ReleaseSysCache(con);
+		}
+	}
+	list_free(unset);
 	foreach(lc, keys)
 	{
 		char	   *name = get_constraint_name(lfirst_oid(lc));

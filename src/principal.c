@@ -179,16 +179,18 @@ static int	tree_size = 0;
 static bool tree_valid = false;
 
 /*
- * The cache is read as PostgreSQL reads its catalog caches: with the latest
- * snapshot, not the statement's.  An entry read with an older snapshot
- * after a change's invalidation arrived (a statement that waited for a
- * lock meanwhile) would stay valid, and stale, for the rest of the session:
- * no later invalidation comes for that change.
+ * The cache is read as PostgreSQL reads its catalog caches: with a catalog
+ * snapshot, which for a table without a system cache is taken anew at each
+ * call, not the statement's.  An entry read with an older snapshot after a
+ * change's invalidation arrived (a statement that waited for a lock
+ * meanwhile) would stay valid, and stale, for the rest of the session: no
+ * later invalidation comes for that change.  (GetLatestSnapshot would do,
+ * but not in a parallel query's leader, where these functions also run.)
  */
 static Snapshot
 principal_snapshot(void)
 {
-	return RegisterSnapshot(GetLatestSnapshot());
+	return RegisterSnapshot(GetCatalogSnapshot(cg_catalog()->principal_rel));
 }
 
 static void
