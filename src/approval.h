@@ -66,6 +66,7 @@ extern void cg_approval_run_actions(RequestInfo *r, Jsonb *actions);
 extern Jsonb *cg_approval_current_row(RequestInfo *r);
 
 /* approval_engine.c */
+extern Oid	cg_approval_catalog(const char *name);
 extern int64 *cg_approval_ids(ArrayType *a, int *n);
 extern int64 *cg_approval_approved_by(int64 request, int step, int *n);
 extern bool cg_approval_editable_columns(int64 process, Datum *editable);

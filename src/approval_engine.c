@@ -51,8 +51,8 @@ typedef struct Request
 } Request;
 
 /* One of crmguard's approval catalogs, by name: there, or a clear error */
-static Oid
-approval_catalog(const char *name)
+Oid
+cg_approval_catalog(const char *name)
 {
 	Oid			relid = get_relname_relid(name, cg_catalog()->schema);
 
@@ -244,7 +244,7 @@ read_process_as_of(Request *q, Snapshot snapshot)
 
 	q->found = false;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(q->process));
-	cg_scan_catalog_by_key(approval_catalog("approval_process"),
+	cg_scan_catalog_by_key(cg_approval_catalog("approval_process"),
 						   "approval_process_pkey", 1, &key, snapshot,
 						   lengthof(columns), columns, process_columns, q);
 	return q->found;
@@ -290,7 +290,7 @@ load_request(int64 id)
 
 	q->info.id = id;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	if (!cg_lock_catalog_row(approval_catalog("approval_request_state"),
+	if (!cg_lock_catalog_row(cg_approval_catalog("approval_request_state"),
 							 "approval_request_state_pkey", 1, &key, LockTupleExclusive,
 							 lengthof(request), request, request_columns, q))
 		return NULL;
@@ -340,8 +340,8 @@ add_history(int64 request, int step, int64 principal, int64 on_behalf_of, const 
 	"on_behalf_of", "event", "comment"};
 	static const Oid types[8] = {INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID,
 	TEXTOID, TEXTOID};
-	Oid			seq = approval_catalog("approval_history_id_seq");
-	Oid			history = approval_catalog("approval_history");
+	Oid			seq = cg_approval_catalog("approval_history_id_seq");
+	Oid			history = cg_approval_catalog("approval_history");
 	Datum		values[8];
 	bool		nulls[8] = {false};
 
@@ -400,7 +400,7 @@ int64 *
 cg_approval_approved_by(int64 request, int step, int *n)
 {
 	static const char *const columns[4] = {"step", "event", "on_behalf_of", "principal"};
-	Oid			history = approval_catalog("approval_history");
+	Oid			history = cg_approval_catalog("approval_history");
 	ApprovedBy	a = {step, palloc(sizeof(int64) * 4), 0, 4};
 	ScanKeyData key;
 
@@ -783,7 +783,7 @@ static int64 *
 delegators(int64 to, int64 except, const int64 *candidates, int ncandidates, int *n)
 {
 	static const char *const columns[4] = {"principal", "to_principal", "since", "until"};
-	Oid			delegation = approval_catalog("delegation");
+	Oid			delegation = cg_approval_catalog("delegation");
 	Delegations d = {to, except, palloc(sizeof(int64) * 4), 0, 4};
 
 	CommandCounterIncrement();
@@ -901,7 +901,7 @@ pending_request(Oid relid, const char *key)
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(key));
 	CommandCounterIncrement();
-	cg_scan_catalog_by_key(approval_catalog("approval_request_state"),
+	cg_scan_catalog_by_key(cg_approval_catalog("approval_request_state"),
 						   "approval_request_pending_idx", 2, keys, GetTransactionSnapshot(),
 						   lengthof(columns), columns, pending_id, &id);
 	return id;
@@ -924,7 +924,7 @@ store_row_data(int64 request, Jsonb *row)
 	ScanKeyData key;
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(request));
-	if (!cg_update_catalog_row(approval_catalog("approval_request_state"), "approval_request_state_pkey",
+	if (!cg_update_catalog_row(cg_approval_catalog("approval_request_state"), "approval_request_state_pkey",
 							   1, &key, 0, NULL, any_version, NULL, 1, columns, types, &value, &isnull))
 		elog(ERROR, "approval request " INT64_FORMAT " vanished while it was submitted", request);
 }
@@ -1083,7 +1083,7 @@ crmguard_approve(PG_FUNCTION_ARGS)
 
 		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(approver));
 		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-		(void) cg_delete_catalog_rows(approval_catalog("approval_waiting"),
+		(void) cg_delete_catalog_rows(cg_approval_catalog("approval_waiting"),
 									  "approval_waiting_approver_idx", 2, keys,
 									  0, NULL, NULL, NULL);
 	}
@@ -1330,7 +1330,7 @@ waiting_for(int64 me, const int64 *approvers, int napprovers)
 {
 	static const char *const wait_columns[8] = {"request", "approver", "process", "target", "row_key",
 	"current_step", "submitted_by", "submitted_at"};
-	Oid			waiting = approval_catalog("approval_waiting");
+	Oid			waiting = cg_approval_catalog("approval_waiting");
 	WaitingList list = {NULL, 0, 0, me};
 	Snapshot	snapshot;
 	CgCatalogScan *scan;

@@ -476,11 +476,9 @@ load_processes(void)
 	ctl.entrysize = sizeof(ApprovalTable);
 	ctl.hcxt = cache_context;
 	tables = hash_create("crmguard approval tables", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	process_rel = get_relname_relid("approval_process", cg_catalog()->schema);
+	process_rel = cg_approval_catalog("approval_process");
 	signal_rel = get_relname_relid("approval_pending_signal", cg_catalog()->schema);
-	requests = get_relname_relid("approval_request_state", cg_catalog()->schema);
-	if (!OidIsValid(process_rel) || !OidIsValid(requests))
-		elog(ERROR, "crmguard.approval_process or crmguard.approval_request_state does not exist");
+	requests = cg_approval_catalog("approval_request_state");
 	cache_valid = true;
 	loaded_in_recovery = RecoveryInProgress();
 
@@ -597,12 +595,10 @@ static PendingList
 pending_requests(Oid relid, const char *key)
 {
 	static const char *const columns[4] = {"id", "process", "row_key", "state"};
-	Oid			requests = get_relname_relid("approval_request_state", cg_catalog()->schema);
+	Oid			requests = cg_approval_catalog("approval_request_state");
 	PendingList list = {NULL, 0, 0};
 	ScanKeyData keys[2];
 
-	if (!OidIsValid(requests))
-		elog(ERROR, "crmguard.approval_request_state does not exist");
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
 	if (key != NULL)
 		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(key));
@@ -1269,9 +1265,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 		changed = request_differs(td, old, new, carried[i]);
 	if (!(old_pending && (changed || !new_pending)) && !(new_pending && (changed || !old_pending)))
 		return;
-	waiting = get_relname_relid("approval_waiting", cg_catalog()->schema);
-	if (!OidIsValid(waiting))
-		elog(ERROR, "crmguard.approval_waiting does not exist");
+	waiting = cg_approval_catalog("approval_waiting");
 	/* written without a statement, as crmguard's other derived rows */
 	cg_enter_owner(&priv);
 	if (old_pending && (changed || !new_pending))
@@ -1435,9 +1429,7 @@ crmguard_approval_history_added(PG_FUNCTION_ARGS)
 		td->tg_newtable == NULL)
 		elog(ERROR, "crmguard_approval_history_added: must be fired AFTER INSERT FOR EACH STATEMENT with a new table");
 	cg_require_preload();
-	waiting = get_relname_relid("approval_waiting", cg_catalog()->schema);
-	if (!OidIsValid(waiting))
-		elog(ERROR, "crmguard.approval_waiting does not exist");
+	waiting = cg_approval_catalog("approval_waiting");
 	desc = RelationGetDescr(td->tg_relation);
 	request_att = SPI_fnumber(desc, "request");
 	step_att = SPI_fnumber(desc, "step");
