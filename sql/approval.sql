@@ -549,6 +549,41 @@ SET LOCAL ROLE regress_apv_marco;
 SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_a_decided_at_trigger;
 ROLLBACK;
 DROP TRIGGER forward ON crmguard.approval_request_state;
+-- a submit stores the request itself without a statement: an INSERT trigger
+-- on the requests is refused, not skipped
+CREATE TRIGGER forward AFTER INSERT ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_an_insert_trigger;
+RESET ROLE;
+DROP TRIGGER forward ON crmguard.approval_request_state;
+-- crmguard's own trigger on the requests (its work is run by the writes
+-- themselves) is known by its function, not its name
+DROP TRIGGER approval_request_cache_invalidate ON crmguard.approval_request_state;
+CREATE TRIGGER approval_request_cache_invalidate
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step,
+                           submitted_by, submitted_at OR DELETE
+    ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION public.regress_apv_forward();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_with_a_trigger_of_that_name;
+RESET ROLE;
+-- and by its kind: the same function with a WHEN clause is not crmguard's
+DROP TRIGGER approval_request_cache_invalidate ON crmguard.approval_request_state;
+CREATE TRIGGER approval_request_cache_invalidate
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step,
+                           submitted_by, submitted_at OR DELETE
+    ON crmguard.approval_request_state
+    FOR EACH ROW WHEN (pg_catalog.pi() > 3) EXECUTE FUNCTION crmguard.approval_requests_changed();
+SET ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_trigger_with_a_when;
+RESET ROLE;
+DROP TRIGGER approval_request_cache_invalidate ON crmguard.approval_request_state;
+CREATE TRIGGER approval_request_cache_invalidate
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step,
+                           submitted_by, submitted_at OR DELETE
+    ON crmguard.approval_request_state
+    FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
 -- a deferred foreign key is checked again for a row the transaction
 -- inserted, whatever the update sets: refused, not skipped
 ALTER TABLE crmguard.approval_request_state ADD CONSTRAINT regress_submitter_fkey

@@ -58,6 +58,7 @@ extern ApprovalTable *cg_approval_table(Oid relid);
 extern char *cg_approval_key_text(Relation rel, HeapTuple tuple, AttrNumber keyatt);
 extern AttrNumber cg_approval_key_attno(Relation rel);
 extern void cg_approval_bypass(Oid relid, char *key);
+extern void cg_approval_request_written(Relation rel, HeapTuple old, HeapTuple new);
 extern void cg_approval_planner_settings(void);
 extern SPIPlanPtr cg_approval_plan(int slot, const char *sql, int nargs, Oid *types);
 
@@ -76,9 +77,6 @@ extern int64 cg_approval_submit(int64 process, const char *key, Jsonb *data,
 /* slots of the kept plans on crmguard's own catalogs */
 enum
 {
-	PLAN_FINISH,
-	PLAN_STEP,
-	PLAN_INSERT_REQUEST,
 	PLAN_ROLE,
 	PLAN_NAMED,
 	NUM_APPROVAL_PLANS

@@ -1206,30 +1206,27 @@ crmguard_approval_truncate(PG_FUNCTION_ARGS)
 
 /* A column of a request row, by name */
 static Datum
-request_column(TriggerData *td, HeapTuple tup, const char *name, bool *isnull)
+request_column(TupleDesc desc, HeapTuple tup, const char *name, bool *isnull)
 {
-	TupleDesc	desc = RelationGetDescr(td->tg_relation);
-
 	return heap_getattr(tup, SPI_fnumber(desc, name), desc, isnull);
 }
 
 static bool
-request_pending(TriggerData *td, HeapTuple tup)
+request_pending(TupleDesc desc, HeapTuple tup)
 {
 	bool		isnull;
 	Datum		state;
 
 	if (tup == NULL)
 		return false;
-	state = request_column(td, tup, "state", &isnull);
+	state = request_column(desc, tup, "state", &isnull);
 	return !isnull && strcmp(TextDatumGetCString(state), "pending") == 0;
 }
 
 /* Do two versions of a request row differ in a column? */
 static bool
-request_differs(TriggerData *td, HeapTuple a, HeapTuple b, const char *name)
+request_differs(TupleDesc desc, HeapTuple a, HeapTuple b, const char *name)
 {
-	TupleDesc	desc = RelationGetDescr(td->tg_relation);
 	int			attno = SPI_fnumber(desc, name);
 	Form_pg_attribute att = TupleDescAttr(desc, attno - 1);
 	bool		anull;
@@ -1248,10 +1245,10 @@ request_differs(TriggerData *td, HeapTuple a, HeapTuple b, const char *name)
  * by approver).  Rebuilt for a request whose step, approvers or state change.
  */
 static void
-rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
+rebuild_waiting(TupleDesc desc, HeapTuple old, HeapTuple new)
 {
-	bool		old_pending = request_pending(td, old);
-	bool		new_pending = request_pending(td, new);
+	bool		old_pending = request_pending(desc, old);
+	bool		new_pending = request_pending(desc, new);
 	/* the request's columns its waits are made from */
 	static const char *const carried[8] = {"id", "approvers", "current_step", "process", "target",
 	"row_key", "submitted_by", "submitted_at"};
@@ -1262,7 +1259,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 	int			i;
 
 	for (i = 0; !changed && i < (int) lengthof(carried); i++)
-		changed = request_differs(td, old, new, carried[i]);
+		changed = request_differs(desc, old, new, carried[i]);
 	if (!(old_pending && (changed || !new_pending)) && !(new_pending && (changed || !old_pending)))
 		return;
 	waiting = cg_approval_catalog("approval_waiting");
@@ -1272,7 +1269,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 	{
 		ScanKeyData key;
 
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, request_column(td, old, "id", &isnull));
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, request_column(desc, old, "id", &isnull));
 		(void) cg_delete_catalog_rows(waiting, "approval_waiting_request_idx", 1, &key, 0, NULL, NULL, NULL);
 	}
 	if (new_pending && (changed || !old_pending))
@@ -1294,7 +1291,7 @@ rebuild_waiting(TriggerData *td, HeapTuple old, HeapTuple new)
 		int			nrows = 0;
 
 		for (i = 0; i < (int) lengthof(carried); i++)
-			carried_values[i] = request_column(td, new, carried[i], &carried_nulls[i]);
+			carried_values[i] = request_column(desc, new, carried[i], &carried_nulls[i]);
 		if (!carried_nulls[1])
 			approvers = cg_approval_ids(DatumGetArrayTypeP(carried_values[1]), &napprovers);
 		approved = cg_approval_approved_by(DatumGetInt64(carried_values[0]),
@@ -1342,7 +1339,6 @@ crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	HeapTuple	old;
 	HeapTuple	new;
-	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "crmguard_approval_requests_changed: not called as a trigger");
@@ -1365,16 +1361,32 @@ crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 		cg_leave_owner(&priv);
 		return PointerGetDatum(NULL);
 	}
-	ensure_cache_context();		/* registers the commit callback */
 	old = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? NULL : td->tg_trigtuple;
 	new = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? td->tg_trigtuple :
 		TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : NULL;
-	rebuild_waiting(td, old, new);
-	/* a request started or ended, or moved: its keys' clocks move at commit */
+	cg_approval_request_written(td->tg_relation, old, new);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * The row trigger's work, for a request row inserted (old NULL), updated or
+ * deleted (new NULL): by the trigger, or by crmguard's own writes, which
+ * are made without a statement (cg_update_catalog_row runs it).  The
+ * waiting list is kept, and the keys whose requests start, end or move
+ * have their clocks moved at commit.
+ */
+void
+cg_approval_request_written(Relation rel, HeapTuple old, HeapTuple new)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	ensure_cache_context();		/* registers the commit callback */
+	rebuild_waiting(desc, old, new);
 	if (old != NULL && new != NULL &&
-		!request_differs(td, old, new, "state") && !request_differs(td, old, new, "target") &&
-		!request_differs(td, old, new, "row_key") && !request_differs(td, old, new, "process"))
-		return PointerGetDatum(NULL);
+		!request_differs(desc, old, new, "state") && !request_differs(desc, old, new, "target") &&
+		!request_differs(desc, old, new, "row_key") && !request_differs(desc, old, new, "process"))
+		return;
 	for (i = 0; i < 2; i++)
 	{
 		HeapTuple	tup = i == 0 ? old : new;
@@ -1384,14 +1396,13 @@ crmguard_approval_requests_changed(PG_FUNCTION_ARGS)
 
 		if (tup == NULL)
 			continue;
-		target = request_column(td, tup, "target", &isnull);
+		target = request_column(desc, tup, "target", &isnull);
 		if (isnull)
 			continue;
-		key = request_column(td, tup, "row_key", &isnull);
+		key = request_column(desc, tup, "row_key", &isnull);
 		if (!isnull)
 			touch(DatumGetObjectId(target), TextDatumGetCString(key));
 	}
-	return PointerGetDatum(NULL);
 }
 
 /* a wait for the step the approval was of */

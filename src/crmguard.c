@@ -42,6 +42,7 @@
 #include "utils/syscache.h"
 
 #include "crmguard.h"
+#include "approval.h"
 
 PG_MODULE_MAGIC;
 
@@ -982,37 +983,57 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys, 
 static const char *const ensured_constraints[] = {
 	"outbox_state_check", "otp_challenge_state_rule_id_fkey",
 	"approval_history_event_check", "approval_history_request_fkey",
-	"approval_request_state_state_check", NULL
+	"approval_request_state_state_check", "approval_request_state_process_fkey", NULL
 };
 
 /*
- * crmguard's own triggers on the catalogs it writes without a statement,
- * for what statements add: its writers do that trigger's work themselves.
- * Known by their function, not only their name.
+ * crmguard's own triggers on the catalogs it writes without a statement.
+ * A statement trigger's work is done by the table's writers themselves; a
+ * row trigger's work is run by the writer for each row it writes, as the
+ * trigger would run.  Known by what they are: name, kind and events, no
+ * WHEN, and crmguard's C function, not a replacement of the same name.
  */
-static bool
+typedef struct EnsuredTrigger
+{
+	const char *name;
+	int16		type;			/* pg_trigger.tgtype, exactly */
+	const char *function;		/* crmguard.function() */
+	const char *symbol;			/* its C symbol */
+	CgRowWrittenFn work;		/* a row trigger's work */
+} EnsuredTrigger;
+
+static const EnsuredTrigger ensured_triggers[] = {
+	{"approval_history_waiting", TRIGGER_TYPE_AFTER | TRIGGER_TYPE_INSERT,
+	"approval_history_added", "crmguard_approval_history_added", NULL},
+	{"approval_request_cache_invalidate",
+		TRIGGER_TYPE_ROW | TRIGGER_TYPE_AFTER | TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_DELETE,
+	"approval_requests_changed", "crmguard_approval_requests_changed", cg_approval_request_written},
+};
+
+static const EnsuredTrigger *
 ensured_trigger(const Trigger *trigger)
 {
+	const EnsuredTrigger *e = NULL;
 	HeapTuple	proc;
 	Datum		src;
 	bool		isnull;
 	bool		ours;
+	int			i;
 
-	if (strcmp(trigger->tgname, "approval_history_waiting") != 0 ||
-		TRIGGER_FOR_ROW(trigger->tgtype) || !TRIGGER_FOR_AFTER(trigger->tgtype) ||
-		TRIGGER_FOR_UPDATE(trigger->tgtype) || TRIGGER_FOR_DELETE(trigger->tgtype) ||
-		TRIGGER_FOR_TRUNCATE(trigger->tgtype) || trigger->tgqual != NULL ||
-		trigger->tgfoid != cg_function_oid("approval_history_added", 0, NULL))
-		return false;
-	/* the function itself, not a replacement of the same name in another language */
+	for (i = 0; i < (int) lengthof(ensured_triggers) && e == NULL; i++)
+		if (strcmp(trigger->tgname, ensured_triggers[i].name) == 0)
+			e = &ensured_triggers[i];
+	if (e == NULL || trigger->tgtype != e->type || trigger->tgqual != NULL ||
+		trigger->tgfoid != cg_function_oid(e->function, 0, NULL))
+		return NULL;
 	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tgfoid));
 	if (!HeapTupleIsValid(proc))
-		return false;
+		return NULL;
 	src = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_prosrc, &isnull);
 	ours = ((Form_pg_proc) GETSTRUCT(proc))->prolang == ClanguageId && !isnull &&
-		strcmp(TextDatumGetCString(src), "crmguard_approval_history_added") == 0;
+		strcmp(TextDatumGetCString(src), e->symbol) == 0;
 	ReleaseSysCache(proc);
-	return ours;
+	return ours ? e : NULL;
 }
 
 static void
@@ -1057,9 +1078,10 @@ update_fires(const Trigger *trigger, int ncolumns, const AttrNumber *attnums)
 	return false;
 }
 
-static void
+static CgRowWrittenFn
 refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, const AttrNumber *attnums)
 {
+	CgRowWrittenFn work = NULL;
 	TriggerDesc *triggers = rel->trigdesc;
 	TupleConstr *constr = RelationGetDescr(rel)->constr;
 	List	   *keys = NIL;
@@ -1072,11 +1094,18 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
 		elog(ERROR, "crmguard catalog \"%s\" is not a plain table without rules and row security",
 			 RelationGetRelationName(rel));
 	for (i = 0; triggers && i < triggers->numtriggers; i++)
-		if (!triggers->triggers[i].tgisinternal &&
-			(command == CMD_INSERT ? TRIGGER_FOR_INSERT(triggers->triggers[i].tgtype)
-			 : TRIGGER_FOR_UPDATE(triggers->triggers[i].tgtype) &&
-			 update_fires(&triggers->triggers[i], ncolumns, attnums)) &&
-			!ensured_trigger(&triggers->triggers[i]))
+	{
+		const Trigger *trigger = &triggers->triggers[i];
+		const EnsuredTrigger *ensured;
+
+		if (trigger->tgisinternal ||
+			!(command == CMD_INSERT ? TRIGGER_FOR_INSERT(trigger->tgtype)
+			  : TRIGGER_FOR_UPDATE(trigger->tgtype) && update_fires(trigger, ncolumns, attnums)))
+			continue;
+		ensured = ensured_trigger(trigger);
+		if (ensured != NULL && ensured->work != NULL && work == NULL)
+			work = ensured->work;	/* run for each row written */
+		else if (ensured == NULL || ensured->work != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("crmguard catalog \"%s\" has an %s trigger \"%s\"",
@@ -1084,6 +1113,7 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
 							triggers->triggers[i].tgname),
 					 errdetail("crmguard writes the table without a statement, as a system catalog: its triggers would not fire."),
 					 errhint("Drop the trigger; follow the table with logical decoding instead.")));
+	}
 	for (i = 0; constr && i < constr->num_check; i++)
 		refuse_constraint(rel, constr->check[i].ccname);
 	/*
@@ -1132,6 +1162,7 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
 	list_free(keys);
 	if (command == CMD_UPDATE && constr && constr->has_generated_stored)
 		elog(ERROR, "crmguard catalog \"%s\" has a generated column", RelationGetRelationName(rel));
+	return work;
 }
 
 /*
@@ -1141,7 +1172,7 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
  */
 static AttrNumber *
 writable_columns(Relation rel, CmdType command, int ncolumns, const char *const *columns,
-				 const Oid *types)
+				 const Oid *types, CgRowWrittenFn *work)
 {
 	const char *what = command == CMD_INSERT ? "INSERT" : "UPDATE";
 	AttrNumber *attnums = palloc(sizeof(AttrNumber) * ncolumns);
@@ -1159,7 +1190,7 @@ writable_columns(Relation rel, CmdType command, int ncolumns, const char *const 
 			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is not of type %s",
 				 columns[i], RelationGetRelationName(rel), format_type_be(types[i]));
 	}
-	refuse_what_a_statement_would_run(rel, command, ncolumns, attnums);
+	*work = refuse_what_a_statement_would_run(rel, command, ncolumns, attnums);
 	CheckCmdReplicaIdentity(rel, command);
 	return attnums;
 }
@@ -1207,7 +1238,8 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, cons
 	MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
 	Relation	rel = table_open(relid, RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
-	AttrNumber *attnums = writable_columns(rel, CMD_INSERT, ncolumns, columns, types);
+	CgRowWrittenFn work;
+	AttrNumber *attnums = writable_columns(rel, CMD_INSERT, ncolumns, columns, types, &work);
 	bool	   *named = palloc0(sizeof(bool) * desc->natts);
 	ResultRelInfo *info = makeNode(ResultRelInfo);
 	TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
@@ -1259,6 +1291,8 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, cons
 		if (recheck != NIL)
 			elog(ERROR, "crmguard catalog \"%s\" has a deferred unique index",
 				 RelationGetRelationName(rel));
+		if (work != NULL)
+			work(rel, NULL, heap_form_tuple(desc, slot->tts_values, slot->tts_isnull));
 		ResetPerTupleExprContext(estate);
 	}
 	end_write(estate, info, old);
@@ -1288,7 +1322,8 @@ cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys
 	ResultRelInfo *info = makeNode(ResultRelInfo);
 	TupleTableSlot *current = table_slot_create(rel, &estate->es_tupleTable);
 	TupleTableSlot *next = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
-	AttrNumber *set_attnums = writable_columns(rel, CMD_UPDATE, ncolumns, columns, types);
+	CgRowWrittenFn work;
+	AttrNumber *set_attnums = writable_columns(rel, CMD_UPDATE, ncolumns, columns, types, &work);
 	AttrNumber *test_attnums = palloc(sizeof(AttrNumber) * ntest);
 	Datum	   *test_values = palloc(sizeof(Datum) * ntest);
 	bool	   *test_nulls = palloc(sizeof(bool) * ntest);
@@ -1365,6 +1400,9 @@ cg_update_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys
 			if (recheck != NIL)
 				elog(ERROR, "crmguard catalog \"%s\" has a deferred unique index",
 					 RelationGetRelationName(rel));
+			if (work != NULL)
+				work(rel, heap_form_tuple(desc, current->tts_values, current->tts_isnull),
+					 heap_form_tuple(desc, next->tts_values, next->tts_isnull));
 			updated = true;
 			break;
 		}

@@ -9,6 +9,7 @@
 #ifndef CRMGUARD_H
 #define CRMGUARD_H
 
+#include "access/htup.h"
 #include "access/skey.h"
 #include "datatype/timestamp.h"
 #include "nodes/lockoptions.h"
@@ -18,6 +19,7 @@
 #include "utils/array.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 #include "utils/snapshot.h"
 
 /* SQLSTATEs of the spec */
@@ -70,6 +72,8 @@ extern CgCatalogScan *cg_catalog_scan_begin(Oid relid, const char *index_name, i
 extern void cg_catalog_scan_run(CgCatalogScan *scan, ScanKey keys, CgCatalogRowFn fn, void *arg);
 extern void cg_catalog_scan_end(CgCatalogScan *scan);
 typedef bool (*CgCatalogRowTest) (Datum *values, bool *nulls, void *arg);
+/* a row trigger's work, run by a writer without a statement (old or new NULL: none) */
+typedef void (*CgRowWrittenFn) (Relation rel, HeapTuple old, HeapTuple new);
 extern bool cg_catalog_scan_find(CgCatalogScan *scan, ScanKey keys, CgCatalogRowTest test, void *arg);
 extern void cg_scan_catalog_by_key(Oid relid, const char *index_name, int nkeys, ScanKey keys,
 								   Snapshot snapshot, int ncolumns, const char *const *columns,
