@@ -316,6 +316,32 @@ DROP FUNCTION public.regress_planner_setting();
 SET ROLE regress_rev_owner;
 SELECT public.regress_try($$ALTER TABLE public.regress_lead DISABLE TRIGGER "!crmguard_review"$$);
 SELECT public.regress_try($$DROP TRIGGER "!crmguard_review" ON public.regress_lead$$);
+RESET ROLE;
+-- a draft and its first history line are written without a statement (as
+-- a system catalog): a trigger or CHECK added to them by hand would not
+-- fire, so the insert is refused rather than the trigger skipped
+CREATE FUNCTION public.regress_rev_forward() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+CREATE TRIGGER forward AFTER INSERT ON crmguard.draft_state
+    FOR EACH ROW EXECUTE FUNCTION public.regress_rev_forward();
+SET ROLE regress_rev_form;
+SELECT public.regress_try($$INSERT INTO public.regress_lead (company) VALUES ('trigger on the drafts')$$) AS drafts_with_a_trigger;
+RESET ROLE;
+DROP TRIGGER forward ON crmguard.draft_state;
+CREATE TRIGGER forward BEFORE INSERT ON crmguard.draft_history
+    FOR EACH STATEMENT EXECUTE FUNCTION public.regress_rev_forward();
+SET ROLE regress_rev_form;
+SELECT public.regress_try($$INSERT INTO public.regress_lead (company) VALUES ('trigger on the history')$$) AS history_with_a_trigger;
+RESET ROLE;
+DROP TRIGGER forward ON crmguard.draft_history;
+ALTER TABLE crmguard.draft_state ADD CONSTRAINT regress_short CHECK (length(row_data::text) < 10) NOT VALID;
+SET ROLE regress_rev_form;
+SELECT public.regress_try($$INSERT INTO public.regress_lead (company) VALUES ('check on the drafts')$$) AS drafts_with_a_check;
+RESET ROLE;
+ALTER TABLE crmguard.draft_state DROP CONSTRAINT regress_short;
+DROP FUNCTION public.regress_rev_forward();
+SELECT count(*) AS refused_drafts_stored FROM crmguard.draft_state
+ WHERE row_data->>'company' IN ('trigger on the drafts', 'trigger on the history', 'check on the drafts');
+SET ROLE regress_rev_owner;
 SELECT crmguard.disable_review('public.regress_lead');
 RESET ROLE;
 SET ROLE regress_rev_form;

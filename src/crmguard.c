@@ -983,7 +983,8 @@ cg_lock_catalog_row(Oid relid, const char *index_name, int nkeys, ScanKey keys, 
 static const char *const ensured_constraints[] = {
 	"outbox_state_check", "otp_challenge_state_rule_id_fkey",
 	"approval_history_event_check", "approval_history_request_fkey",
-	"approval_request_state_state_check", "approval_request_state_process_fkey", NULL
+	"approval_request_state_state_check", "approval_request_state_process_fkey",
+	"draft_state_state_check", "draft_history_event_check", "draft_history_draft_fkey", NULL
 };
 
 /*
