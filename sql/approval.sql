@@ -584,6 +584,41 @@ CREATE TRIGGER approval_request_cache_invalidate
                            submitted_by, submitted_at OR DELETE
     ON crmguard.approval_request_state
     FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
+-- nor as a deferred constraint trigger, whose work would wait for the commit
+BEGIN;
+DROP TRIGGER approval_request_cache_invalidate ON crmguard.approval_request_state;
+CREATE CONSTRAINT TRIGGER approval_request_cache_invalidate
+    AFTER INSERT OR UPDATE OF state, row_key, target, process, approvers, current_step,
+                           submitted_by, submitted_at OR DELETE
+    ON crmguard.approval_request_state DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
+SET LOCAL ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_deferred_trigger;
+ROLLBACK;
+-- its work is run when the trigger would fire: not while a superuser has
+-- it disabled, as a statement's write would not fire it
+BEGIN;
+ALTER TABLE crmguard.approval_request_state DISABLE TRIGGER approval_request_cache_invalidate;
+SET LOCAL ROLE regress_apv_marco;
+SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3') AS unlisted \gset
+RESET ROLE;
+SELECT count(*) AS waits_while_disabled FROM crmguard.approval_waiting WHERE request = :unlisted;
+ROLLBACK;
+-- a foreign key of another table on a key of the requests that a decision
+-- sets: its action would run for a statement, so the decision is refused
+BEGIN;
+ALTER TABLE crmguard.approval_request_state ADD CONSTRAINT regress_id_state UNIQUE (id, state);
+CREATE TABLE public.regress_apv_follow (request bigint, state text,
+    FOREIGN KEY (request, state) REFERENCES crmguard.approval_request_state (id, state) ON UPDATE CASCADE);
+SET LOCAL ROLE regress_apv_marco;
+SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3') AS followed \gset
+RESET ROLE;
+INSERT INTO public.regress_apv_follow VALUES (:followed, 'pending');
+SET LOCAL ROLE regress_apv_anna;
+SELECT public.regress_try(format('SELECT crmguard.reject(%s, %L)', :followed, 'no')) AS requests_referred_to;
+RESET ROLE;
+SELECT state FROM public.regress_apv_follow;
+ROLLBACK;
 -- a deferred foreign key is checked again for a row the transaction
 -- inserted, whatever the update sets: refused, not skipped
 ALTER TABLE crmguard.approval_request_state ADD CONSTRAINT regress_submitter_fkey

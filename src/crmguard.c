@@ -996,6 +996,7 @@ static const char *const ensured_constraints[] = {
  */
 typedef struct EnsuredTrigger
 {
+	const char *table;			/* the crmguard catalog it is on */
 	const char *name;
 	int16		type;			/* pg_trigger.tgtype, exactly */
 	const char *function;		/* crmguard.function() */
@@ -1004,15 +1005,15 @@ typedef struct EnsuredTrigger
 } EnsuredTrigger;
 
 static const EnsuredTrigger ensured_triggers[] = {
-	{"approval_history_waiting", TRIGGER_TYPE_AFTER | TRIGGER_TYPE_INSERT,
+	{"approval_history", "approval_history_waiting", TRIGGER_TYPE_AFTER | TRIGGER_TYPE_INSERT,
 	"approval_history_added", "crmguard_approval_history_added", NULL},
-	{"approval_request_cache_invalidate",
+	{"approval_request_state", "approval_request_cache_invalidate",
 		TRIGGER_TYPE_ROW | TRIGGER_TYPE_AFTER | TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_DELETE,
 	"approval_requests_changed", "crmguard_approval_requests_changed", cg_approval_request_written},
 };
 
 static const EnsuredTrigger *
-ensured_trigger(const Trigger *trigger)
+ensured_trigger(Relation rel, const Trigger *trigger)
 {
 	const EnsuredTrigger *e = NULL;
 	HeapTuple	proc;
@@ -1022,9 +1023,13 @@ ensured_trigger(const Trigger *trigger)
 	int			i;
 
 	for (i = 0; i < (int) lengthof(ensured_triggers) && e == NULL; i++)
-		if (strcmp(trigger->tgname, ensured_triggers[i].name) == 0)
+		if (strcmp(trigger->tgname, ensured_triggers[i].name) == 0 &&
+			strcmp(RelationGetRelationName(rel), ensured_triggers[i].table) == 0 &&
+			RelationGetNamespace(rel) == cg_catalog()->schema)
 			e = &ensured_triggers[i];
+	/* as crmguard made it: not a (deferrable) constraint trigger either */
 	if (e == NULL || trigger->tgtype != e->type || trigger->tgqual != NULL ||
+		OidIsValid(trigger->tgconstraint) || trigger->tgdeferrable ||
 		trigger->tgfoid != cg_function_oid(e->function, 0, NULL))
 		return NULL;
 	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tgfoid));
@@ -1079,6 +1084,46 @@ update_fires(const Trigger *trigger, int ncolumns, const AttrNumber *attnums)
 	return false;
 }
 
+/*
+ * The key a foreign key of another table refers to in this one, set by an
+ * UPDATE: the key's action (NO ACTION's check, CASCADE, SET NULL) would run.
+ * (A foreign key this table holds is checked below.)
+ */
+static void
+refuse_referenced_key_set(Relation rel, Oid conoid, int ncolumns, const AttrNumber *attnums)
+{
+	HeapTuple	con = SearchSysCache1(CONSTROID, ObjectIdGetDatum(conoid));
+	Form_pg_constraint form;
+	char	   *name = NULL;
+
+	if (!HeapTupleIsValid(con))
+		return;
+	form = (Form_pg_constraint) GETSTRUCT(con);
+	if (form->contype == CONSTRAINT_FOREIGN && form->confrelid == RelationGetRelid(rel))
+	{
+		bool		isnull;
+		Datum		d = SysCacheGetAttr(CONSTROID, con, Anum_pg_constraint_confkey, &isnull);
+
+		if (!isnull)
+		{
+			Datum	   *keys;
+			int			nkeys;
+			int			k;
+			int			j;
+
+			deconstruct_array(DatumGetArrayTypeP(d), INT2OID, sizeof(int16), true, TYPALIGN_SHORT,
+							  &keys, NULL, &nkeys);
+			for (k = 0; k < nkeys && name == NULL; k++)
+				for (j = 0; j < ncolumns && name == NULL; j++)
+					if (DatumGetInt16(keys[k]) == attnums[j])
+						name = pstrdup(NameStr(form->conname));
+		}
+	}
+	ReleaseSysCache(con);
+	if (name != NULL)
+		refuse_constraint(rel, name);
+}
+
 static CgRowWrittenFn
 refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, const AttrNumber *attnums)
 {
@@ -1099,13 +1144,25 @@ refuse_what_a_statement_would_run(Relation rel, CmdType command, int ncolumns, c
 		const Trigger *trigger = &triggers->triggers[i];
 		const EnsuredTrigger *ensured;
 
-		if (trigger->tgisinternal ||
-			!(command == CMD_INSERT ? TRIGGER_FOR_INSERT(trigger->tgtype)
+		if (!(command == CMD_INSERT ? TRIGGER_FOR_INSERT(trigger->tgtype)
 			  : TRIGGER_FOR_UPDATE(trigger->tgtype) && update_fires(trigger, ncolumns, attnums)))
 			continue;
-		ensured = ensured_trigger(trigger);
+		if (trigger->tgisinternal)
+		{
+			/* a foreign key of another table on a key this UPDATE sets: its action would run */
+			if (command == CMD_UPDATE && OidIsValid(trigger->tgconstraint))
+				refuse_referenced_key_set(rel, trigger->tgconstraint, ncolumns, attnums);
+			continue;
+		}
+		ensured = ensured_trigger(rel, trigger);
 		if (ensured != NULL && ensured->work != NULL && work == NULL)
-			work = ensured->work;	/* run for each row written */
+		{
+			/* run for each row written, when the trigger would fire (TriggerEnabled) */
+			if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ?
+				trigger->tgenabled == TRIGGER_FIRES_ON_REPLICA || trigger->tgenabled == TRIGGER_FIRES_ALWAYS :
+				trigger->tgenabled == TRIGGER_FIRES_ON_ORIGIN || trigger->tgenabled == TRIGGER_FIRES_ALWAYS)
+				work = ensured->work;
+		}
 		else if (ensured == NULL || ensured->work != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1215,7 +1272,8 @@ end_write(EState *estate, ResultRelInfo *info, MemoryContext old)
 /*
  * Append rows to one of crmguard's own catalogs without a statement: heap
  * tuples and their index entries, as PostgreSQL writes its system catalogs.
- * For the rows the hot paths add (audit entries, approval history): there,
+ * For the rows the hot paths add (audit entries, approval requests and
+ * history, drafts, challenges, outbox messages): there,
  * a statement's executor start, its foreign-key check and the table's CHECK
  * expressions, which PostgreSQL reads anew for every statement, cost
  * several times the insert itself.
@@ -1229,7 +1287,9 @@ end_write(EState *estate, ResultRelInfo *info, MemoryContext old)
  * code) and its foreign keys (the caller holds the row referred to).
  * Anything a statement would run that this cannot (a trigger, a rule, row
  * security, a constraint, a deferred unique check) is refused, not skipped:
- * it was added to crmguard's catalog by hand.  The rows are visible to the next command.
+ * it was added to crmguard's catalog by hand.  crmguard's own row triggers
+ * (ensured_triggers) are the exception: their work is run here for each row,
+ * as the trigger would run.  The rows are visible to the next command.
  */
 void
 cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, const Oid *types,
@@ -1260,10 +1320,12 @@ cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *columns, cons
 	}
 	InitResultRelInfo(info, rel, 0, NULL, 0);
 	ExecOpenIndices(info, false);
-	cid = GetCurrentCommandId(true);
 	for (r = 0; r < nrows; r++)
 	{
 		List	   *recheck;
+
+		/* a row trigger's work may have written meanwhile */
+		cid = GetCurrentCommandId(true);
 
 		ExecClearTuple(slot);
 		memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);

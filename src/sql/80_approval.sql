@@ -76,7 +76,8 @@ CREATE TRIGGER approval_request_cache_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION crmguard.approval_requests_changed();
 
 -- Who a pending request waits for: one row per approver of its current step
--- who has not approved it yet, kept by the trigger above (and by approve()).
+-- who has not approved it yet, kept by the trigger above (whose work
+-- crmguard's own writes of the requests run themselves) and by approve().
 -- Small (pending requests only), read by approver: my_approvals() costs what
 -- waits for the caller, whatever the history. It carries what an inbox shows
 -- of its request, so an inbox is one index scan, not one lookup per request.
@@ -490,7 +491,8 @@ REVOKE ALL ON FUNCTION crmguard.approval_manager_of(bigint) FROM PUBLIC;
 COMMENT ON FUNCTION crmguard.approval_manager_of(bigint) IS 'internal: the manager of a principal, or NULL';
 
 -- ---------------------------------------------------------------------------
--- Submission and decisions: C (approval_engine.c), a handful of statements each
+-- Submission and decisions: C (approval_engine.c); crmguard's catalogs are
+-- written without statements, the user's table with them
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION crmguard.approve(request bigint, comment text DEFAULT NULL) RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE
