@@ -58,14 +58,6 @@
  * ---------------------------------------------------------------------------
  */
 
-/* A row as jsonb, the way every part of crmguard writes rows */
-static Jsonb *
-row_jsonb(Datum row)
-{
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-		text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json, row))))));
-}
-
 /* The first current process of the table whose criteria the row matches */
 static Process *
 process_for(Oid relid, ApprovalTable *t, Datum row)
@@ -112,7 +104,7 @@ crmguard_approval_auto_submit(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	key = cg_approval_key_text(rel, tuple, cg_approval_key_attno(rel));
 	if (key != NULL)
-		(void) cg_approval_submit(p->id, key, row_jsonb(row), NULL, true);
+		(void) cg_approval_submit(p->id, key, cg_row_jsonb(row), NULL, true);
 	return PointerGetDatum(NULL);
 }
 
@@ -188,7 +180,7 @@ crmguard_submit_for_approval(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(old);
 	SPI_finish();
 
-	data = row_jsonb(row);
+	data = cg_row_jsonb(row);
 	p = process_for(relid, t, row);
 	if (p == NULL)
 		ereport(ERROR,
@@ -295,16 +287,17 @@ cg_approval_current_row(RequestInfo *r)
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (execute_on_row(r, psprintf("SELECT pg_catalog.row_to_json(t)::pg_catalog.text FROM ONLY %s t WHERE %s",
+	if (execute_on_row(r, psprintf("SELECT pg_catalog.to_jsonb(t) FROM ONLY %s t WHERE %s",
 								   qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
 					   1, types, values, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the row of approval request " INT64_FORMAT, r->id);
 	if (SPI_processed == 1)
 	{
-		char	   *text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+		Datum		row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		MemoryContext old = MemoryContextSwitchTo(caller);
 
-		result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+		result = DatumGetJsonbPCopy(row);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();

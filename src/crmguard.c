@@ -31,6 +31,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "storage/ipc.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
@@ -506,6 +507,25 @@ cg_pin_output_settings(void)
 	return nestlevel;
 }
 
+/*
+ * A row (a composite datum) as jsonb, the way every part of crmguard
+ * stores rows: to_jsonb's, which is row_to_json's read back as jsonb
+ * without printing and parsing the text in between.  to_jsonb takes the
+ * row's type from its call's expression, so it is called with one.
+ */
+Jsonb *
+cg_row_jsonb(Datum row)
+{
+	HeapTupleHeader tuple = DatumGetHeapTupleHeader(row);
+	FmgrInfo	flinfo;
+	Node	   *arg = (Node *) makeNullConst(HeapTupleHeaderGetTypeId(tuple), -1, InvalidOid);
+
+	fmgr_info(F_TO_JSONB, &flinfo);
+	fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID, list_make1(arg), InvalidOid,
+											 InvalidOid, COERCE_EXPLICIT_CALL), &flinfo);
+	return DatumGetJsonbP(FunctionCall1(&flinfo, row));
+}
+
 /* Do values of this type read and print the same whatever the session's settings? */
 bool
 cg_type_text_is_fixed(Oid type)
@@ -682,16 +702,20 @@ cg_catalog_never_written(Oid relid)
 	return empty;
 }
 
-/* The number of a column of one of crmguard's catalogs, which must exist */
+/*
+ * The number of a column of one of crmguard's catalogs, which must exist.
+ * after: the column named before it in the caller's list (0: none); lists
+ * mostly follow the table's order, so the search starts after that one.
+ */
 static AttrNumber
-catalog_column(Relation rel, const char *column)
+catalog_column_after(Relation rel, const char *column, AttrNumber after)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
-	int			a;
+	int			i;
 
-	for (a = 0; a < desc->natts; a++)
+	for (i = 0; i < desc->natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(desc, a);
+		Form_pg_attribute att = TupleDescAttr(desc, (after + i) % desc->natts);
 
 		if (!att->attisdropped && strcmp(NameStr(att->attname), column) == 0)
 			return att->attnum;
@@ -699,6 +723,12 @@ catalog_column(Relation rel, const char *column)
 	elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is missing",
 		 column, RelationGetRelationName(rel));
 	return InvalidAttrNumber;	/* keep compiler quiet */
+}
+
+static AttrNumber
+catalog_column(Relation rel, const char *column)
+{
+	return catalog_column_after(rel, column, 0);
 }
 
 /* The index of one of crmguard's catalogs named index_name, ready and with nkeys key columns */
@@ -756,7 +786,7 @@ cg_catalog_scan_begin(Oid relid, const char *index_name, int nkeys, Snapshot sna
 	scan->nulls = palloc(sizeof(bool) * ncolumns);
 	for (i = 0; i < ncolumns; i++)
 	{
-		scan->attnums[i] = catalog_column(scan->rel, columns[i]);
+		scan->attnums[i] = catalog_column_after(scan->rel, columns[i], i > 0 ? scan->attnums[i - 1] : 0);
 	}
 	scan->snapshot = RegisterSnapshot(snapshot);
 	scan->slot = table_slot_create(scan->rel, NULL);
@@ -1242,7 +1272,7 @@ writable_columns(Relation rel, CmdType command, int ncolumns, const char *const 
 	{
 		Form_pg_attribute att;
 
-		attnums[i] = catalog_column(rel, columns[i]);
+		attnums[i] = catalog_column_after(rel, columns[i], i > 0 ? attnums[i - 1] : 0);
 		att = TupleDescAttr(RelationGetDescr(rel), attnums[i] - 1);
 		if (att->atttypid != types[i] || att->atttypmod != -1)
 			elog(ERROR, "column \"%s\" of crmguard catalog \"%s\" is not of type %s",

@@ -105,6 +105,7 @@ extern void cg_leave_owner(CgPrivilegedContext *ctx);
 extern void cg_enter_role(CgPrivilegedContext *ctx, Oid role);
 extern void cg_enter_table_owner(CgPrivilegedContext *ctx, Oid relid);
 extern int	cg_pin_output_settings(void);
+extern Jsonb *cg_row_jsonb(Datum row);
 extern bool cg_type_text_is_fixed(Oid type);
 extern char *cg_row_key_output(Oid keytype, Datum value);
 extern int	cg_execute_kept(const char *sql, int nargs, Oid *types, Datum *values,

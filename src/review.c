@@ -550,8 +550,7 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 	row = heap_copy_tuple_as_datum(td->tg_trigtuple, RelationGetDescr(td->tg_relation));
 	/* dates, times and floats as every session prints them: the match keys compare them */
 	nest = cg_pin_output_settings();
-	data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(
-		text_to_cstring(DatumGetTextPP(DirectFunctionCall1(row_to_json, row))))));
+	data = cg_row_jsonb(row);
 	AtEOXact_GUC(false, nest);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = JsonbPGetDatum(data);
