@@ -494,6 +494,43 @@ SELECT state FROM crmguard.approval_request_state WHERE id = :budget;
 DELETE FROM crmguard.outbox WHERE subject = 'A budget waits for you';
 DROP TABLE public.regress_apv_budget;
 
+-- ---------------------------------------------------------------------------
+-- The row a request stores is compared with the row the approver's session
+-- reads: the same whatever either session's output settings (a rep in
+-- another time zone, with another IntervalStyle, float digits or bytea
+-- output, submits; a manager with the defaults approves)
+-- ---------------------------------------------------------------------------
+CREATE TABLE public.regress_apv_visit (id int PRIMARY KEY, owner_id bigint NOT NULL, discount int NOT NULL,
+    due timestamptz NOT NULL, span interval NOT NULL, rate float8 NOT NULL, photo bytea NOT NULL,
+    window_ tstzrange NOT NULL, fee money NOT NULL, status text NOT NULL DEFAULT 'Draft');
+INSERT INTO public.regress_apv_visit VALUES (1, :luca_id, 0, '2031-03-04 05:06:07+00', '1 year 2 days 03:04:05',
+    0.1::float8 + 0.2::float8, '\x00ff', '[2031-03-04 05:00+00,2031-03-04 06:00+00)', 12.5);
+ALTER TABLE public.regress_apv_visit OWNER TO regress_apv_owner;
+GRANT SELECT, UPDATE ON public.regress_apv_visit TO regress_apv_luca, regress_apv_anna;
+SET ROLE regress_apv_owner;
+SELECT crmguard.create_approval_process('Visit discount', 'public.regress_apv_visit',
+    '{"field": "discount", "op": ">=", "value": 20}',
+    '[{"name": "Manager", "approvers": {"manager_of": "owner_id"}}]',
+    on_approve => '[{"set": {"status": "Approved"}}]', auto_submit => '{update}') > 0 AS created;
+RESET ROLE;
+BEGIN;
+SET LOCAL ROLE regress_apv_luca;
+SET LOCAL TimeZone = 'Asia/Kolkata';
+SET LOCAL IntervalStyle = 'iso_8601';
+SET LOCAL DateStyle = 'SQL, DMY';
+SET LOCAL extra_float_digits = 0;
+SET LOCAL bytea_output = 'escape';
+UPDATE public.regress_apv_visit SET discount = 25 WHERE id = 1;
+COMMIT;
+SELECT id AS visit FROM crmguard.approval_request_state WHERE target = 'public.regress_apv_visit'::regclass \gset
+SELECT row_data->>'due' AS due, row_data->>'span' AS span, row_data->>'rate' AS rate, row_data->>'photo' AS photo
+  FROM crmguard.approval_request_state WHERE id = :visit;
+SET ROLE regress_apv_anna;
+SELECT public.regress_try(format('SELECT crmguard.approve(%s)', :visit)) AS approved_in_another_session;
+RESET ROLE;
+SELECT status FROM public.regress_apv_visit WHERE id = 1;
+DROP TABLE public.regress_apv_visit;
+
 -- history lines are appended without a statement (as to a system catalog):
 -- a comment too long for a page is stored out of line and reads back whole,
 -- the deciding transaction sees its line at once, and an INSERT trigger

@@ -282,11 +282,17 @@ cg_approval_current_row(RequestInfo *r)
 	Jsonb	   *result = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	CgPrivilegedContext priv;
+	int			nest;
 
 	values[0] = CStringGetTextDatum(r->key);
 	cg_enter_table_owner(&priv, r->relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/*
+	 * Output settings pinned, as cg_row_jsonb pins them: the row stored at
+	 * submission is compared with the row read by the approver's session.
+	 */
+	nest = cg_pin_output_settings();
 	if (execute_on_row(r, psprintf("SELECT pg_catalog.to_jsonb(t) FROM ONLY %s t WHERE %s",
 								   qualified_name(r->relid), key_condition(r->relid, r->pk, 1)),
 					   1, types, values, NULL, false) != SPI_OK_SELECT)
@@ -300,6 +306,7 @@ cg_approval_current_row(RequestInfo *r)
 		result = DatumGetJsonbPCopy(row);
 		MemoryContextSwitchTo(old);
 	}
+	AtEOXact_GUC(false, nest);
 	SPI_finish();
 	cg_leave_owner(&priv);
 	return result;

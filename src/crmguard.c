@@ -502,16 +502,25 @@ cg_pin_output_settings(void)
 	size_t		i;
 
 	for (i = 0; i < lengthof(pinned); i++)
-		(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
+	{
+		const char *now = GetConfigOption(pinned[i][0], false, false);
+
+		/* already so (the usual case but for one or two): no change to make and undo */
+		if (now == NULL || strcmp(now, pinned[i][1]) != 0)
+			(void) set_config_option(pinned[i][0], pinned[i][1], PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+	}
 	return nestlevel;
 }
 
 /*
  * A row (a composite datum) as jsonb, the way every part of crmguard
  * stores rows: to_jsonb's, which is row_to_json's read back as jsonb
- * without printing and parsing the text in between.  to_jsonb takes the
- * row's type from its call's expression, so it is called with one.
+ * without printing and parsing the text in between, with the output
+ * settings pinned (a timestamptz, an interval, a float reads the same
+ * whichever session made it: rows stored by one are compared in another).
+ * to_jsonb takes the row's type from its call's expression, so it is
+ * called with one.
  */
 Jsonb *
 cg_row_jsonb(Datum row)
@@ -519,11 +528,16 @@ cg_row_jsonb(Datum row)
 	HeapTupleHeader tuple = DatumGetHeapTupleHeader(row);
 	FmgrInfo	flinfo;
 	Node	   *arg = (Node *) makeNullConst(HeapTupleHeaderGetTypeId(tuple), -1, InvalidOid);
+	int			nest;
+	Jsonb	   *result;
 
 	fmgr_info(F_TO_JSONB, &flinfo);
 	fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID, list_make1(arg), InvalidOid,
 											 InvalidOid, COERCE_EXPLICIT_CALL), &flinfo);
-	return DatumGetJsonbP(FunctionCall1(&flinfo, row));
+	nest = cg_pin_output_settings();
+	result = DatumGetJsonbP(FunctionCall1(&flinfo, row));
+	AtEOXact_GUC(false, nest);
+	return result;
 }
 
 /* Do values of this type read and print the same whatever the session's settings? */

@@ -525,7 +525,6 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 	Datum		line[5];
 	bool		line_nulls[5] = {false};
 	int64		id;
-	int			nest;
 	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
@@ -549,9 +548,7 @@ crmguard_review_guard(PG_FUNCTION_ARGS)
 
 	row = heap_copy_tuple_as_datum(td->tg_trigtuple, RelationGetDescr(td->tg_relation));
 	/* dates, times and floats as every session prints them: the match keys compare them */
-	nest = cg_pin_output_settings();
 	data = cg_row_jsonb(row);
-	AtEOXact_GUC(false, nest);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = JsonbPGetDatum(data);
 	values[3] = match_keys(c, data);
