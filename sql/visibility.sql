@@ -211,6 +211,74 @@ SELECT crmguard.assume(NULL);
 DEALLOCATE regress_quotes;
 RESET ROLE;
 
+-- a principal's values are read when the statement runs (one InitPlan), never
+-- planned in: a cached plan serves whoever acts when it runs, and each attack
+-- below would read another principal's rows through a plan holding them
+SET ROLE regress_vis_patricie;
+EXPLAIN (COSTS OFF) SELECT id FROM public.regress_vis_quote WHERE id = 1;
+RESET ROLE;
+-- attack: a plan cached in a SECURITY DEFINER function (which runs as its
+-- owner whoever calls it) reused for the next login role's principal
+CREATE FUNCTION public.regress_vis_quote_ids() RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog AS $$
+BEGIN RETURN (SELECT string_agg(id::text, ',' ORDER BY id) FROM public.regress_vis_quote); END $$;
+ALTER FUNCTION public.regress_vis_quote_ids() OWNER TO regress_vis_owner;
+GRANT EXECUTE ON FUNCTION public.regress_vis_quote_ids() TO regress_vis_users;
+SET ROLE regress_vis_patricie;
+SELECT public.regress_vis_quote_ids() AS patricie;
+SET ROLE regress_vis_pietro;
+SELECT public.regress_vis_quote_ids() AS pietro;
+SELECT set_config('role', 'regress_vis_patricie', false) IS NOT NULL AS patricie;
+SELECT public.regress_vis_quote_ids() AS patricie;
+-- ... and after a role change rolled back
+BEGIN;
+SET LOCAL ROLE regress_vis_pietro;
+SELECT public.regress_vis_quote_ids() AS pietro;
+ROLLBACK;
+SELECT public.regress_vis_quote_ids() AS patricie;
+-- ... when the first statement after the change reads the table itself
+SET ROLE regress_vis_pietro;
+SELECT count(*) AS pietro_quotes FROM public.regress_vis_quote;
+SELECT public.regress_vis_quote_ids() AS pietro;
+-- ... when the role changes within the statement
+SET ROLE regress_vis_patricie;
+SELECT set_config('role', 'regress_vis_pietro', false) IS NOT NULL AS pietro, public.regress_vis_quote_ids() AS ids;
+RESET ROLE;
+-- attack: a SQL function's plan, kept for its call site through the statement
+CREATE FUNCTION public.regress_vis_quote_ids_sql() RETURNS text LANGUAGE sql SECURITY DEFINER
+    SET search_path = pg_catalog AS $$SELECT string_agg(id::text, ',' ORDER BY id) FROM public.regress_vis_quote$$;
+ALTER FUNCTION public.regress_vis_quote_ids_sql() OWNER TO regress_vis_owner;
+SELECT r AS role, set_config('role', r, false) IS NOT NULL AS set, public.regress_vis_quote_ids_sql() AS ids
+  FROM (VALUES ('regress_vis_patricie'), ('regress_vis_pietro')) AS v (r);
+RESET ROLE;
+-- attack: a statement prepared for a login role's principal, run under a
+-- token of another principal with the same roles
+SELECT crmguard.issue_token('vis_pietro') AS pietro_token \gset
+SET ROLE regress_vis_patricie;
+PREPARE regress_quote_ids AS SELECT id FROM public.regress_vis_quote ORDER BY id;
+EXECUTE regress_quote_ids;
+SELECT crmguard.assume(:'pietro_token', false) IS NOT NULL AS pietro;
+EXECUTE regress_quote_ids;
+SELECT public.regress_vis_quote_ids() AS pietro;
+SELECT crmguard.assume(NULL);
+EXECUTE regress_quote_ids;
+RESET ROLE;
+-- a principal's attribute changed under a plan made with its old value (the
+-- login role stays the same: only the change itself can re-plan)
+CREATE FUNCTION public.regress_vis_move_patricie(contact integer) RETURNS void
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
+UPDATE crmguard.principal SET attributes = attributes || jsonb_build_object('contact_id', contact)
+ WHERE name = 'vis_patricie' $$;
+GRANT EXECUTE ON FUNCTION public.regress_vis_move_patricie(integer) TO regress_vis_patricie;
+SET ROLE regress_vis_patricie;
+EXECUTE regress_quote_ids;
+SELECT public.regress_vis_move_patricie(20);
+EXECUTE regress_quote_ids;
+SELECT public.regress_vis_move_patricie(10);
+EXECUTE regress_quote_ids;
+RESET ROLE;
+DEALLOCATE regress_quote_ids;
+
 -- SET crmguard.* cannot make a session anyone
 SET ROLE regress_vis_nobody;
 SELECT public.regress_try($$SET crmguard.principal = 'vis_dora'$$);

@@ -1060,10 +1060,6 @@ static const EnsuredTrigger *
 ensured_trigger(Relation rel, const Trigger *trigger)
 {
 	const EnsuredTrigger *e = NULL;
-	HeapTuple	proc;
-	Datum		src;
-	bool		isnull;
-	bool		ours;
 	int			i;
 
 	for (i = 0; i < (int) lengthof(ensured_triggers) && e == NULL; i++)
@@ -1076,14 +1072,7 @@ ensured_trigger(Relation rel, const Trigger *trigger)
 		OidIsValid(trigger->tgconstraint) || trigger->tgdeferrable ||
 		trigger->tgfoid != cg_function_oid(e->function, 0, NULL))
 		return NULL;
-	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tgfoid));
-	if (!HeapTupleIsValid(proc))
-		return NULL;
-	src = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_prosrc, &isnull);
-	ours = ((Form_pg_proc) GETSTRUCT(proc))->prolang == ClanguageId && !isnull &&
-		strcmp(TextDatumGetCString(src), e->symbol) == 0;
-	ReleaseSysCache(proc);
-	return ours ? e : NULL;
+	return cg_function_is(trigger->tgfoid, e->symbol) ? e : NULL;
 }
 
 static void
@@ -1627,6 +1616,24 @@ cg_function_oid(const char *name, int nargs, const Oid *argtypes)
 
 	return GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum(name),
 						   PointerGetDatum(args), ObjectIdGetDatum(cg_catalog()->schema));
+}
+
+/* Is fn a C function whose symbol is symbol (crmguard's own, known by what it is)? */
+bool
+cg_function_is(Oid fn, const char *symbol)
+{
+	HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	Datum		src;
+	bool		isnull;
+	bool		is;
+
+	if (!HeapTupleIsValid(proc))
+		return false;
+	src = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_prosrc, &isnull);
+	is = ((Form_pg_proc) GETSTRUCT(proc))->prolang == ClanguageId && !isnull &&
+		strcmp(TextDatumGetCString(src), symbol) == 0;
+	ReleaseSysCache(proc);
+	return is;
 }
 
 /*

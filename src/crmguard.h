@@ -92,6 +92,7 @@ extern void cg_insert_catalog_rows(Oid relid, int ncolumns, const char *const *c
 								   const Oid *types, int nrows, const Datum *values,
 								   const bool *nulls);
 extern Oid	cg_function_oid(const char *name, int nargs, const Oid *argtypes);
+extern bool cg_function_is(Oid fn, const char *symbol);
 
 typedef struct CgPrivilegedContext
 {

@@ -116,24 +116,7 @@ watched_columns(const Trigger *tg)
 static bool
 is_otp_guard(Oid fn)
 {
-	HeapTuple	tup;
-	bool		is_guard = false;
-
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	if (HeapTupleIsValid(tup))
-	{
-		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
-		bool		isnull;
-		Datum		src;
-
-		if (proc->prolang == ClanguageId)
-		{
-			src = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_prosrc, &isnull);
-			is_guard = !isnull && strcmp(TextDatumGetCString(src), "crmguard_otp_guard") == 0;
-		}
-		ReleaseSysCache(tup);
-	}
-	return is_guard;
+	return cg_function_is(fn, "crmguard_otp_guard");
 }
 
 /* Disable, in this statement's copy of rri's triggers, OTP guards its updates cannot wake */
