@@ -340,5 +340,19 @@ SELECT action, sum(COALESCE((detail->>'count')::bigint, 1)) AS count FROM crmgua
  GROUP BY action ORDER BY action;
 SELECT ok FROM crmguard.verify_audit();
 
+-- a guard's WHEN clause replaced in place (the same trigger, by a superuser)
+-- is the one the next statement judges by, in a session that read the old
+-- one: crmguard reads its triggers' WHEN clauses once per backend
+CREATE TABLE public.regress_when (id int PRIMARY KEY, phone text, status text);
+INSERT INTO public.regress_when VALUES (1, '+39 347 000 0009', 'Shipped');
+SELECT crmguard.create_otp_rule('When replaced', 'public.regress_when', 'status', '{Delivered}', 'phone',
+                                delivery => 'manual') > 0 AS rule;
+SELECT public.regress_try($$UPDATE public.regress_when SET status = 'Delivered' WHERE id = 1$$) AS guarded;
+CREATE OR REPLACE TRIGGER zz_crmguard_otp_guard AFTER UPDATE ON public.regress_when
+    FOR EACH ROW WHEN (new.status = 'Lost') EXECUTE FUNCTION crmguard.otp_guard();
+UPDATE public.regress_when SET status = 'Delivered' WHERE id = 1;
+SELECT status FROM public.regress_when;
+SELECT crmguard.drop_otp_rule('When replaced');
+DROP TABLE public.regress_when;
 DROP TABLE public.regress_delivery;
 DROP FUNCTION public.regress_try(text), public.regress_code(text, bigint);
