@@ -1618,22 +1618,72 @@ cg_function_oid(const char *name, int nargs, const Oid *argtypes)
 						   PointerGetDatum(args), ObjectIdGetDatum(cg_catalog()->schema));
 }
 
+/*
+ * The C symbol of each function cg_function_is was asked about ("" for a
+ * function not in C), kept until pg_proc changes: asked for crmguard's
+ * triggers by every statement that writes a guarded table.
+ */
+typedef struct FunctionSymbol
+{
+	Oid			fn;
+	char		symbol[NAMEDATALEN];
+} FunctionSymbol;
+
+static HTAB *function_symbols = NULL;
+
+static void
+forget_function_symbols(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (function_symbols != NULL)
+		hash_destroy(function_symbols);
+	function_symbols = NULL;
+}
+
 /* Is fn a C function whose symbol is symbol (crmguard's own, known by what it is)? */
 bool
 cg_function_is(Oid fn, const char *symbol)
 {
-	HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	Datum		src;
-	bool		isnull;
-	bool		is;
+	static bool callback_registered = false;
+	FunctionSymbol *known;
+	bool		found;
 
-	if (!HeapTupleIsValid(proc))
-		return false;
-	src = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_prosrc, &isnull);
-	is = ((Form_pg_proc) GETSTRUCT(proc))->prolang == ClanguageId && !isnull &&
-		strcmp(TextDatumGetCString(src), symbol) == 0;
-	ReleaseSysCache(proc);
-	return is;
+	if (!callback_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, forget_function_symbols, (Datum) 0);
+		callback_registered = true;
+	}
+	if (function_symbols == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(FunctionSymbol);
+		ctl.hcxt = CacheMemoryContext;
+		function_symbols = hash_create("crmguard function symbols", 32, &ctl,
+									   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	known = hash_search(function_symbols, &fn, HASH_FIND, NULL);
+	if (known == NULL)
+	{
+		HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+		char		in_c[NAMEDATALEN] = "";
+
+		if (HeapTupleIsValid(proc))
+		{
+			bool		isnull;
+			Datum		src = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_prosrc, &isnull);
+
+			if (((Form_pg_proc) GETSTRUCT(proc))->prolang == ClanguageId && !isnull)
+				strlcpy(in_c, TextDatumGetCString(src), NAMEDATALEN);
+			ReleaseSysCache(proc);
+		}
+		/* the catalog read may have flushed the table */
+		if (function_symbols == NULL)
+			return in_c[0] != '\0' && strcmp(in_c, symbol) == 0;
+		known = hash_search(function_symbols, &fn, HASH_ENTER, &found);
+		strlcpy(known->symbol, in_c, NAMEDATALEN);
+	}
+	return known->symbol[0] != '\0' && strcmp(known->symbol, symbol) == 0;
 }
 
 /*
