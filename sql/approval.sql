@@ -621,6 +621,14 @@ CREATE TRIGGER approval_request_cache_invalidate
                            submitted_by, submitted_at OR DELETE
     ON crmguard.approval_request_state
     FOR EACH ROW EXECUTE FUNCTION crmguard.approval_requests_changed();
+-- and by what its function is: given another C symbol (by a superuser, after
+-- this session's writes knew the old one) it is not crmguard's trigger
+BEGIN;
+CREATE OR REPLACE FUNCTION crmguard.approval_requests_changed() RETURNS trigger
+    LANGUAGE c AS '$libdir/crmguard', 'crmguard_rules_changed';
+SET LOCAL ROLE regress_apv_marco;
+SELECT public.regress_try($$SELECT crmguard.submit_for_approval('public.regress_apv_deal', '3')$$) AS requests_trigger_of_another_symbol;
+ROLLBACK;
 -- nor as a deferred constraint trigger, whose work would wait for the commit
 BEGIN;
 DROP TRIGGER approval_request_cache_invalidate ON crmguard.approval_request_state;
